@@ -1,0 +1,318 @@
+"""Public normalization functions: validate once, then run the chosen backend."""
+from fastbn import _backends, _compiled, reference
+from fastbn._validation import (
+    prepare_backward,
+    prepare_batchnorm,
+    prepare_groupnorm,
+    prepare_layernorm,
+    prepare_spatial_batchnorm,
+)
+
+_BN_PARAM_DOC = """bn_param : dict
+        Updated in place. Keys:
+
+        - ``'mode'`` (required): ``'train'`` normalises with the batch mean and biased batch
+          variance and updates the running statistics; ``'test'`` normalises with the running
+          statistics.
+        - ``'eps'`` (default 1e-5, >= 0) and ``'momentum'`` (default 0.9, in [0, 1]):
+          ``running = momentum * running + (1 - momentum) * batch_statistic``.
+        - ``'running_mean'``, ``'running_var'``: created as zeros on the first train-mode
+          call; arrays you supply are updated in place and keep their shape and dtype.
+
+        Other keys are ignored."""
+
+
+def _forward(prepared, reference_forward, backend):
+    if _backends.resolve(backend) == "numpy":
+        return reference_forward(prepared)
+    return _compiled.forward(prepared)
+
+
+def _backward(dout, cache, op, function, reference_backward, backend):
+    dout = prepare_backward(dout, cache, op, function)
+    if _backends.resolve(backend) == "numpy":
+        return reference_backward(dout, cache)
+    return _compiled.backward(dout, cache)
+
+
+def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
+    """Batch normalization of an (N, D) array, cs231n style.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, D)
+        float32 and float64 are computed in their own precision; integer and bool input is
+        computed in float64; float16 is computed in float32 and returned as float16.
+    gamma, beta : ndarray of shape (D,) or (1, D)
+        Scale and shift.
+    {bn_param}
+    backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
+        ``'auto'`` uses the compiled kernels when they are built.
+
+    Returns
+    -------
+    out : ndarray of shape (N, D)
+        ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+    cache : NormCache
+        For :func:`batchnorm_backward`; ``cache.mean`` and ``cache.invstd`` hold the statistics.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, a missing or unknown mode, eps < 0, momentum outside [0, 1], a batch of
+        one in train mode, or test mode without running statistics.
+    TypeError
+        Non-array input or a complex, object or string dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(5.0, 2.0, size=(200, 3))
+    >>> bn_param = {{"mode": "train"}}
+    >>> out, cache = fastbn.batchnorm_forward(x, np.ones(3), np.zeros(3), bn_param)
+    >>> np.allclose(out.mean(axis=0), 0), np.allclose(out.std(axis=0), 1, atol=1e-4)
+    (True, True)
+    >>> sorted(bn_param)
+    ['mode', 'running_mean', 'running_var']
+    """
+    return _forward(prepare_batchnorm(x, gamma, beta, bn_param), reference._batch_forward, backend)
+
+
+def batchnorm_backward(dout, cache, *, backend="auto"):
+    """Gradients of :func:`batchnorm_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray of shape (N, D)
+        Upstream gradient; cast to the computation dtype of the forward.
+    cache : NormCache
+        The cache returned by :func:`batchnorm_forward` (of either backend).
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+        The NumPy backend backpropagates stage by stage through the computation graph; the
+        compiled backend uses the closed form, so the two check each other.
+
+    Returns
+    -------
+    dx : ndarray of shape (N, D)
+    dgamma, dbeta : ndarray
+        Shaped like gamma and beta.
+
+    Notes
+    -----
+    A test-mode cache gives the gradient of the test-mode forward, in which the running
+    statistics are constants: ``dx = dout * gamma * invstd``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(50, 4))
+    >>> out, cache = fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"})
+    >>> dx, dgamma, dbeta = fastbn.batchnorm_backward(np.ones_like(x), cache)
+    >>> np.allclose(dx, 0), dbeta
+    (True, array([50., 50., 50., 50.]))
+    """
+    return _backward(dout, cache, "batchnorm", "batchnorm_backward",
+                     reference._batch_backward_staged, backend)
+
+
+def batchnorm_backward_alt(dout, cache, *, backend="auto"):
+    """Gradients of :func:`batchnorm_forward` from the simplified closed form.
+
+    ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)``. Parameters and return
+    values are those of :func:`batchnorm_backward`; the compiled backend runs the same kernel.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(1).normal(size=(20, 3))
+    >>> dout = np.random.default_rng(2).normal(size=(20, 3))
+    >>> _, cache = fastbn.batchnorm_forward(x, np.ones(3), np.zeros(3), {"mode": "train"})
+    >>> a = fastbn.batchnorm_backward(dout, cache, backend="numpy")
+    >>> b = fastbn.batchnorm_backward_alt(dout, cache, backend="numpy")
+    >>> all(np.allclose(u, v) for u, v in zip(a, b))
+    True
+    """
+    return _backward(dout, cache, "batchnorm", "batchnorm_backward_alt",
+                     reference._batch_backward_closed_form, backend)
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
+    """Batch normalization per channel of an image batch.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, H, W), or (N, H, W, C) with ``bn_param['layout'] = 'NHWC'``
+        Statistics are taken per channel over N, H and W.
+    gamma, beta : ndarray of shape (C,) or (1, C, 1, 1) ((1, 1, 1, C) for NHWC)
+    {bn_param}
+        ``'layout'``: ``'NCHW'`` (default) or ``'NHWC'``.
+    backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
+
+    Returns
+    -------
+    out : ndarray shaped like x
+    cache : NormCache
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(8, 3, 5, 5))
+    >>> out, cache = fastbn.spatial_batchnorm_forward(x, np.ones(3), np.zeros(3), {{"mode": "train"}})
+    >>> np.allclose(out.mean(axis=(0, 2, 3)), 0)
+    True
+    >>> x_nhwc = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    >>> out_nhwc, _ = fastbn.spatial_batchnorm_forward(
+    ...     x_nhwc, np.ones(3), np.zeros(3), {{"mode": "train", "layout": "NHWC"}})
+    >>> np.allclose(out_nhwc, out.transpose(0, 2, 3, 1))
+    True
+    """
+    return _forward(prepare_spatial_batchnorm(x, gamma, beta, bn_param), reference._batch_forward, backend)
+
+
+def spatial_batchnorm_backward(dout, cache, *, backend="auto"):
+    """Gradients of :func:`spatial_batchnorm_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray shaped like x
+    cache : NormCache
+        From :func:`spatial_batchnorm_forward`.
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+
+    Returns
+    -------
+    dx : ndarray shaped like x
+    dgamma, dbeta : ndarray shaped like gamma and beta
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(4, 2, 3, 3))
+    >>> _, cache = fastbn.spatial_batchnorm_forward(x, np.ones(2), np.zeros(2), {"mode": "train"})
+    >>> dx, dgamma, dbeta = fastbn.spatial_batchnorm_backward(np.ones_like(x), cache)
+    >>> dbeta
+    array([36., 36.])
+    """
+    return _backward(dout, cache, "spatial_batchnorm", "spatial_batchnorm_backward",
+                     reference._batch_backward_staged, backend)
+
+
+def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto"):
+    """Layer normalization over the last axis of x.
+
+    Parameters
+    ----------
+    x : ndarray of shape (..., D)
+        Each row of D values is normalised with its own mean and biased variance.
+    gamma, beta : ndarray of shape (D,) (or (1, ..., 1, D))
+    ln_param : dict
+        ``'eps'`` (default 1e-5, >= 0); other keys (such as ``'mode'``) are ignored.
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+
+    Returns
+    -------
+    out : ndarray shaped like x
+    cache : NormCache
+        ``cache.mean`` and ``cache.invstd`` have shape ``x.shape[:-1]``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(4, 10))
+    >>> out, cache = fastbn.layernorm_forward(x, np.ones(10), np.zeros(10), {})
+    >>> np.allclose(out.mean(axis=1), 0), cache.mean.shape
+    (True, (4,))
+    """
+    return _forward(prepare_layernorm(x, gamma, beta, ln_param), reference._row_forward, backend)
+
+
+def layernorm_backward(dout, cache, *, backend="auto"):
+    """Gradients of :func:`layernorm_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray shaped like x
+    cache : NormCache
+        From :func:`layernorm_forward`.
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+
+    Returns
+    -------
+    dx : ndarray shaped like x
+    dgamma, dbeta : ndarray shaped like gamma and beta
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(4, 10))
+    >>> _, cache = fastbn.layernorm_forward(x, np.ones(10), np.zeros(10), {})
+    >>> dx, dgamma, dbeta = fastbn.layernorm_backward(np.ones_like(x), cache)
+    >>> np.allclose(dx, 0), dbeta[:3]
+    (True, array([4., 4., 4.]))
+    """
+    return _backward(dout, cache, "layernorm", "layernorm_backward", reference._row_backward, backend)
+
+
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto"):
+    """Group normalization of an (N, C, H, W) array: statistics per sample and group.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, H, W)
+    gamma, beta : ndarray of shape (1, C, 1, 1) or (C,)
+    G : int
+        Number of groups; must divide C. G = 1 is layernorm over (C, H, W), G = C is instance
+        normalization.
+    gn_param : dict
+        ``'eps'`` (default 1e-5, >= 0); other keys are ignored.
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+
+    Returns
+    -------
+    out : ndarray of shape (N, C, H, W)
+    cache : NormCache
+        ``cache.mean`` and ``cache.invstd`` have shape (N, G).
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(2, 6, 4, 4))
+    >>> out, cache = fastbn.spatial_groupnorm_forward(
+    ...     x, np.ones((1, 6, 1, 1)), np.zeros((1, 6, 1, 1)), 3, {})
+    >>> cache.mean.shape, np.allclose(out.reshape(2, 3, -1).mean(axis=2), 0)
+    ((2, 3), True)
+    """
+    return _forward(prepare_groupnorm(x, gamma, beta, G, gn_param), reference._row_forward, backend)
+
+
+def spatial_groupnorm_backward(dout, cache, *, backend="auto"):
+    """Gradients of :func:`spatial_groupnorm_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray of shape (N, C, H, W)
+    cache : NormCache
+        From :func:`spatial_groupnorm_forward`.
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+
+    Returns
+    -------
+    dx : ndarray of shape (N, C, H, W)
+    dgamma, dbeta : ndarray shaped like the gamma and beta given to the forward
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(2, 6, 4, 4))
+    >>> _, cache = fastbn.spatial_groupnorm_forward(
+    ...     x, np.ones((1, 6, 1, 1)), np.zeros((1, 6, 1, 1)), 3, {})
+    >>> dx, dgamma, dbeta = fastbn.spatial_groupnorm_backward(np.ones_like(x), cache)
+    >>> dbeta.shape, float(dbeta[0, 0, 0, 0])
+    ((1, 6, 1, 1), 32.0)
+    """
+    return _backward(dout, cache, "groupnorm", "spatial_groupnorm_backward",
+                     reference._row_backward, backend)
+
+
+batchnorm_forward.__doc__ = batchnorm_forward.__doc__.format(bn_param=_BN_PARAM_DOC)
+spatial_batchnorm_forward.__doc__ = spatial_batchnorm_forward.__doc__.format(bn_param=_BN_PARAM_DOC)

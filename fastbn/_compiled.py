@@ -1,0 +1,57 @@
+"""The compiled backend: run validated input through the kernels of :mod:`fastbn._kernels`."""
+import numpy as np
+
+from fastbn import _backends
+from fastbn._threads import threads_for
+from fastbn._validation import finish_backward, finish_forward, kernel_view, test_statistics
+
+
+def forward(p):
+    """Forward pass of any operation on a :class:`~fastbn._validation.Prepared` input."""
+    kernels = _backends.kernels()
+    family, view_shape = kernel_view(p)
+    dtype = p.x.dtype
+    x = p.x.reshape(view_shape)
+    out = np.empty_like(x)
+    n_threads = threads_for(x.size)
+    if family == "rows":
+        R, Cg, L = view_shape
+        mean = np.zeros(R, dtype=dtype)
+        invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
+        kernels.rows_forward_train(x, p.gamma, p.beta, p.groups, p.eps, out, mean, invstd, n_threads)
+        stat_shape = p.x.shape[:-1] if p.op == "layernorm" else (p.x.shape[0], p.groups)
+        return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
+    C = p.gamma.size
+    if p.mode == "train":
+        mean = np.empty(C, dtype=dtype)
+        invstd = np.empty(C, dtype=dtype)
+        batch_var = np.empty(C)
+        train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
+        train(x, p.gamma, p.beta, p.eps, out, mean, invstd, batch_var, n_threads)
+    else:
+        mean, invstd = test_statistics(p)
+        batch_var = None
+        affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
+        affine(x, mean, p.gamma * invstd, p.beta, out, n_threads)
+    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var)
+
+
+def backward(dout, cache):
+    """dx, dgamma, dbeta for a checked dout (C-contiguous, computation dtype) and its cache."""
+    kernels = _backends.kernels()
+    family, view_shape = kernel_view(cache)
+    x = cache.x.reshape(view_shape)
+    dy = dout.reshape(view_shape)
+    dx = np.empty_like(x)
+    C = cache.gamma.size
+    dgamma = np.empty(C, dtype=x.dtype)
+    dbeta = np.empty(C, dtype=x.dtype)
+    mean = np.ascontiguousarray(cache.mean, dtype=x.dtype).reshape(-1)
+    invstd = np.ascontiguousarray(cache.invstd, dtype=x.dtype).reshape(-1)
+    n_threads = threads_for(x.size)
+    if family == "rows":
+        kernels.rows_backward(x, dy, mean, invstd, cache.gamma, cache.groups, dx, dgamma, dbeta, n_threads)
+    else:
+        run = kernels.cols_backward if family == "cols" else kernels.planes_backward
+        run(x, dy, mean, invstd, cache.gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
+    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta)

@@ -1,0 +1,52 @@
+"""fastbn.show_config: what was built and how it will run."""
+import sys
+
+import numpy as np
+
+from fastbn import _backends
+from fastbn._threads import get_num_threads
+
+
+def build_info():
+    """The build configuration as a dict (empty when the extension is not built)."""
+    try:
+        from fastbn._build_info import BUILD_INFO
+    except ImportError:
+        return {}
+    return dict(BUILD_INFO)
+
+
+def show_config(file=None):
+    """Print fastbn's version, backends, OpenMP status, thread count and compile flags.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print; ``sys.stdout`` by default.
+
+    Examples
+    --------
+    >>> import fastbn
+    >>> fastbn.show_config()  # doctest: +ELLIPSIS
+    fastbn ...
+    """
+    import fastbn
+
+    kernels = _backends.kernels()
+    info = build_info()
+    lines = [
+        f"fastbn {fastbn.__version__}",
+        f"python {sys.version.split()[0]}, numpy {np.__version__}",
+        f"backends: {', '.join(_backends.available_backends())}",
+        f"compiled kernels: {'yes' if kernels is not None else 'no (NumPy reference only)'}",
+        f"OpenMP: {'yes' if kernels is not None and kernels.openmp_enabled() else 'no'}",
+        f"threads: {get_num_threads()}",
+    ]
+    if info:
+        lines += [
+            f"compiler: {info.get('compiler', '?')}",
+            f"compile flags: {' '.join(info.get('compile_args', []))}",
+            f"link flags: {' '.join(info.get('link_args', []))}",
+            f"debug build: {'yes' if info.get('debug') else 'no'}",
+        ]
+    print("\n".join(lines), file=file or sys.stdout)

@@ -1,0 +1,383 @@
+"""Validation shared by the public API and :mod:`fastbn.reference`.
+
+Everything a caller can get wrong is checked here, once, before any backend runs: both backends
+call the same ``prepare_*`` functions, so they raise the same errors for the same input. The
+functions turn user input into a :class:`Prepared` record of C-contiguous arrays in the
+computation dtype, and ``finish_*`` turn a backend's raw results into what the public functions
+return (running statistics, cache, output dtype).
+"""
+from collections.abc import MutableMapping
+from numbers import Real
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["NormCache"]
+
+OPS = ("batchnorm", "spatial_batchnorm", "layernorm", "groupnorm")
+LAYOUTS = ("NCHW", "NHWC")
+DEFAULT_EPS = 1e-5
+DEFAULT_MOMENTUM = 0.9
+
+
+class NormCache(NamedTuple):
+    """What a ``*_forward`` function hands to its ``*_backward``.
+
+    It holds references, not x-sized intermediates. A cache made by either backend is accepted
+    by the backward of either backend.
+
+    Attributes
+    ----------
+    op : str
+        The operation that made it: ``'batchnorm'``, ``'spatial_batchnorm'``, ``'layernorm'``
+        or ``'groupnorm'``.
+    x : ndarray
+        The input as computed on: C-contiguous, in the computation dtype.
+    gamma : ndarray
+        The scale, flattened to one value per feature/channel, in the computation dtype.
+    mean, invstd : ndarray
+        The statistics the forward normalised with (batch statistics in train mode, running
+        statistics in test mode) and ``1 / sqrt(var + eps)``: one value per feature (batchnorm),
+        channel (spatial batchnorm), row of ``x.reshape(-1, D)`` (layernorm) or (sample, group)
+        pair, shape (N, G) (groupnorm).
+    eps : float
+    mode : str
+        ``'train'`` or ``'test'``; layernorm and groupnorm always use ``'train'`` (batch
+        statistics).
+    layout : str
+        ``'NC'`` (batchnorm), ``'NCHW'`` or ``'NHWC'`` (spatial ops), ``'ND'`` (layernorm).
+    groups : int
+        G for groupnorm, 1 otherwise.
+    gamma_shape, beta_shape : tuple
+        Shapes of the parameters as given, so that dgamma and dbeta come back alike.
+    dtype : numpy.dtype
+        The dtype of the returned arrays (float16 input is computed in float32).
+    """
+
+    op: str
+    x: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray
+    invstd: np.ndarray
+    eps: float
+    mode: str
+    layout: str
+    groups: int
+    gamma_shape: tuple
+    beta_shape: tuple
+    dtype: np.dtype
+
+
+class Prepared(NamedTuple):
+    """Validated forward input: arrays are C-contiguous in the computation dtype."""
+
+    op: str
+    x: np.ndarray
+    gamma: np.ndarray  # flat (C,)
+    beta: np.ndarray  # flat (C,)
+    eps: float
+    mode: str
+    momentum: float
+    running_mean: object  # user's array, or None
+    running_var: object
+    param: object  # the user's bn_param dict (running statistics are written back into it)
+    layout: str
+    groups: int
+    gamma_shape: tuple
+    beta_shape: tuple
+    dtype: np.dtype  # output dtype
+
+
+def _type_name(value):
+    return type(value).__name__
+
+
+def _shape_text(a):
+    return f"a {a.ndim}-D array of shape {a.shape}"
+
+
+def compute_dtype(a, name):
+    """Return (computation dtype, output dtype) for an input array, or raise TypeError."""
+    dt = a.dtype
+    if dt.kind == "f":
+        if dt.itemsize == 2:
+            return np.dtype(np.float32), dt
+        if dt.itemsize in (4, 8):
+            return dt.newbyteorder("="), dt.newbyteorder("=")
+    elif dt.kind in "biu":
+        return np.dtype(np.float64), np.dtype(np.float64)
+    raise TypeError(
+        f"{name} must have a real floating, integer or bool dtype (float16, float32, float64, "
+        f"int*, uint*, bool), got dtype {dt}"
+    )
+
+
+def check_ndarray(a, name):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(a)}")
+    return a
+
+
+def as_computation_array(a, name, dtype):
+    """A C-contiguous copy-if-needed of `a` in `dtype`; a must be real numeric."""
+    check_ndarray(a, name)
+    compute_dtype(a, name)
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _check_real(value, name, low, high, default):
+    if value is None:
+        return default
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} of type {_type_name(value)}")
+    value = float(value)
+    if not (low <= value <= high):  # also rejects NaN
+        interval = f"[{low}, {high}]" if high != np.inf else f">= {low} and finite"
+        raise ValueError(f"{name} must be {interval}, got {value!r}")
+    return value
+
+
+def check_param_dict(param, name):
+    if not isinstance(param, MutableMapping):
+        raise TypeError(f"{name} must be a dict, got {_type_name(param)}")
+    return param
+
+
+def check_eps(param, name):
+    return _check_real(param.get("eps"), f"{name}['eps']", 0.0, np.finfo(np.float64).max, DEFAULT_EPS)
+
+
+def check_mode(param, name):
+    if "mode" not in param:
+        raise ValueError(f"{name}['mode'] is required: 'train' or 'test'")
+    mode = param["mode"]
+    if not isinstance(mode, str) or mode not in ("train", "test"):
+        raise ValueError(f"{name}['mode'] must be 'train' or 'test', got {mode!r}")
+    return mode
+
+
+def check_layout(param, name, allowed):
+    layout = param.get("layout", allowed[0])
+    if not isinstance(layout, str) or layout not in allowed:
+        raise ValueError(f"{name}['layout'] must be one of {list(allowed)}, got {layout!r}")
+    return layout
+
+
+def check_affine(a, name, channels, broadcast_shape, dtype):
+    """gamma/beta: shape (C,) or the shape that broadcasts against x; returned flat."""
+    check_ndarray(a, name)
+    compute_dtype(a, name)
+    if a.shape not in ((channels,), broadcast_shape):
+        raise ValueError(
+            f"{name} must have shape {(channels,)} or {broadcast_shape}, got shape {a.shape}"
+        )
+    return np.ascontiguousarray(a, dtype=dtype).reshape(channels), a.shape
+
+
+def check_running(param, name, key, channels, broadcast_shape, mode):
+    """A running statistic the caller supplied (or None): float array of an allowed shape."""
+    value = param.get(key)
+    full = f"{name}[{key!r}]"
+    if value is None:
+        if mode == "test":
+            raise ValueError(
+                f"{full} is missing: test mode needs the running statistics of an earlier "
+                "train-mode call (or supply running_mean and running_var)"
+            )
+        return None
+    check_ndarray(value, full)
+    if value.dtype.kind != "f":
+        raise TypeError(f"{full} must be a floating-point array, got dtype {value.dtype}")
+    allowed = ((channels,), (1, channels), broadcast_shape)
+    if value.shape not in allowed:
+        raise ValueError(
+            f"{full} must have one of the shapes {sorted(set(allowed))}, got shape {value.shape}"
+        )
+    if mode == "train" and not value.flags.writeable:
+        raise ValueError(f"{full} must be writeable: train mode updates it in place")
+    return value
+
+
+def check_x(x, name, ndim, description):
+    """x must be an ndarray with `ndim` dimensions (None: at least one); returns its dtypes."""
+    check_ndarray(x, name)
+    if (x.ndim < 1) if ndim is None else (x.ndim != ndim):
+        raise ValueError(f"{name} must be {description}, got {_shape_text(x)}")
+    return compute_dtype(x, name)
+
+
+def _prepare_bn(op, x, gamma, beta, bn_param, layout, channels, broadcast_shape, per_channel):
+    """Common part of batchnorm and spatial batchnorm preparation."""
+    dtype, out_dtype = compute_dtype(x, "x")
+    mode = check_mode(bn_param, "bn_param")
+    eps = check_eps(bn_param, "bn_param")
+    momentum = _check_real(
+        bn_param.get("momentum"), "bn_param['momentum']", 0.0, 1.0, DEFAULT_MOMENTUM
+    )
+    gamma_flat, gamma_shape = check_affine(gamma, "gamma", channels, broadcast_shape, dtype)
+    beta_flat, beta_shape = check_affine(beta, "beta", channels, broadcast_shape, dtype)
+    running_mean = check_running(bn_param, "bn_param", "running_mean", channels, broadcast_shape, mode)
+    running_var = check_running(bn_param, "bn_param", "running_var", channels, broadcast_shape, mode)
+    if mode == "train" and per_channel < 2:
+        raise ValueError(
+            f"train mode needs at least 2 values per {'feature' if op == 'batchnorm' else 'channel'} "
+            f"to compute batch statistics, got {per_channel} (x has shape {x.shape}); "
+            "with one value the output would be beta for every input"
+        )
+    return Prepared(
+        op=op, x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
+        eps=eps, mode=mode, momentum=momentum, running_mean=running_mean,
+        running_var=running_var, param=bn_param, layout=layout, groups=1,
+        gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
+    )
+
+
+def prepare_batchnorm(x, gamma, beta, bn_param):
+    check_x(x, "x", 2, "a 2-D array of shape (N, D)")
+    check_param_dict(bn_param, "bn_param")
+    N, D = x.shape
+    return _prepare_bn("batchnorm", x, gamma, beta, bn_param, "NC", D, (1, D), N)
+
+
+def prepare_spatial_batchnorm(x, gamma, beta, bn_param):
+    check_param_dict(bn_param, "bn_param")
+    layout = check_layout(bn_param, "bn_param", LAYOUTS)
+    check_x(x, "x", 4, f"a 4-D array of shape {'(N, C, H, W)' if layout == 'NCHW' else '(N, H, W, C)'}")
+    if layout == "NCHW":
+        N, C, H, W = x.shape
+        broadcast_shape = (1, C, 1, 1)
+    else:
+        N, H, W, C = x.shape
+        broadcast_shape = (1, 1, 1, C)
+    return _prepare_bn("spatial_batchnorm", x, gamma, beta, bn_param, layout, C, broadcast_shape, N * H * W)
+
+
+def prepare_layernorm(x, gamma, beta, ln_param):
+    check_x(x, "x", None, "an array of at least 1 dimension, shape (..., D)")
+    check_param_dict(ln_param, "ln_param")
+    dtype, out_dtype = compute_dtype(x, "x")
+    eps = check_eps(ln_param, "ln_param")
+    D = x.shape[-1]
+    gamma_flat, gamma_shape = check_affine(gamma, "gamma", D, (1,) * (x.ndim - 1) + (D,), dtype)
+    beta_flat, beta_shape = check_affine(beta, "beta", D, (1,) * (x.ndim - 1) + (D,), dtype)
+    return Prepared(
+        op="layernorm", x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
+        eps=eps, mode="train", momentum=0.0, running_mean=None, running_var=None, param=ln_param,
+        layout="ND", groups=1, gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
+    )
+
+
+def check_groups(G, channels):
+    if isinstance(G, (bool, np.bool_)) or not isinstance(G, (int, np.integer)):
+        raise TypeError(f"G must be an integer, got {G!r} of type {_type_name(G)}")
+    G = int(G)
+    if G < 1:
+        raise ValueError(f"G must be >= 1, got {G}")
+    if channels % G != 0:
+        raise ValueError(f"G must divide the number of channels C={channels}, got G={G}")
+    return G
+
+
+def prepare_groupnorm(x, gamma, beta, G, gn_param):
+    check_x(x, "x", 4, "a 4-D array of shape (N, C, H, W)")
+    check_param_dict(gn_param, "gn_param")
+    check_layout(gn_param, "gn_param", ("NCHW",))
+    dtype, out_dtype = compute_dtype(x, "x")
+    eps = check_eps(gn_param, "gn_param")
+    C = x.shape[1]
+    G = check_groups(G, C)
+    gamma_flat, gamma_shape = check_affine(gamma, "gamma", C, (1, C, 1, 1), dtype)
+    beta_flat, beta_shape = check_affine(beta, "beta", C, (1, C, 1, 1), dtype)
+    return Prepared(
+        op="groupnorm", x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
+        eps=eps, mode="train", momentum=0.0, running_mean=None, running_var=None, param=gn_param,
+        layout="NCHW", groups=G, gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
+    )
+
+
+def kernel_view(cache_or_prepared):
+    """The kernel family and the 2-D/3-D shape in which x is processed (a free reshape).
+
+    ``('cols', (M, C))``: statistics per column (batchnorm, NHWC spatial batchnorm).
+    ``('planes', (N, C, H*W))``: statistics per channel over contiguous planes (NCHW).
+    ``('rows', (R, Cg, L))``: statistics per row of Cg*L values (layernorm: R = prod(x.shape[:-1]),
+    Cg = D, L = 1; groupnorm: R = N*G, Cg = C/G, L = H*W).
+    """
+    op, shape = cache_or_prepared.op, cache_or_prepared.x.shape
+    if op == "batchnorm":
+        return "cols", shape
+    if op == "spatial_batchnorm":
+        if cache_or_prepared.layout == "NHWC":
+            return "cols", (shape[0] * shape[1] * shape[2], shape[3])
+        return "planes", (shape[0], shape[1], shape[2] * shape[3])
+    if op == "layernorm":
+        return "rows", (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1], 1)
+    G = cache_or_prepared.groups
+    return "rows", (shape[0] * G, shape[1] // G, shape[2] * shape[3])
+
+
+def test_statistics(p):
+    """mean and invstd (computation dtype, flat) from the running statistics, for test mode."""
+    dtype = p.x.dtype
+    mean = np.ascontiguousarray(p.running_mean, dtype=dtype).reshape(-1)
+    var = np.asarray(p.running_var, dtype=np.float64).reshape(-1)
+    invstd = (1.0 / np.sqrt(var + p.eps)).astype(dtype)
+    return mean, invstd
+
+
+def finish_forward(p, out, mean, invstd, batch_var=None):
+    """Update running statistics (train-mode batchnorm), build the cache, cast the output.
+
+    Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
+    """
+    if p.op in ("batchnorm", "spatial_batchnorm") and p.mode == "train":
+        _update_running(p, mean, batch_var)
+    cache = NormCache(
+        op=p.op, x=p.x, gamma=p.gamma, mean=mean, invstd=invstd, eps=p.eps, mode=p.mode,
+        layout=p.layout, groups=p.groups, gamma_shape=p.gamma_shape, beta_shape=p.beta_shape,
+        dtype=p.dtype,
+    )
+    return out.astype(p.dtype, copy=False), cache
+
+
+def _update_running(p, batch_mean, batch_var):
+    """running = momentum * running + (1 - momentum) * batch, in place, shapes kept."""
+    m = p.momentum
+    new = {}
+    for key, current, stat in (
+        ("running_mean", p.running_mean, batch_mean),
+        ("running_var", p.running_var, batch_var),
+    ):
+        if current is None:
+            current = np.zeros(stat.shape, dtype=p.x.dtype)
+            p.param[key] = current
+        new[key] = (current, m * current + (1.0 - m) * np.reshape(stat, current.shape))
+    for current, value in new.values():
+        current[...] = value
+
+
+def prepare_backward(dout, cache, op, function):
+    """Check the cache and dout; return dout C-contiguous in the cache's computation dtype."""
+    if not isinstance(cache, NormCache):
+        raise TypeError(
+            f"cache must be the cache returned by {op}_forward (a fastbn NormCache), "
+            f"got {_type_name(cache)}"
+        )
+    if cache.op != op:
+        raise ValueError(
+            f"cache comes from {cache.op}_forward, but {function} needs the cache of {op}_forward"
+        )
+    check_ndarray(dout, "dout")
+    compute_dtype(dout, "dout")
+    if dout.shape != cache.x.shape:
+        raise ValueError(f"dout must have the shape of x, {cache.x.shape}, got shape {dout.shape}")
+    return np.ascontiguousarray(dout, dtype=cache.x.dtype)
+
+
+def finish_backward(cache, dx, dgamma, dbeta):
+    """Cast to the output dtype and give dgamma/dbeta the shapes gamma/beta had."""
+    return (
+        dx.astype(cache.dtype, copy=False),
+        np.reshape(dgamma, cache.gamma_shape).astype(cache.dtype, copy=False),
+        np.reshape(dbeta, cache.beta_shape).astype(cache.dtype, copy=False),
+    )
