@@ -28,14 +28,14 @@ def _forward(prepared, reference_forward, backend):
     return _compiled.forward(prepared)
 
 
-def _backward(dout, cache, op, function, reference_backward, backend):
-    dout = prepare_backward(dout, cache, op, function)
+def _backward(dout, cache, op, function, reference_backward, backend, out):
+    dout, out = prepare_backward(dout, cache, op, function, out)
     if _backends.resolve(backend) == "numpy":
-        return reference_backward(dout, cache)
-    return _compiled.backward(dout, cache)
+        return reference_backward(dout, cache, out)
+    return _compiled.backward(dout, cache, out)
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
+def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
     """Batch normalization of an (N, D) array, cs231n style.
 
     Parameters
@@ -48,6 +48,9 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
     {bn_param}
     backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
         ``'auto'`` uses the compiled kernels when they are built.
+    out : ndarray, optional
+        A C-contiguous array of x's shape and the output dtype to write the result into
+        (reusing a buffer across calls); it must not overlap the inputs.
 
     Returns
     -------
@@ -75,10 +78,10 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
     >>> sorted(bn_param)
     ['mode', 'running_mean', 'running_var']
     """
-    return _forward(prepare_batchnorm(x, gamma, beta, bn_param), reference._batch_forward, backend)
+    return _forward(prepare_batchnorm(x, gamma, beta, bn_param, out), reference._batch_forward, backend)
 
 
-def batchnorm_backward(dout, cache, *, backend="auto"):
+def batchnorm_backward(dout, cache, *, backend="auto", out=None):
     """Gradients of :func:`batchnorm_forward`.
 
     Parameters
@@ -90,6 +93,8 @@ def batchnorm_backward(dout, cache, *, backend="auto"):
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
         The NumPy backend backpropagates stage by stage through the computation graph; the
         compiled backend uses the closed form, so the two check each other.
+    out : ndarray, optional
+        A C-contiguous array of dout's shape and the output dtype to write dx into.
 
     Returns
     -------
@@ -112,10 +117,10 @@ def batchnorm_backward(dout, cache, *, backend="auto"):
     (True, array([50., 50., 50., 50.]))
     """
     return _backward(dout, cache, "batchnorm", "batchnorm_backward",
-                     reference._batch_backward_staged, backend)
+                     reference._batch_backward_staged, backend, out)
 
 
-def batchnorm_backward_alt(dout, cache, *, backend="auto"):
+def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
     """Gradients of :func:`batchnorm_forward` from the simplified closed form.
 
     ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)``. Parameters and return
@@ -133,10 +138,10 @@ def batchnorm_backward_alt(dout, cache, *, backend="auto"):
     True
     """
     return _backward(dout, cache, "batchnorm", "batchnorm_backward_alt",
-                     reference._batch_backward_closed_form, backend)
+                     reference._batch_backward_closed_form, backend, out)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
+def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
     """Batch normalization per channel of an image batch.
 
     Parameters
@@ -147,6 +152,8 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
     {bn_param}
         ``'layout'``: ``'NCHW'`` (default) or ``'NHWC'``.
     backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
+    out : ndarray, optional
+        Output buffer, as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -166,10 +173,10 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto"):
     >>> np.allclose(out_nhwc, out.transpose(0, 2, 3, 1))
     True
     """
-    return _forward(prepare_spatial_batchnorm(x, gamma, beta, bn_param), reference._batch_forward, backend)
+    return _forward(prepare_spatial_batchnorm(x, gamma, beta, bn_param, out), reference._batch_forward, backend)
 
 
-def spatial_batchnorm_backward(dout, cache, *, backend="auto"):
+def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
     """Gradients of :func:`spatial_batchnorm_forward`.
 
     Parameters
@@ -178,6 +185,8 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto"):
     cache : NormCache
         From :func:`spatial_batchnorm_forward`.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -194,10 +203,10 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto"):
     array([36., 36.])
     """
     return _backward(dout, cache, "spatial_batchnorm", "spatial_batchnorm_backward",
-                     reference._batch_backward_staged, backend)
+                     reference._batch_backward_staged, backend, out)
 
 
-def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto"):
+def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
     """Layer normalization over the last axis of x.
 
     Parameters
@@ -208,6 +217,8 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto"):
     ln_param : dict
         ``'eps'`` (default 1e-5, >= 0); other keys (such as ``'mode'``) are ignored.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -223,10 +234,10 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto"):
     >>> np.allclose(out.mean(axis=1), 0), cache.mean.shape
     (True, (4,))
     """
-    return _forward(prepare_layernorm(x, gamma, beta, ln_param), reference._row_forward, backend)
+    return _forward(prepare_layernorm(x, gamma, beta, ln_param, out), reference._row_forward, backend)
 
 
-def layernorm_backward(dout, cache, *, backend="auto"):
+def layernorm_backward(dout, cache, *, backend="auto", out=None):
     """Gradients of :func:`layernorm_forward`.
 
     Parameters
@@ -235,6 +246,8 @@ def layernorm_backward(dout, cache, *, backend="auto"):
     cache : NormCache
         From :func:`layernorm_forward`.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -250,10 +263,10 @@ def layernorm_backward(dout, cache, *, backend="auto"):
     >>> np.allclose(dx, 0), dbeta[:3]
     (True, array([4., 4., 4.]))
     """
-    return _backward(dout, cache, "layernorm", "layernorm_backward", reference._row_backward, backend)
+    return _backward(dout, cache, "layernorm", "layernorm_backward", reference._row_backward, backend, out)
 
 
-def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto"):
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", out=None):
     """Group normalization of an (N, C, H, W) array: statistics per sample and group.
 
     Parameters
@@ -266,6 +279,8 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto"):
     gn_param : dict
         ``'eps'`` (default 1e-5, >= 0); other keys are ignored.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -282,10 +297,10 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto"):
     >>> cache.mean.shape, np.allclose(out.reshape(2, 3, -1).mean(axis=2), 0)
     ((2, 3), True)
     """
-    return _forward(prepare_groupnorm(x, gamma, beta, G, gn_param), reference._row_forward, backend)
+    return _forward(prepare_groupnorm(x, gamma, beta, G, gn_param, out), reference._row_forward, backend)
 
 
-def spatial_groupnorm_backward(dout, cache, *, backend="auto"):
+def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
     """Gradients of :func:`spatial_groupnorm_forward`.
 
     Parameters
@@ -294,6 +309,8 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto"):
     cache : NormCache
         From :func:`spatial_groupnorm_forward`.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -311,7 +328,7 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto"):
     ((1, 6, 1, 1), 32.0)
     """
     return _backward(dout, cache, "groupnorm", "spatial_groupnorm_backward",
-                     reference._row_backward, backend)
+                     reference._row_backward, backend, out)
 
 
 batchnorm_forward.__doc__ = batchnorm_forward.__doc__.format(bn_param=_BN_PARAM_DOC)

@@ -12,7 +12,7 @@ def forward(p):
     family, view_shape = kernel_view(p)
     dtype = p.x.dtype
     x = p.x.reshape(view_shape)
-    out = np.empty_like(x)
+    out = p.out.reshape(view_shape) if p.out is not None and p.out.dtype == dtype else np.empty_like(x)
     n_threads = threads_for(x.size)
     if family == "rows":
         R, Cg, L = view_shape
@@ -36,13 +36,14 @@ def forward(p):
     return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var)
 
 
-def backward(dout, cache):
-    """dx, dgamma, dbeta for a checked dout (C-contiguous, computation dtype) and its cache."""
+def backward(dout, cache, out=None):
+    """dx, dgamma, dbeta for a checked dout (C-contiguous, computation dtype) and its cache;
+    dx is written into `out` when given."""
     kernels = _backends.kernels()
     family, view_shape = kernel_view(cache)
     x = cache.x.reshape(view_shape)
     dy = dout.reshape(view_shape)
-    dx = np.empty_like(x)
+    dx = out.reshape(view_shape) if out is not None and out.dtype == x.dtype else np.empty_like(x)
     C = cache.gamma.size
     dgamma = np.empty(C, dtype=x.dtype)
     dbeta = np.empty(C, dtype=x.dtype)
@@ -54,4 +55,4 @@ def backward(dout, cache):
     else:
         run = kernels.cols_backward if family == "cols" else kernels.planes_backward
         run(x, dy, mean, invstd, cache.gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
-    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta)
+    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)

@@ -188,7 +188,8 @@ cdef inline object _np_dtype(floating zero):
     """The NumPy dtype of a fused-type specialisation (call as ``_np_dtype(<floating>0)``)."""
     if floating is float:
         return np.float32
-    return np.float64
+    else:
+        return np.float64
 
 
 def cols_forward_train(
@@ -459,19 +460,23 @@ def planes_backward(
 # (R, Cg, L): statistics per row (layernorm, groupnorm)
 # --------------------------------------------------------------------------------------------
 
-cdef inline void _row_moments(const floating* x, Py_ssize_t n, double* mean, double* var) noexcept nogil:
-    """Two-pass mean and biased variance of a row that is in cache after the first pass."""
+cdef inline double _row_mean(const floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
-    cdef double s = 0.0, m, t
+    cdef double s = 0.0
     for j in range(n):
         s += <double>x[j]
-    m = s / n
-    s = 0.0
+    return s / n
+
+
+cdef inline double _row_var(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
+    """Biased variance about a known mean: the second pass of a two-pass variance over a row
+    that is still in cache after the first."""
+    cdef Py_ssize_t j
+    cdef double s = 0.0, t
     for j in range(n):
-        t = <double>x[j] - m
+        t = <double>x[j] - mean
         s += t * t
-    mean[0] = m
-    var[0] = s / n
+    return s / n
 
 
 def rows_forward_train(
@@ -497,7 +502,8 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            _row_moments(xr, Cg * L, &m, &v)
+            m = _row_mean(xr, Cg * L)
+            v = _row_var(xr, Cg * L, m)
             s = 1.0 / sqrt(v + eps)
             mf = <floating>m
             mean[r] = mf

@@ -86,6 +86,7 @@ class Prepared(NamedTuple):
     gamma_shape: tuple
     beta_shape: tuple
     dtype: np.dtype  # output dtype
+    out: object = None  # the caller's output array (``out=``), or None
 
 
 def _type_name(value):
@@ -206,7 +207,7 @@ def check_x(x, name, ndim, description):
     return compute_dtype(x, name)
 
 
-def _prepare_bn(op, x, gamma, beta, bn_param, layout, channels, broadcast_shape, per_channel):
+def _prepare_bn(op, x, gamma, beta, bn_param, layout, channels, broadcast_shape, per_channel, out):
     """Common part of batchnorm and spatial batchnorm preparation."""
     dtype, out_dtype = compute_dtype(x, "x")
     mode = check_mode(bn_param, "bn_param")
@@ -229,17 +230,18 @@ def _prepare_bn(op, x, gamma, beta, bn_param, layout, channels, broadcast_shape,
         eps=eps, mode=mode, momentum=momentum, running_mean=running_mean,
         running_var=running_var, param=bn_param, layout=layout, groups=1,
         gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
+        out=check_out(out, "out", x, out_dtype, gamma, beta),
     )
 
 
-def prepare_batchnorm(x, gamma, beta, bn_param):
+def prepare_batchnorm(x, gamma, beta, bn_param, out=None):
     check_x(x, "x", 2, "a 2-D array of shape (N, D)")
     check_param_dict(bn_param, "bn_param")
     N, D = x.shape
-    return _prepare_bn("batchnorm", x, gamma, beta, bn_param, "NC", D, (1, D), N)
+    return _prepare_bn("batchnorm", x, gamma, beta, bn_param, "NC", D, (1, D), N, out)
 
 
-def prepare_spatial_batchnorm(x, gamma, beta, bn_param):
+def prepare_spatial_batchnorm(x, gamma, beta, bn_param, out=None):
     check_param_dict(bn_param, "bn_param")
     layout = check_layout(bn_param, "bn_param", LAYOUTS)
     check_x(x, "x", 4, f"a 4-D array of shape {'(N, C, H, W)' if layout == 'NCHW' else '(N, H, W, C)'}")
@@ -249,10 +251,10 @@ def prepare_spatial_batchnorm(x, gamma, beta, bn_param):
     else:
         N, H, W, C = x.shape
         broadcast_shape = (1, 1, 1, C)
-    return _prepare_bn("spatial_batchnorm", x, gamma, beta, bn_param, layout, C, broadcast_shape, N * H * W)
+    return _prepare_bn("spatial_batchnorm", x, gamma, beta, bn_param, layout, C, broadcast_shape, N * H * W, out)
 
 
-def prepare_layernorm(x, gamma, beta, ln_param):
+def prepare_layernorm(x, gamma, beta, ln_param, out=None):
     check_x(x, "x", None, "an array of at least 1 dimension, shape (..., D)")
     check_param_dict(ln_param, "ln_param")
     dtype, out_dtype = compute_dtype(x, "x")
@@ -264,7 +266,27 @@ def prepare_layernorm(x, gamma, beta, ln_param):
         op="layernorm", x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
         eps=eps, mode="train", momentum=0.0, running_mean=None, running_var=None, param=ln_param,
         layout="ND", groups=1, gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
+        out=check_out(out, "out", x, out_dtype, gamma, beta),
     )
+
+
+def check_out(out, name, like, dtype, *others):
+    """An ``out=`` array: None, or a writeable C-contiguous array of like's shape and `dtype`
+    that shares no memory with the inputs."""
+    if out is None:
+        return None
+    check_ndarray(out, name)
+    if out.shape != like.shape or out.dtype != dtype:
+        raise ValueError(
+            f"{name} must be an array of shape {like.shape} and dtype {dtype}, "
+            f"got shape {out.shape} and dtype {out.dtype}"
+        )
+    if not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"{name} must be C-contiguous and writeable")
+    for other in (like, *others):
+        if np.may_share_memory(out, other):
+            raise ValueError(f"{name} must not share memory with the inputs")
+    return out
 
 
 def check_groups(G, channels):
@@ -278,7 +300,7 @@ def check_groups(G, channels):
     return G
 
 
-def prepare_groupnorm(x, gamma, beta, G, gn_param):
+def prepare_groupnorm(x, gamma, beta, G, gn_param, out=None):
     check_x(x, "x", 4, "a 4-D array of shape (N, C, H, W)")
     check_param_dict(gn_param, "gn_param")
     check_layout(gn_param, "gn_param", ("NCHW",))
@@ -292,6 +314,7 @@ def prepare_groupnorm(x, gamma, beta, G, gn_param):
         op="groupnorm", x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
         eps=eps, mode="train", momentum=0.0, running_mean=None, running_var=None, param=gn_param,
         layout="NCHW", groups=G, gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
+        out=check_out(out, "out", x, out_dtype, gamma, beta),
     )
 
 
@@ -337,7 +360,16 @@ def finish_forward(p, out, mean, invstd, batch_var=None):
         layout=p.layout, groups=p.groups, gamma_shape=p.gamma_shape, beta_shape=p.beta_shape,
         dtype=p.dtype,
     )
-    return out.astype(p.dtype, copy=False), cache
+    return _into(p.out, out, p.dtype), cache
+
+
+def _into(out, result, dtype):
+    """result in `dtype`, written into the caller's `out` array when there is one."""
+    if out is None:
+        return result.astype(dtype, copy=False)
+    if not np.may_share_memory(result, out):  # else the backend wrote into out already
+        out[...] = result
+    return out
 
 
 def _update_running(p, batch_mean, batch_var):
@@ -356,8 +388,9 @@ def _update_running(p, batch_mean, batch_var):
         current[...] = value
 
 
-def prepare_backward(dout, cache, op, function):
-    """Check the cache and dout; return dout C-contiguous in the cache's computation dtype."""
+def prepare_backward(dout, cache, op, function, out=None):
+    """Check the cache, dout and out; return dout C-contiguous in the cache's computation dtype,
+    and out (None or the caller's dx array)."""
     if not isinstance(cache, NormCache):
         raise TypeError(
             f"cache must be the cache returned by {op}_forward (a fastbn NormCache), "
@@ -371,13 +404,14 @@ def prepare_backward(dout, cache, op, function):
     compute_dtype(dout, "dout")
     if dout.shape != cache.x.shape:
         raise ValueError(f"dout must have the shape of x, {cache.x.shape}, got shape {dout.shape}")
-    return np.ascontiguousarray(dout, dtype=cache.x.dtype)
+    out = check_out(out, "out", dout, cache.dtype, cache.x)
+    return np.ascontiguousarray(dout, dtype=cache.x.dtype), out
 
 
-def finish_backward(cache, dx, dgamma, dbeta):
+def finish_backward(cache, dx, dgamma, dbeta, out=None):
     """Cast to the output dtype and give dgamma/dbeta the shapes gamma/beta had."""
     return (
-        dx.astype(cache.dtype, copy=False),
+        _into(out, dx, cache.dtype),
         np.reshape(dgamma, cache.gamma_shape).astype(cache.dtype, copy=False),
         np.reshape(dbeta, cache.beta_shape).astype(cache.dtype, copy=False),
     )

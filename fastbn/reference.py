@@ -89,7 +89,7 @@ def _batch_forward(p):
     return finish_forward(p, out, mean, invstd, batch_var)
 
 
-def _batch_backward_staged(dout, cache):
+def _batch_backward_staged(dout, cache, out=None):
     """Backpropagate through the forward's computation graph, one node at a time."""
     axes, shape = _batch_axes(cache)
     x = cache.x
@@ -111,10 +111,10 @@ def _batch_backward_staged(dout, cache):
         dxc = dxhat * invstd + xc * (2.0 * dvar / count)
         dmean = -_sum(dxc, axes)
         dx = dxc + dmean / count
-    return finish_backward(cache, dx, dgamma, dbeta)
+    return finish_backward(cache, dx, dgamma, dbeta, out)
 
 
-def _batch_backward_closed_form(dout, cache):
+def _batch_backward_closed_form(dout, cache, out=None):
     """dx = gamma * invstd / M * (M * dout - dbeta - xhat * dgamma), M values per channel."""
     axes, shape = _batch_axes(cache)
     x = cache.x
@@ -128,35 +128,35 @@ def _batch_backward_closed_form(dout, cache):
         dx = scale * dout
     else:
         dx = (scale / count) * (count * dout - dbeta - xhat * dgamma)
-    return finish_backward(cache, dx, dgamma, dbeta)
+    return finish_backward(cache, dx, dgamma, dbeta, out)
 
 
-def batchnorm_forward(x, gamma, beta, bn_param):
+def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     """Reference batchnorm forward; see :func:`fastbn.batchnorm_forward`."""
-    return _batch_forward(prepare_batchnorm(x, gamma, beta, bn_param))
+    return _batch_forward(prepare_batchnorm(x, gamma, beta, bn_param, out))
 
 
-def batchnorm_backward(dout, cache):
+def batchnorm_backward(dout, cache, *, out=None):
     """Reference batchnorm backward (staged graph); see :func:`fastbn.batchnorm_backward`."""
-    dout = prepare_backward(dout, cache, "batchnorm", "batchnorm_backward")
-    return _batch_backward_staged(dout, cache)
+    dout, out = prepare_backward(dout, cache, "batchnorm", "batchnorm_backward", out)
+    return _batch_backward_staged(dout, cache, out)
 
 
-def batchnorm_backward_alt(dout, cache):
+def batchnorm_backward_alt(dout, cache, *, out=None):
     """Reference batchnorm backward (closed form); see :func:`fastbn.batchnorm_backward_alt`."""
-    dout = prepare_backward(dout, cache, "batchnorm", "batchnorm_backward_alt")
-    return _batch_backward_closed_form(dout, cache)
+    dout, out = prepare_backward(dout, cache, "batchnorm", "batchnorm_backward_alt", out)
+    return _batch_backward_closed_form(dout, cache, out)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param):
+def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
     """Reference spatial batchnorm forward; see :func:`fastbn.spatial_batchnorm_forward`."""
-    return _batch_forward(prepare_spatial_batchnorm(x, gamma, beta, bn_param))
+    return _batch_forward(prepare_spatial_batchnorm(x, gamma, beta, bn_param, out))
 
 
-def spatial_batchnorm_backward(dout, cache):
+def spatial_batchnorm_backward(dout, cache, *, out=None):
     """Reference spatial batchnorm backward; see :func:`fastbn.spatial_batchnorm_backward`."""
-    dout = prepare_backward(dout, cache, "spatial_batchnorm", "spatial_batchnorm_backward")
-    return _batch_backward_staged(dout, cache)
+    dout, out = prepare_backward(dout, cache, "spatial_batchnorm", "spatial_batchnorm_backward", out)
+    return _batch_backward_staged(dout, cache, out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -194,7 +194,7 @@ def _row_forward(p):
     return finish_forward(p, out, mean.reshape(stat_shape), invstd.reshape(stat_shape))
 
 
-def _row_backward(dout, cache):
+def _row_backward(dout, cache, out=None):
     """dx = invstd / K * (K * g - sum(g) - xhat * sum(g * xhat)) per row, g = dout * gamma."""
     param_shape = _param_shape(cache)
     rows = _rows(cache)
@@ -207,26 +207,26 @@ def _row_backward(dout, cache):
     dgamma = _sum(dout * xhat.reshape(cache.x.shape), sum_axes)
     g = (dout * cache.gamma.reshape(param_shape)).reshape(rows.shape)
     dx = (invstd / max(count, 1)) * (count * g - _sum(g, (1,)) - xhat * _sum(g * xhat, (1,)))
-    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta)
+    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
 
 
-def layernorm_forward(x, gamma, beta, ln_param):
+def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
     """Reference layernorm forward; see :func:`fastbn.layernorm_forward`."""
-    return _row_forward(prepare_layernorm(x, gamma, beta, ln_param))
+    return _row_forward(prepare_layernorm(x, gamma, beta, ln_param, out))
 
 
-def layernorm_backward(dout, cache):
+def layernorm_backward(dout, cache, *, out=None):
     """Reference layernorm backward; see :func:`fastbn.layernorm_backward`."""
-    dout = prepare_backward(dout, cache, "layernorm", "layernorm_backward")
-    return _row_backward(dout, cache)
+    dout, out = prepare_backward(dout, cache, "layernorm", "layernorm_backward", out)
+    return _row_backward(dout, cache, out)
 
 
-def spatial_groupnorm_forward(x, gamma, beta, G, gn_param):
+def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, out=None):
     """Reference spatial groupnorm forward; see :func:`fastbn.spatial_groupnorm_forward`."""
-    return _row_forward(prepare_groupnorm(x, gamma, beta, G, gn_param))
+    return _row_forward(prepare_groupnorm(x, gamma, beta, G, gn_param, out))
 
 
-def spatial_groupnorm_backward(dout, cache):
+def spatial_groupnorm_backward(dout, cache, *, out=None):
     """Reference spatial groupnorm backward; see :func:`fastbn.spatial_groupnorm_backward`."""
-    dout = prepare_backward(dout, cache, "groupnorm", "spatial_groupnorm_backward")
-    return _row_backward(dout, cache)
+    dout, out = prepare_backward(dout, cache, "groupnorm", "spatial_groupnorm_backward", out)
+    return _row_backward(dout, cache, out)

@@ -1,0 +1,243 @@
+"""Every op: compiled == reference, numeric gradients, dtypes, layouts, thread determinism."""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastbn
+from registry import DTYPES, OPS, VALID_CASE_IDS, VALID_CASES, assert_close, copy_param
+
+needs_compiled = pytest.mark.skipif(
+    "cython" not in fastbn.available_backends(), reason="compiled kernels are not built"
+)
+
+DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+
+def _run(op, x, gamma, beta, param, backend, dout_seed=1, which=0):
+    out, cache = op.forward(x, gamma, beta, param, backend=backend)
+    dout = np.random.default_rng(dout_seed).standard_normal(x.shape).astype(x.dtype)
+    grads = op.backward(dout, cache, backend=backend, which=which)
+    return out, cache, grads
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op, shape", VALID_CASES, ids=VALID_CASE_IDS)
+def test_compiled_matches_reference(op, shape, dtype):
+    x, gamma, beta, param_c = op.make(shape, dtype)
+    _, _, _, param_r = op.make(shape, dtype)
+    out_c, cache_c, grads_c = _run(op, x, gamma, beta, param_c, "cython")
+    out_r, cache_r, grads_r = _run(op, x, gamma, beta, param_r, "numpy")
+    assert_close(out_c, out_r, dtype, "out")
+    assert_close(cache_c.mean, cache_r.mean, dtype, "mean")
+    assert_close(cache_c.invstd, cache_r.invstd, dtype, "invstd")
+    dout = np.random.default_rng(1).standard_normal(shape)
+    dx_scale = float(np.max(np.abs(dout)) * np.max(np.abs(gamma)) * np.max(cache_r.invstd))
+    assert_close(grads_c[0], grads_r[0], dtype, "dx", scale=dx_scale)
+    assert_close(grads_c[1], grads_r[1], dtype, "dgamma")
+    assert_close(grads_c[2], grads_r[2], dtype, "dbeta")
+    if op.uses_running_stats:
+        for key in ("running_mean", "running_var"):
+            assert_close(param_c[key], param_r[key], param_r[key].dtype, key)
+
+
+@needs_compiled
+@pytest.mark.parametrize("backend_fwd", ["cython", "numpy"])
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_cache_is_accepted_by_either_backend(op, backend_fwd):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    _, cache = op.forward(x, gamma, beta, param, backend=backend_fwd)
+    dout = np.random.default_rng(3).standard_normal(shape)
+    for a, b in zip(op.backward(dout, cache, backend="cython"), op.backward(dout, cache, backend="numpy")):
+        assert_close(a, b, np.float64)
+
+
+@pytest.mark.parametrize("op", [op for op in OPS if len(op.backward_names) > 1],
+                         ids=[op.id for op in OPS if len(op.backward_names) > 1])
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+def test_backward_alt_matches_backward(op, backend):
+    x, gamma, beta, param = op.make((64, 33))
+    _, cache = op.forward(x, gamma, beta, param, backend=backend)
+    dout = np.random.default_rng(3).standard_normal(x.shape)
+    for a, b in zip(op.backward(dout, cache, backend=backend, which=0),
+                    op.backward(dout, cache, backend=backend, which=1)):
+        assert_close(a, b, np.float64)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numeric gradient checks (centred differences, float64)
+# ---------------------------------------------------------------------------------------------
+
+GRAD_SHAPES = {"batchnorm": (5, 4), "spatial_batchnorm": (3, 2, 3, 2), "layernorm": (4, 6),
+               "groupnorm": (2, 4, 3, 2)}
+
+
+def _numeric_grad(f, a, h=1e-5):
+    """Centred-difference gradient of the scalar f() with respect to array a (modified in place)."""
+    grad = np.zeros_like(a)
+    it = np.nditer(a, flags=["multi_index"])
+    for _ in it:
+        i = it.multi_index
+        old = a[i]
+        a[i] = old + h
+        fp = f()
+        a[i] = old - h
+        fm = f()
+        a[i] = old
+        grad[i] = (fp - fm) / (2 * h)
+    return grad
+
+
+def _rel_error(a, b):
+    return np.max(np.abs(a - b) / np.maximum(1e-8, np.abs(a) + np.abs(b)))
+
+
+GRAD_CASES = [(op, which) for op in OPS for which in range(len(op.backward_names))]
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op, which", GRAD_CASES,
+                         ids=[f"{op.id}-{op.backward_names[w]}" for op, w in GRAD_CASES])
+def test_numeric_gradient(op, which, backend):
+    shape = GRAD_SHAPES[op.name]
+    x, gamma, beta, param = op.make(shape, seed=4)
+    dout = np.random.default_rng(5).standard_normal(shape)
+
+    def loss():
+        out, _ = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+        return float(np.sum(out * dout))
+
+    _, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    dx, dgamma, dbeta = op.backward(dout, cache, backend=backend, which=which)
+    assert _rel_error(dx, _numeric_grad(loss, x)) < 1e-8
+    assert _rel_error(dgamma, _numeric_grad(loss, gamma)) < 1e-9
+    assert _rel_error(dbeta, _numeric_grad(loss, beta)) < 1e-9
+
+
+# ---------------------------------------------------------------------------------------------
+# dtypes, layouts, inputs untouched, threads
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("in_dtype, out_dtype", [
+    (np.float16, np.float16), (np.float32, np.float32), (np.float64, np.float64),
+    (np.int32, np.float64), (np.int64, np.float64), (np.uint8, np.float64), (np.bool_, np.float64),
+], ids=["float16", "float32", "float64", "int32", "int64", "uint8", "bool"])
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_dtype_rules(op, backend, in_dtype, out_dtype):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    x = (x > 3) if in_dtype is np.bool_ else (x * 10).astype(in_dtype)
+    out, cache = op.forward(x, gamma, beta, param, backend=backend)
+    dx, dgamma, dbeta = op.backward(np.ones(shape, dtype=in_dtype), cache, backend=backend)
+    assert out.dtype == dx.dtype == dgamma.dtype == dbeta.dtype == np.dtype(out_dtype)
+    compute = np.float32 if in_dtype is np.float16 else out_dtype
+    assert cache.x.dtype == np.dtype(compute)
+    # Same as computing on the input converted to the computation dtype, then casting.
+    x_c, gamma_c, beta_c, param_c = op.make(shape)
+    expected, _ = op.forward(x.astype(compute), gamma_c.astype(compute), beta_c.astype(compute),
+                             param_c, backend=backend)
+    np.testing.assert_array_equal(out, expected.astype(out_dtype))
+
+
+def _layouts(x):
+    """The same values in other memory layouts."""
+    yield "fortran", np.asfortranarray(x)
+    flipped = np.flip(x.copy(), axis=0)
+    yield "negative-stride", np.flip(flipped, axis=0)
+    wide = np.zeros(x.shape[:-1] + (2 * x.shape[-1],), dtype=x.dtype)
+    wide[..., ::2] = x
+    yield "strided", wide[..., ::2]
+    ro = x.copy()
+    ro.flags.writeable = False
+    yield "read-only", ro
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_memory_layouts_give_same_result(op, backend):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    expected, _ = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    for name, x_l in _layouts(x):
+        out, cache = op.forward(x_l, gamma, beta, copy_param(param), backend=backend)
+        np.testing.assert_array_equal(out, expected, err_msg=name)
+        dout = np.asfortranarray(np.ones_like(x))
+        op.backward(dout, cache, backend=backend)
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_inputs_are_not_modified(op, backend):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    copies = [a.copy() for a in (x, gamma, beta)]
+    out, cache = op.forward(x, gamma, beta, param, backend=backend)
+    dout = np.random.default_rng(1).standard_normal(shape)
+    dout_copy = dout.copy()
+    grads = op.backward(dout, cache, backend=backend)
+    for a, c in zip((x, gamma, beta, dout), copies + [dout_copy]):
+        np.testing.assert_array_equal(a, c)
+    for result in (out, *grads):
+        for given in (x, gamma, beta, dout):
+            assert not np.shares_memory(result, given)
+
+
+LARGE = {"batchnorm": (3000, 70), "spatial_batchnorm": (16, 8, 24, 24), "layernorm": (700, 300),
+         "groupnorm": (16, 8, 24, 24)}
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_thread_count_does_not_change_bits(op, dtype):
+    shape = LARGE[op.name]
+    if op.layout == "NHWC":
+        shape = (shape[0], shape[2], shape[3], shape[1])
+    results = []
+    for n in (1, 2):
+        x, gamma, beta, param = op.make(shape, dtype)
+        with threadpool_limits(n, user_api="openmp"):
+            assert fastbn.get_num_threads() <= n
+            out, cache, grads = _run(op, x, gamma, beta, param, "cython")
+        results.append((out, cache.mean, cache.invstd, *grads))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16], ids=["float64", "float32", "float16"])
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_out_buffers_are_filled_and_returned(op, backend, dtype):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape, dtype)
+    expected, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    dout = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    expected_dx = op.backward(dout, cache, backend=backend)[0]
+    out = np.full(shape, np.nan, dtype=dtype)
+    fn = getattr(fastbn, op.forward_name)
+    args = (x, gamma, beta) + ((op.G(shape),) if op.name == "groupnorm" else ()) + (copy_param(param),)
+    result, cache = fn(*args, backend=backend, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, expected)
+    dx_out = np.full(shape, np.nan, dtype=dtype)
+    dx = getattr(fastbn, op.backward_names[0])(dout, cache, backend=backend, out=dx_out)[0]
+    assert dx is dx_out
+    np.testing.assert_array_equal(dx_out, expected_dx)
+
+
+@pytest.mark.parametrize("bad_out, message", [
+    (lambda x: np.empty(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype), "shape"),
+    (lambda x: np.empty(x.shape, np.float32), "dtype"),
+    (lambda x: np.empty(x.shape[::-1], x.dtype).T, "C-contiguous"),
+    (lambda x: x, "share memory"),
+    (lambda x: [0.0] * x.shape[0], "numpy.ndarray"),
+], ids=["shape", "dtype", "fortran", "aliases-x", "list"])
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+def test_bad_out_buffer_raises(backend, bad_out, message):
+    op = OPS[0]
+    x, gamma, beta, param = op.make((6, 5))
+    with pytest.raises((ValueError, TypeError), match=message):
+        fastbn.batchnorm_forward(x, gamma, beta, param, backend=backend, out=bad_out(x))
+    assert "running_mean" not in param  # nothing was updated by the failing call
