@@ -1,0 +1,139 @@
+"""bn_param / ln_param / gn_param semantics: modes, running statistics, defaults, eps."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import fastbn
+from registry import OPS, assert_close, copy_param
+
+BACKENDS = fastbn.available_backends()
+BATCH_OPS = [op for op in OPS if op.uses_running_stats and op.mode == "train" and not op.param_broadcast]
+BATCH_IDS = [op.id for op in BATCH_OPS]
+
+
+def _batch_stats(op, x):
+    """Biased batch mean and variance per feature/channel, float64."""
+    channel_axis = x.ndim - 1 if op.layout == "NHWC" else 1
+    axes = tuple(a for a in range(x.ndim) if a != channel_axis)
+    return x.mean(axis=axes, dtype=np.float64), x.var(axis=axes, dtype=np.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", BATCH_OPS, ids=BATCH_IDS)
+def test_first_train_call_creates_running_stats_from_zeros(op, backend):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    param["momentum"] = 0.75
+    op.forward(x, gamma, beta, param, backend=backend)
+    mean, var = _batch_stats(op, x)
+    C = op.channels(shape)
+    for key, stat in (("running_mean", mean), ("running_var", var)):
+        assert param[key].shape == (C,) and param[key].dtype == x.dtype
+        np.testing.assert_allclose(param[key], 0.25 * stat, rtol=1e-12)
+
+
+@pytest.mark.parametrize("running_shape", ["flat", "row", "broadcast"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", BATCH_OPS, ids=BATCH_IDS)
+def test_supplied_running_stats_are_updated_in_place_keeping_shape(op, backend, running_shape):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    C = op.channels(shape)
+    rshape = {"flat": (C,), "row": (1, C),
+              "broadcast": replace(op, param_broadcast=True).param_shape(shape)}[running_shape]
+    rng = np.random.default_rng(7)
+    running_mean = rng.standard_normal(rshape)
+    running_var = rng.random(rshape)
+    before = running_mean.copy(), running_var.copy()
+    param.update(running_mean=running_mean, running_var=running_var, momentum=0.9)
+    op.forward(x, gamma, beta, param, backend=backend)
+    assert param["running_mean"] is running_mean and param["running_var"] is running_var
+    assert running_mean.shape == rshape
+    mean, var = _batch_stats(op, x)
+    np.testing.assert_allclose(running_mean, 0.9 * before[0] + 0.1 * mean.reshape(rshape), rtol=1e-12)
+    np.testing.assert_allclose(running_var, 0.9 * before[1] + 0.1 * var.reshape(rshape), rtol=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 1.0])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_momentum_bounds(backend, momentum):
+    op = BATCH_OPS[0]
+    x, gamma, beta, param = op.make((50, 4))
+    param.update(momentum=momentum, running_mean=np.full(4, 7.0), running_var=np.full(4, 3.0))
+    op.forward(x, gamma, beta, param, backend=backend)
+    mean, var = _batch_stats(op, x)
+    expected = (np.full(4, 7.0), np.full(4, 3.0)) if momentum == 1.0 else (mean, var)
+    np.testing.assert_allclose(param["running_mean"], expected[0], rtol=1e-12)
+    np.testing.assert_allclose(param["running_var"], expected[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", BATCH_OPS, ids=BATCH_IDS)
+def test_train_then_test_uses_running_stats(op, backend):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    param["momentum"] = 0.0  # running stats become exactly the batch stats
+    train_out, _ = op.forward(x, gamma, beta, param, backend=backend)
+    param["mode"] = "test"
+    test_out, cache = op.forward(x, gamma, beta, param, backend=backend)
+    assert cache.mode == "test"
+    assert_close(test_out, train_out, np.float64)
+    # A second batch in test mode is normalised with the first batch's statistics.
+    x2 = x * 2.0
+    out2, _ = op.forward(x2, gamma, beta, param, backend=backend)
+    scale_shape = (1, -1, 1, 1) if op.layout == "NCHW" else (-1,)
+    assert_close(out2 - test_out, (x2 - x) * (gamma * cache.invstd).reshape(scale_shape), np.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_test_mode_does_not_touch_running_stats(backend):
+    op = next(op for op in OPS if op.uses_running_stats and op.mode == "test")
+    x, gamma, beta, param = op.make((20, 3))
+    before = copy_param(param)
+    op.forward(x, gamma, beta, param, backend=backend)
+    for key in ("running_mean", "running_var"):
+        np.testing.assert_array_equal(param[key], before[key])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_running_stats_with_float32_input_keep_their_dtype(backend):
+    op = BATCH_OPS[0]
+    x, gamma, beta, param = op.make((30, 5), np.float32)
+    param.update(running_mean=np.zeros(5), running_var=np.ones(5))
+    op.forward(x, gamma, beta, param, backend=backend)
+    assert param["running_mean"].dtype == np.float64 and param["running_var"].dtype == np.float64
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", [op for op in OPS if op.mode == "train" and not op.param_broadcast],
+                         ids=[op.id for op in OPS if op.mode == "train" and not op.param_broadcast])
+def test_eps_default_and_value(op, backend):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    _, cache_default = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    _, cache_explicit = op.forward(x, gamma, beta, dict(copy_param(param), eps=1e-5), backend=backend)
+    _, cache_large = op.forward(x, gamma, beta, dict(copy_param(param), eps=0.5), backend=backend)
+    assert cache_default.eps == 1e-5
+    np.testing.assert_array_equal(cache_default.invstd, cache_explicit.invstd)
+    var = 1.0 / cache_default.invstd.astype(np.float64) ** 2 - 1e-5
+    np.testing.assert_allclose(cache_large.invstd, 1.0 / np.sqrt(var + 0.5), rtol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unknown_keys_are_ignored(backend):
+    x = np.random.default_rng(0).standard_normal((4, 6))
+    out1, _ = fastbn.layernorm_forward(x, np.ones(6), np.zeros(6), {"mode": "train", "foo": 1},
+                                       backend=backend)
+    out2, _ = fastbn.layernorm_forward(x, np.ones(6), np.zeros(6), {}, backend=backend)
+    np.testing.assert_array_equal(out1, out2)
+
+
+def test_cs231n_session():
+    """The issue's one-liner: train-mode forward then backward of a (200, 500) batch."""
+    x = np.random.default_rng(0).standard_normal((200, 500))
+    out, cache = fastbn.batchnorm_forward(x, np.ones(500), np.zeros(500), {"mode": "train"})
+    dx, dgamma, dbeta = fastbn.batchnorm_backward(np.ones_like(x), cache)
+    np.testing.assert_allclose(dgamma, 0.0, atol=1e-10)  # sum of xhat over the batch is zero
+    np.testing.assert_allclose(dbeta, 200.0)
+    np.testing.assert_allclose(dx, 0.0, atol=1e-12)
