@@ -23,3 +23,20 @@ def test_every_public_function_has_an_example(name):
         assert "Attributes" in obj.__doc__
     else:
         assert ">>>" in obj.__doc__
+
+
+def _readme_python_blocks():
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).resolve().parent.parent / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_readme_examples_run():
+    blocks = _readme_python_blocks()
+    assert len(blocks) >= 4
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), namespace)
+    fastbn.set_num_threads(None)
