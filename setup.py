@@ -107,8 +107,14 @@ class BuildExt(build_ext):
 
     def run(self):
         super().run()
-        if self.inplace:  # setuptools builds in build_lib, then copies the extension to the source
-            self.copy_file(os.path.join(self.build_lib, "fastbn", BUILD_INFO), os.path.join("fastbn", BUILD_INFO))
+        # Also put the built extension beside the sources (setuptools does this itself for
+        # --inplace), so that `python -m fastbn` run from a checkout after `pip install .`
+        # uses the compiled kernels rather than a source tree without them.
+        if not self.inplace:
+            for ext in self.extensions:
+                built = self.get_ext_fullpath(ext.name)
+                self.copy_file(built, os.path.join("fastbn", os.path.basename(built)))
+        self.copy_file(os.path.join(self.build_lib, "fastbn", BUILD_INFO), os.path.join("fastbn", BUILD_INFO))
 
 
 debug_build = _flag_enabled("FASTBN_DEBUG")
