@@ -67,6 +67,22 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
     TypeError
         Non-array input or a complex, object or string dtype.
 
+    Notes
+    -----
+    Edge cases (the same for both backends):
+
+    - Empty input: with D = 0, or in test mode with N = 0, the output is empty. Train mode
+      with N = 0 or N = 1 raises ValueError (no batch statistics).
+    - A constant feature has variance 0: with eps > 0 its output is beta and its gradients
+      are finite; with eps = 0 its invstd is inf and its output, dx and dgamma are NaN (as in
+      PyTorch). Other features are not affected.
+    - NaN or Inf in a feature makes that feature's output and statistics (cache.mean,
+      cache.invstd, running statistics) non-finite; every other feature is computed exactly as
+      without it.
+    - The running statistics keep their dtype: float32 ones overflow to inf when the batch
+      variance exceeds 3.4e38 (|x| above ~1e19); mean, invstd and the output stay finite for
+      any finite float32 input.
+
     Examples
     --------
     >>> import numpy as np, fastbn
@@ -160,6 +176,22 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=N
     out : ndarray shaped like x
     cache : NormCache
 
+    Notes
+    -----
+    Edge cases (the same for both backends):
+
+    - Empty input: with C = 0, or in test mode with N*H*W = 0, the output is empty. Train mode
+      with N*H*W = 0 or N*H*W = 1 raises ValueError (no batch statistics).
+    - A constant channel has variance 0: with eps > 0 its output is beta and its gradients
+      are finite; with eps = 0 its invstd is inf and its output, dx and dgamma are NaN (as in
+      PyTorch). Other channels are not affected.
+    - NaN or Inf in a channel makes that channel's output and statistics (cache.mean,
+      cache.invstd, running statistics) non-finite; every other channel is computed exactly as
+      without it.
+    - The running statistics keep their dtype: float32 ones overflow to inf when the batch
+      variance exceeds 3.4e38 (|x| above ~1e19); mean, invstd and the output stay finite for
+      any finite float32 input.
+
     Examples
     --------
     >>> import numpy as np, fastbn
@@ -226,6 +258,17 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
     cache : NormCache
         ``cache.mean`` and ``cache.invstd`` have shape ``x.shape[:-1]``.
 
+    Notes
+    -----
+    Edge cases (the same for both backends):
+
+    - Empty input (any dimension 0) gives an empty output, and empty or zero gradients.
+    - A constant row has variance 0: with eps > 0 its output is beta and its gradients are
+      finite; with eps = 0 its invstd is inf and its output and dx are NaN (as in PyTorch).
+    - NaN or Inf in a row makes that row's output, dx and statistics non-finite; every other
+      row is computed exactly as without it (dgamma and dbeta, sums over all rows, are
+      non-finite where it contributes).
+
     Examples
     --------
     >>> import numpy as np, fastbn
@@ -287,6 +330,18 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", ou
     out : ndarray of shape (N, C, H, W)
     cache : NormCache
         ``cache.mean`` and ``cache.invstd`` have shape (N, G).
+
+    Notes
+    -----
+    Edge cases (the same for both backends):
+
+    - Empty input (N, C, H or W = 0) gives an empty output, and empty or zero gradients.
+    - A constant group (one sample's C/G channels) has variance 0: with eps > 0 its output is
+      beta and its gradients are finite; with eps = 0 its invstd is inf and its output and dx
+      are NaN (as in PyTorch).
+    - NaN or Inf in a group makes that group's output, dx and statistics non-finite; every
+      other group is computed exactly as without it (dgamma and dbeta, sums over the batch, are
+      non-finite for the channels it touches).
 
     Examples
     --------

@@ -127,14 +127,15 @@ def as_computation_array(a, name, dtype):
 
 
 def _check_real(value, name, low, high, default):
+    """A real number in [low, high] (high may be inf: then finite and >= low), or the default."""
     if value is None:
         return default
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {value!r} of type {_type_name(value)}")
     value = float(value)
-    if not (low <= value <= high):  # also rejects NaN
-        interval = f"[{low}, {high}]" if high != np.inf else f">= {low} and finite"
-        raise ValueError(f"{name} must be {interval}, got {value!r}")
+    if not (low <= value <= high) or value == np.inf:  # also rejects NaN
+        expected = f"in [{low}, {high}]" if high != np.inf else f"finite and >= {low}"
+        raise ValueError(f"{name} must be a real number {expected}, got {value!r}")
     return value
 
 
@@ -145,7 +146,7 @@ def check_param_dict(param, name):
 
 
 def check_eps(param, name):
-    return _check_real(param.get("eps"), f"{name}['eps']", 0.0, np.finfo(np.float64).max, DEFAULT_EPS)
+    return _check_real(param.get("eps"), f"{name}['eps']", 0.0, np.inf, DEFAULT_EPS)
 
 
 def check_mode(param, name):
@@ -220,10 +221,11 @@ def _prepare_bn(op, x, gamma, beta, bn_param, layout, channels, broadcast_shape,
     running_mean = check_running(bn_param, "bn_param", "running_mean", channels, broadcast_shape, mode)
     running_var = check_running(bn_param, "bn_param", "running_var", channels, broadcast_shape, mode)
     if mode == "train" and per_channel < 2:
+        why = ("an empty batch has no statistics" if per_channel == 0 else
+               "with one value the output would be beta for every input")
         raise ValueError(
             f"train mode needs at least 2 values per {'feature' if op == 'batchnorm' else 'channel'} "
-            f"to compute batch statistics, got {per_channel} (x has shape {x.shape}); "
-            "with one value the output would be beta for every input"
+            f"to compute batch statistics, got {per_channel} (x has shape {x.shape}); {why}"
         )
     return Prepared(
         op=op, x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
@@ -340,9 +342,13 @@ def kernel_view(cache_or_prepared):
 
 
 def test_statistics(p):
-    """mean and invstd (computation dtype, flat) from the running statistics, for test mode."""
+    """mean and invstd (computation dtype, flat) from the running statistics, for test mode.
+
+    Both are new arrays: the cache never aliases the caller's running statistics, which a later
+    train-mode call updates in place.
+    """
     dtype = p.x.dtype
-    mean = np.ascontiguousarray(p.running_mean, dtype=dtype).reshape(-1)
+    mean = np.array(p.running_mean, dtype=dtype, order="C", copy=True).reshape(-1)
     var = np.asarray(p.running_var, dtype=np.float64).reshape(-1)
     invstd = (1.0 / np.sqrt(var + p.eps)).astype(dtype)
     return mean, invstd
@@ -388,9 +394,18 @@ def _update_running(p, batch_mean, batch_var):
         current[...] = value
 
 
-def prepare_backward(dout, cache, op, function, out=None):
-    """Check the cache, dout and out; return dout C-contiguous in the cache's computation dtype,
-    and out (None or the caller's dx array)."""
+_CACHE_LAYOUTS = {
+    "batchnorm": ("NC",), "spatial_batchnorm": LAYOUTS, "layernorm": ("ND",), "groupnorm": ("NCHW",),
+}
+_CACHE_NDIM = {"batchnorm": 2, "spatial_batchnorm": 4, "groupnorm": 4}
+
+
+def check_cache(cache, op, function):
+    """The cache must be a NormCache of `op` whose fields agree with each other.
+
+    The checks are O(1) (shapes, dtypes, flags; no data is read). They stop a cache from another
+    op, or one edited by hand (``cache._replace(...)``), before a kernel indexes its arrays.
+    """
     if not isinstance(cache, NormCache):
         raise TypeError(
             f"cache must be the cache returned by {op}_forward (a fastbn NormCache), "
@@ -400,6 +415,56 @@ def prepare_backward(dout, cache, op, function, out=None):
         raise ValueError(
             f"cache comes from {cache.op}_forward, but {function} needs the cache of {op}_forward"
         )
+    x = cache.x
+    if not (isinstance(x, np.ndarray) and x.dtype in (np.float32, np.float64)
+            and x.dtype.isnative and x.flags.c_contiguous):
+        got = f"dtype {x.dtype}, C-contiguous {x.flags.c_contiguous}" if isinstance(x, np.ndarray) else _type_name(x)
+        raise ValueError(f"cache.x must be a C-contiguous float32 or float64 array, got {got}")
+    ndim = _CACHE_NDIM.get(op)
+    if (x.ndim != ndim) if ndim else (x.ndim < 1):
+        raise ValueError(f"cache.x must have {ndim or 'at least 1'} dimensions for {op}, got shape {x.shape}")
+    if cache.layout not in _CACHE_LAYOUTS[op]:
+        raise ValueError(f"cache.layout must be one of {list(_CACHE_LAYOUTS[op])}, got {cache.layout!r}")
+    modes = ("train", "test") if op in ("batchnorm", "spatial_batchnorm") else ("train",)
+    if cache.mode not in modes:
+        raise ValueError(f"cache.mode must be one of {list(modes)}, got {cache.mode!r}")
+    if op == "groupnorm":
+        check_groups(cache.groups, x.shape[1])
+    elif cache.groups != 1:
+        raise ValueError(f"cache.groups must be 1 for {op}, got {cache.groups!r}")
+    _, view = kernel_view(cache)
+    channels = view[1] if op != "groupnorm" else x.shape[1]
+    n_stats = channels if op in ("batchnorm", "spatial_batchnorm") else view[0]
+    gamma = cache.gamma
+    if not (isinstance(gamma, np.ndarray) and gamma.shape == (channels,) and gamma.dtype == x.dtype
+            and gamma.flags.c_contiguous):
+        got = (f"shape {gamma.shape}, dtype {gamma.dtype}" if isinstance(gamma, np.ndarray)
+               else _type_name(gamma))
+        raise ValueError(
+            f"cache.gamma must be a C-contiguous array of shape {(channels,)} and dtype {x.dtype}, got {got}"
+        )
+    for name in ("mean", "invstd"):
+        stat = getattr(cache, name)
+        if not (isinstance(stat, np.ndarray) and stat.dtype.kind == "f" and stat.size == n_stats):
+            got = (f"size {stat.size}, dtype {stat.dtype}" if isinstance(stat, np.ndarray)
+                   else _type_name(stat))
+            raise ValueError(f"cache.{name} must be a float array of {n_stats} values, got {got}")
+    for name in ("gamma_shape", "beta_shape"):
+        shape = getattr(cache, name)
+        if not (isinstance(shape, tuple) and int(np.prod(shape, dtype=np.int64)) == channels):
+            raise ValueError(f"cache.{name} must be a shape of {channels} values, got {shape!r}")
+    try:
+        dtype = np.dtype(cache.dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+        raise ValueError(f"cache.dtype must be float16, float32 or float64, got {cache.dtype!r}")
+
+
+def prepare_backward(dout, cache, op, function, out=None):
+    """Check the cache, dout and out; return dout C-contiguous in the cache's computation dtype,
+    and out (None or the caller's dx array)."""
+    check_cache(cache, op, function)
     check_ndarray(dout, "dout")
     compute_dtype(dout, "dout")
     if dout.shape != cache.x.shape:
