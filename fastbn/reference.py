@@ -6,7 +6,8 @@ the compiled path (:mod:`fastbn._validation`), so for any input both raise the s
 return results.
 
 Elementwise work is done in the computation dtype (float32 or float64); every reduction
-accumulates in float64 and is rounded once to the computation dtype.
+accumulates in float64 and is rounded once to the computation dtype (the per-channel nodes of
+the staged batchnorm backward stay in float64, where float32 would overflow).
 
 Examples
 --------
@@ -50,14 +51,22 @@ def _sum(a, axes):
 
 
 def _mean_var(x, axes):
-    """float64 mean and biased variance over `axes` (kept); an empty reduction gives 0 and 0."""
+    """float64 mean and biased variance over `axes` (kept); an empty reduction gives 0 and 0.
+
+    The values are first shifted by the first value of their unit (feature, channel, row or
+    group), as the compiled kernels do: the sums stay small for any mean offset, and a constant
+    unit gets exactly its value as mean and exactly 0 as variance.
+    """
     count = np.prod([x.shape[a] for a in axes], dtype=np.int64)
     if count == 0:
         shape = [1 if a in axes else n for a, n in enumerate(x.shape)]
         return np.zeros(shape), np.zeros(shape)
-    mean = np.mean(x, axis=axes, dtype=np.float64, keepdims=True)
-    var = np.mean(np.square(x - mean), axis=axes, keepdims=True)
-    return mean, var
+    first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))
+    shift = x[first].astype(np.float64)
+    shifted = x - shift
+    shifted_mean = np.mean(shifted, axis=axes, keepdims=True)
+    var = np.mean(np.square(shifted - shifted_mean), axis=axes, keepdims=True)
+    return shift + shifted_mean, var
 
 
 # ------------------------------------------------------------------------------------------
@@ -105,10 +114,12 @@ def _batch_backward_staged(dout, cache, out=None):
     if cache.mode == "test":
         dx = dxhat * invstd  # mean and invstd are constants in test mode
     else:
-        # invstd = (var + eps) ** -0.5, var = mean(xc ** 2), xc = x - mean, mean = mean(x)
-        dinvstd = _sum(dxhat * xc, axes)
-        dvar = -0.5 * invstd**3 * dinvstd
-        dxc = dxhat * invstd + xc * (2.0 * dvar / count)
+        # invstd = (var + eps) ** -0.5, var = mean(xc ** 2), xc = x - mean, mean = mean(x).
+        # The per-channel nodes dinvstd and dvar are kept in float64: invstd ** 3 overflows
+        # float32 as soon as var + eps < 1e-26 (eps = 0 and a nearly constant channel).
+        dinvstd = np.sum(dxhat * xc, axis=axes, dtype=np.float64, keepdims=True)
+        dvar = -0.5 * invstd.astype(np.float64) ** 3 * dinvstd
+        dxc = (dxhat * invstd + xc * (2.0 * dvar / count)).astype(x.dtype)
         dmean = -_sum(dxc, axes)
         dx = dxc + dmean / count
     return finish_backward(cache, dx, dgamma, dbeta, out)
