@@ -1,0 +1,161 @@
+"""Cross-check against PyTorch (skipped when torch is not installed; CI installs it).
+
+Outputs and all three gradients (PyTorch's through autograd) of ``F.batch_norm`` (2-D, 4-D
+NCHW and 4-D channels_last against our NHWC layout), ``F.layer_norm`` and ``F.group_norm``, in
+train and eval modes, float64 and float32, for both backends.
+
+Running statistics follow different conventions, converted in :func:`_torch_running`:
+
+- momentum: PyTorch updates ``running = (1 - m_t) * running + m_t * batch``; fastbn (cs231n)
+  ``running = m * running + (1 - m) * batch``. So ``m_t = 1 - m``.
+- variance: PyTorch's running_var is updated with the *unbiased* batch variance
+  (``sum((x - mean)**2) / (n - 1)``), fastbn's with the *biased* one (``/ n``), n the values per
+  channel. The test recovers PyTorch's batch variance from its update and rescales it by
+  ``(n - 1) / n``.
+"""
+import numpy as np
+import pytest
+
+import fastbn
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+BACKENDS = fastbn.available_backends()
+DTYPES = {"float64": (np.float64, torch.float64, 1e-10), "float32": (np.float32, torch.float32, 1e-4)}
+EPS = 1e-5
+MOMENTUM = 0.8  # fastbn's; PyTorch's is 1 - 0.8
+
+
+def _data(shape, C, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (2.0 + 3.0 * rng.standard_normal(shape)).astype(dtype)
+    gamma = (1.0 + 0.5 * rng.standard_normal(C)).astype(dtype)
+    beta = rng.standard_normal(C).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    running_mean = (0.5 * rng.standard_normal(C)).astype(dtype)
+    running_var = (1.0 + rng.random(C)).astype(dtype)
+    return x, gamma, beta, dout, running_mean, running_var
+
+
+def _torch_grads(fn, x, gamma, beta, dout, memory_format=torch.contiguous_format):
+    """fn's output and the autograd gradients for x, weight and bias."""
+    xt = torch.from_numpy(x).to(memory_format=memory_format).requires_grad_()
+    wt = torch.from_numpy(gamma).requires_grad_()
+    bt = torch.from_numpy(beta).requires_grad_()
+    out = fn(xt, wt, bt)
+    out.backward(torch.from_numpy(dout).to(memory_format=memory_format))
+    return [t.detach().numpy() for t in (out, xt.grad, wt.grad, bt.grad)]
+
+
+def _close(actual, desired, rtol, what, scale=0.0):
+    assert actual.dtype == desired.dtype, what
+    assert actual.shape == desired.shape, what
+    scale = max(float(np.max(np.abs(desired))), scale)
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=rtol * scale, err_msg=what)
+
+
+def _compare(ours, theirs, rtol, gamma, invstd, dout):
+    names = ("out", "dx", "dgamma", "dbeta")
+    # dx is a cancellation of terms of size |gamma * invstd * dout|; dgamma and dbeta are sums
+    # of |dout| * O(1) terms (a constant row with D = 1 has dgamma = 0 up to rounding)
+    scales = {"out": 0.0, "dx": float(np.max(np.abs(gamma)) * np.max(invstd) * np.max(np.abs(dout))),
+              "dgamma": float(np.abs(dout).sum()) / gamma.size, "dbeta": 0.0}
+    for name, a, b in zip(names, ours, theirs):
+        _close(a, b, rtol, name, scale=scales[name])
+
+
+def _torch_running(rm0, rv0, rm_t, rv_t, n):
+    """fastbn's running statistics after one train step, from PyTorch's after the same step."""
+    m_t = 1.0 - MOMENTUM
+    batch_mean = (rm_t - (1 - m_t) * rm0) / m_t
+    batch_var_unbiased = (rv_t - (1 - m_t) * rv0) / m_t
+    batch_var = batch_var_unbiased * (n - 1) / n
+    return MOMENTUM * rm0 + (1 - MOMENTUM) * batch_mean, MOMENTUM * rv0 + (1 - MOMENTUM) * batch_var
+
+
+BN_CASES = [
+    ("2d", (64, 17), None),
+    ("4d-nchw", (6, 5, 7, 3), "NCHW"),
+    ("4d-channels_last", (6, 5, 7, 3), "NHWC"),
+]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", BN_CASES, ids=[c[0] for c in BN_CASES])
+def test_batch_norm_matches_torch(case, backend, dtype_name, mode):
+    _, shape, layout = case
+    dtype, torch_dtype, rtol = DTYPES[dtype_name]
+    C = shape[1]
+    x, gamma, beta, dout, rm0, rv0 = _data(shape, C, dtype)
+    training = mode == "train"
+
+    # PyTorch: NCHW tensor, optionally in channels_last memory format.
+    rm_t, rv_t = torch.from_numpy(rm0.copy()), torch.from_numpy(rv0.copy())
+    memory_format = torch.channels_last if layout == "NHWC" else torch.contiguous_format
+    theirs = _torch_grads(
+        lambda xt, wt, bt: F.batch_norm(xt, rm_t, rv_t, wt, bt, training=training,
+                                        momentum=1.0 - MOMENTUM, eps=EPS),
+        x, gamma, beta, dout, memory_format)
+
+    # fastbn: (N, D), NCHW, or the same values laid out as NHWC.
+    param = {"mode": "train" if training else "test", "eps": EPS, "momentum": MOMENTUM,
+             "running_mean": rm0.copy(), "running_var": rv0.copy()}
+    if layout == "NHWC":
+        to_ours = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731
+        from_ours = lambda a: a.transpose(0, 3, 1, 2)  # noqa: E731
+    else:
+        to_ours = from_ours = lambda a: a  # noqa: E731
+    if layout:
+        param["layout"] = layout
+        forward, backward = fastbn.spatial_batchnorm_forward, fastbn.spatial_batchnorm_backward
+    else:
+        forward, backward = fastbn.batchnorm_forward, fastbn.batchnorm_backward
+    out, cache = forward(to_ours(x), gamma, beta, param, backend=backend)
+    dx, dgamma, dbeta = backward(to_ours(dout), cache, backend=backend)
+    _compare((from_ours(out), from_ours(dx), dgamma, dbeta), theirs, rtol, gamma, cache.invstd, dout)
+
+    if training:
+        n = x.size // C
+        expected_mean, expected_var = _torch_running(rm0, rv0, rm_t.numpy(), rv_t.numpy(), n)
+        _close(param["running_mean"], expected_mean, rtol, "running_mean")
+        _close(param["running_var"], expected_var, rtol, "running_var")
+    else:  # eval mode leaves both untouched
+        np.testing.assert_array_equal(rv_t.numpy(), rv0)
+        np.testing.assert_array_equal(param["running_var"], rv0)
+
+
+LN_SHAPES = [(32, 50), (4, 6, 33), (7, 1)]
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", LN_SHAPES, ids=["x".join(map(str, s)) for s in LN_SHAPES])
+def test_layer_norm_matches_torch(shape, backend, dtype_name):
+    dtype, _, rtol = DTYPES[dtype_name]
+    D = shape[-1]
+    x, gamma, beta, dout, _, _ = _data(shape, D, dtype, seed=1)
+    theirs = _torch_grads(lambda xt, wt, bt: F.layer_norm(xt, (D,), wt, bt, eps=EPS), x, gamma, beta, dout)
+    out, cache = fastbn.layernorm_forward(x, gamma, beta, {"eps": EPS}, backend=backend)
+    dx, dgamma, dbeta = fastbn.layernorm_backward(dout, cache, backend=backend)
+    _compare((out, dx, dgamma, dbeta), theirs, rtol, gamma, cache.invstd, dout)
+
+
+GN_CASES = [("G1", (4, 6, 5, 5), 1), ("G3", (4, 6, 5, 5), 3), ("G=C-instance", (3, 6, 4, 7), 6),
+            ("1x1-planes", (5, 8, 1, 1), 2)]
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", GN_CASES, ids=[c[0] for c in GN_CASES])
+def test_group_norm_matches_torch(case, backend, dtype_name):
+    _, shape, G = case
+    dtype, _, rtol = DTYPES[dtype_name]
+    C = shape[1]
+    x, gamma, beta, dout, _, _ = _data(shape, C, dtype, seed=2)
+    theirs = _torch_grads(lambda xt, wt, bt: F.group_norm(xt, G, wt, bt, eps=EPS), x, gamma, beta, dout)
+    out, cache = fastbn.spatial_groupnorm_forward(x, gamma, beta, G, {"eps": EPS}, backend=backend)
+    dx, dgamma, dbeta = fastbn.spatial_groupnorm_backward(dout, cache, backend=backend)
+    _compare((out, dx, dgamma, dbeta), theirs, rtol, gamma, cache.invstd, dout)
