@@ -28,9 +28,29 @@ cdef extern from "omp_shim.h":
     int omp_get_max_threads() noexcept nogil
     int FASTBN_OPENMP
 
+cdef extern from "loops.h" nogil:
+    ctypedef struct fastbn_sums:
+        double s1
+        double s2
+    fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
+    fastbn_sums fastbn_shifted_sums_d(const double* x, Py_ssize_t n, double shift)
+    fastbn_sums fastbn_grad_sums_f(const float* x, const float* dy, Py_ssize_t n, double mean)
+    fastbn_sums fastbn_grad_sums_d(const double* x, const double* dy, Py_ssize_t n, double mean)
+    fastbn_sums fastbn_row_grad_sums_f(const float* x, const float* dy, const float* gamma,
+                                       Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+    fastbn_sums fastbn_row_grad_sums_d(const double* x, const double* dy, const double* gamma,
+                                       Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+
 
 # Column blocks of the (M, D) grid: a task covers COL_BLOCK columns of a chunk of rows.
 cdef Py_ssize_t COL_BLOCK = 256
+# Elementwise sweeps of (M, D) run over tiles of AFFINE_ROWS rows x AFFINE_COLS columns, so that
+# the per-column coefficients of a tile stay in L1 while its rows stream through.
+cdef Py_ssize_t AFFINE_ROWS = 32
+cdef Py_ssize_t AFFINE_COLS = 1024
+# NCHW with at least this many channels: a channel's N planes are processed by one thread
+# (statistics, then the normalising sweep while the planes are still in cache).
+cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 # Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
 cdef Py_ssize_t TARGET_TASKS = 16
@@ -66,6 +86,34 @@ cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
     return max(k, 1)
 
 
+cdef inline fastbn_sums _shifted_sums(const floating* x, Py_ssize_t n, double shift) noexcept nogil:
+    """sum(x - shift), sum((x - shift)^2) over n contiguous values."""
+    if floating is float:
+        return fastbn_shifted_sums_f(x, n, shift)
+    else:
+        return fastbn_shifted_sums_d(x, n, shift)
+
+
+cdef inline fastbn_sums _grad_sums(
+    const floating* x, const floating* dy, Py_ssize_t n, double mean,
+) noexcept nogil:
+    """sum(dy), sum(dy * (x - mean)) over n contiguous values."""
+    if floating is float:
+        return fastbn_grad_sums_f(x, dy, n, mean)
+    else:
+        return fastbn_grad_sums_d(x, dy, n, mean)
+
+
+cdef inline void _chan_merge(
+    double* n_a, double* mean_a, double* m2_a, double n_b, double mean_b, double m2_b,
+) noexcept nogil:
+    """Merge moments (n_b, mean_b, m2_b) into (n_a, mean_a, m2_a): Chan et al.'s formula."""
+    cdef double n_ab = n_a[0] + n_b, delta = mean_b - mean_a[0]
+    mean_a[0] = mean_a[0] + delta * (n_b / n_ab)
+    m2_a[0] = m2_a[0] + m2_b + delta * delta * (n_a[0] * n_b / n_ab)
+    n_a[0] = n_ab
+
+
 cdef inline void _merge_moments(
     const double[:, ::1] part_mean,  # IN (K, D) per-chunk means
     const double[:, ::1] part_m2,    # IN (K, D) per-chunk sums of squared deviations
@@ -76,18 +124,13 @@ cdef inline void _merge_moments(
 ) noexcept nogil:
     """Chan's pairwise merge of chunk moments, in chunk order, for every column."""
     cdef Py_ssize_t K = part_mean.shape[0], D = part_mean.shape[1], k, d
-    cdef double n_a, n_b, n_ab, mean_a, m2_a, delta
+    cdef double n_a, mean_a, m2_a
     for d in prange(D, num_threads=n_threads, schedule='static'):
         n_a = counts[0]
         mean_a = part_mean[0, d]
         m2_a = part_m2[0, d]
         for k in range(1, K):
-            n_b = counts[k]
-            n_ab = n_a + n_b
-            delta = part_mean[k, d] - mean_a
-            mean_a = mean_a + delta * (n_b / n_ab)
-            m2_a = m2_a + part_m2[k, d] + delta * delta * (n_a * n_b / n_ab)
-            n_a = n_ab
+            _chan_merge(&n_a, &mean_a, &m2_a, counts[k], part_mean[k, d], part_m2[k, d])
         mean[d] = mean_a
         var[d] = (m2_a if m2_a > 0 else 0.0) / n_a
 
@@ -113,11 +156,12 @@ cdef inline void _backward_coefficients(
     const floating[::1] invstd, const floating[::1] gamma, double count, bint train,
     floating[::1] dgamma, floating[::1] dbeta,   # OUT (C,)
     floating[::1] k_dy, floating[::1] k_xc, floating[::1] k_0,  # OUT dx = k_dy*dy + k_xc*xc + k_0
+    Py_ssize_t c_start, Py_ssize_t c_stop,  # the columns/channels to do
 ) noexcept nogil:
     """Sum per-chunk partials in chunk order and fold the closed-form dx into three coefficients."""
-    cdef Py_ssize_t K = part_dy.shape[0], C = part_dy.shape[1], k, c
+    cdef Py_ssize_t K = part_dy.shape[0], k, c
     cdef double sum_dy, sum_dyxc, g_invstd, dg
-    for c in range(C):
+    for c in range(c_start, c_stop):
         sum_dy = 0.0
         sum_dyxc = 0.0
         for k in range(K):
@@ -179,9 +223,14 @@ cdef inline void _cols_affine(
     const floating[:, ::1] x, const floating[::1] mean, const floating[::1] scale,
     const floating[::1] beta, floating[:, ::1] out, int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], i
-    for i in prange(M, num_threads=n_threads, schedule='static'):
-        _affine_vec(&x[i, 0], &out[i, 0], D, &mean[0], &scale[0], &beta[0])
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], i, t, r0, c0, w
+    cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads, schedule='static'):
+        r0 = (t // n_col_tiles) * AFFINE_ROWS
+        c0 = (t % n_col_tiles) * AFFINE_COLS
+        w = min(AFFINE_COLS, D - c0)
+        for i in range(r0, min(r0 + AFFINE_ROWS, M)):
+            _affine_vec(&x[i, c0], &out[i, c0], w, &mean[c0], &scale[c0], &beta[c0])
 
 
 cdef inline object _np_dtype(floating zero):
@@ -293,7 +342,7 @@ def cols_backward(
         dbeta[:] = 0
         return
     cdef Py_ssize_t K = _n_row_chunks(M, D), n_col_blocks = _ceil_div(D, COL_BLOCK)
-    cdef Py_ssize_t task, k, b, r0, r1, c0, c1, i
+    cdef Py_ssize_t task, k, b, r0, r1, c0, c1, i, t, w, n_col_tiles = _ceil_div(D, AFFINE_COLS)
     cdef double[:, ::1] part_dy = np.empty((K, D))
     cdef double[:, ::1] part_dyxc = np.empty((K, D))
     dtype = _np_dtype(<floating>0)
@@ -311,9 +360,14 @@ def cols_backward(
             _cols_task_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
                                  &part_dy[k, c0], &part_dyxc[k, c0])
         _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
-                               dgamma, dbeta, k_dy, k_xc, k_0)
-        for i in prange(M, num_threads=n_threads, schedule='static'):
-            _dx_vec(&x[i, 0], &dy[i, 0], &dx[i, 0], D, &mean[0], &k_dy[0], &k_xc[0], &k_0[0])
+                               dgamma, dbeta, k_dy, k_xc, k_0, 0, D)
+        for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads,
+                        schedule='static'):
+            r0 = (t // n_col_tiles) * AFFINE_ROWS
+            c0 = (t % n_col_tiles) * AFFINE_COLS
+            w = min(AFFINE_COLS, D - c0)
+            for i in range(r0, min(r0 + AFFINE_ROWS, M)):
+                _dx_vec(&x[i, c0], &dy[i, c0], &dx[i, c0], w, &mean[c0], &k_dy[c0], &k_xc[c0], &k_0[c0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,14 +376,10 @@ def cols_backward(
 
 cdef inline void _plane_moments(const floating* x, Py_ssize_t n, double* mean, double* m2) noexcept nogil:
     """Mean and sum of squared deviations of n contiguous values, shifted by the first."""
-    cdef Py_ssize_t j
-    cdef double shift = <double>x[0], s1 = 0.0, s2 = 0.0, t
-    for j in range(1, n):
-        t = <double>x[j] - shift
-        s1 += t
-        s2 += t * t
-    mean[0] = shift + s1 / n
-    m2[0] = s2 - s1 * s1 / n
+    cdef double shift = <double>x[0]
+    cdef fastbn_sums t = _shifted_sums(x, n, shift)
+    mean[0] = shift + t.s1 / n
+    m2[0] = t.s2 - t.s1 * t.s1 / n
 
 
 cdef inline void _affine_plane(
@@ -340,15 +390,22 @@ cdef inline void _affine_plane(
         out[j] = (x[j] - mean) * scale + beta
 
 
-cdef inline void _planes_affine(
-    const floating[:, :, ::1] x, const floating[::1] mean, const floating[::1] scale,
-    const floating[::1] beta, floating[:, :, ::1] out, int n_threads,
+cdef inline void _channel_statistics(
+    const floating[:, :, ::1] x, Py_ssize_t c, const floating[::1] gamma, double eps,
+    floating[::1] mean, floating[::1] invstd, double[::1] var, floating* scale,
 ) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
-    for p in prange(N * C, num_threads=n_threads, schedule='static'):
-        n = p // C
-        c = p % C
-        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c])
+    """Moments of channel c's N planes merged in plane order; folded scale = gamma * invstd."""
+    cdef Py_ssize_t N = x.shape[0], L = x.shape[2], n
+    cdef double n_a = <double>L, mean_a, m2_a, mean_b, m2_b, s
+    _plane_moments(&x[0, c, 0], L, &mean_a, &m2_a)
+    for n in range(1, N):
+        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b)
+        _chan_merge(&n_a, &mean_a, &m2_a, <double>L, mean_b, m2_b)
+    var[c] = (m2_a if m2_a > 0 else 0.0) / n_a
+    s = 1.0 / sqrt(var[c] + eps)
+    mean[c] = <floating>mean_a
+    invstd[c] = <floating>s
+    scale[0] = <floating>(gamma[c] * s)
 
 
 def planes_forward_train(
@@ -362,15 +419,30 @@ def planes_forward_train(
     double[::1] var,               # OUT (C,) biased batch variance
     int n_threads,
 ):
-    """Per-plane moments merged per channel over N, then the normalising sweep."""
+    """Per-plane moments merged per channel in plane order, then the normalising sweep.
+
+    With many channels, each thread takes whole channels and normalises a channel's planes right
+    after its statistics, while they are in cache: x is read from memory once. With few channels
+    the two phases are parallel over all planes. Both give the same bits.
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
     if N == 0 or C == 0 or L == 0:
         return
-    cdef double[:, ::1] part_mean = np.empty((N, C))
-    cdef double[:, ::1] part_m2 = np.empty((N, C))
-    cdef double[::1] counts = np.full(N, <double>L)
-    cdef double[::1] mean64 = np.empty(C)
     cdef floating[::1] scale = np.empty(C, dtype=_np_dtype(<floating>0))
+    cdef double[:, ::1] part_mean
+    cdef double[:, ::1] part_m2
+    cdef double[::1] mean64
+    if C >= MIN_CHANNELS_BLOCKED:
+        with nogil:
+            for c in prange(C, num_threads=n_threads, schedule='static'):
+                _channel_statistics(x, c, gamma, eps, mean, invstd, var, &scale[c])
+                for n in range(N):
+                    _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c])
+        return
+    part_mean = np.empty((N, C))
+    part_m2 = np.empty((N, C))
+    mean64 = np.empty(C)
+    cdef double[::1] counts = np.full(N, <double>L)
     with nogil:
         for p in prange(N * C, num_threads=n_threads, schedule='static'):
             n = p // C
@@ -379,6 +451,17 @@ def planes_forward_train(
         _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
         _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale)
         _planes_affine(x, mean, scale, beta, out, n_threads)
+
+
+cdef inline void _planes_affine(
+    const floating[:, :, ::1] x, const floating[::1] mean, const floating[::1] scale,
+    const floating[::1] beta, floating[:, :, ::1] out, int n_threads,
+) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    for p in prange(N * C, num_threads=n_threads, schedule='static'):
+        n = p // C
+        c = p % C
+        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c])
 
 
 def planes_affine(
@@ -394,18 +477,6 @@ def planes_affine(
         return
     with nogil:
         _planes_affine(x, mean, scale, beta, out, n_threads)
-
-
-cdef inline void _plane_grad_sums(
-    const floating* x, const floating* dy, Py_ssize_t n, double mean, double* sum_dy, double* sum_dyxc,
-) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double s1 = 0.0, s2 = 0.0
-    for j in range(n):
-        s1 += <double>dy[j]
-        s2 += <double>dy[j] * (<double>x[j] - mean)
-    sum_dy[0] = s1
-    sum_dyxc[0] = s2
 
 
 cdef inline void _dx_plane(
@@ -429,8 +500,13 @@ def planes_backward(
     floating[::1] dbeta,           # OUT (C,)
     int n_threads,
 ):
-    """Per-plane gradient sums, combined per channel in order, then the dx sweep."""
+    """Per-plane gradient sums, combined per channel in plane order, then the dx sweep.
+
+    As in the forward, many channels are processed channel by channel (dx computed while the
+    channel's planes are in cache), few channels phase by phase over all planes; same bits.
+    """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    cdef fastbn_sums sums
     if C == 0:
         return
     if N == 0 or L == 0:
@@ -443,13 +519,28 @@ def planes_backward(
     cdef floating[::1] k_dy = np.empty(C, dtype=dtype)
     cdef floating[::1] k_xc = np.empty(C, dtype=dtype)
     cdef floating[::1] k_0 = np.empty(C, dtype=dtype)
+    if C >= MIN_CHANNELS_BLOCKED:
+        with nogil:
+            for c in prange(C, num_threads=n_threads, schedule='static'):
+                for n in range(N):
+                    sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
+                    part_dy[n, c] = sums.s1
+                    part_dyxc[n, c] = sums.s2
+                _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
+                                       dgamma, dbeta, k_dy, k_xc, k_0, c, c + 1)
+                for n in range(N):
+                    _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c],
+                              k_dy[c], k_xc[c], k_0[c])
+        return
     with nogil:
         for p in prange(N * C, num_threads=n_threads, schedule='static'):
             n = p // C
             c = p % C
-            _plane_grad_sums(&x[n, c, 0], &dy[n, c, 0], L, mean[c], &part_dy[n, c], &part_dyxc[n, c])
+            sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
+            part_dy[n, c] = sums.s1
+            part_dyxc[n, c] = sums.s2
         _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
-                               dgamma, dbeta, k_dy, k_xc, k_0)
+                               dgamma, dbeta, k_dy, k_xc, k_0, 0, C)
         for p in prange(N * C, num_threads=n_threads, schedule='static'):
             n = p // C
             c = p % C
@@ -459,25 +550,6 @@ def planes_backward(
 # --------------------------------------------------------------------------------------------
 # (R, Cg, L): statistics per row (layernorm, groupnorm)
 # --------------------------------------------------------------------------------------------
-
-cdef inline double _row_mean(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double s = 0.0
-    for j in range(n):
-        s += <double>x[j]
-    return s / n
-
-
-cdef inline double _row_var(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
-    """Biased variance about a known mean: the second pass of a two-pass variance over a row
-    that is still in cache after the first."""
-    cdef Py_ssize_t j
-    cdef double s = 0.0, t
-    for j in range(n):
-        t = <double>x[j] - mean
-        s += t * t
-    return s / n
-
 
 def rows_forward_train(
     const floating[:, :, ::1] x,   # IN (R, Cg, L)
@@ -491,8 +563,9 @@ def rows_forward_train(
     int n_threads,
 ):
     """Each row is read for its statistics and normalised while it is still in cache."""
-    cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], r, k, c0, j
-    cdef double m, v, s
+    cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
+    cdef double shift, v, s
+    cdef fastbn_sums sums
     cdef floating mf, sf
     cdef const floating* xr
     cdef floating* yr
@@ -502,10 +575,15 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            m = _row_mean(xr, Cg * L)
-            v = _row_var(xr, Cg * L, m)
-            s = 1.0 / sqrt(v + eps)
-            mf = <floating>m
+            # Two passes over the cached row: a mean shifted by the first value, then the sums
+            # shifted by that mean (the corrected two-pass algorithm, accurate for any offset).
+            shift = <double>xr[0]
+            sums = _shifted_sums(xr, n, shift)
+            shift = shift + sums.s1 / n
+            sums = _shifted_sums(xr, n, shift)
+            v = (sums.s2 - sums.s1 * sums.s1 / n) / n
+            s = 1.0 / sqrt((v if v > 0 else 0.0) + eps)
+            mf = <floating>(shift + sums.s1 / n)
             mean[r] = mf
             invstd[r] = <floating>s
             c0 = (r % groups) * Cg
@@ -517,6 +595,27 @@ def rows_forward_train(
                 for k in range(Cg):
                     _affine_plane(xr + k * L, yr + k * L, L, mf,
                                   <floating>(gamma[c0 + k] * s), beta[c0 + k])
+
+
+cdef inline fastbn_sums _row_grad_sums(
+    const floating* x, const floating* dy, const floating* gamma, Py_ssize_t n, double mean,
+    double invstd, double* db, double* dg,
+) noexcept nogil:
+    """db += dy, dg += dy * (x - mean) * invstd; returns sum(gamma * dy), sum(gamma * dy * xc)."""
+    if floating is float:
+        return fastbn_row_grad_sums_f(x, dy, gamma, n, mean, invstd, db, dg)
+    else:
+        return fastbn_row_grad_sums_d(x, dy, gamma, n, mean, invstd, db, dg)
+
+
+cdef inline void _dx_row(
+    const floating* x, const floating* dy, floating* dx, const floating* gamma, Py_ssize_t n,
+    double mean, double s, double s3, double b,
+) noexcept nogil:
+    """dx = s * gamma * dy - s3 * (x - mean) + b over a row with one gamma per value."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        dx[j] = <floating>(s * gamma[j] * dy[j] - s3 * (<double>x[j] - mean) + b)
 
 
 def rows_backward(
@@ -538,8 +637,9 @@ def rows_backward(
     """
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], C = groups * Cg
     cdef Py_ssize_t N = R // groups if groups > 0 else 0
-    cdef Py_ssize_t K, q, n, g, r, k, j, c, c0, n0, n1
-    cdef double s, s3, sum_g, sum_gxc, gy, xc, pdb, pdg, a, b
+    cdef Py_ssize_t K, q, n, g, r, k, c, c0, n0, n1
+    cdef double s, m, s3, sum_g, sum_gxc, pdb, pdg, a, b
+    cdef fastbn_sums sums
     cdef const floating* xr
     cdef const floating* dr
     cdef floating* oxr
@@ -564,26 +664,30 @@ def rows_backward(
                     oxr = &dx[r, 0, 0]
                     c0 = g * Cg
                     s = <double>invstd[r]
-                    sum_g = 0.0
-                    sum_gxc = 0.0
-                    for k in range(Cg):
-                        pdb = 0.0
-                        pdg = 0.0
-                        for j in range(k * L, (k + 1) * L):
-                            xc = <double>xr[j] - <double>mean[r]
-                            pdb = pdb + <double>dr[j]
-                            pdg = pdg + <double>dr[j] * xc
-                        part_dbeta[q, c0 + k] += pdb
-                        part_dgamma[q, c0 + k] += pdg * s
-                        sum_g = sum_g + pdb * gamma[c0 + k]
-                        sum_gxc = sum_gxc + pdg * gamma[c0 + k]
+                    m = <double>mean[r]
+                    if L == 1:
+                        sums = _row_grad_sums(xr, dr, &gamma[c0], Cg, m, s,
+                                              &part_dbeta[q, c0], &part_dgamma[q, c0])
+                        sum_g = sums.s1
+                        sum_gxc = sums.s2
+                    else:
+                        sum_g = 0.0
+                        sum_gxc = 0.0
+                        for k in range(Cg):
+                            sums = _grad_sums(xr + k * L, dr + k * L, L, m)
+                            part_dbeta[q, c0 + k] += sums.s1
+                            part_dgamma[q, c0 + k] += sums.s2 * s
+                            sum_g = sum_g + sums.s1 * gamma[c0 + k]
+                            sum_gxc = sum_gxc + sums.s2 * gamma[c0 + k]
                     # dx = s * (g - sum_g / M - xc * s^2 * sum_gxc / M), g = dy * gamma
                     s3 = s * s * s * sum_gxc / (Cg * L)
                     b = -s * sum_g / (Cg * L)
-                    for k in range(Cg):
-                        a = s * gamma[c0 + k]
-                        for j in range(k * L, (k + 1) * L):
-                            oxr[j] = <floating>(a * dr[j] - s3 * (<double>xr[j] - <double>mean[r]) + b)
+                    if L == 1:
+                        _dx_row(xr, dr, oxr, &gamma[c0], Cg, m, s, s3, b)
+                    else:
+                        for k in range(Cg):
+                            a = s * gamma[c0 + k]
+                            _dx_plane_double(xr + k * L, dr + k * L, oxr + k * L, L, m, a, s3, b)
         for c in prange(C, num_threads=n_threads, schedule='static'):
             pdg = 0.0
             pdb = 0.0
@@ -592,6 +696,16 @@ def rows_backward(
                 pdb = pdb + part_dbeta[q, c]
             dgamma[c] = <floating>pdg
             dbeta[c] = <floating>pdb
+
+
+cdef inline void _dx_plane_double(
+    const floating* x, const floating* dy, floating* dx, Py_ssize_t n, double mean,
+    double a, double s3, double b,
+) noexcept nogil:
+    """dx = a * dy - s3 * (x - mean) + b, computed in double."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        dx[j] = <floating>(a * dy[j] - s3 * (<double>x[j] - mean) + b)
 
 
 def parallel_copy(
