@@ -48,8 +48,8 @@ cdef Py_ssize_t COL_BLOCK = 256
 # the per-column coefficients of a tile stay in L1 while its rows stream through.
 cdef Py_ssize_t AFFINE_ROWS = 32
 cdef Py_ssize_t AFFINE_COLS = 1024
-# NCHW with at least this many channels: a channel's N planes are processed by one thread
-# (statistics, then the normalising sweep while the planes are still in cache).
+# NCHW with at least this many channels: a channel's N planes are processed by one task
+# (statistics, then the elementwise sweep while the planes are still in cache).
 cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 # Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
@@ -132,18 +132,25 @@ cdef inline void _merge_moments(
         for k in range(1, K):
             _chan_merge(&n_a, &mean_a, &m2_a, counts[k], part_mean[k, d], part_m2[k, d])
         mean[d] = mean_a
-        var[d] = (m2_a if m2_a > 0 else 0.0) / n_a
+        var[d] = _variance(m2_a, n_a)
+
+
+cdef inline double _variance(double m2, double count) noexcept nogil:
+    """Biased variance from a sum of squared deviations; rounding may make m2 slightly negative,
+    which is clipped, while a NaN (non-finite input) stays NaN."""
+    return (0.0 if m2 < 0 else m2) / count
 
 
 cdef inline void _fold_affine(
     const double[::1] mean, const double[::1] var, const floating[::1] gamma,
     const floating[::1] beta, double eps,
     floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,
+    Py_ssize_t c_start, Py_ssize_t c_stop,  # the features/channels to do
 ) noexcept nogil:
     """invstd = 1/sqrt(var + eps) and scale = gamma * invstd, per feature."""
     cdef Py_ssize_t d
     cdef double invstd
-    for d in range(mean.shape[0]):
+    for d in range(c_start, c_stop):
         invstd = 1.0 / sqrt(var[d] + eps)
         mean_out[d] = <floating>mean[d]
         invstd_out[d] = <floating>invstd
@@ -155,12 +162,17 @@ cdef inline void _backward_coefficients(
     const double[:, ::1] part_dyxc,  # IN (K, C) per-chunk sums of dy * (x - mean)
     const floating[::1] invstd, const floating[::1] gamma, double count, bint train,
     floating[::1] dgamma, floating[::1] dbeta,   # OUT (C,)
-    floating[::1] k_dy, floating[::1] k_xc, floating[::1] k_0,  # OUT dx = k_dy*dy + k_xc*xc + k_0
+    floating[::1] k_dy, floating[::1] k_b, floating[::1] k_g,  # OUT, see below
     Py_ssize_t c_start, Py_ssize_t c_stop,  # the columns/channels to do
 ) noexcept nogil:
-    """Sum per-chunk partials in chunk order and fold the closed-form dx into three coefficients."""
+    """Sum per-chunk partials in chunk order and fold the closed-form dx into coefficients:
+    dx = k_dy * (dy - k_b - xhat * k_g) with xhat = (x - mean) * invstd, k_dy = gamma * invstd,
+    k_b = dbeta / M, k_g = dgamma / M (0 and 0 in test mode). Every factor stays within a few
+    orders of magnitude of the data, so float32 neither overflows nor underflows where the
+    result itself is representable (products like invstd**2 would, for tiny or huge variances).
+    """
     cdef Py_ssize_t K = part_dy.shape[0], k, c
-    cdef double sum_dy, sum_dyxc, g_invstd, dg
+    cdef double sum_dy, sum_dyxc, dg
     for c in range(c_start, c_stop):
         sum_dy = 0.0
         sum_dyxc = 0.0
@@ -170,14 +182,13 @@ cdef inline void _backward_coefficients(
         dg = sum_dyxc * invstd[c]
         dgamma[c] = <floating>dg
         dbeta[c] = <floating>sum_dy
-        g_invstd = <double>gamma[c] * invstd[c]
-        k_dy[c] = <floating>g_invstd
+        k_dy[c] = <floating>(<double>gamma[c] * invstd[c])
         if train:
-            k_xc[c] = <floating>(-g_invstd * invstd[c] * dg / count)
-            k_0[c] = <floating>(-g_invstd * sum_dy / count)
+            k_b[c] = <floating>(sum_dy / count)
+            k_g[c] = <floating>(dg / count)
         else:
-            k_xc[c] = 0
-            k_0[c] = 0
+            k_b[c] = 0
+            k_g[c] = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,7 +286,7 @@ def cols_forward_train(
             c1 = min(c0 + COL_BLOCK, D)
             _cols_task_moments(&x[r0, c0], D, r1 - r0, c1 - c0, &part_mean[k, c0], &part_m2[k, c0])
         _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
-        _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale)
+        _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, 0, D)
         _cols_affine(x, mean, scale, beta, out, n_threads)
 
 
@@ -314,11 +325,11 @@ cdef inline void _cols_task_grad_sums(
 
 cdef inline void _dx_vec(
     const floating* x, const floating* dy, floating* dx, Py_ssize_t n, const floating* mean,
-    const floating* k_dy, const floating* k_xc, const floating* k_0,
+    const floating* invstd, const floating* k_dy, const floating* k_b, const floating* k_g,
 ) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
-        dx[j] = k_dy[j] * dy[j] + k_xc[j] * (x[j] - mean[j]) + k_0[j]
+        dx[j] = k_dy[j] * (dy[j] - k_b[j] - (x[j] - mean[j]) * invstd[j] * k_g[j])
 
 
 def cols_backward(
@@ -347,8 +358,8 @@ def cols_backward(
     cdef double[:, ::1] part_dyxc = np.empty((K, D))
     dtype = _np_dtype(<floating>0)
     cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_xc = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_0 = np.empty(D, dtype=dtype)
+    cdef floating[::1] k_b = np.empty(D, dtype=dtype)
+    cdef floating[::1] k_g = np.empty(D, dtype=dtype)
     with nogil:
         for task in prange(K * n_col_blocks, num_threads=n_threads, schedule='static'):
             k = task // n_col_blocks
@@ -360,14 +371,15 @@ def cols_backward(
             _cols_task_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
                                  &part_dy[k, c0], &part_dyxc[k, c0])
         _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
-                               dgamma, dbeta, k_dy, k_xc, k_0, 0, D)
+                               dgamma, dbeta, k_dy, k_b, k_g, 0, D)
         for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads,
                         schedule='static'):
             r0 = (t // n_col_tiles) * AFFINE_ROWS
             c0 = (t % n_col_tiles) * AFFINE_COLS
             w = min(AFFINE_COLS, D - c0)
             for i in range(r0, min(r0 + AFFINE_ROWS, M)):
-                _dx_vec(&x[i, c0], &dy[i, c0], &dx[i, c0], w, &mean[c0], &k_dy[c0], &k_xc[c0], &k_0[c0])
+                _dx_vec(&x[i, c0], &dy[i, c0], &dx[i, c0], w, &mean[c0], &invstd[c0],
+                        &k_dy[c0], &k_b[c0], &k_g[c0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,22 +402,26 @@ cdef inline void _affine_plane(
         out[j] = (x[j] - mean) * scale + beta
 
 
-cdef inline void _channel_statistics(
-    const floating[:, :, ::1] x, Py_ssize_t c, const floating[::1] gamma, double eps,
-    floating[::1] mean, floating[::1] invstd, double[::1] var, floating* scale,
+cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):
+    """Chunks of the N planes of a channel: 1 with enough channels to keep every thread busy
+    (then one task does a whole channel, statistics and elementwise sweep while its planes are in
+    cache), else enough chunks for about TARGET_TASKS tasks. A function of the shape only."""
+    if C >= MIN_CHANNELS_BLOCKED:
+        return 1
+    return max(min(N, _ceil_div(TARGET_TASKS, C)), 1)
+
+
+cdef inline void _chunk_moments(
+    const floating[:, :, ::1] x, Py_ssize_t c, Py_ssize_t n0, Py_ssize_t n1,
+    double* mean, double* m2,
 ) noexcept nogil:
-    """Moments of channel c's N planes merged in plane order; folded scale = gamma * invstd."""
-    cdef Py_ssize_t N = x.shape[0], L = x.shape[2], n
-    cdef double n_a = <double>L, mean_a, m2_a, mean_b, m2_b, s
-    _plane_moments(&x[0, c, 0], L, &mean_a, &m2_a)
-    for n in range(1, N):
+    """Moments of channel c's planes n0..n1-1, merged in plane order."""
+    cdef Py_ssize_t L = x.shape[2], n
+    cdef double n_a = <double>L, mean_b, m2_b
+    _plane_moments(&x[n0, c, 0], L, mean, m2)
+    for n in range(n0 + 1, n1):
         _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b)
-        _chan_merge(&n_a, &mean_a, &m2_a, <double>L, mean_b, m2_b)
-    var[c] = (m2_a if m2_a > 0 else 0.0) / n_a
-    s = 1.0 / sqrt(var[c] + eps)
-    mean[c] = <floating>mean_a
-    invstd[c] = <floating>s
-    scale[0] = <floating>(gamma[c] * s)
+        _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
 def planes_forward_train(
@@ -421,36 +437,36 @@ def planes_forward_train(
 ):
     """Per-plane moments merged per channel in plane order, then the normalising sweep.
 
-    With many channels, each thread takes whole channels and normalises a channel's planes right
-    after its statistics, while they are in cache: x is read from memory once. With few channels
-    the two phases are parallel over all planes. Both give the same bits.
+    A task covers one chunk of a channel's planes (see ``_n_plane_chunks``). With one chunk per
+    channel the task also normalises the channel while it is in cache: x is read from memory once.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, c, n
     if N == 0 or C == 0 or L == 0:
         return
+    Q = _n_plane_chunks(N, C)
+    cdef double[:, ::1] part_mean = np.empty((Q, C))
+    cdef double[:, ::1] part_m2 = np.empty((Q, C))
+    cdef double[::1] counts = np.empty(Q)
+    cdef double[::1] mean64 = np.empty(C)
     cdef floating[::1] scale = np.empty(C, dtype=_np_dtype(<floating>0))
-    cdef double[:, ::1] part_mean
-    cdef double[:, ::1] part_m2
-    cdef double[::1] mean64
-    if C >= MIN_CHANNELS_BLOCKED:
-        with nogil:
-            for c in prange(C, num_threads=n_threads, schedule='static'):
-                _channel_statistics(x, c, gamma, eps, mean, invstd, var, &scale[c])
+    for q in range(Q):
+        counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
+    with nogil:
+        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+            c = task // Q
+            q = task % Q
+            _chunk_moments(x, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
+                           &part_mean[q, c], &part_m2[q, c])
+            if Q == 1:
+                mean64[c] = part_mean[0, c]
+                var[c] = _variance(part_m2[0, c], counts[0])
+                _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, c, c + 1)
                 for n in range(N):
                     _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c])
-        return
-    part_mean = np.empty((N, C))
-    part_m2 = np.empty((N, C))
-    mean64 = np.empty(C)
-    cdef double[::1] counts = np.full(N, <double>L)
-    with nogil:
-        for p in prange(N * C, num_threads=n_threads, schedule='static'):
-            n = p // C
-            c = p % C
-            _plane_moments(&x[n, c, 0], L, &part_mean[n, c], &part_m2[n, c])
-        _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
-        _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale)
-        _planes_affine(x, mean, scale, beta, out, n_threads)
+        if Q > 1:
+            _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
+            _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, 0, C)
+            _planes_affine(x, mean, scale, beta, out, n_threads)
 
 
 cdef inline void _planes_affine(
@@ -481,11 +497,11 @@ def planes_affine(
 
 cdef inline void _dx_plane(
     const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating mean,
-    floating k_dy, floating k_xc, floating k_0,
+    floating invstd, floating k_dy, floating k_b, floating k_g,
 ) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
-        dx[j] = k_dy * dy[j] + k_xc * (x[j] - mean) + k_0
+        dx[j] = k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g)
 
 
 def planes_backward(
@@ -500,12 +516,10 @@ def planes_backward(
     floating[::1] dbeta,           # OUT (C,)
     int n_threads,
 ):
-    """Per-plane gradient sums, combined per channel in plane order, then the dx sweep.
-
-    As in the forward, many channels are processed channel by channel (dx computed while the
-    channel's planes are in cache), few channels phase by phase over all planes; same bits.
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    """Per-plane gradient sums, added per channel in plane order, then the dx sweep; tasks as in
+    :func:`planes_forward_train` (one chunk per channel: dx while the planes are in cache)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, p, n, c
+    cdef double s1, s2
     cdef fastbn_sums sums
     if C == 0:
         return
@@ -513,38 +527,39 @@ def planes_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    cdef double[:, ::1] part_dy = np.empty((N, C))
-    cdef double[:, ::1] part_dyxc = np.empty((N, C))
+    Q = _n_plane_chunks(N, C)
+    cdef double[:, ::1] part_dy = np.empty((Q, C))
+    cdef double[:, ::1] part_dyxc = np.empty((Q, C))
     dtype = _np_dtype(<floating>0)
     cdef floating[::1] k_dy = np.empty(C, dtype=dtype)
-    cdef floating[::1] k_xc = np.empty(C, dtype=dtype)
-    cdef floating[::1] k_0 = np.empty(C, dtype=dtype)
-    if C >= MIN_CHANNELS_BLOCKED:
-        with nogil:
-            for c in prange(C, num_threads=n_threads, schedule='static'):
-                for n in range(N):
-                    sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
-                    part_dy[n, c] = sums.s1
-                    part_dyxc[n, c] = sums.s2
-                _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
-                                       dgamma, dbeta, k_dy, k_xc, k_0, c, c + 1)
-                for n in range(N):
-                    _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c],
-                              k_dy[c], k_xc[c], k_0[c])
-        return
+    cdef floating[::1] k_b = np.empty(C, dtype=dtype)
+    cdef floating[::1] k_g = np.empty(C, dtype=dtype)
     with nogil:
-        for p in prange(N * C, num_threads=n_threads, schedule='static'):
-            n = p // C
-            c = p % C
-            sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
-            part_dy[n, c] = sums.s1
-            part_dyxc[n, c] = sums.s2
-        _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
-                               dgamma, dbeta, k_dy, k_xc, k_0, 0, C)
-        for p in prange(N * C, num_threads=n_threads, schedule='static'):
-            n = p // C
-            c = p % C
-            _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], k_dy[c], k_xc[c], k_0[c])
+        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+            c = task // Q
+            q = task % Q
+            s1 = 0.0
+            s2 = 0.0
+            for n in range(_chunk_start(q, N, Q), _chunk_start(q + 1, N, Q)):
+                sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
+                s1 = s1 + sums.s1
+                s2 = s2 + sums.s2
+            part_dy[q, c] = s1
+            part_dyxc[q, c] = s2
+            if Q == 1:
+                _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
+                                       dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
+                for n in range(N):
+                    _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
+                              k_dy[c], k_b[c], k_g[c])
+        if Q > 1:
+            _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
+                                   dgamma, dbeta, k_dy, k_b, k_g, 0, C)
+            for p in prange(N * C, num_threads=n_threads, schedule='static'):
+                n = p // C
+                c = p % C
+                _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
+                          k_dy[c], k_b[c], k_g[c])
 
 
 # --------------------------------------------------------------------------------------------
@@ -582,7 +597,7 @@ def rows_forward_train(
             shift = shift + sums.s1 / n
             sums = _shifted_sums(xr, n, shift)
             v = (sums.s2 - sums.s1 * sums.s1 / n) / n
-            s = 1.0 / sqrt((v if v > 0 else 0.0) + eps)
+            s = 1.0 / sqrt((0.0 if v < 0 else v) + eps)  # NaN stays NaN
             mf = <floating>(shift + sums.s1 / n)
             mean[r] = mf
             invstd[r] = <floating>s
