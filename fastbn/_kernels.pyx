@@ -40,6 +40,26 @@ cdef extern from "loops.h" nogil:
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
     fastbn_sums fastbn_row_grad_sums_d(const double* x, const double* dy, const double* gamma,
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+    void fastbn_cols_shifted_sums_f(const float* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
+                                    const float* shift, double* s1, double* s2)
+    void fastbn_cols_shifted_sums_d(const double* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
+                                    const double* shift, double* s1, double* s2)
+    void fastbn_cols_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, Py_ssize_t n_rows,
+                                 Py_ssize_t w, const float* mean, double* s1, double* s2)
+    void fastbn_cols_grad_sums_d(const double* x, const double* dy, Py_ssize_t stride, Py_ssize_t n_rows,
+                                 Py_ssize_t w, const double* mean, double* s1, double* s2)
+    void fastbn_cols_affine_f(const float* x, float* out, Py_ssize_t stride, Py_ssize_t n_rows,
+                              Py_ssize_t w, const float* mean, const float* scale, const float* beta,
+                              int stream)
+    void fastbn_cols_affine_d(const double* x, double* out, Py_ssize_t stride, Py_ssize_t n_rows,
+                              Py_ssize_t w, const double* mean, const double* scale, const double* beta,
+                              int stream)
+    void fastbn_cols_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t stride,
+                          Py_ssize_t n_rows, Py_ssize_t w, const float* mean, const float* invstd,
+                          const float* k_dy, const float* k_b, const float* k_g, int stream)
+    void fastbn_cols_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t stride,
+                          Py_ssize_t n_rows, Py_ssize_t w, const double* mean, const double* invstd,
+                          const double* k_dy, const double* k_b, const double* k_g, int stream)
 
 
 # Column blocks of the (M, D) grid: a task covers COL_BLOCK columns of a chunk of rows.
@@ -54,6 +74,8 @@ cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 # Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
 cdef Py_ssize_t TARGET_TASKS = 16
+# Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
+cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
 # Upper bound on the number of doubles in one array of per-chunk partials.
 cdef Py_ssize_t MAX_PARTIALS = 1 << 18
 
@@ -66,6 +88,12 @@ def openmp_enabled():
 def omp_max_threads():
     """Return ``omp_get_max_threads()`` for the calling thread (1 without OpenMP)."""
     return omp_get_max_threads()
+
+
+cdef inline int _streams(Py_ssize_t out_bytes) noexcept nogil:
+    """Whether an elementwise sweep writes its output with streaming stores: when it is too large
+    to stay in the caches anyway (a function of the shape only; it does not change any value)."""
+    return out_bytes >= STREAM_MIN_BYTES
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -203,45 +231,38 @@ cdef inline void _cols_task_moments(
 
     Sums are shifted by the first row of the block, which keeps them small for any offset.
     """
-    cdef Py_ssize_t i, j
-    cdef const floating* row
+    cdef Py_ssize_t j
     cdef double t, n = <double>n_rows
     for j in range(width):
         mean[j] = 0.0
         m2[j] = 0.0
-    for i in range(1, n_rows):
-        row = x + i * stride
-        for j in range(width):
-            t = <double>row[j] - <double>x[j]
-            mean[j] += t
-            m2[j] += t * t
+    if floating is float:
+        fastbn_cols_shifted_sums_f(x + stride, stride, n_rows - 1, width, x, mean, m2)
+    else:
+        fastbn_cols_shifted_sums_d(x + stride, stride, n_rows - 1, width, x, mean, m2)
     for j in range(width):
         t = mean[j]
         mean[j] = <double>x[j] + t / n
         m2[j] = m2[j] - t * t / n
 
 
-cdef inline void _affine_vec(
-    const floating* x, floating* out, Py_ssize_t n,
-    const floating* mean, const floating* scale, const floating* beta,
-) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = (x[j] - mean[j]) * scale[j] + beta[j]
-
-
 cdef inline void _cols_affine(
     const floating[:, ::1] x, const floating[::1] mean, const floating[::1] scale,
     const floating[::1] beta, floating[:, ::1] out, int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], i, t, r0, c0, w
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], t, r0, c0, w
     cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads, schedule='static'):
         r0 = (t // n_col_tiles) * AFFINE_ROWS
         c0 = (t % n_col_tiles) * AFFINE_COLS
         w = min(AFFINE_COLS, D - c0)
-        for i in range(r0, min(r0 + AFFINE_ROWS, M)):
-            _affine_vec(&x[i, c0], &out[i, c0], w, &mean[c0], &scale[c0], &beta[c0])
+        if floating is float:
+            fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, min(AFFINE_ROWS, M - r0), w,
+                                 &mean[c0], &scale[c0], &beta[c0], stream)
+        else:
+            fastbn_cols_affine_d(&x[r0, c0], &out[r0, c0], D, min(AFFINE_ROWS, M - r0), w,
+                                 &mean[c0], &scale[c0], &beta[c0], stream)
 
 
 cdef inline object _np_dtype(floating zero):
@@ -305,33 +326,6 @@ def cols_affine(
         _cols_affine(x, mean, scale, beta, out, n_threads)
 
 
-cdef inline void _cols_task_grad_sums(
-    const floating* x, const floating* dy, Py_ssize_t stride, Py_ssize_t n_rows,
-    Py_ssize_t width, const floating* mean, double* sum_dy, double* sum_dyxc,
-) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef const floating* xr
-    cdef const floating* dr
-    for j in range(width):
-        sum_dy[j] = 0.0
-        sum_dyxc[j] = 0.0
-    for i in range(n_rows):
-        xr = x + i * stride
-        dr = dy + i * stride
-        for j in range(width):
-            sum_dy[j] += <double>dr[j]
-            sum_dyxc[j] += <double>dr[j] * (<double>xr[j] - <double>mean[j])
-
-
-cdef inline void _dx_vec(
-    const floating* x, const floating* dy, floating* dx, Py_ssize_t n, const floating* mean,
-    const floating* invstd, const floating* k_dy, const floating* k_b, const floating* k_g,
-) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = k_dy[j] * (dy[j] - k_b[j] - (x[j] - mean[j]) * invstd[j] * k_g[j])
-
-
 def cols_backward(
     const floating[:, ::1] x,      # IN (M, D) forward input
     const floating[:, ::1] dy,     # IN (M, D) upstream gradient
@@ -354,6 +348,7 @@ def cols_backward(
         return
     cdef Py_ssize_t K = _n_row_chunks(M, D), n_col_blocks = _ceil_div(D, COL_BLOCK)
     cdef Py_ssize_t task, k, b, r0, r1, c0, c1, i, t, w, n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_dy = np.empty((K, D))
     cdef double[:, ::1] part_dyxc = np.empty((K, D))
     dtype = _np_dtype(<floating>0)
@@ -368,8 +363,15 @@ def cols_backward(
             r1 = _chunk_start(k + 1, M, K)
             c0 = b * COL_BLOCK
             c1 = min(c0 + COL_BLOCK, D)
-            _cols_task_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                 &part_dy[k, c0], &part_dyxc[k, c0])
+            for i in range(c0, c1):
+                part_dy[k, i] = 0.0
+                part_dyxc[k, i] = 0.0
+            if floating is float:
+                fastbn_cols_grad_sums_f(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
+                                        &part_dy[k, c0], &part_dyxc[k, c0])
+            else:
+                fastbn_cols_grad_sums_d(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
+                                        &part_dy[k, c0], &part_dyxc[k, c0])
         _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                dgamma, dbeta, k_dy, k_b, k_g, 0, D)
         for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads,
@@ -377,9 +379,12 @@ def cols_backward(
             r0 = (t // n_col_tiles) * AFFINE_ROWS
             c0 = (t % n_col_tiles) * AFFINE_COLS
             w = min(AFFINE_COLS, D - c0)
-            for i in range(r0, min(r0 + AFFINE_ROWS, M)):
-                _dx_vec(&x[i, c0], &dy[i, c0], &dx[i, c0], w, &mean[c0], &invstd[c0],
-                        &k_dy[c0], &k_b[c0], &k_g[c0])
+            if floating is float:
+                fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(AFFINE_ROWS, M - r0),
+                                 w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+            else:
+                fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(AFFINE_ROWS, M - r0),
+                                 w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,11 @@
 #define FASTBN_LOOPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 typedef struct { double s1, s2; } fastbn_sums;
 
@@ -31,7 +35,6 @@ typedef double fastbn_v2d __attribute__((vector_size(16)));
 typedef float fastbn_v2f __attribute__((vector_size(8)));
 
 #if defined(__SSE2__)
-#include <emmintrin.h>
 /* GCC lowers the generic 2-float conversion to scalar code: use cvtps2pd directly. */
 static inline fastbn_v2d fastbn_load2_f(const float *p) {
     return (fastbn_v2d)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)p)));
@@ -108,6 +111,163 @@ static inline fastbn_sums fastbn_row_grad_sums_##SUF(                           
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                                  \
     FASTBN_VEC(FASTBN_ROW2, FASTBN_ROW1)                                                   \
 }
+
+/* Streaming stores. An output much larger than the caches is written with non-temporal stores:
+ * they skip reading each destination cache line before overwriting it (which ordinary stores do),
+ * so a sweep moves 2 bytes of memory traffic per output byte instead of 3 -- as a memcpy does.
+ * fastbn_stream_* copy an L1-resident buffer to dst that way (ordinary stores up to 16-byte
+ * alignment and for the tail); fastbn_stream_fence, once at the end of a sweep, orders the
+ * streamed data before anything the thread does next (the end of its OpenMP loop). */
+#define FASTBN_BLOCK 256 /* values per row of a staging buffer */
+
+static inline void fastbn_stream_f(float *FASTBN_RESTRICT dst, const float *FASTBN_RESTRICT src,
+                                   ptrdiff_t n) {
+#if defined(__SSE2__)
+    ptrdiff_t j = 0;
+    for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
+    for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+    for (; j < n; j++) dst[j] = src[j];
+#else
+    memcpy(dst, src, (size_t)n * sizeof *dst);
+#endif
+}
+
+static inline void fastbn_stream_fence(void) {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+static inline void fastbn_stream_d(double *FASTBN_RESTRICT dst, const double *FASTBN_RESTRICT src,
+                                   ptrdiff_t n) {
+#if defined(__SSE2__)
+    ptrdiff_t j = 0;
+    for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
+    for (; j + 2 <= n; j += 2) _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
+    for (; j < n; j++) dst[j] = src[j];
+#else
+    memcpy(dst, src, (size_t)n * sizeof *dst);
+#endif
+}
+
+/* (M, D) blocks: n_rows rows of w columns, row stride `stride`. Rows are taken four at a time so
+ * that each per-column value (shift, accumulators, coefficients) is loaded once per four rows;
+ * the loops over columns are elementwise, which compilers vectorise without reassociating. The
+ * grouping of rows depends only on n_rows. */
+#define FASTBN_ROWS4(T, X)                                                                         \
+    const T *FASTBN_RESTRICT X##0 = X + i * stride, *FASTBN_RESTRICT X##1 = X##0 + stride,         \
+            *FASTBN_RESTRICT X##2 = X##1 + stride, *FASTBN_RESTRICT X##3 = X##2 + stride;
+
+#define FASTBN_DEFINE_COLS(T, SUF)                                                                 \
+/* s1[j] += sum_i (x[i, j] - shift[j]), s2[j] += sum_i (x[i, j] - shift[j])^2. */                  \
+static inline void fastbn_cols_shifted_sums_##SUF(                                                 \
+        const T *FASTBN_RESTRICT x, ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w,               \
+        const T *FASTBN_RESTRICT shift, double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {  \
+    ptrdiff_t i = 0, j;                                                                            \
+    for (; i + 4 <= n_rows; i += 4) {                                                              \
+        FASTBN_ROWS4(T, x)                                                                         \
+        for (j = 0; j < w; j++) {                                                                  \
+            double h = (double)shift[j], t0 = (double)x0[j] - h, t1 = (double)x1[j] - h,           \
+                   t2 = (double)x2[j] - h, t3 = (double)x3[j] - h;                                 \
+            s1[j] += (t0 + t1) + (t2 + t3);                                                        \
+            s2[j] += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);                                    \
+        }                                                                                          \
+    }                                                                                              \
+    for (; i < n_rows; i++)                                                                        \
+        for (j = 0; j < w; j++) {                                                                  \
+            double t = (double)x[i * stride + j] - (double)shift[j];                               \
+            s1[j] += t;                                                                            \
+            s2[j] += t * t;                                                                        \
+        }                                                                                          \
+}                                                                                                  \
+/* s1[j] += sum_i dy[i, j], s2[j] += sum_i dy[i, j] * (x[i, j] - mean[j]). */                      \
+static inline void fastbn_cols_grad_sums_##SUF(                                                    \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
+        ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,                              \
+        double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {                                  \
+    ptrdiff_t i = 0, j;                                                                            \
+    for (; i + 4 <= n_rows; i += 4) {                                                              \
+        FASTBN_ROWS4(T, x)                                                                         \
+        FASTBN_ROWS4(T, dy)                                                                        \
+        for (j = 0; j < w; j++) {                                                                  \
+            double m = (double)mean[j], g0 = dy0[j], g1 = dy1[j], g2 = dy2[j], g3 = dy3[j];        \
+            s1[j] += (g0 + g1) + (g2 + g3);                                                        \
+            s2[j] += (g0 * ((double)x0[j] - m) + g1 * ((double)x1[j] - m))                         \
+                   + (g2 * ((double)x2[j] - m) + g3 * ((double)x3[j] - m));                        \
+        }                                                                                          \
+    }                                                                                              \
+    for (; i < n_rows; i++)                                                                        \
+        for (j = 0; j < w; j++) {                                                                  \
+            double g = dy[i * stride + j];                                                         \
+            s1[j] += g;                                                                            \
+            s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);                            \
+        }                                                                                          \
+}
+
+/* The elementwise sweeps write rows i..i+r-1 (r <= 4), columns c0..c0+cw-1 (cw <= FASTBN_BLOCK):
+ * straight to the output, or with `stream` through a staging buffer and streaming stores. */
+#define FASTBN_SWEEP(T, SUF, OUT, EXPR4, EXPR1)                                                    \
+    T buf[4 * FASTBN_BLOCK];                                                                       \
+    ptrdiff_t i, j, c0, k;                                                                         \
+    for (i = 0; i < n_rows; i += 4) {                                                              \
+        ptrdiff_t r = n_rows - i < 4 ? n_rows - i : 4;                                             \
+        for (c0 = 0; c0 < w; c0 += FASTBN_BLOCK) {                                                 \
+            ptrdiff_t cw = w - c0 < FASTBN_BLOCK ? w - c0 : FASTBN_BLOCK;                          \
+            ptrdiff_t ostride = stream ? FASTBN_BLOCK : stride;                                    \
+            T *FASTBN_RESTRICT o = stream ? buf : OUT + i * stride + c0;                           \
+            ptrdiff_t at = i * stride + c0;                                                        \
+            if (r == 4) {                                                                          \
+                T *FASTBN_RESTRICT o0 = o, *FASTBN_RESTRICT o1 = o + ostride,                      \
+                  *FASTBN_RESTRICT o2 = o1 + ostride, *FASTBN_RESTRICT o3 = o2 + ostride;          \
+                for (j = 0; j < cw; j++) { EXPR4 }                                                 \
+            } else {                                                                               \
+                for (k = 0; k < r; k++)                                                            \
+                    for (j = 0; j < cw; j++) { EXPR1 }                                             \
+            }                                                                                      \
+            if (stream)                                                                            \
+                for (k = 0; k < r; k++)                                                            \
+                    fastbn_stream_##SUF(OUT + at + k * stride, buf + k * FASTBN_BLOCK, cw);        \
+        }                                                                                          \
+    }                                                                                              \
+    if (stream) fastbn_stream_fence();
+
+#define FASTBN_DEFINE_SWEEPS(T, SUF)                                                               \
+/* out[i, j] = (x[i, j] - mean[j]) * scale[j] + beta[j], in T. */                                  \
+static inline void fastbn_cols_affine_##SUF(                                                       \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
+        ptrdiff_t w, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
+        const T *FASTBN_RESTRICT beta, int stream) {                                               \
+    FASTBN_SWEEP(T, SUF, out,                                                                      \
+        const T *x0 = x + at + j; T m = mean[c0 + j]; T s = scale[c0 + j]; T b = beta[c0 + j];     \
+        o0[j] = (x0[0] - m) * s + b;                                                               \
+        o1[j] = (x0[stride] - m) * s + b;                                                          \
+        o2[j] = (x0[2 * stride] - m) * s + b;                                                      \
+        o3[j] = (x0[3 * stride] - m) * s + b;,                                                     \
+        o[k * ostride + j] = (x[at + k * stride + j] - mean[c0 + j]) * scale[c0 + j]               \
+                             + beta[c0 + j];)                                                      \
+}                                                                                                  \
+/* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T. */               \
+static inline void fastbn_cols_dx_##SUF(                                                           \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,            \
+        const T *FASTBN_RESTRICT invstd, const T *FASTBN_RESTRICT k_dy,                            \
+        const T *FASTBN_RESTRICT k_b, const T *FASTBN_RESTRICT k_g, int stream) {                  \
+    FASTBN_SWEEP(T, SUF, dx,                                                                       \
+        const T *x0 = x + at + j; const T *g0 = dy + at + j;                                       \
+        T m = mean[c0 + j]; T s = invstd[c0 + j]; T a = k_dy[c0 + j]; T b = k_b[c0 + j];           \
+        T g = k_g[c0 + j];                                                                         \
+        o0[j] = a * (g0[0] - b - (x0[0] - m) * s * g);                                             \
+        o1[j] = a * (g0[stride] - b - (x0[stride] - m) * s * g);                                   \
+        o2[j] = a * (g0[2 * stride] - b - (x0[2 * stride] - m) * s * g);                           \
+        o3[j] = a * (g0[3 * stride] - b - (x0[3 * stride] - m) * s * g);,                          \
+        o[k * ostride + j] = k_dy[c0 + j] * (dy[at + k * stride + j] - k_b[c0 + j]                 \
+            - (x[at + k * stride + j] - mean[c0 + j]) * invstd[c0 + j] * k_g[c0 + j]);)            \
+}
+
+FASTBN_DEFINE_COLS(float, f)
+FASTBN_DEFINE_COLS(double, d)
+FASTBN_DEFINE_SWEEPS(float, f)
+FASTBN_DEFINE_SWEEPS(double, d)
 
 #define LOAD2 fastbn_load2_f
 FASTBN_DEFINE_LOOPS(float, f)
