@@ -40,6 +40,22 @@ cdef extern from "loops.h" nogil:
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
     fastbn_sums fastbn_row_grad_sums_d(const double* x, const double* dy, const double* gamma,
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+    void fastbn_plane_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float scale,
+                               float beta, int stream)
+    void fastbn_plane_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
+                               double beta, int stream)
+    void fastbn_plane_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean,
+                           float invstd, float k_dy, float k_b, float k_g, int stream)
+    void fastbn_plane_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean,
+                           double invstd, double k_dy, double k_b, double k_g, int stream)
+    void fastbn_row_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float invstd,
+                             const float* gamma, const float* beta, int stream)
+    void fastbn_row_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double invstd,
+                             const double* gamma, const double* beta, int stream)
+    void fastbn_row_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t n, double mean,
+                         double invstd, const float* gamma, double a, double s3, double b, int stream)
+    void fastbn_row_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean,
+                         double invstd, const double* gamma, double a, double s3, double b, int stream)
     void fastbn_cols_shifted_sums_f(const float* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
                                     const float* shift, double* s1, double* s2)
     void fastbn_cols_shifted_sums_d(const double* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
@@ -94,6 +110,12 @@ cdef inline int _streams(Py_ssize_t out_bytes) noexcept nogil:
     """Whether an elementwise sweep writes its output with streaming stores: when it is too large
     to stay in the caches anyway (a function of the shape only; it does not change any value)."""
     return out_bytes >= STREAM_MIN_BYTES
+
+
+cdef inline int _streams_runs(Py_ssize_t out_bytes, Py_ssize_t run_bytes) noexcept nogil:
+    """Whether a sweep over contiguous runs of run_bytes streams its output: only large outputs
+    written in runs of at least a page (shorter runs would pay a fence each for little gain)."""
+    return out_bytes >= STREAM_MIN_BYTES and run_bytes >= 4096
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -401,10 +423,13 @@ cdef inline void _plane_moments(const floating* x, Py_ssize_t n, double* mean, d
 
 cdef inline void _affine_plane(
     const floating* x, floating* out, Py_ssize_t n, floating mean, floating scale, floating beta,
+    int stream,
 ) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = (x[j] - mean) * scale + beta
+    """out = (x - mean) * scale + beta over n contiguous values."""
+    if floating is float:
+        fastbn_plane_affine_f(x, out, n, mean, scale, beta, stream)
+    else:
+        fastbn_plane_affine_d(x, out, n, mean, scale, beta, stream)
 
 
 cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):
@@ -449,6 +474,7 @@ def planes_forward_train(
     if N == 0 or C == 0 or L == 0:
         return
     Q = _n_plane_chunks(N, C)
+    cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_mean = np.empty((Q, C))
     cdef double[:, ::1] part_m2 = np.empty((Q, C))
     cdef double[::1] counts = np.empty(Q)
@@ -467,7 +493,7 @@ def planes_forward_train(
                 var[c] = _variance(part_m2[0, c], counts[0])
                 _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, c, c + 1)
                 for n in range(N):
-                    _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c])
+                    _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
         if Q > 1:
             _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
             _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, 0, C)
@@ -479,10 +505,11 @@ cdef inline void _planes_affine(
     const floating[::1] beta, floating[:, :, ::1] out, int n_threads,
 ) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
     for p in prange(N * C, num_threads=n_threads, schedule='static'):
         n = p // C
         c = p % C
-        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c])
+        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
 
 
 def planes_affine(
@@ -502,11 +529,13 @@ def planes_affine(
 
 cdef inline void _dx_plane(
     const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating mean,
-    floating invstd, floating k_dy, floating k_b, floating k_g,
+    floating invstd, floating k_dy, floating k_b, floating k_g, int stream,
 ) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g)
+    """dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g) over n contiguous values."""
+    if floating is float:
+        fastbn_plane_dx_f(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
+    else:
+        fastbn_plane_dx_d(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
 
 
 def planes_backward(
@@ -533,6 +562,7 @@ def planes_backward(
         dbeta[:] = 0
         return
     Q = _n_plane_chunks(N, C)
+    cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_dy = np.empty((Q, C))
     cdef double[:, ::1] part_dyxc = np.empty((Q, C))
     dtype = _np_dtype(<floating>0)
@@ -556,7 +586,7 @@ def planes_backward(
                                        dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
                 for n in range(N):
                     _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                              k_dy[c], k_b[c], k_g[c])
+                              k_dy[c], k_b[c], k_g[c], stream)
         if Q > 1:
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
                                    dgamma, dbeta, k_dy, k_b, k_g, 0, C)
@@ -564,7 +594,7 @@ def planes_backward(
                 n = p // C
                 c = p % C
                 _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                          k_dy[c], k_b[c], k_g[c])
+                          k_dy[c], k_b[c], k_g[c], stream)
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,9 +614,11 @@ def rows_forward_train(
 ):
     """Each row is read for its statistics and normalised while it is still in cache."""
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
+    cdef int stream = _streams_runs(R * n * <Py_ssize_t>sizeof(floating),
+                                    (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
     cdef double shift, v, s
     cdef fastbn_sums sums
-    cdef floating mf, sf
+    cdef floating mf
     cdef const floating* xr
     cdef floating* yr
     if R == 0 or Cg == 0 or L == 0:
@@ -608,13 +640,14 @@ def rows_forward_train(
             invstd[r] = <floating>s
             c0 = (r % groups) * Cg
             if L == 1:
-                sf = <floating>s
-                for k in range(Cg):
-                    yr[k] = (xr[k] - mf) * (gamma[c0 + k] * sf) + beta[c0 + k]
+                if floating is float:
+                    fastbn_row_affine_f(xr, yr, Cg, mf, <float>s, &gamma[c0], &beta[c0], stream)
+                else:
+                    fastbn_row_affine_d(xr, yr, Cg, mf, s, &gamma[c0], &beta[c0], stream)
             else:
                 for k in range(Cg):
                     _affine_plane(xr + k * L, yr + k * L, L, mf,
-                                  <floating>(gamma[c0 + k] * s), beta[c0 + k])
+                                  <floating>(gamma[c0 + k] * s), beta[c0 + k], stream)
 
 
 cdef inline fastbn_sums _row_grad_sums(
@@ -628,14 +661,16 @@ cdef inline fastbn_sums _row_grad_sums(
         return fastbn_row_grad_sums_d(x, dy, gamma, n, mean, invstd, db, dg)
 
 
-cdef inline void _dx_row(
-    const floating* x, const floating* dy, floating* dx, const floating* gamma, Py_ssize_t n,
-    double mean, double s, double s3, double b,
+cdef inline void _dx_run(
+    const floating* x, const floating* dy, floating* dx, Py_ssize_t n, double mean, double invstd,
+    const floating* gamma, double a, double s3, double b, int stream,
 ) noexcept nogil:
-    """dx = s * gamma * dy - s3 * (x - mean) + b over a row with one gamma per value."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = <floating>(s * gamma[j] * dy[j] - s3 * (<double>x[j] - mean) + b)
+    """dx = a * dy - s3 * (x - mean) + b in double over n contiguous values, with
+    a = invstd * gamma[j] when gamma is not NULL."""
+    if floating is float:
+        fastbn_row_dx_f(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream)
+    else:
+        fastbn_row_dx_d(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream)
 
 
 def rows_backward(
@@ -657,6 +692,8 @@ def rows_backward(
     """
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], C = groups * Cg
     cdef Py_ssize_t N = R // groups if groups > 0 else 0
+    cdef int stream = _streams_runs(R * Cg * L * <Py_ssize_t>sizeof(floating),
+                                    (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t K, q, n, g, r, k, c, c0, n0, n1
     cdef double s, m, s3, sum_g, sum_gxc, pdb, pdg, a, b
     cdef fastbn_sums sums
@@ -703,11 +740,11 @@ def rows_backward(
                     s3 = s * s * s * sum_gxc / (Cg * L)
                     b = -s * sum_g / (Cg * L)
                     if L == 1:
-                        _dx_row(xr, dr, oxr, &gamma[c0], Cg, m, s, s3, b)
+                        _dx_run(xr, dr, oxr, Cg, m, s, &gamma[c0], 0.0, s3, b, stream)
                     else:
                         for k in range(Cg):
-                            a = s * gamma[c0 + k]
-                            _dx_plane_double(xr + k * L, dr + k * L, oxr + k * L, L, m, a, s3, b)
+                            _dx_run(xr + k * L, dr + k * L, oxr + k * L, L, m, s, NULL,
+                                    s * gamma[c0 + k], s3, b, stream)
         for c in prange(C, num_threads=n_threads, schedule='static'):
             pdg = 0.0
             pdb = 0.0
@@ -716,16 +753,6 @@ def rows_backward(
                 pdb = pdb + part_dbeta[q, c]
             dgamma[c] = <floating>pdg
             dbeta[c] = <floating>pdb
-
-
-cdef inline void _dx_plane_double(
-    const floating* x, const floating* dy, floating* dx, Py_ssize_t n, double mean,
-    double a, double s3, double b,
-) noexcept nogil:
-    """dx = a * dy - s3 * (x - mean) + b, computed in double."""
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = <floating>(a * dy[j] - s3 * (<double>x[j] - mean) + b)
 
 
 def parallel_copy(

@@ -2,8 +2,8 @@
  *
  * Why C: a double-precision sum is a loop-carried dependency that compilers do not vectorise
  * without -ffast-math (reassociation), and float -> double conversion defeats their
- * auto-vectorisation of hand-split sums. Here the sums use GCC/Clang vector extensions: four
- * independent 2-wide double accumulators (8 lanes), element j going to lane j % 8, added in a fixed
+ * auto-vectorisation of hand-split sums. Here the sums use GCC/Clang vector extensions: two
+ * independent 4-wide double accumulators (8 lanes), element j going to lane j % 8, added in a fixed
  * order at the end. The summation order depends only on n -- never on the thread count or on the
  * address of the data -- so results are reproducible bit for bit. Other compilers get the same
  * lanes as plain scalar loops (same results, slower).
@@ -24,6 +24,15 @@
 
 typedef struct { double s1, s2; } fastbn_sums;
 
+/* FASTBN_HOT: on x86-64 Linux with GCC, compile a function twice, for AVX2 and for the baseline,
+ * and pick the version at load time (function multiversioning): the build stays portable. The
+ * two versions compute the same values (no FMA contraction: "avx2" does not enable FMA). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FASTBN_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define FASTBN_HOT
+#endif
+
 #if defined(_MSC_VER) && !defined(__clang__)
 #define FASTBN_RESTRICT __restrict
 #else
@@ -31,44 +40,41 @@ typedef struct { double s1, s2; } fastbn_sums;
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
-typedef double fastbn_v2d __attribute__((vector_size(16)));
-typedef float fastbn_v2f __attribute__((vector_size(8)));
-
-#if defined(__SSE2__)
-/* GCC lowers the generic 2-float conversion to scalar code: use cvtps2pd directly. */
-static inline fastbn_v2d fastbn_load2_f(const float *p) {
-    return (fastbn_v2d)_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64((const __m128i *)p)));
-}
-#else
-static inline fastbn_v2d fastbn_load2_f(const float *p) {
-    fastbn_v2f v;
-    memcpy(&v, p, sizeof v);
-    return __builtin_convertvector(v, fastbn_v2d);
-}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* 32-byte vectors only pass between inlined helpers */
 #endif
-static inline fastbn_v2d fastbn_load2_d(const double *p) {
-    fastbn_v2d v;
+#define FASTBN_INLINE static inline __attribute__((always_inline))
+typedef double fastbn_v4d __attribute__((vector_size(32)));
+typedef float fastbn_v4f __attribute__((vector_size(16)));
+
+FASTBN_INLINE fastbn_v4d fastbn_load4_f(const float *p) {
+    fastbn_v4f v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, fastbn_v4d);
+}
+FASTBN_INLINE fastbn_v4d fastbn_load4_d(const double *p) {
+    fastbn_v4d v;
     memcpy(&v, p, sizeof v);
     return v;
 }
-static inline void fastbn_store2(double *p, fastbn_v2d v) { memcpy(p, &v, sizeof v); }
-/* Lanes 0..7 held in four vectors, added in a fixed order. */
-static inline double fastbn_hsum(fastbn_v2d a0, fastbn_v2d a1, fastbn_v2d a2, fastbn_v2d a3) {
-    fastbn_v2d s = (a0 + a1) + (a2 + a3);
-    return s[0] + s[1];
+FASTBN_INLINE void fastbn_store4(double *p, fastbn_v4d v) { memcpy(p, &v, sizeof v); }
+/* Lanes 0..7 held in two vectors, added in a fixed order. */
+FASTBN_INLINE double fastbn_hsum(fastbn_v4d a0, fastbn_v4d a1) {
+    fastbn_v4d s = a0 + a1;
+    return (s[0] + s[1]) + (s[2] + s[3]);
 }
-#define FASTBN_VEC(BODY4, BODY1)                                                           \
-    fastbn_v2d a0 = {0, 0}, a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;         \
+#define FASTBN_VEC(BODY4, BODY1)                                                                   \
+    fastbn_v4d a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0;                                       \
     ptrdiff_t j = 0;                                                                               \
     for (; j + 8 <= n; j += 8) {                                                                   \
-        BODY4(0, a0, b0) BODY4(2, a1, b1) BODY4(4, a2, b2) BODY4(6, a3, b3)                        \
+        BODY4(0, a0, b0) BODY4(4, a1, b1)                                                          \
     }                                                                                              \
-    double sa = fastbn_hsum(a0, a1, a2, a3), sb = fastbn_hsum(b0, b1, b2, b3);                     \
+    double sa = fastbn_hsum(a0, a1), sb = fastbn_hsum(b0, b1);                                     \
     for (; j < n; j++) { BODY1 }                                                                   \
     fastbn_sums r = {sa, sb};                                                                      \
     return r;
 #else
-#define FASTBN_VEC(BODY4, BODY1)                                                           \
+#define FASTBN_VEC(BODY4, BODY1)                                                                   \
     double sa = 0.0, sb = 0.0;                                                                     \
     ptrdiff_t j = 0;                                                                               \
     for (; j < n; j++) { BODY1 }                                                                   \
@@ -76,40 +82,40 @@ static inline double fastbn_hsum(fastbn_v2d a0, fastbn_v2d a1, fastbn_v2d a2, fa
     return r;
 #endif
 
-/* Two elements j+o, j+o+1 into accumulators A (first sum) and B (second sum). */
-#define FASTBN_SHIFTED2(o, A, B)                                                                   \
-    { fastbn_v2d t = LOAD2(x + j + o) - shift; A += t; B += t * t; }
+/* Four elements j+o..j+o+3 into accumulators A (first sum) and B (second sum). */
+#define FASTBN_SHIFTED4(o, A, B)                                                                   \
+    { fastbn_v4d t = LOAD4(x + j + o) - shift; A += t; B += t * t; }
 #define FASTBN_SHIFTED1 { double t = (double)x[j] - shift; sa += t; sb += t * t; }
-#define FASTBN_GRAD2(o, A, B)                                                                      \
-    { fastbn_v2d g = LOAD2(dy + j + o); A += g; B += g * (LOAD2(x + j + o) - mean); }
+#define FASTBN_GRAD4(o, A, B)                                                                      \
+    { fastbn_v4d g = LOAD4(dy + j + o); A += g; B += g * (LOAD4(x + j + o) - mean); }
 #define FASTBN_GRAD1 { double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean); }
-#define FASTBN_ROW2(o, A, B)                                                                       \
-    { fastbn_v2d g = LOAD2(dy + j + o), xc = LOAD2(x + j + o) - mean;                               \
-      fastbn_store2(db + j + o, fastbn_load2_d(db + j + o) + g);                                   \
-      fastbn_store2(dg + j + o, fastbn_load2_d(dg + j + o) + g * xc * invstd);                     \
-      g *= LOAD2(gamma + j + o); A += g; B += g * xc; }
+#define FASTBN_ROW4(o, A, B)                                                                       \
+    { fastbn_v4d g = LOAD4(dy + j + o), xc = LOAD4(x + j + o) - mean;                               \
+      fastbn_store4(db + j + o, fastbn_load4_d(db + j + o) + g);                                   \
+      fastbn_store4(dg + j + o, fastbn_load4_d(dg + j + o) + g * xc * invstd);                     \
+      g *= LOAD4(gamma + j + o); A += g; B += g * xc; }
 #define FASTBN_ROW1 { double g = (double)dy[j], xc = (double)x[j] - mean;                          \
       db[j] += g; dg[j] += g * xc * invstd; g *= (double)gamma[j]; sa += g; sb += g * xc; }
 
 #define FASTBN_DEFINE_LOOPS(T, SUF)                                                                \
 /* s1 = sum(x - shift), s2 = sum((x - shift)^2). */                                                \
-static inline fastbn_sums fastbn_shifted_sums_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n,       \
+static FASTBN_HOT fastbn_sums fastbn_shifted_sums_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n,       \
                                                     double shift) {                                \
-    FASTBN_VEC(FASTBN_SHIFTED2, FASTBN_SHIFTED1)                                           \
+    FASTBN_VEC(FASTBN_SHIFTED4, FASTBN_SHIFTED1)                                           \
 }                                                                                                  \
 /* s1 = sum(dy), s2 = sum(dy * (x - mean)). */                                                     \
-static inline fastbn_sums fastbn_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                       \
+static FASTBN_HOT fastbn_sums fastbn_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                       \
                                                  const T *FASTBN_RESTRICT dy, ptrdiff_t n,         \
                                                  double mean) {                                    \
-    FASTBN_VEC(FASTBN_GRAD2, FASTBN_GRAD1)                                                 \
+    FASTBN_VEC(FASTBN_GRAD4, FASTBN_GRAD1)                                                 \
 }                                                                                                  \
 /* Layernorm backward, one row: per column j, db[j] += dy, dg[j] += dy * (x - mean) * invstd;      \
  * returns s1 = sum(gamma * dy), s2 = sum(gamma * dy * (x - mean)). */                             \
-static inline fastbn_sums fastbn_row_grad_sums_##SUF(                                              \
+static FASTBN_HOT fastbn_sums fastbn_row_grad_sums_##SUF(                                              \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, const T *FASTBN_RESTRICT gamma,   \
         ptrdiff_t n, double mean, double invstd,                                                   \
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                                  \
-    FASTBN_VEC(FASTBN_ROW2, FASTBN_ROW1)                                                   \
+    FASTBN_VEC(FASTBN_ROW4, FASTBN_ROW1)                                                   \
 }
 
 /* Streaming stores. An output much larger than the caches is written with non-temporal stores:
@@ -160,7 +166,7 @@ static inline void fastbn_stream_d(double *FASTBN_RESTRICT dst, const double *FA
 
 #define FASTBN_DEFINE_COLS(T, SUF)                                                                 \
 /* s1[j] += sum_i (x[i, j] - shift[j]), s2[j] += sum_i (x[i, j] - shift[j])^2. */                  \
-static inline void fastbn_cols_shifted_sums_##SUF(                                                 \
+static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                                                 \
         const T *FASTBN_RESTRICT x, ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w,               \
         const T *FASTBN_RESTRICT shift, double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {  \
     ptrdiff_t i = 0, j;                                                                            \
@@ -181,7 +187,7 @@ static inline void fastbn_cols_shifted_sums_##SUF(                              
         }                                                                                          \
 }                                                                                                  \
 /* s1[j] += sum_i dy[i, j], s2[j] += sum_i dy[i, j] * (x[i, j] - mean[j]). */                      \
-static inline void fastbn_cols_grad_sums_##SUF(                                                    \
+static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                                                    \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
         ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,                              \
         double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {                                  \
@@ -233,7 +239,7 @@ static inline void fastbn_cols_grad_sums_##SUF(                                 
 
 #define FASTBN_DEFINE_SWEEPS(T, SUF)                                                               \
 /* out[i, j] = (x[i, j] - mean[j]) * scale[j] + beta[j], in T. */                                  \
-static inline void fastbn_cols_affine_##SUF(                                                       \
+static FASTBN_HOT void fastbn_cols_affine_##SUF(                                                       \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
         ptrdiff_t w, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
         const T *FASTBN_RESTRICT beta, int stream) {                                               \
@@ -247,7 +253,7 @@ static inline void fastbn_cols_affine_##SUF(                                    
                              + beta[c0 + j];)                                                      \
 }                                                                                                  \
 /* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T. */               \
-static inline void fastbn_cols_dx_##SUF(                                                           \
+static FASTBN_HOT void fastbn_cols_dx_##SUF(                                                           \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,            \
         const T *FASTBN_RESTRICT invstd, const T *FASTBN_RESTRICT k_dy,                            \
@@ -264,16 +270,64 @@ static inline void fastbn_cols_dx_##SUF(                                        
             - (x[at + k * stride + j] - mean[c0 + j]) * invstd[c0 + j] * k_g[c0 + j]);)            \
 }
 
+/* Contiguous runs of n values: out[j] from EXPR (inputs indexed with at + j), straight to the
+ * output or, with `stream`, through a staging buffer and streaming stores. */
+#define FASTBN_RUN(T, SUF, OUT, EXPR)                                                              \
+    T buf[FASTBN_BLOCK];                                                                           \
+    ptrdiff_t at, j;                                                                               \
+    for (at = 0; at < n; at += FASTBN_BLOCK) {                                                     \
+        ptrdiff_t cw = n - at < FASTBN_BLOCK ? n - at : FASTBN_BLOCK;                              \
+        T *FASTBN_RESTRICT o = stream ? buf : OUT + at;                                            \
+        for (j = 0; j < cw; j++) { EXPR }                                                          \
+        if (stream) fastbn_stream_##SUF(OUT + at, buf, cw);                                        \
+    }                                                                                              \
+    if (stream) fastbn_stream_fence();
+
+#define FASTBN_DEFINE_RUNS(T, SUF)                                                                 \
+/* out = (x - mean) * scale + beta, in T. */                                                       \
+static FASTBN_HOT void fastbn_plane_affine_##SUF(                                                  \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n, T mean, T scale, T beta,  \
+        int stream) {                                                                              \
+    FASTBN_RUN(T, SUF, out, o[j] = (x[at + j] - mean) * scale + beta;)                             \
+}                                                                                                  \
+/* dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g), in T. */                                    \
+static FASTBN_HOT void fastbn_plane_dx_##SUF(                                                      \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t n, T mean, T invstd, T k_dy, T k_b, T k_g, int stream) {                         \
+    FASTBN_RUN(T, SUF, dx, o[j] = k_dy * (dy[at + j] - k_b - (x[at + j] - mean) * invstd * k_g);)  \
+}                                                                                                  \
+/* out = (x - mean) * (gamma * invstd) + beta with gamma, beta per value, in T. */                 \
+static FASTBN_HOT void fastbn_row_affine_##SUF(                                                    \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n, T mean, T invstd,         \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, int stream) {               \
+    FASTBN_RUN(T, SUF, out, o[j] = (x[at + j] - mean) * (gamma[at + j] * invstd) + beta[at + j];)  \
+}                                                                                                  \
+/* dx = a * dy - s3 * (x - mean) + b in double, with a = invstd * gamma[j] when gamma is given. */  \
+static FASTBN_HOT void fastbn_row_dx_##SUF(                                                        \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t n, double mean, double invstd, const T *FASTBN_RESTRICT gamma, double a,         \
+        double s3, double b, int stream) {                                                         \
+    if (gamma) {                                                                                   \
+        FASTBN_RUN(T, SUF, dx, o[j] = (T)(invstd * (double)gamma[at + j] * (double)dy[at + j]      \
+                                          - s3 * ((double)x[at + j] - mean) + b);)                 \
+    } else {                                                                                       \
+        FASTBN_RUN(T, SUF, dx, o[j] = (T)(a * (double)dy[at + j]                                   \
+                                          - s3 * ((double)x[at + j] - mean) + b);)                 \
+    }                                                                                              \
+}
+
+FASTBN_DEFINE_RUNS(float, f)
+FASTBN_DEFINE_RUNS(double, d)
 FASTBN_DEFINE_COLS(float, f)
 FASTBN_DEFINE_COLS(double, d)
 FASTBN_DEFINE_SWEEPS(float, f)
 FASTBN_DEFINE_SWEEPS(double, d)
 
-#define LOAD2 fastbn_load2_f
+#define LOAD4 fastbn_load4_f
 FASTBN_DEFINE_LOOPS(float, f)
-#undef LOAD2
-#define LOAD2 fastbn_load2_d
+#undef LOAD4
+#define LOAD4 fastbn_load4_d
 FASTBN_DEFINE_LOOPS(double, d)
-#undef LOAD2
+#undef LOAD4
 
 #endif
