@@ -32,6 +32,8 @@ cdef extern from "loops.h" nogil:
     ctypedef struct fastbn_sums:
         double s1
         double s2
+    fastbn_sums fastbn_sum_f(const float* x, Py_ssize_t n)
+    fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
     fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
     fastbn_sums fastbn_shifted_sums_d(const double* x, Py_ssize_t n, double shift)
     fastbn_sums fastbn_grad_sums_f(const float* x, const float* dy, Py_ssize_t n, double mean)
@@ -627,11 +629,12 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            # Two passes over the cached row: a mean shifted by the first value, then the sums
-            # shifted by that mean (the corrected two-pass algorithm, accurate for any offset).
-            shift = <double>xr[0]
-            sums = _shifted_sums(xr, n, shift)
-            shift = shift + sums.s1 / n
+            # Two passes over the cached row: the mean, then the sums shifted by it (the
+            # corrected two-pass algorithm, accurate for any offset).
+            if floating is float:
+                shift = fastbn_sum_f(xr, n).s1 / n
+            else:
+                shift = fastbn_sum_d(xr, n).s1 / n
             sums = _shifted_sums(xr, n, shift)
             v = (sums.s2 - sums.s1 * sums.s1 / n) / n
             s = 1.0 / sqrt((0.0 if v < 0 else v) + eps)  # NaN stays NaN

@@ -86,6 +86,8 @@ FASTBN_INLINE double fastbn_hsum(fastbn_v4d a0, fastbn_v4d a1) {
 #define FASTBN_SHIFTED4(o, A, B)                                                                   \
     { fastbn_v4d t = LOAD4(x + j + o) - shift; A += t; B += t * t; }
 #define FASTBN_SHIFTED1 { double t = (double)x[j] - shift; sa += t; sb += t * t; }
+#define FASTBN_SUM4(o, A, B) { A += LOAD4(x + j + o); }
+#define FASTBN_SUM1 { sa += (double)x[j]; }
 #define FASTBN_GRAD4(o, A, B)                                                                      \
     { fastbn_v4d g = LOAD4(dy + j + o); A += g; B += g * (LOAD4(x + j + o) - mean); }
 #define FASTBN_GRAD1 { double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean); }
@@ -98,6 +100,10 @@ FASTBN_INLINE double fastbn_hsum(fastbn_v4d a0, fastbn_v4d a1) {
       db[j] += g; dg[j] += g * xc * invstd; g *= (double)gamma[j]; sa += g; sb += g * xc; }
 
 #define FASTBN_DEFINE_LOOPS(T, SUF)                                                                \
+/* s1 = sum(x) (s2 = 0). */                                                                        \
+static FASTBN_HOT fastbn_sums fastbn_sum_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {          \
+    FASTBN_VEC(FASTBN_SUM4, FASTBN_SUM1)                                                           \
+}                                                                                                  \
 /* s1 = sum(x - shift), s2 = sum((x - shift)^2). */                                                \
 static FASTBN_HOT fastbn_sums fastbn_shifted_sums_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n,       \
                                                     double shift) {                                \
