@@ -91,7 +91,8 @@ cdef Py_ssize_t AFFINE_COLS = 1024
 cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 # Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
-cdef Py_ssize_t TARGET_TASKS = 16
+cdef enum:
+    TARGET_TASKS = 16  # also the most chunks a statistic is ever split into
 # Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
 # Upper bound on the number of doubles in one array of per-chunk partials.
@@ -166,47 +167,52 @@ cdef inline void _chan_merge(
     n_a[0] = n_ab
 
 
-cdef inline void _merge_moments(
-    const double[:, ::1] part_mean,  # IN (K, D) per-chunk means
-    const double[:, ::1] part_m2,    # IN (K, D) per-chunk sums of squared deviations
-    const double[::1] counts,        # IN (K,) values per chunk and column
-    double[::1] mean,                # OUT (D,)
-    double[::1] var,                 # OUT (D,) biased variance
-    int n_threads,
-) noexcept nogil:
-    """Chan's pairwise merge of chunk moments, in chunk order, for every column."""
-    cdef Py_ssize_t K = part_mean.shape[0], D = part_mean.shape[1], k, d
-    cdef double n_a, mean_a, m2_a
-    for d in prange(D, num_threads=n_threads, schedule='static'):
-        n_a = counts[0]
-        mean_a = part_mean[0, d]
-        m2_a = part_m2[0, d]
-        for k in range(1, K):
-            _chan_merge(&n_a, &mean_a, &m2_a, counts[k], part_mean[k, d], part_m2[k, d])
-        mean[d] = mean_a
-        var[d] = _variance(m2_a, n_a)
-
-
 cdef inline double _variance(double m2, double count) noexcept nogil:
     """Biased variance from a sum of squared deviations; rounding may make m2 slightly negative,
     which is clipped, while a NaN (non-finite input) stays NaN."""
     return (0.0 if m2 < 0 else m2) / count
 
 
-cdef inline void _fold_affine(
-    const double[::1] mean, const double[::1] var, const floating[::1] gamma,
-    const floating[::1] beta, double eps,
+cdef inline void _fold_one(
+    double mean, double var, const floating[::1] gamma, double eps, Py_ssize_t d,
     floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,
-    Py_ssize_t c_start, Py_ssize_t c_stop,  # the features/channels to do
 ) noexcept nogil:
-    """invstd = 1/sqrt(var + eps) and scale = gamma * invstd, per feature."""
-    cdef Py_ssize_t d
-    cdef double invstd
-    for d in range(c_start, c_stop):
-        invstd = 1.0 / sqrt(var[d] + eps)
-        mean_out[d] = <floating>mean[d]
-        invstd_out[d] = <floating>invstd
-        scale[d] = <floating>(gamma[d] * invstd)
+    """invstd = 1/sqrt(var + eps) and scale = gamma * invstd for feature d."""
+    cdef double invstd = 1.0 / sqrt(var + eps)
+    mean_out[d] = <floating>mean
+    invstd_out[d] = <floating>invstd
+    scale[d] = <floating>(gamma[d] * invstd)
+
+
+cdef inline void _merge_and_fold(
+    const double[:, ::1] part_mean,  # IN (K, D) per-chunk means, K <= TARGET_TASKS
+    const double[:, ::1] part_m2,    # IN (K, D) per-chunk sums of squared deviations
+    const double[::1] counts,        # IN (K,) values per chunk and column
+    const floating[::1] gamma, double eps,
+    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,  # OUT (D,)
+    double[::1] var,                 # OUT (D,) biased variance
+    int n_threads,
+) noexcept nogil:
+    """Chan's pairwise merge of chunk moments, in chunk order, then the folded affine constants,
+    for every column. The merge weights depend on the chunk only and are computed once."""
+    cdef Py_ssize_t K = part_mean.shape[0], D = part_mean.shape[1], k, d
+    cdef double w_mean[TARGET_TASKS]
+    cdef double w_m2[TARGET_TASKS]
+    cdef double n_a = counts[0], n_ab, mean_a, m2_a, delta
+    for k in range(1, K):
+        n_ab = n_a + counts[k]
+        w_mean[k] = counts[k] / n_ab
+        w_m2[k] = n_a * counts[k] / n_ab
+        n_a = n_ab
+    for d in prange(D, num_threads=n_threads, schedule='static'):
+        mean_a = part_mean[0, d]
+        m2_a = part_m2[0, d]
+        for k in range(1, K):
+            delta = part_mean[k, d] - mean_a
+            mean_a = mean_a + delta * w_mean[k]
+            m2_a = m2_a + part_m2[k, d] + delta * delta * w_m2[k]
+        var[d] = _variance(m2_a, n_a)
+        _fold_one(mean_a, var[d], gamma, eps, d, mean_out, invstd_out, scale)
 
 
 cdef inline void _backward_coefficients(
@@ -317,7 +323,6 @@ def cols_forward_train(
     cdef double[:, ::1] part_mean = np.empty((K, D))
     cdef double[:, ::1] part_m2 = np.empty((K, D))
     cdef double[::1] counts = np.empty(K)
-    cdef double[::1] mean64 = np.empty(D)
     cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
     for k in range(K):
         counts[k] = _chunk_start(k + 1, M, K) - _chunk_start(k, M, K)
@@ -330,8 +335,7 @@ def cols_forward_train(
             c0 = b * COL_BLOCK
             c1 = min(c0 + COL_BLOCK, D)
             _cols_task_moments(&x[r0, c0], D, r1 - r0, c1 - c0, &part_mean[k, c0], &part_m2[k, c0])
-        _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
-        _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, 0, D)
+        _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var, n_threads)
         _cols_affine(x, mean, scale, beta, out, n_threads)
 
 
@@ -396,8 +400,9 @@ def cols_backward(
             else:
                 fastbn_cols_grad_sums_d(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
                                         &part_dy[k, c0], &part_dyxc[k, c0])
-        _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
-                               dgamma, dbeta, k_dy, k_b, k_g, 0, D)
+        for c0 in prange(D, num_threads=n_threads, schedule='static'):
+            _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
+                                   dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
         for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads,
                         schedule='static'):
             r0 = (t // n_col_tiles) * AFFINE_ROWS
@@ -480,7 +485,6 @@ def planes_forward_train(
     cdef double[:, ::1] part_mean = np.empty((Q, C))
     cdef double[:, ::1] part_m2 = np.empty((Q, C))
     cdef double[::1] counts = np.empty(Q)
-    cdef double[::1] mean64 = np.empty(C)
     cdef floating[::1] scale = np.empty(C, dtype=_np_dtype(<floating>0))
     for q in range(Q):
         counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
@@ -491,14 +495,13 @@ def planes_forward_train(
             _chunk_moments(x, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
                            &part_mean[q, c], &part_m2[q, c])
             if Q == 1:
-                mean64[c] = part_mean[0, c]
                 var[c] = _variance(part_m2[0, c], counts[0])
-                _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, c, c + 1)
+                _fold_one(part_mean[0, c], var[c], gamma, eps, c, mean, invstd, scale)
                 for n in range(N):
                     _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
         if Q > 1:
-            _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
-            _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale, 0, C)
+            _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var,
+                            n_threads)
             _planes_affine(x, mean, scale, beta, out, n_threads)
 
 
