@@ -16,7 +16,15 @@ contiguity: nothing is checked. Three families of kernels cover all public opera
 Determinism: work is cut into chunks whose boundaries depend only on the shape, partial results
 are stored per chunk and combined in chunk order, so the bits do not depend on the thread count.
 Statistics are accumulated in double precision, shifted by a sample of the data (the first value
-of each chunk) and merged with Chan's formula: never E[x^2] - E[x]^2.
+of each chunk or plane; the row mean for rows) and merged with Chan's formula: never
+E[x^2] - E[x]^2.
+
+Speed: the hot loops live in ``_src/loops.h`` (vectorised double sums with fixed lanes, (M, D)
+column sums and sweeps four rows at a time, compiled for AVX2 and for the baseline and picked at
+load time). The elementwise sweeps of outputs of 8 MiB or more use streaming stores (no
+read-for-ownership of the output). NCHW with enough channels, layernorm and groupnorm read x from
+memory once: a channel's planes (a row) are normalised right after their statistics, while they
+are in cache. Every choice of path depends on the shape only.
 """
 import numpy as np
 
