@@ -89,7 +89,7 @@ cdef extern from "loops.h" nogil:
 
 
 # Column blocks of the (M, D) grid: a task covers COL_BLOCK columns of a chunk of rows.
-cdef Py_ssize_t COL_BLOCK = 256
+cdef Py_ssize_t COL_BLOCK = 1024
 # Elementwise sweeps of (M, D) run over tiles of AFFINE_ROWS rows x AFFINE_COLS columns, so that
 # the per-column coefficients of a tile stay in L1 while its rows stream through.
 cdef Py_ssize_t AFFINE_ROWS = 32
