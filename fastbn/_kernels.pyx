@@ -50,6 +50,12 @@ cdef extern from "loops.h" nogil:
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
     fastbn_sums fastbn_row_grad_sums_d(const double* x, const double* dy, const double* gamma,
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+    void fastbn_rows4_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, const float* gamma,
+                                  Py_ssize_t n, const double* mean, const double* invstd, double* db,
+                                  double* dg, double* out)
+    void fastbn_rows4_grad_sums_d(const double* x, const double* dy, Py_ssize_t stride,
+                                  const double* gamma, Py_ssize_t n, const double* mean,
+                                  const double* invstd, double* db, double* dg, double* out)
     void fastbn_plane_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float scale,
                                float beta, int stream)
     void fastbn_plane_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
@@ -723,11 +729,33 @@ def rows_backward(
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
     cdef double[:, ::1] part_dgamma = np.zeros((K, C))
     cdef double[:, ::1] part_dbeta = np.zeros((K, C))
+    cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
     with nogil:
         for q in prange(K, num_threads=n_threads, schedule='static'):
             n0 = _chunk_start(q, N, K)
             n1 = _chunk_start(q + 1, N, K)
-            for n in range(n0, n1):
+            n = n0
+            if L == 1 and groups == 1 and Cg >= 256:  # long layernorm rows: four at a time
+                while n + 4 <= n1:
+                    for k in range(4):
+                        scratch[q, k] = <double>mean[n + k]
+                        scratch[q, 4 + k] = <double>invstd[n + k]
+                    if floating is float:
+                        fastbn_rows4_grad_sums_f(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
+                                                 &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
+                                                 &part_dgamma[q, 0], &scratch[q, 8])
+                    else:
+                        fastbn_rows4_grad_sums_d(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
+                                                 &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
+                                                 &part_dgamma[q, 0], &scratch[q, 8])
+                    for k in range(4):
+                        s = scratch[q, 4 + k]
+                        s3 = s * s * s * scratch[q, 9 + 2 * k] / Cg
+                        b = -s * scratch[q, 8 + 2 * k] / Cg
+                        _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
+                                scratch[q, k], s, &gamma[0], 0.0, s3, b, stream)
+                    n = n + 4
+            for n in range(n, n1):
                 for g in range(groups):
                     r = n * groups + g
                     xr = &x[r, 0, 0]

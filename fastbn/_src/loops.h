@@ -329,11 +329,69 @@ FASTBN_DEFINE_COLS(double, d)
 FASTBN_DEFINE_SWEEPS(float, f)
 FASTBN_DEFINE_SWEEPS(double, d)
 
+#if defined(__GNUC__) || defined(__clang__)
+/* Layernorm backward, four rows at once (row r at x + r * stride): per column j,
+ * db[j] += sum_r dy_r, dg[j] += sum_r dy_r * (x_r - mean[r]) * invstd[r], so each column's
+ * partials are loaded and stored once per four rows; per row r, out[2r] = sum gamma * dy_r and
+ * out[2r+1] = sum gamma * dy_r * (x_r - mean[r]), each over 4 lanes (j % 4) added in a fixed order.
+ * mean, invstd, out: the caller's (thread-private) arrays of 4, 4 and 8 values. */
+#define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
+static FASTBN_HOT void fastbn_rows4_grad_sums_##SUF(                                               \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
+        const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,    \
+        double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out) {                     \
+    fastbn_v4d zero = {0, 0, 0, 0}, A[4] = {zero, zero, zero, zero}, B[4] = {zero, zero, zero, zero}; \
+    double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};                                             \
+    ptrdiff_t j = 0, r;                                                                            \
+    for (; j + 4 <= n; j += 4) {                                                                   \
+        fastbn_v4d gm = LOAD4(gamma + j), sdb = zero, sdg = zero;                                  \
+        for (r = 0; r < 4; r++) {                                                                  \
+            fastbn_v4d g = LOAD4(dy + r * stride + j), xc = LOAD4(x + r * stride + j) - mean[r];   \
+            sdb += g;                                                                              \
+            sdg += g * xc * invstd[r];                                                             \
+            g *= gm;                                                                               \
+            A[r] += g;                                                                             \
+            B[r] += g * xc;                                                                        \
+        }                                                                                          \
+        fastbn_store4(db + j, fastbn_load4_d(db + j) + sdb);                                       \
+        fastbn_store4(dg + j, fastbn_load4_d(dg + j) + sdg);                                       \
+    }                                                                                              \
+    for (; j < n; j++)                                                                             \
+        for (r = 0; r < 4; r++) {                                                                  \
+            double g = (double)dy[r * stride + j], xc = (double)x[r * stride + j] - mean[r];       \
+            db[j] += g;                                                                            \
+            dg[j] += g * xc * invstd[r];                                                           \
+            g *= (double)gamma[j];                                                                 \
+            sa[r] += g;                                                                            \
+            sb[r] += g * xc;                                                                       \
+        }                                                                                          \
+    for (r = 0; r < 4; r++) {                                                                      \
+        out[2 * r] = ((A[r][0] + A[r][1]) + (A[r][2] + A[r][3])) + sa[r];                          \
+        out[2 * r + 1] = ((B[r][0] + B[r][1]) + (B[r][2] + B[r][3])) + sb[r];                      \
+    }                                                                                              \
+}
+#else
+#define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
+static void fastbn_rows4_grad_sums_##SUF(                                                          \
+        const T *x, const T *dy, ptrdiff_t stride, const T *gamma, ptrdiff_t n,                    \
+        const double *mean, const double *invstd, double *db, double *dg, double *out) {           \
+    ptrdiff_t r;                                                                                   \
+    for (r = 0; r < 4; r++) {                                                                      \
+        fastbn_sums t = fastbn_row_grad_sums_##SUF(x + r * stride, dy + r * stride, gamma, n,      \
+                                                   mean[r], invstd[r], db, dg);                    \
+        out[2 * r] = t.s1;                                                                         \
+        out[2 * r + 1] = t.s2;                                                                     \
+    }                                                                                              \
+}
+#endif
+
 #define LOAD4 fastbn_load4_f
 FASTBN_DEFINE_LOOPS(float, f)
+FASTBN_DEFINE_ROWS4(float, f)
 #undef LOAD4
 #define LOAD4 fastbn_load4_d
 FASTBN_DEFINE_LOOPS(double, d)
+FASTBN_DEFINE_ROWS4(double, d)
 #undef LOAD4
 
 #endif
