@@ -96,9 +96,11 @@ cdef extern from "loops.h" nogil:
 
 # Column blocks of the (M, D) grid: a task covers COL_BLOCK columns of a chunk of rows.
 cdef Py_ssize_t COL_BLOCK = 1024
-# Elementwise sweeps of (M, D) run over tiles of AFFINE_ROWS rows x AFFINE_COLS columns, so that
+# Elementwise sweeps of (M, D) run over tiles of at least AFFINE_ROWS rows (and about
+# AFFINE_TILE_BYTES of output) x AFFINE_COLS columns, so that
 # the per-column coefficients of a tile stay in L1 while its rows stream through.
 cdef Py_ssize_t AFFINE_ROWS = 32
+cdef Py_ssize_t AFFINE_TILE_BYTES = 1 << 18
 cdef Py_ssize_t AFFINE_COLS = 1024
 # NCHW with at least this many channels: a channel's N planes are processed by one task
 # (statistics, then the elementwise sweep while the planes are still in cache).
@@ -133,6 +135,11 @@ cdef inline int _streams_runs(Py_ssize_t out_bytes, Py_ssize_t run_bytes) noexce
     """Whether a sweep over contiguous runs of run_bytes streams its output: only large outputs
     written in runs of at least a page (shorter runs would pay a fence each for little gain)."""
     return out_bytes >= STREAM_MIN_BYTES and run_bytes >= 4096
+
+
+cdef inline Py_ssize_t _tile_rows(Py_ssize_t row_bytes) noexcept nogil:
+    """Rows per tile of an elementwise sweep: AFFINE_ROWS, more for narrow rows."""
+    return max(AFFINE_ROWS, AFFINE_TILE_BYTES // max(row_bytes, 1))
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -297,15 +304,16 @@ cdef inline void _cols_affine(
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], t, r0, c0, w
     cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads, schedule='static'):
-        r0 = (t // n_col_tiles) * AFFINE_ROWS
+    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
+    for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads, schedule='static'):
+        r0 = (t // n_col_tiles) * rows
         c0 = (t % n_col_tiles) * AFFINE_COLS
         w = min(AFFINE_COLS, D - c0)
         if floating is float:
-            fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, min(AFFINE_ROWS, M - r0), w,
+            fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, min(rows, M - r0), w,
                                  &mean[c0], &scale[c0], &beta[c0], stream)
         else:
-            fastbn_cols_affine_d(&x[r0, c0], &out[r0, c0], D, min(AFFINE_ROWS, M - r0), w,
+            fastbn_cols_affine_d(&x[r0, c0], &out[r0, c0], D, min(rows, M - r0), w,
                                  &mean[c0], &scale[c0], &beta[c0], stream)
 
 
@@ -390,6 +398,7 @@ def cols_backward(
         return
     cdef Py_ssize_t K = _n_row_chunks(M, D), n_col_blocks = _ceil_div(D, COL_BLOCK)
     cdef Py_ssize_t task, k, b, r0, r1, c0, c1, i, t, w, n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_dy = np.empty((K, D))
     cdef double[:, ::1] part_dyxc = np.empty((K, D))
@@ -417,16 +426,16 @@ def cols_backward(
         for c0 in prange(D, num_threads=n_threads, schedule='static'):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
-        for t in prange(_ceil_div(M, AFFINE_ROWS) * n_col_tiles, num_threads=n_threads,
+        for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads,
                         schedule='static'):
-            r0 = (t // n_col_tiles) * AFFINE_ROWS
+            r0 = (t // n_col_tiles) * rows
             c0 = (t % n_col_tiles) * AFFINE_COLS
             w = min(AFFINE_COLS, D - c0)
             if floating is float:
-                fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(AFFINE_ROWS, M - r0),
+                fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(rows, M - r0),
                                  w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
             else:
-                fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(AFFINE_ROWS, M - r0),
+                fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(rows, M - r0),
                                  w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
 
 

@@ -225,7 +225,8 @@ static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                             
         ptrdiff_t r = n_rows - i < 4 ? n_rows - i : 4;                                             \
         for (c0 = 0; c0 < w; c0 += FASTBN_BLOCK) {                                                 \
             ptrdiff_t cw = w - c0 < FASTBN_BLOCK ? w - c0 : FASTBN_BLOCK;                          \
-            ptrdiff_t ostride = stream ? FASTBN_BLOCK : stride;                                    \
+            int whole = cw == stride; /* full rows: the r rows are one contiguous run */           \
+            ptrdiff_t ostride = stream ? (whole ? cw : FASTBN_BLOCK) : stride;                     \
             T *FASTBN_RESTRICT o = stream ? buf : OUT + i * stride + c0;                           \
             ptrdiff_t at = i * stride + c0;                                                        \
             if (r == 4) {                                                                          \
@@ -236,7 +237,9 @@ static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                             
                 for (k = 0; k < r; k++)                                                            \
                     for (j = 0; j < cw; j++) { EXPR1 }                                             \
             }                                                                                      \
-            if (stream)                                                                            \
+            if (stream && whole)                                                                   \
+                fastbn_stream_##SUF(OUT + at, buf, r * cw);                                        \
+            else if (stream)                                                                       \
                 for (k = 0; k < r; k++)                                                            \
                     fastbn_stream_##SUF(OUT + at + k * stride, buf + k * FASTBN_BLOCK, cw);        \
         }                                                                                          \
