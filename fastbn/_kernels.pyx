@@ -40,6 +40,7 @@ cdef extern from "loops.h" nogil:
     ctypedef struct fastbn_sums:
         double s1
         double s2
+    void fastbn_prefetch(const void* p, Py_ssize_t nbytes)
     fastbn_sums fastbn_sum_f(const float* x, Py_ssize_t n)
     fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
     fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
@@ -478,8 +479,12 @@ cdef inline void _chunk_moments(
     """Moments of channel c's planes n0..n1-1, merged in plane order."""
     cdef Py_ssize_t L = x.shape[2], n
     cdef double n_a = <double>L, mean_b, m2_b
+    if n0 + 1 < n1:
+        fastbn_prefetch(&x[n0 + 1, c, 0], L * sizeof(floating))
     _plane_moments(&x[n0, c, 0], L, mean, m2)
     for n in range(n0 + 1, n1):
+        if n + 1 < n1:
+            fastbn_prefetch(&x[n + 1, c, 0], L * sizeof(floating))
         _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b)
         _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
@@ -580,7 +585,7 @@ def planes_backward(
 ):
     """Per-plane gradient sums, added per channel in plane order, then the dx sweep; tasks as in
     :func:`planes_forward_train` (one chunk per channel: dx while the planes are in cache)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, p, n, c
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, p, n, n1, c
     cdef double s1, s2
     cdef fastbn_sums sums
     if C == 0:
@@ -603,7 +608,11 @@ def planes_backward(
             q = task % Q
             s1 = 0.0
             s2 = 0.0
-            for n in range(_chunk_start(q, N, Q), _chunk_start(q + 1, N, Q)):
+            n1 = _chunk_start(q + 1, N, Q)
+            for n in range(_chunk_start(q, N, Q), n1):
+                if n + 1 < n1:
+                    fastbn_prefetch(&x[n + 1, c, 0], L * sizeof(floating))
+                    fastbn_prefetch(&dy[n + 1, c, 0], L * sizeof(floating))
                 sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
                 s1 = s1 + sums.s1
                 s2 = s2 + sums.s2
