@@ -24,10 +24,12 @@
 
 typedef struct { double s1, s2; } fastbn_sums;
 
-/* FASTBN_HOT: on x86-64 Linux with GCC, compile a function twice, for AVX2 and for the baseline,
- * and pick the version at load time (function multiversioning): the build stays portable. The
- * two versions compute the same values (no FMA contraction: "avx2" does not enable FMA). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* FASTBN_HOT: on x86-64 glibc Linux with GCC >= 6, compile a function twice, for AVX2 and for
+ * the baseline, and pick the version at load time (function multiversioning through an ifunc):
+ * the build stays portable. The two versions compute the same values (no FMA contraction: "avx2"
+ * does not enable FMA). Elsewhere FASTBN_HOT is empty (baseline code only). */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6 && defined(__x86_64__) \
+    && defined(__linux__) && defined(__GLIBC__)
 #define FASTBN_HOT __attribute__((target_clones("avx2", "default")))
 #else
 #define FASTBN_HOT
