@@ -72,6 +72,7 @@ def table(records):
 def plot(records, path):
     """Bar chart of fastbn's achieved GB/s per case and direction against the memcpy yardstick."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -91,6 +92,9 @@ def plot(records, path):
         ax.scatter(torch_gbps, y, marker="o", color="tab:orange", zorder=3, label="PyTorch")
     ax.scatter(yardstick, y, marker="|", s=200, color="black", zorder=3, label="memcpy of x (2 threads)")
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.tick_params(axis="x", which="minor", labelsize=6)
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("GB/s, log scale (least traffic: read x [and dout], write the output)")
