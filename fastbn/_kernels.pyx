@@ -664,6 +664,8 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
+            if r + 1 < R:  # hardware prefetchers stop at page boundaries: ask for the next row
+                fastbn_prefetch(xr + n, n * sizeof(floating))
             # Two passes over the cached row: the mean, then the sums shifted by it (the
             # corrected two-pass algorithm, accurate for any offset).
             if floating is float:
@@ -755,6 +757,9 @@ def rows_backward(
             n = n0
             if L == 1 and groups == 1 and Cg >= 256:  # long layernorm rows: four at a time
                 while n + 4 <= n1:
+                    if n + 8 <= R:
+                        fastbn_prefetch(&x[n + 4, 0, 0], 4 * Cg * sizeof(floating))
+                        fastbn_prefetch(&dy[n + 4, 0, 0], 4 * Cg * sizeof(floating))
                     for k in range(4):
                         scratch[q, k] = <double>mean[n + k]
                         scratch[q, 4 + k] = <double>invstd[n + k]
@@ -779,6 +784,9 @@ def rows_backward(
                     xr = &x[r, 0, 0]
                     dr = &dy[r, 0, 0]
                     oxr = &dx[r, 0, 0]
+                    if r + 1 < R:
+                        fastbn_prefetch(xr + Cg * L, Cg * L * sizeof(floating))
+                        fastbn_prefetch(dr + Cg * L, Cg * L * sizeof(floating))
                     c0 = g * Cg
                     s = <double>invstd[r]
                     m = <double>mean[r]

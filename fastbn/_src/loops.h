@@ -185,6 +185,13 @@ static inline void fastbn_stream_d(double *FASTBN_RESTRICT dst, const double *FA
     const T *FASTBN_RESTRICT X##0 = X + i * stride, *FASTBN_RESTRICT X##1 = X##0 + stride,         \
             *FASTBN_RESTRICT X##2 = X##1 + stride, *FASTBN_RESTRICT X##3 = X##2 + stride;
 
+/* Prefetch the w values of each of the next four rows (each run starts a new page). */
+#define FASTBN_PREFETCH_ROWS(X)                                                                    \
+    if (i + 8 <= n_rows) {                                                                         \
+        ptrdiff_t q;                                                                               \
+        for (q = 4; q < 8; q++) fastbn_prefetch(X + (i + q) * stride, w * (ptrdiff_t)sizeof *X);   \
+    }
+
 #define FASTBN_DEFINE_COLS(T, SUF)                                                                 \
 /* s1[j] += sum_i (x[i, j] - shift[j]), s2[j] += sum_i (x[i, j] - shift[j])^2. */                  \
 static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                                                 \
@@ -193,6 +200,7 @@ static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                          
     ptrdiff_t i = 0, j;                                                                            \
     for (; i + 4 <= n_rows; i += 4) {                                                              \
         FASTBN_ROWS4(T, x)                                                                         \
+        FASTBN_PREFETCH_ROWS(x)                                                                    \
         for (j = 0; j < w; j++) {                                                                  \
             double h = (double)shift[j], t0 = (double)x0[j] - h, t1 = (double)x1[j] - h,           \
                    t2 = (double)x2[j] - h, t3 = (double)x3[j] - h;                                 \
@@ -216,6 +224,8 @@ static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                             
     for (; i + 4 <= n_rows; i += 4) {                                                              \
         FASTBN_ROWS4(T, x)                                                                         \
         FASTBN_ROWS4(T, dy)                                                                        \
+        FASTBN_PREFETCH_ROWS(x)                                                                    \
+        FASTBN_PREFETCH_ROWS(dy)                                                                   \
         for (j = 0; j < w; j++) {                                                                  \
             double m = (double)mean[j], g0 = dy0[j], g1 = dy1[j], g2 = dy2[j], g3 = dy3[j];        \
             s1[j] += (g0 + g1) + (g2 + g3);                                                        \
