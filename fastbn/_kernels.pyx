@@ -95,7 +95,8 @@ cdef extern from "loops.h" nogil:
                           const double* k_dy, const double* k_b, const double* k_g, int stream)
 
 
-# Column blocks of the (M, D) grid: a task covers COL_BLOCK columns of a chunk of rows.
+# Column blocks of the (M, D) grid: a task covers at most COL_BLOCK columns (blocks of balanced
+# widths) of a chunk of rows.
 cdef Py_ssize_t COL_BLOCK = 1024
 # Elementwise sweeps of (M, D) run over tiles of at least AFFINE_ROWS rows (and about
 # AFFINE_TILE_BYTES of output) x AFFINE_COLS columns, so that
@@ -308,8 +309,8 @@ cdef inline void _cols_affine(
     cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
     for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads, schedule='static'):
         r0 = (t // n_col_tiles) * rows
-        c0 = (t % n_col_tiles) * AFFINE_COLS
-        w = min(AFFINE_COLS, D - c0)
+        c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
+        w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
         if floating is float:
             fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, min(rows, M - r0), w,
                                  &mean[c0], &scale[c0], &beta[c0], stream)
@@ -355,8 +356,8 @@ def cols_forward_train(
             b = task % n_col_blocks
             r0 = _chunk_start(k, M, K)
             r1 = _chunk_start(k + 1, M, K)
-            c0 = b * COL_BLOCK
-            c1 = min(c0 + COL_BLOCK, D)
+            c0 = _chunk_start(b, D, n_col_blocks)
+            c1 = _chunk_start(b + 1, D, n_col_blocks)
             _cols_task_moments(&x[r0, c0], D, r1 - r0, c1 - c0, &part_mean[k, c0], &part_m2[k, c0])
         _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var, n_threads)
         _cols_affine(x, mean, scale, beta, out, n_threads)
@@ -413,8 +414,8 @@ def cols_backward(
             b = task % n_col_blocks
             r0 = _chunk_start(k, M, K)
             r1 = _chunk_start(k + 1, M, K)
-            c0 = b * COL_BLOCK
-            c1 = min(c0 + COL_BLOCK, D)
+            c0 = _chunk_start(b, D, n_col_blocks)
+            c1 = _chunk_start(b + 1, D, n_col_blocks)
             for i in range(c0, c1):
                 part_dy[k, i] = 0.0
                 part_dyxc[k, i] = 0.0
@@ -430,8 +431,8 @@ def cols_backward(
         for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads,
                         schedule='static'):
             r0 = (t // n_col_tiles) * rows
-            c0 = (t % n_col_tiles) * AFFINE_COLS
-            w = min(AFFINE_COLS, D - c0)
+            c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
+            w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
             if floating is float:
                 fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(rows, M - r0),
                                  w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)

@@ -142,17 +142,23 @@ static inline void fastbn_prefetch(const void *p, ptrdiff_t bytes) {
 /* Streaming stores. An output much larger than the caches is written with non-temporal stores:
  * they skip reading each destination cache line before overwriting it (which ordinary stores do),
  * so a sweep moves 2 bytes of memory traffic per output byte instead of 3 -- as a memcpy does.
- * fastbn_stream_* copy an L1-resident buffer to dst that way (ordinary stores up to 16-byte
- * alignment and for the tail); fastbn_stream_fence, once at the end of a sweep, orders the
- * streamed data before anything the thread does next (the end of its OpenMP loop). */
+ * fastbn_stream_* copy an L1-resident buffer to dst that way, whole 64-byte lines only: the
+ * partial lines at either end get ordinary stores (a partially streamed line costs a
+ * read-modify-write in memory, and the neighbouring run may share it). fastbn_stream_fence, once
+ * at the end of a sweep, orders the streamed data before anything the thread does next. */
 #define FASTBN_BLOCK 256 /* values per row of a staging buffer */
 
 static inline void fastbn_stream_f(float *FASTBN_RESTRICT dst, const float *FASTBN_RESTRICT src,
                                    ptrdiff_t n) {
 #if defined(__SSE2__)
     ptrdiff_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
-    for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+    for (; j < n && ((uintptr_t)(dst + j) & 63); j++) dst[j] = src[j];
+    for (; j + 16 <= n; j += 16) {
+        _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+        _mm_stream_ps(dst + j + 4, _mm_loadu_ps(src + j + 4));
+        _mm_stream_ps(dst + j + 8, _mm_loadu_ps(src + j + 8));
+        _mm_stream_ps(dst + j + 12, _mm_loadu_ps(src + j + 12));
+    }
     for (; j < n; j++) dst[j] = src[j];
 #else
     memcpy(dst, src, (size_t)n * sizeof *dst);
@@ -169,8 +175,13 @@ static inline void fastbn_stream_d(double *FASTBN_RESTRICT dst, const double *FA
                                    ptrdiff_t n) {
 #if defined(__SSE2__)
     ptrdiff_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
-    for (; j + 2 <= n; j += 2) _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
+    for (; j < n && ((uintptr_t)(dst + j) & 63); j++) dst[j] = src[j];
+    for (; j + 8 <= n; j += 8) {
+        _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
+        _mm_stream_pd(dst + j + 2, _mm_loadu_pd(src + j + 2));
+        _mm_stream_pd(dst + j + 4, _mm_loadu_pd(src + j + 4));
+        _mm_stream_pd(dst + j + 6, _mm_loadu_pd(src + j + 6));
+    }
     for (; j < n; j++) dst[j] = src[j];
 #else
     memcpy(dst, src, (size_t)n * sizeof *dst);
