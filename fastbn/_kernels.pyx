@@ -41,6 +41,12 @@ cdef extern from "loops.h" nogil:
         double s1
         double s2
     void fastbn_prefetch(const void* p, Py_ssize_t nbytes)
+    void fastbn_layernorm_rows_f(const float* x, float* out, Py_ssize_t n_rows, Py_ssize_t n,
+                                 const float* gamma, const float* beta, double eps, float* mean,
+                                 float* invstd)
+    void fastbn_layernorm_rows_d(const double* x, double* out, Py_ssize_t n_rows, Py_ssize_t n,
+                                 const double* gamma, const double* beta, double eps, double* mean,
+                                 double* invstd)
     fastbn_sums fastbn_sum_f(const float* x, Py_ssize_t n)
     fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
     fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
@@ -660,6 +666,19 @@ def rows_forward_train(
     cdef const floating* xr
     cdef floating* yr
     if R == 0 or Cg == 0 or L == 0:
+        return
+    cdef Py_ssize_t rows_per_task = max(1, (1 << 14) // (n * <Py_ssize_t>sizeof(floating))), t, r0
+    if L == 1 and groups == 1 and n * <Py_ssize_t>sizeof(floating) < 4096:
+        # Short layernorm rows: tasks of about 16 KiB of rows, each handled by one C call.
+        with nogil:
+            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='static'):
+                r0 = t * rows_per_task
+                if floating is float:
+                    fastbn_layernorm_rows_f(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
+                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
+                else:
+                    fastbn_layernorm_rows_d(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
+                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
         return
     with nogil:
         for r in prange(R, num_threads=n_threads, schedule='static'):
