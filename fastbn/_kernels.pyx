@@ -310,18 +310,21 @@ cdef inline void _cols_affine(
     const floating[::1] beta, floating[:, ::1] out, int n_threads,
 ) noexcept nogil:
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], t, r0, c0, w
+    # row tiles of balanced heights (any tiling gives the same values: the sweep is elementwise)
     cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
-    for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads, schedule='static'):
-        r0 = (t // n_col_tiles) * rows
+    cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows), r1
+    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='static'):
+        r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
+        r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
         c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
         w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
         if floating is float:
-            fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, min(rows, M - r0), w,
+            fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, r1 - r0, w,
                                  &mean[c0], &scale[c0], &beta[c0], stream)
         else:
-            fastbn_cols_affine_d(&x[r0, c0], &out[r0, c0], D, min(rows, M - r0), w,
+            fastbn_cols_affine_d(&x[r0, c0], &out[r0, c0], D, r1 - r0, w,
                                  &mean[c0], &scale[c0], &beta[c0], stream)
 
 
@@ -436,14 +439,15 @@ def cols_backward(
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
         for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads,
                         schedule='static'):
-            r0 = (t // n_col_tiles) * rows
+            r0 = _chunk_start(t // n_col_tiles, M, _ceil_div(M, rows))
+            r1 = _chunk_start(t // n_col_tiles + 1, M, _ceil_div(M, rows))
             c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
             w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
             if floating is float:
-                fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(rows, M - r0),
+                fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
                                  w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
             else:
-                fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, min(rows, M - r0),
+                fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
                                  w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
 
 
