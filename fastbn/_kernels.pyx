@@ -16,7 +16,15 @@ contiguity: nothing is checked. Three families of kernels cover all public opera
 Determinism: work is cut into chunks whose boundaries depend only on the shape, partial results
 are stored per chunk and combined in chunk order, so the bits do not depend on the thread count.
 Statistics are accumulated in double precision, shifted by a sample of the data (the first value
-of each chunk) and merged with Chan's formula: never E[x^2] - E[x]^2.
+of each chunk or plane; the row mean for rows) and merged with Chan's formula: never
+E[x^2] - E[x]^2.
+
+Speed: the hot loops live in ``_src/loops.h`` (vectorised double sums with fixed lanes, (M, D)
+column sums and sweeps four rows at a time, compiled for AVX2 and for the baseline and picked at
+load time). The elementwise sweeps of outputs of 8 MiB or more use streaming stores (no
+read-for-ownership of the output). NCHW with enough channels, layernorm and groupnorm read x from
+memory once: a channel's planes (a row) are normalised right after their statistics, while they
+are in cache. Every choice of path depends on the shape only.
 """
 import numpy as np
 
@@ -28,12 +36,89 @@ cdef extern from "omp_shim.h":
     int omp_get_max_threads() noexcept nogil
     int FASTBN_OPENMP
 
+cdef extern from "loops.h" nogil:
+    ctypedef struct fastbn_sums:
+        double s1
+        double s2
+    void fastbn_prefetch(const void* p, Py_ssize_t nbytes)
+    void fastbn_layernorm_rows_f(const float* x, float* out, Py_ssize_t n_rows, Py_ssize_t n,
+                                 const float* gamma, const float* beta, double eps, float* mean,
+                                 float* invstd)
+    void fastbn_layernorm_rows_d(const double* x, double* out, Py_ssize_t n_rows, Py_ssize_t n,
+                                 const double* gamma, const double* beta, double eps, double* mean,
+                                 double* invstd)
+    fastbn_sums fastbn_sum_f(const float* x, Py_ssize_t n)
+    fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
+    fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
+    fastbn_sums fastbn_shifted_sums_d(const double* x, Py_ssize_t n, double shift)
+    fastbn_sums fastbn_grad_sums_f(const float* x, const float* dy, Py_ssize_t n, double mean)
+    fastbn_sums fastbn_grad_sums_d(const double* x, const double* dy, Py_ssize_t n, double mean)
+    fastbn_sums fastbn_row_grad_sums_f(const float* x, const float* dy, const float* gamma,
+                                       Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+    fastbn_sums fastbn_row_grad_sums_d(const double* x, const double* dy, const double* gamma,
+                                       Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+    void fastbn_rows4_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, const float* gamma,
+                                  Py_ssize_t n, const double* mean, const double* invstd, double* db,
+                                  double* dg, double* out)
+    void fastbn_rows4_grad_sums_d(const double* x, const double* dy, Py_ssize_t stride,
+                                  const double* gamma, Py_ssize_t n, const double* mean,
+                                  const double* invstd, double* db, double* dg, double* out)
+    void fastbn_plane_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float scale,
+                               float beta, int stream)
+    void fastbn_plane_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
+                               double beta, int stream)
+    void fastbn_plane_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean,
+                           float invstd, float k_dy, float k_b, float k_g, int stream)
+    void fastbn_plane_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean,
+                           double invstd, double k_dy, double k_b, double k_g, int stream)
+    void fastbn_row_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float invstd,
+                             const float* gamma, const float* beta, int stream)
+    void fastbn_row_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double invstd,
+                             const double* gamma, const double* beta, int stream)
+    void fastbn_row_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t n, double mean,
+                         double invstd, const float* gamma, double a, double s3, double b, int stream)
+    void fastbn_row_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean,
+                         double invstd, const double* gamma, double a, double s3, double b, int stream)
+    void fastbn_cols_shifted_sums_f(const float* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
+                                    const float* shift, double* s1, double* s2)
+    void fastbn_cols_shifted_sums_d(const double* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
+                                    const double* shift, double* s1, double* s2)
+    void fastbn_cols_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, Py_ssize_t n_rows,
+                                 Py_ssize_t w, const float* mean, double* s1, double* s2)
+    void fastbn_cols_grad_sums_d(const double* x, const double* dy, Py_ssize_t stride, Py_ssize_t n_rows,
+                                 Py_ssize_t w, const double* mean, double* s1, double* s2)
+    void fastbn_cols_affine_f(const float* x, float* out, Py_ssize_t stride, Py_ssize_t n_rows,
+                              Py_ssize_t w, const float* mean, const float* scale, const float* beta,
+                              int stream)
+    void fastbn_cols_affine_d(const double* x, double* out, Py_ssize_t stride, Py_ssize_t n_rows,
+                              Py_ssize_t w, const double* mean, const double* scale, const double* beta,
+                              int stream)
+    void fastbn_cols_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t stride,
+                          Py_ssize_t n_rows, Py_ssize_t w, const float* mean, const float* invstd,
+                          const float* k_dy, const float* k_b, const float* k_g, int stream)
+    void fastbn_cols_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t stride,
+                          Py_ssize_t n_rows, Py_ssize_t w, const double* mean, const double* invstd,
+                          const double* k_dy, const double* k_b, const double* k_g, int stream)
 
-# Column blocks of the (M, D) grid: a task covers COL_BLOCK columns of a chunk of rows.
-cdef Py_ssize_t COL_BLOCK = 256
+
+# Column blocks of the (M, D) grid: a task covers at most COL_BLOCK columns (blocks of balanced
+# widths) of a chunk of rows.
+cdef Py_ssize_t COL_BLOCK = 1024
+# Elementwise sweeps of (M, D) run over tiles of at least AFFINE_ROWS rows (and about
+# AFFINE_TILE_BYTES of output) x AFFINE_COLS columns, so that
+# the per-column coefficients of a tile stay in L1 while its rows stream through.
+cdef Py_ssize_t AFFINE_ROWS = 32
+cdef Py_ssize_t AFFINE_TILE_BYTES = 1 << 18
+cdef Py_ssize_t AFFINE_COLS = 1024
+# NCHW with at least this many channels: a channel's N planes are processed by one task
+# (statistics, then the elementwise sweep while the planes are still in cache).
+cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 # Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
-cdef Py_ssize_t TARGET_TASKS = 16
+cdef enum:
+    TARGET_TASKS = 16  # also the most chunks a statistic is ever split into
+# Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
+cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
 # Upper bound on the number of doubles in one array of per-chunk partials.
 cdef Py_ssize_t MAX_PARTIALS = 1 << 18
 
@@ -46,6 +131,23 @@ def openmp_enabled():
 def omp_max_threads():
     """Return ``omp_get_max_threads()`` for the calling thread (1 without OpenMP)."""
     return omp_get_max_threads()
+
+
+cdef inline int _streams(Py_ssize_t out_bytes) noexcept nogil:
+    """Whether an elementwise sweep writes its output with streaming stores: when it is too large
+    to stay in the caches anyway (a function of the shape only; it does not change any value)."""
+    return out_bytes >= STREAM_MIN_BYTES
+
+
+cdef inline int _streams_runs(Py_ssize_t out_bytes, Py_ssize_t run_bytes) noexcept nogil:
+    """Whether a sweep over contiguous runs of run_bytes streams its output: only large outputs
+    written in runs of at least a page (shorter runs would pay a fence each for little gain)."""
+    return out_bytes >= STREAM_MIN_BYTES and run_bytes >= 4096
+
+
+cdef inline Py_ssize_t _tile_rows(Py_ssize_t row_bytes) noexcept nogil:
+    """Rows per tile of an elementwise sweep: AFFINE_ROWS, more for narrow rows."""
+    return max(AFFINE_ROWS, AFFINE_TILE_BYTES // max(row_bytes, 1))
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -66,45 +168,80 @@ cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
     return max(k, 1)
 
 
-cdef inline void _merge_moments(
-    const double[:, ::1] part_mean,  # IN (K, D) per-chunk means
+cdef inline fastbn_sums _shifted_sums(const floating* x, Py_ssize_t n, double shift) noexcept nogil:
+    """sum(x - shift), sum((x - shift)^2) over n contiguous values."""
+    if floating is float:
+        return fastbn_shifted_sums_f(x, n, shift)
+    else:
+        return fastbn_shifted_sums_d(x, n, shift)
+
+
+cdef inline fastbn_sums _grad_sums(
+    const floating* x, const floating* dy, Py_ssize_t n, double mean,
+) noexcept nogil:
+    """sum(dy), sum(dy * (x - mean)) over n contiguous values."""
+    if floating is float:
+        return fastbn_grad_sums_f(x, dy, n, mean)
+    else:
+        return fastbn_grad_sums_d(x, dy, n, mean)
+
+
+cdef inline void _chan_merge(
+    double* n_a, double* mean_a, double* m2_a, double n_b, double mean_b, double m2_b,
+) noexcept nogil:
+    """Merge moments (n_b, mean_b, m2_b) into (n_a, mean_a, m2_a): Chan et al.'s formula."""
+    cdef double n_ab = n_a[0] + n_b, delta = mean_b - mean_a[0]
+    mean_a[0] = mean_a[0] + delta * (n_b / n_ab)
+    m2_a[0] = m2_a[0] + m2_b + delta * delta * (n_a[0] * n_b / n_ab)
+    n_a[0] = n_ab
+
+
+cdef inline double _variance(double m2, double count) noexcept nogil:
+    """Biased variance from a sum of squared deviations; rounding may make m2 slightly negative,
+    which is clipped, while a NaN (non-finite input) stays NaN."""
+    return (0.0 if m2 < 0 else m2) / count
+
+
+cdef inline void _fold_one(
+    double mean, double var, const floating[::1] gamma, double eps, Py_ssize_t d,
+    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,
+) noexcept nogil:
+    """invstd = 1/sqrt(var + eps) and scale = gamma * invstd for feature d."""
+    cdef double invstd = 1.0 / sqrt(var + eps)
+    mean_out[d] = <floating>mean
+    invstd_out[d] = <floating>invstd
+    scale[d] = <floating>(gamma[d] * invstd)
+
+
+cdef inline void _merge_and_fold(
+    const double[:, ::1] part_mean,  # IN (K, D) per-chunk means, K <= TARGET_TASKS
     const double[:, ::1] part_m2,    # IN (K, D) per-chunk sums of squared deviations
     const double[::1] counts,        # IN (K,) values per chunk and column
-    double[::1] mean,                # OUT (D,)
+    const floating[::1] gamma, double eps,
+    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,  # OUT (D,)
     double[::1] var,                 # OUT (D,) biased variance
     int n_threads,
 ) noexcept nogil:
-    """Chan's pairwise merge of chunk moments, in chunk order, for every column."""
+    """Chan's pairwise merge of chunk moments, in chunk order, then the folded affine constants,
+    for every column. The merge weights depend on the chunk only and are computed once."""
     cdef Py_ssize_t K = part_mean.shape[0], D = part_mean.shape[1], k, d
-    cdef double n_a, n_b, n_ab, mean_a, m2_a, delta
+    cdef double w_mean[TARGET_TASKS]
+    cdef double w_m2[TARGET_TASKS]
+    cdef double n_a = counts[0], n_ab, mean_a, m2_a, delta
+    for k in range(1, K):
+        n_ab = n_a + counts[k]
+        w_mean[k] = counts[k] / n_ab
+        w_m2[k] = n_a * counts[k] / n_ab
+        n_a = n_ab
     for d in prange(D, num_threads=n_threads, schedule='static'):
-        n_a = counts[0]
         mean_a = part_mean[0, d]
         m2_a = part_m2[0, d]
         for k in range(1, K):
-            n_b = counts[k]
-            n_ab = n_a + n_b
             delta = part_mean[k, d] - mean_a
-            mean_a = mean_a + delta * (n_b / n_ab)
-            m2_a = m2_a + part_m2[k, d] + delta * delta * (n_a * n_b / n_ab)
-            n_a = n_ab
-        mean[d] = mean_a
-        var[d] = (m2_a if m2_a > 0 else 0.0) / n_a
-
-
-cdef inline void _fold_affine(
-    const double[::1] mean, const double[::1] var, const floating[::1] gamma,
-    const floating[::1] beta, double eps,
-    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,
-) noexcept nogil:
-    """invstd = 1/sqrt(var + eps) and scale = gamma * invstd, per feature."""
-    cdef Py_ssize_t d
-    cdef double invstd
-    for d in range(mean.shape[0]):
-        invstd = 1.0 / sqrt(var[d] + eps)
-        mean_out[d] = <floating>mean[d]
-        invstd_out[d] = <floating>invstd
-        scale[d] = <floating>(gamma[d] * invstd)
+            mean_a = mean_a + delta * w_mean[k]
+            m2_a = m2_a + part_m2[k, d] + delta * delta * w_m2[k]
+        var[d] = _variance(m2_a, n_a)
+        _fold_one(mean_a, var[d], gamma, eps, d, mean_out, invstd_out, scale)
 
 
 cdef inline void _backward_coefficients(
@@ -112,12 +249,18 @@ cdef inline void _backward_coefficients(
     const double[:, ::1] part_dyxc,  # IN (K, C) per-chunk sums of dy * (x - mean)
     const floating[::1] invstd, const floating[::1] gamma, double count, bint train,
     floating[::1] dgamma, floating[::1] dbeta,   # OUT (C,)
-    floating[::1] k_dy, floating[::1] k_xc, floating[::1] k_0,  # OUT dx = k_dy*dy + k_xc*xc + k_0
+    floating[::1] k_dy, floating[::1] k_b, floating[::1] k_g,  # OUT, see below
+    Py_ssize_t c_start, Py_ssize_t c_stop,  # the columns/channels to do
 ) noexcept nogil:
-    """Sum per-chunk partials in chunk order and fold the closed-form dx into three coefficients."""
-    cdef Py_ssize_t K = part_dy.shape[0], C = part_dy.shape[1], k, c
-    cdef double sum_dy, sum_dyxc, g_invstd, dg
-    for c in range(C):
+    """Sum per-chunk partials in chunk order and fold the closed-form dx into coefficients:
+    dx = k_dy * (dy - k_b - xhat * k_g) with xhat = (x - mean) * invstd, k_dy = gamma * invstd,
+    k_b = dbeta / M, k_g = dgamma / M (0 and 0 in test mode). Every factor stays within a few
+    orders of magnitude of the data, so float32 neither overflows nor underflows where the
+    result itself is representable (products like invstd**2 would, for tiny or huge variances).
+    """
+    cdef Py_ssize_t K = part_dy.shape[0], k, c
+    cdef double sum_dy, sum_dyxc, dg
+    for c in range(c_start, c_stop):
         sum_dy = 0.0
         sum_dyxc = 0.0
         for k in range(K):
@@ -126,14 +269,13 @@ cdef inline void _backward_coefficients(
         dg = sum_dyxc * invstd[c]
         dgamma[c] = <floating>dg
         dbeta[c] = <floating>sum_dy
-        g_invstd = <double>gamma[c] * invstd[c]
-        k_dy[c] = <floating>g_invstd
+        k_dy[c] = <floating>(<double>gamma[c] * invstd[c])
         if train:
-            k_xc[c] = <floating>(-g_invstd * invstd[c] * dg / count)
-            k_0[c] = <floating>(-g_invstd * sum_dy / count)
+            k_b[c] = <floating>(sum_dy / count)
+            k_g[c] = <floating>(dg / count)
         else:
-            k_xc[c] = 0
-            k_0[c] = 0
+            k_b[c] = 0
+            k_g[c] = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,40 +290,42 @@ cdef inline void _cols_task_moments(
 
     Sums are shifted by the first row of the block, which keeps them small for any offset.
     """
-    cdef Py_ssize_t i, j
-    cdef const floating* row
+    cdef Py_ssize_t j
     cdef double t, n = <double>n_rows
     for j in range(width):
         mean[j] = 0.0
         m2[j] = 0.0
-    for i in range(1, n_rows):
-        row = x + i * stride
-        for j in range(width):
-            t = <double>row[j] - <double>x[j]
-            mean[j] += t
-            m2[j] += t * t
+    if floating is float:
+        fastbn_cols_shifted_sums_f(x + stride, stride, n_rows - 1, width, x, mean, m2)
+    else:
+        fastbn_cols_shifted_sums_d(x + stride, stride, n_rows - 1, width, x, mean, m2)
     for j in range(width):
         t = mean[j]
         mean[j] = <double>x[j] + t / n
         m2[j] = m2[j] - t * t / n
 
 
-cdef inline void _affine_vec(
-    const floating* x, floating* out, Py_ssize_t n,
-    const floating* mean, const floating* scale, const floating* beta,
-) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = (x[j] - mean[j]) * scale[j] + beta[j]
-
-
 cdef inline void _cols_affine(
     const floating[:, ::1] x, const floating[::1] mean, const floating[::1] scale,
     const floating[::1] beta, floating[:, ::1] out, int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], i
-    for i in prange(M, num_threads=n_threads, schedule='static'):
-        _affine_vec(&x[i, 0], &out[i, 0], D, &mean[0], &scale[0], &beta[0])
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], t, r0, c0, w
+    # row tiles of balanced heights (any tiling gives the same values: the sweep is elementwise)
+    cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows), r1
+    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='static'):
+        r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
+        r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
+        c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
+        w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
+        if floating is float:
+            fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, r1 - r0, w,
+                                 &mean[c0], &scale[c0], &beta[c0], stream)
+        else:
+            fastbn_cols_affine_d(&x[r0, c0], &out[r0, c0], D, r1 - r0, w,
+                                 &mean[c0], &scale[c0], &beta[c0], stream)
 
 
 cdef inline object _np_dtype(floating zero):
@@ -212,7 +356,6 @@ def cols_forward_train(
     cdef double[:, ::1] part_mean = np.empty((K, D))
     cdef double[:, ::1] part_m2 = np.empty((K, D))
     cdef double[::1] counts = np.empty(K)
-    cdef double[::1] mean64 = np.empty(D)
     cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
     for k in range(K):
         counts[k] = _chunk_start(k + 1, M, K) - _chunk_start(k, M, K)
@@ -222,11 +365,10 @@ def cols_forward_train(
             b = task % n_col_blocks
             r0 = _chunk_start(k, M, K)
             r1 = _chunk_start(k + 1, M, K)
-            c0 = b * COL_BLOCK
-            c1 = min(c0 + COL_BLOCK, D)
+            c0 = _chunk_start(b, D, n_col_blocks)
+            c1 = _chunk_start(b + 1, D, n_col_blocks)
             _cols_task_moments(&x[r0, c0], D, r1 - r0, c1 - c0, &part_mean[k, c0], &part_m2[k, c0])
-        _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
-        _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale)
+        _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var, n_threads)
         _cols_affine(x, mean, scale, beta, out, n_threads)
 
 
@@ -243,33 +385,6 @@ def cols_affine(
         return
     with nogil:
         _cols_affine(x, mean, scale, beta, out, n_threads)
-
-
-cdef inline void _cols_task_grad_sums(
-    const floating* x, const floating* dy, Py_ssize_t stride, Py_ssize_t n_rows,
-    Py_ssize_t width, const floating* mean, double* sum_dy, double* sum_dyxc,
-) noexcept nogil:
-    cdef Py_ssize_t i, j
-    cdef const floating* xr
-    cdef const floating* dr
-    for j in range(width):
-        sum_dy[j] = 0.0
-        sum_dyxc[j] = 0.0
-    for i in range(n_rows):
-        xr = x + i * stride
-        dr = dy + i * stride
-        for j in range(width):
-            sum_dy[j] += <double>dr[j]
-            sum_dyxc[j] += <double>dr[j] * (<double>xr[j] - <double>mean[j])
-
-
-cdef inline void _dx_vec(
-    const floating* x, const floating* dy, floating* dx, Py_ssize_t n, const floating* mean,
-    const floating* k_dy, const floating* k_xc, const floating* k_0,
-) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = k_dy[j] * dy[j] + k_xc[j] * (x[j] - mean[j]) + k_0[j]
 
 
 def cols_backward(
@@ -293,27 +408,47 @@ def cols_backward(
         dbeta[:] = 0
         return
     cdef Py_ssize_t K = _n_row_chunks(M, D), n_col_blocks = _ceil_div(D, COL_BLOCK)
-    cdef Py_ssize_t task, k, b, r0, r1, c0, c1, i
+    cdef Py_ssize_t task, k, b, r0, r1, c0, c1, i, t, w, n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
+    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_dy = np.empty((K, D))
     cdef double[:, ::1] part_dyxc = np.empty((K, D))
     dtype = _np_dtype(<floating>0)
     cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_xc = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_0 = np.empty(D, dtype=dtype)
+    cdef floating[::1] k_b = np.empty(D, dtype=dtype)
+    cdef floating[::1] k_g = np.empty(D, dtype=dtype)
     with nogil:
         for task in prange(K * n_col_blocks, num_threads=n_threads, schedule='static'):
             k = task // n_col_blocks
             b = task % n_col_blocks
             r0 = _chunk_start(k, M, K)
             r1 = _chunk_start(k + 1, M, K)
-            c0 = b * COL_BLOCK
-            c1 = min(c0 + COL_BLOCK, D)
-            _cols_task_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                 &part_dy[k, c0], &part_dyxc[k, c0])
-        _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
-                               dgamma, dbeta, k_dy, k_xc, k_0)
-        for i in prange(M, num_threads=n_threads, schedule='static'):
-            _dx_vec(&x[i, 0], &dy[i, 0], &dx[i, 0], D, &mean[0], &k_dy[0], &k_xc[0], &k_0[0])
+            c0 = _chunk_start(b, D, n_col_blocks)
+            c1 = _chunk_start(b + 1, D, n_col_blocks)
+            for i in range(c0, c1):
+                part_dy[k, i] = 0.0
+                part_dyxc[k, i] = 0.0
+            if floating is float:
+                fastbn_cols_grad_sums_f(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
+                                        &part_dy[k, c0], &part_dyxc[k, c0])
+            else:
+                fastbn_cols_grad_sums_d(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
+                                        &part_dy[k, c0], &part_dyxc[k, c0])
+        for c0 in prange(D, num_threads=n_threads, schedule='static'):
+            _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
+                                   dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
+        for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads,
+                        schedule='static'):
+            r0 = _chunk_start(t // n_col_tiles, M, _ceil_div(M, rows))
+            r1 = _chunk_start(t // n_col_tiles + 1, M, _ceil_div(M, rows))
+            c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
+            w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
+            if floating is float:
+                fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
+                                 w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+            else:
+                fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
+                                 w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,33 +457,47 @@ def cols_backward(
 
 cdef inline void _plane_moments(const floating* x, Py_ssize_t n, double* mean, double* m2) noexcept nogil:
     """Mean and sum of squared deviations of n contiguous values, shifted by the first."""
-    cdef Py_ssize_t j
-    cdef double shift = <double>x[0], s1 = 0.0, s2 = 0.0, t
-    for j in range(1, n):
-        t = <double>x[j] - shift
-        s1 += t
-        s2 += t * t
-    mean[0] = shift + s1 / n
-    m2[0] = s2 - s1 * s1 / n
+    cdef double shift = <double>x[0]
+    cdef fastbn_sums t = _shifted_sums(x, n, shift)
+    mean[0] = shift + t.s1 / n
+    m2[0] = t.s2 - t.s1 * t.s1 / n
 
 
 cdef inline void _affine_plane(
     const floating* x, floating* out, Py_ssize_t n, floating mean, floating scale, floating beta,
+    int stream,
 ) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        out[j] = (x[j] - mean) * scale + beta
+    """out = (x - mean) * scale + beta over n contiguous values."""
+    if floating is float:
+        fastbn_plane_affine_f(x, out, n, mean, scale, beta, stream)
+    else:
+        fastbn_plane_affine_d(x, out, n, mean, scale, beta, stream)
 
 
-cdef inline void _planes_affine(
-    const floating[:, :, ::1] x, const floating[::1] mean, const floating[::1] scale,
-    const floating[::1] beta, floating[:, :, ::1] out, int n_threads,
+cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):
+    """Chunks of the N planes of a channel: 1 with enough channels to keep every thread busy
+    (then one task does a whole channel, statistics and elementwise sweep while its planes are in
+    cache), else enough chunks for about TARGET_TASKS tasks. A function of the shape only."""
+    if C >= MIN_CHANNELS_BLOCKED:
+        return 1
+    return max(min(N, _ceil_div(TARGET_TASKS, C)), 1)
+
+
+cdef inline void _chunk_moments(
+    const floating[:, :, ::1] x, Py_ssize_t c, Py_ssize_t n0, Py_ssize_t n1,
+    double* mean, double* m2,
 ) noexcept nogil:
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
-    for p in prange(N * C, num_threads=n_threads, schedule='static'):
-        n = p // C
-        c = p % C
-        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c])
+    """Moments of channel c's planes n0..n1-1, merged in plane order."""
+    cdef Py_ssize_t L = x.shape[2], n
+    cdef double n_a = <double>L, mean_b, m2_b
+    if n0 + 1 < n1:
+        fastbn_prefetch(&x[n0 + 1, c, 0], L * sizeof(floating))
+    _plane_moments(&x[n0, c, 0], L, mean, m2)
+    for n in range(n0 + 1, n1):
+        if n + 1 < n1:
+            fastbn_prefetch(&x[n + 1, c, 0], L * sizeof(floating))
+        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b)
+        _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
 def planes_forward_train(
@@ -362,23 +511,49 @@ def planes_forward_train(
     double[::1] var,               # OUT (C,) biased batch variance
     int n_threads,
 ):
-    """Per-plane moments merged per channel over N, then the normalising sweep."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    """Per-plane moments merged per channel in plane order, then the normalising sweep.
+
+    A task covers one chunk of a channel's planes (see ``_n_plane_chunks``). With one chunk per
+    channel the task also normalises the channel while it is in cache: x is read from memory once.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, c, n
     if N == 0 or C == 0 or L == 0:
         return
-    cdef double[:, ::1] part_mean = np.empty((N, C))
-    cdef double[:, ::1] part_m2 = np.empty((N, C))
-    cdef double[::1] counts = np.full(N, <double>L)
-    cdef double[::1] mean64 = np.empty(C)
+    Q = _n_plane_chunks(N, C)
+    cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
+    cdef double[:, ::1] part_mean = np.empty((Q, C))
+    cdef double[:, ::1] part_m2 = np.empty((Q, C))
+    cdef double[::1] counts = np.empty(Q)
     cdef floating[::1] scale = np.empty(C, dtype=_np_dtype(<floating>0))
+    for q in range(Q):
+        counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
     with nogil:
-        for p in prange(N * C, num_threads=n_threads, schedule='static'):
-            n = p // C
-            c = p % C
-            _plane_moments(&x[n, c, 0], L, &part_mean[n, c], &part_m2[n, c])
-        _merge_moments(part_mean, part_m2, counts, mean64, var, n_threads)
-        _fold_affine(mean64, var, gamma, beta, eps, mean, invstd, scale)
-        _planes_affine(x, mean, scale, beta, out, n_threads)
+        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+            c = task // Q
+            q = task % Q
+            _chunk_moments(x, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
+                           &part_mean[q, c], &part_m2[q, c])
+            if Q == 1:
+                var[c] = _variance(part_m2[0, c], counts[0])
+                _fold_one(part_mean[0, c], var[c], gamma, eps, c, mean, invstd, scale)
+                for n in range(N):
+                    _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
+        if Q > 1:
+            _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var,
+                            n_threads)
+            _planes_affine(x, mean, scale, beta, out, n_threads)
+
+
+cdef inline void _planes_affine(
+    const floating[:, :, ::1] x, const floating[::1] mean, const floating[::1] scale,
+    const floating[::1] beta, floating[:, :, ::1] out, int n_threads,
+) noexcept nogil:
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
+    for p in prange(N * C, num_threads=n_threads, schedule='static'):
+        n = p // C
+        c = p % C
+        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
 
 
 def planes_affine(
@@ -396,25 +571,15 @@ def planes_affine(
         _planes_affine(x, mean, scale, beta, out, n_threads)
 
 
-cdef inline void _plane_grad_sums(
-    const floating* x, const floating* dy, Py_ssize_t n, double mean, double* sum_dy, double* sum_dyxc,
-) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double s1 = 0.0, s2 = 0.0
-    for j in range(n):
-        s1 += <double>dy[j]
-        s2 += <double>dy[j] * (<double>x[j] - mean)
-    sum_dy[0] = s1
-    sum_dyxc[0] = s2
-
-
 cdef inline void _dx_plane(
     const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating mean,
-    floating k_dy, floating k_xc, floating k_0,
+    floating invstd, floating k_dy, floating k_b, floating k_g, int stream,
 ) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        dx[j] = k_dy * dy[j] + k_xc * (x[j] - mean) + k_0
+    """dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g) over n contiguous values."""
+    if floating is float:
+        fastbn_plane_dx_f(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
+    else:
+        fastbn_plane_dx_d(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
 
 
 def planes_backward(
@@ -429,55 +594,60 @@ def planes_backward(
     floating[::1] dbeta,           # OUT (C,)
     int n_threads,
 ):
-    """Per-plane gradient sums, combined per channel in order, then the dx sweep."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    """Per-plane gradient sums, added per channel in plane order, then the dx sweep; tasks as in
+    :func:`planes_forward_train` (one chunk per channel: dx while the planes are in cache)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, p, n, n1, c
+    cdef double s1, s2
+    cdef fastbn_sums sums
     if C == 0:
         return
     if N == 0 or L == 0:
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    cdef double[:, ::1] part_dy = np.empty((N, C))
-    cdef double[:, ::1] part_dyxc = np.empty((N, C))
+    Q = _n_plane_chunks(N, C)
+    cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
+    cdef double[:, ::1] part_dy = np.empty((Q, C))
+    cdef double[:, ::1] part_dyxc = np.empty((Q, C))
     dtype = _np_dtype(<floating>0)
     cdef floating[::1] k_dy = np.empty(C, dtype=dtype)
-    cdef floating[::1] k_xc = np.empty(C, dtype=dtype)
-    cdef floating[::1] k_0 = np.empty(C, dtype=dtype)
+    cdef floating[::1] k_b = np.empty(C, dtype=dtype)
+    cdef floating[::1] k_g = np.empty(C, dtype=dtype)
     with nogil:
-        for p in prange(N * C, num_threads=n_threads, schedule='static'):
-            n = p // C
-            c = p % C
-            _plane_grad_sums(&x[n, c, 0], &dy[n, c, 0], L, mean[c], &part_dy[n, c], &part_dyxc[n, c])
-        _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
-                               dgamma, dbeta, k_dy, k_xc, k_0)
-        for p in prange(N * C, num_threads=n_threads, schedule='static'):
-            n = p // C
-            c = p % C
-            _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], k_dy[c], k_xc[c], k_0[c])
+        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+            c = task // Q
+            q = task % Q
+            s1 = 0.0
+            s2 = 0.0
+            n1 = _chunk_start(q + 1, N, Q)
+            for n in range(_chunk_start(q, N, Q), n1):
+                if n + 1 < n1:
+                    fastbn_prefetch(&x[n + 1, c, 0], L * sizeof(floating))
+                    fastbn_prefetch(&dy[n + 1, c, 0], L * sizeof(floating))
+                sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
+                s1 = s1 + sums.s1
+                s2 = s2 + sums.s2
+            part_dy[q, c] = s1
+            part_dyxc[q, c] = s2
+            if Q == 1:
+                _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
+                                       dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
+                for n in range(N):
+                    _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
+                              k_dy[c], k_b[c], k_g[c], stream)
+        if Q > 1:
+            _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
+                                   dgamma, dbeta, k_dy, k_b, k_g, 0, C)
+            for p in prange(N * C, num_threads=n_threads, schedule='static'):
+                n = p // C
+                c = p % C
+                _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
+                          k_dy[c], k_b[c], k_g[c], stream)
 
 
 # --------------------------------------------------------------------------------------------
 # (R, Cg, L): statistics per row (layernorm, groupnorm)
 # --------------------------------------------------------------------------------------------
-
-cdef inline double _row_mean(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef double s = 0.0
-    for j in range(n):
-        s += <double>x[j]
-    return s / n
-
-
-cdef inline double _row_var(const floating* x, Py_ssize_t n, double mean) noexcept nogil:
-    """Biased variance about a known mean: the second pass of a two-pass variance over a row
-    that is still in cache after the first."""
-    cdef Py_ssize_t j
-    cdef double s = 0.0, t
-    for j in range(n):
-        t = <double>x[j] - mean
-        s += t * t
-    return s / n
-
 
 def rows_forward_train(
     const floating[:, :, ::1] x,   # IN (R, Cg, L)
@@ -491,32 +661,80 @@ def rows_forward_train(
     int n_threads,
 ):
     """Each row is read for its statistics and normalised while it is still in cache."""
-    cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], r, k, c0, j
-    cdef double m, v, s
-    cdef floating mf, sf
+    cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
+    cdef int stream = _streams_runs(R * n * <Py_ssize_t>sizeof(floating),
+                                    (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
+    cdef double shift, v, s
+    cdef fastbn_sums sums
+    cdef floating mf
     cdef const floating* xr
     cdef floating* yr
     if R == 0 or Cg == 0 or L == 0:
+        return
+    cdef Py_ssize_t rows_per_task = max(1, (1 << 14) // (n * <Py_ssize_t>sizeof(floating))), t, r0
+    if L == 1 and groups == 1 and n * <Py_ssize_t>sizeof(floating) < 4096:
+        # Short layernorm rows: tasks of about 16 KiB of rows, each handled by one C call.
+        with nogil:
+            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='static'):
+                r0 = t * rows_per_task
+                if floating is float:
+                    fastbn_layernorm_rows_f(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
+                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
+                else:
+                    fastbn_layernorm_rows_d(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
+                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
         return
     with nogil:
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            m = _row_mean(xr, Cg * L)
-            v = _row_var(xr, Cg * L, m)
-            s = 1.0 / sqrt(v + eps)
-            mf = <floating>m
+            if r + 1 < R:  # hardware prefetchers stop at page boundaries: ask for the next row
+                fastbn_prefetch(xr + n, n * sizeof(floating))
+            # Two passes over the cached row: the mean, then the sums shifted by it (the
+            # corrected two-pass algorithm, accurate for any offset).
+            if floating is float:
+                shift = fastbn_sum_f(xr, n).s1 / n
+            else:
+                shift = fastbn_sum_d(xr, n).s1 / n
+            sums = _shifted_sums(xr, n, shift)
+            v = (sums.s2 - sums.s1 * sums.s1 / n) / n
+            s = 1.0 / sqrt((0.0 if v < 0 else v) + eps)  # NaN stays NaN
+            mf = <floating>(shift + sums.s1 / n)
             mean[r] = mf
             invstd[r] = <floating>s
             c0 = (r % groups) * Cg
             if L == 1:
-                sf = <floating>s
-                for k in range(Cg):
-                    yr[k] = (xr[k] - mf) * (gamma[c0 + k] * sf) + beta[c0 + k]
+                if floating is float:
+                    fastbn_row_affine_f(xr, yr, Cg, mf, <float>s, &gamma[c0], &beta[c0], stream)
+                else:
+                    fastbn_row_affine_d(xr, yr, Cg, mf, s, &gamma[c0], &beta[c0], stream)
             else:
                 for k in range(Cg):
                     _affine_plane(xr + k * L, yr + k * L, L, mf,
-                                  <floating>(gamma[c0 + k] * s), beta[c0 + k])
+                                  <floating>(gamma[c0 + k] * s), beta[c0 + k], stream)
+
+
+cdef inline fastbn_sums _row_grad_sums(
+    const floating* x, const floating* dy, const floating* gamma, Py_ssize_t n, double mean,
+    double invstd, double* db, double* dg,
+) noexcept nogil:
+    """db += dy, dg += dy * (x - mean) * invstd; returns sum(gamma * dy), sum(gamma * dy * xc)."""
+    if floating is float:
+        return fastbn_row_grad_sums_f(x, dy, gamma, n, mean, invstd, db, dg)
+    else:
+        return fastbn_row_grad_sums_d(x, dy, gamma, n, mean, invstd, db, dg)
+
+
+cdef inline void _dx_run(
+    const floating* x, const floating* dy, floating* dx, Py_ssize_t n, double mean, double invstd,
+    const floating* gamma, double a, double s3, double b, int stream,
+) noexcept nogil:
+    """dx = a * dy - s3 * (x - mean) + b in double over n contiguous values, with
+    a = invstd * gamma[j] when gamma is not NULL."""
+    if floating is float:
+        fastbn_row_dx_f(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream)
+    else:
+        fastbn_row_dx_d(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream)
 
 
 def rows_backward(
@@ -538,8 +756,11 @@ def rows_backward(
     """
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], C = groups * Cg
     cdef Py_ssize_t N = R // groups if groups > 0 else 0
-    cdef Py_ssize_t K, q, n, g, r, k, j, c, c0, n0, n1
-    cdef double s, s3, sum_g, sum_gxc, gy, xc, pdb, pdg, a, b
+    cdef int stream = _streams_runs(R * Cg * L * <Py_ssize_t>sizeof(floating),
+                                    (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t K, q, n, g, r, k, c, c0, n0, n1
+    cdef double s, m, s3, sum_g, sum_gxc, pdb, pdg, a, b
+    cdef fastbn_sums sums
     cdef const floating* xr
     cdef const floating* dr
     cdef floating* oxr
@@ -552,38 +773,70 @@ def rows_backward(
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
     cdef double[:, ::1] part_dgamma = np.zeros((K, C))
     cdef double[:, ::1] part_dbeta = np.zeros((K, C))
+    cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
     with nogil:
         for q in prange(K, num_threads=n_threads, schedule='static'):
             n0 = _chunk_start(q, N, K)
             n1 = _chunk_start(q + 1, N, K)
-            for n in range(n0, n1):
+            n = n0
+            if L == 1 and groups == 1 and Cg >= 256:  # long layernorm rows: four at a time
+                while n + 4 <= n1:
+                    if n + 8 <= R:
+                        fastbn_prefetch(&x[n + 4, 0, 0], 4 * Cg * sizeof(floating))
+                        fastbn_prefetch(&dy[n + 4, 0, 0], 4 * Cg * sizeof(floating))
+                    for k in range(4):
+                        scratch[q, k] = <double>mean[n + k]
+                        scratch[q, 4 + k] = <double>invstd[n + k]
+                    if floating is float:
+                        fastbn_rows4_grad_sums_f(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
+                                                 &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
+                                                 &part_dgamma[q, 0], &scratch[q, 8])
+                    else:
+                        fastbn_rows4_grad_sums_d(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
+                                                 &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
+                                                 &part_dgamma[q, 0], &scratch[q, 8])
+                    for k in range(4):
+                        s = scratch[q, 4 + k]
+                        s3 = s * s * s * scratch[q, 9 + 2 * k] / Cg
+                        b = -s * scratch[q, 8 + 2 * k] / Cg
+                        _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
+                                scratch[q, k], s, &gamma[0], 0.0, s3, b, stream)
+                    n = n + 4
+            for n in range(n, n1):
                 for g in range(groups):
                     r = n * groups + g
                     xr = &x[r, 0, 0]
                     dr = &dy[r, 0, 0]
                     oxr = &dx[r, 0, 0]
+                    if r + 1 < R:
+                        fastbn_prefetch(xr + Cg * L, Cg * L * sizeof(floating))
+                        fastbn_prefetch(dr + Cg * L, Cg * L * sizeof(floating))
                     c0 = g * Cg
                     s = <double>invstd[r]
-                    sum_g = 0.0
-                    sum_gxc = 0.0
-                    for k in range(Cg):
-                        pdb = 0.0
-                        pdg = 0.0
-                        for j in range(k * L, (k + 1) * L):
-                            xc = <double>xr[j] - <double>mean[r]
-                            pdb = pdb + <double>dr[j]
-                            pdg = pdg + <double>dr[j] * xc
-                        part_dbeta[q, c0 + k] += pdb
-                        part_dgamma[q, c0 + k] += pdg * s
-                        sum_g = sum_g + pdb * gamma[c0 + k]
-                        sum_gxc = sum_gxc + pdg * gamma[c0 + k]
+                    m = <double>mean[r]
+                    if L == 1:
+                        sums = _row_grad_sums(xr, dr, &gamma[c0], Cg, m, s,
+                                              &part_dbeta[q, c0], &part_dgamma[q, c0])
+                        sum_g = sums.s1
+                        sum_gxc = sums.s2
+                    else:
+                        sum_g = 0.0
+                        sum_gxc = 0.0
+                        for k in range(Cg):
+                            sums = _grad_sums(xr + k * L, dr + k * L, L, m)
+                            part_dbeta[q, c0 + k] += sums.s1
+                            part_dgamma[q, c0 + k] += sums.s2 * s
+                            sum_g = sum_g + sums.s1 * gamma[c0 + k]
+                            sum_gxc = sum_gxc + sums.s2 * gamma[c0 + k]
                     # dx = s * (g - sum_g / M - xc * s^2 * sum_gxc / M), g = dy * gamma
                     s3 = s * s * s * sum_gxc / (Cg * L)
                     b = -s * sum_g / (Cg * L)
-                    for k in range(Cg):
-                        a = s * gamma[c0 + k]
-                        for j in range(k * L, (k + 1) * L):
-                            oxr[j] = <floating>(a * dr[j] - s3 * (<double>xr[j] - <double>mean[r]) + b)
+                    if L == 1:
+                        _dx_run(xr, dr, oxr, Cg, m, s, &gamma[c0], 0.0, s3, b, stream)
+                    else:
+                        for k in range(Cg):
+                            _dx_run(xr + k * L, dr + k * L, oxr + k * L, L, m, s, NULL,
+                                    s * gamma[c0 + k], s3, b, stream)
         for c in prange(C, num_threads=n_threads, schedule='static'):
             pdg = 0.0
             pdb = 0.0

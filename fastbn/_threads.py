@@ -4,7 +4,7 @@ import numbers
 from fastbn import _backends
 
 # Below this many elements per thread, an extra thread costs more than it saves.
-MIN_ELEMENTS_PER_THREAD = 1 << 15
+MIN_ELEMENTS_PER_THREAD = 1 << 13
 
 _user_threads = None
 
@@ -47,7 +47,7 @@ def get_num_threads():
 
     It is ``min(set_num_threads value, omp_get_max_threads())``, or ``omp_get_max_threads()``
     when no value was set; 1 when the kernels were built without OpenMP or are not built.
-    An input of fewer than ``32768 * k`` elements runs on at most ``k`` threads.
+    An input of fewer than ``8192 * k`` elements runs on at most ``k`` threads.
 
     Examples
     --------

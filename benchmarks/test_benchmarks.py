@@ -1,0 +1,78 @@
+"""pytest-benchmark suite: fastbn, the NumPy reference, PyTorch and a memcpy yardstick side by side.
+
+Every op x case x direction is one benchmark ``group`` holding five entries: ``fastbn`` (writing
+into preallocated ``out=`` arrays), ``reference`` (:mod:`fastbn.reference`), ``torch`` (skipped
+when PyTorch is not importable), ``memcpy`` (fastbn's 2-thread OpenMP copy of x into a
+preallocated array: the bandwidth yardstick) and ``torch copy_``. The cases are those of
+``python -m fastbn`` (:mod:`fastbn._bench`): the large cases of issue 4 (float32 and float64) and
+cs231n-sized ones.
+
+Full run, saved and compared across commits::
+
+    pytest benchmarks/ --benchmark-save=mybranch
+    pytest benchmarks/ --benchmark-compare --benchmark-group-by=group
+
+Smoke run (CI): ``pytest benchmarks/ --benchmark-disable -q`` calls every entry once, on small
+shapes -- with ``--benchmark-disable``, or with the environment variable ``FASTBN_BENCH_SMALL=1``,
+every large case is replaced by a small case of the same op and dtype (see ``_small``), so the
+smoke run takes seconds and little memory.
+"""
+import functools
+import os
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import _bench
+
+IMPLEMENTATIONS = ("fastbn", "reference", "torch", "memcpy", "torch copy_")
+SMALL_SHAPES = {"batchnorm": (64, 48), "spatial_nchw": (4, 8, 6, 6), "spatial_nhwc": (4, 6, 6, 8),
+                "layernorm": (32, 40), "groupnorm": (4, 8, 6, 6)}
+
+
+def _small(case):
+    """A case of the same op, dtype and groups on a small shape."""
+    return _bench.Case(case.op, SMALL_SHAPES[case.op], case.dtype, min(case.groups, 4))
+
+
+def _params(small):
+    cases = _bench.LARGE_CASES + _bench.SMALL_CASES
+    if small:
+        cases = [_small(case) if case.nbytes > 1 << 20 else case for case in cases]
+    params = []
+    for case in cases:  # grouped by case, so that one case's arrays are built once
+        for direction in case.directions:
+            for impl in IMPLEMENTATIONS:
+                params.append(pytest.param(case, direction, impl,
+                                           id=f"{case.id}-{direction}-{impl.replace(' ', '_')}"))
+    return params
+
+
+def pytest_generate_tests(metafunc):
+    if {"case", "direction", "impl"} <= set(metafunc.fixturenames):
+        small = (metafunc.config.getoption("benchmark_disable", False)
+                 or os.environ.get("FASTBN_BENCH_SMALL", "") not in ("", "0"))
+        metafunc.parametrize(("case", "direction", "impl"), _params(small))
+
+
+@functools.lru_cache(maxsize=1)
+def _calls(case):
+    """The callables of the current case (one case's arrays in memory at a time)."""
+    torch = _bench.torch_module()
+    if torch is not None:
+        torch.set_num_threads(fastbn.get_num_threads())
+    return _bench.implementations(case, torch)
+
+
+def test_normalization(benchmark, case, direction, impl):
+    call = _calls(case)[direction].get(impl)
+    if call is None:
+        pytest.skip(f"{impl} is not available here (PyTorch not importable or kernels not built)")
+    benchmark.group = f"{case.name} {direction}"
+    benchmark.extra_info.update(op=case.op, shape=list(case.shape), dtype=case.dtype,
+                                direction=direction, bytes=_bench.bytes_moved(case, direction),
+                                threads=fastbn.get_num_threads())
+    result = benchmark(call)
+    if impl in ("fastbn", "reference") and direction == "forward":
+        assert np.all(np.isfinite(result[0]))

@@ -1,0 +1,67 @@
+"""``python -m fastbn`` / ``fastbn-bench``: the check, the table, the plot and the JSON record."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastbn
+from fastbn import __main__ as cli
+from fastbn import _bench
+
+needs_compiled = pytest.mark.skipif("cython" not in fastbn.available_backends(),
+                                    reason="compiled kernels are not built")
+TINY_CASES = [_bench.Case("batchnorm", (64, 33), "float64"),
+              _bench.Case("groupnorm", (4, 8, 5, 4), "float32", groups=4)]
+
+
+@needs_compiled
+def test_main_prints_the_check_and_the_table_and_writes_plot_and_json(tmp_path, capsys):
+    plot_path, json_path = tmp_path / "bench.png", tmp_path / "bench.json"
+    status = cli.main(["--repeat", "1", "--plot", str(plot_path), "--json", str(json_path)],
+                      cases=TINY_CASES)
+    out = capsys.readouterr().out
+    assert status == 0
+    for case in _bench.CHECK_CASES:
+        assert f"{case.name}" in out
+    assert "FAILED" not in out
+    assert "/memcpy" in out and "ref/fastbn" in out
+    for case in TINY_CASES:
+        for direction in case.directions:
+            assert any(line.startswith(case.name) and cli.DIRECTION_LABELS[direction] in line
+                       for line in out.splitlines())
+    record = json.loads(json_path.read_text())
+    assert len(record["results"]) == sum(len(case.directions) for case in TINY_CASES)
+    assert all(r["seconds"]["fastbn"] > 0 and r["seconds"]["memcpy"] > 0 for r in record["results"])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "no plot" in out
+    else:
+        assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_failed_check_exits_non_zero(monkeypatch, capsys):
+    case = _bench.CHECK_CASES[0]
+    monkeypatch.setattr(_bench, "check", lambda: [(case, "dx: relative error 1 (tolerance 1e-10)")])
+    assert cli.main(["--no-plot"], cases=TINY_CASES) == 1
+    captured = capsys.readouterr()
+    assert "CHECK FAILED" in captured.err and case.name in captured.err
+
+
+def test_check_passes_on_every_op():
+    assert _bench.check() == []
+
+
+@needs_compiled
+def test_python_dash_m_fastbn_runs(tmp_path):
+    """The real command line in a subprocess: --help, and a bad --threads is a usage error."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    result = subprocess.run([sys.executable, "-m", "fastbn", "--help"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 0
+    assert "--quick" in result.stdout and "--plot" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "fastbn", "--threads", "0"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 2
