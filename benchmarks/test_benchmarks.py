@@ -2,7 +2,7 @@
 
 Every op x case x direction is one benchmark ``group`` holding five entries: ``fastbn`` (writing
 into preallocated ``out=`` arrays), ``reference`` (:mod:`fastbn.reference`), ``torch`` (skipped
-when PyTorch is not importable), ``memcpy`` (fastbn's 2-thread OpenMP copy of x into a
+when PyTorch is not importable), ``memcpy`` (fastbn's OpenMP copy (same thread count) of x into a
 preallocated array: the bandwidth yardstick) and ``torch copy_``. The cases are those of
 ``python -m fastbn`` (:mod:`fastbn._bench`): the large cases of issue 4 (float32 and float64) and
 cs231n-sized ones.

@@ -43,7 +43,7 @@ def _ratio(a, b):
 def table(records):
     """The results as a text table: times, and ratios measured in the same run.
 
-    ``/memcpy`` is fastbn's time over a 2-thread OpenMP copy of x into a preallocated array (the
+    ``/memcpy`` is fastbn's time over an OpenMP copy (same thread count) of x into a preallocated array (the
     bandwidth yardstick), ``ref/fastbn`` the reference's time over fastbn's (speed-up),
     ``/torch`` fastbn's time over PyTorch's, ``GB/s`` the least traffic of the call (x and the
     output, plus dout in the backward) over fastbn's time.
@@ -69,8 +69,9 @@ def table(records):
     return "\n".join(lines)
 
 
-def plot(records, path):
-    """Bar chart of fastbn's achieved GB/s per case and direction against the memcpy yardstick."""
+def plot(records, path, threads):
+    """Bar chart of fastbn's achieved GB/s per case and direction against the memcpy yardstick
+    (all run on `threads` threads)."""
     import matplotlib
     import matplotlib.ticker
 
@@ -90,7 +91,7 @@ def plot(records, path):
     ax.barh(y, achieved, height=0.7, color="tab:blue", label="fastbn")
     if not np.all(np.isnan(torch_gbps)):
         ax.scatter(torch_gbps, y, marker="o", color="tab:orange", zorder=3, label="PyTorch")
-    ax.scatter(yardstick, y, marker="|", s=200, color="black", zorder=3, label="memcpy of x (2 threads)")
+    ax.scatter(yardstick, y, marker="|", s=200, color="black", zorder=3, label=f"memcpy of x ({threads} threads)")
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
@@ -98,7 +99,7 @@ def plot(records, path):
     ax.set_yticks(y, labels, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("GB/s, log scale (least traffic: read x [and dout], write the output)")
-    ax.set_title(f"fastbn {fastbn.__version__}: achieved bandwidth, {fastbn.get_num_threads()} threads")
+    ax.set_title(f"fastbn {fastbn.__version__}: achieved bandwidth, {threads} threads")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -157,7 +158,8 @@ def main(argv=None, cases=None):
         print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     torch = None if args.no_torch else _bench.torch_module()
-    threads = args.threads or fastbn.get_num_threads()
+    available = fastbn.get_num_threads()  # what OpenMP allows; --threads can only lower it
+    threads = min(args.threads, available) if args.threads else available
     print(f"fastbn {fastbn.__version__} | backends: {', '.join(fastbn.available_backends())} | "
           f"threads: {threads} | numpy {np.__version__} | "
           f"PyTorch: {torch.__version__ if torch is not None else 'not installed (skipped)'}")
@@ -185,7 +187,7 @@ def main(argv=None, cases=None):
                          progress=lambda message: print(f"  {message}", flush=True))
     print(f"done in {time.perf_counter() - start:.0f} s\n")
     print(table(records))
-    print("\n/memcpy: fastbn time / a 2-thread copy of x into a preallocated array; fastbn also "
+    print(f"\n/memcpy: fastbn time / a {threads}-thread copy of x into a preallocated array; fastbn also "
           "writes into preallocated out= arrays. ref/fastbn: speed-up over the NumPy reference. "
           "/torch: fastbn time / PyTorch time (PyTorch allocates its outputs).")
 
@@ -195,7 +197,7 @@ def main(argv=None, cases=None):
         print(f"wrote {args.json}")
     if not args.no_plot:
         try:
-            plot(records, args.plot)
+            plot(records, args.plot, threads)
         except ImportError:
             print("matplotlib is not installed: no plot (pip install 'fastbn[plot]')")
         else:

@@ -218,7 +218,7 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
         From :func:`spatial_batchnorm_forward`.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
-        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
+        Buffer for dx, as in :func:`batchnorm_backward`.
 
     Returns
     -------
@@ -250,7 +250,7 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
         ``'eps'`` (default 1e-5, >= 0); other keys (such as ``'mode'``) are ignored.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
-        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
+        Output buffer, as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -290,7 +290,7 @@ def layernorm_backward(dout, cache, *, backend="auto", out=None):
         From :func:`layernorm_forward`.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
-        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
+        Buffer for dx, as in :func:`batchnorm_backward`.
 
     Returns
     -------
@@ -323,7 +323,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", ou
         ``'eps'`` (default 1e-5, >= 0); other keys are ignored.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
-        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
+        Output buffer, as in :func:`batchnorm_forward`.
 
     Returns
     -------
@@ -365,7 +365,7 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
         From :func:`spatial_groupnorm_forward`.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
-        Output buffer (dx for a backward), as in :func:`batchnorm_forward`.
+        Buffer for dx, as in :func:`batchnorm_backward`.
 
     Returns
     -------

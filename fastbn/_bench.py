@@ -4,7 +4,7 @@ A :class:`Case` is one operation at one shape and dtype. :func:`implementations`
 zero-argument callables, one per (implementation, direction): ``fastbn``, ``reference`` (the NumPy
 oracle) and ``torch`` (when importable) for the directions ``forward`` (train mode), ``test``
 (test-mode forward, batch statistics ops only) and ``backward``; and the two memcpy yardsticks, a
-2-thread OpenMP copy of x (``parallel_copy``) and torch's ``copy_``. Everything a callable needs
+OpenMP copy of x (``parallel_copy``, same thread count as fastbn) and torch's ``copy_``. Everything a callable needs
 (outputs, caches, torch tensors) is made before timing, so a timed call is the public call alone.
 
 :func:`time_call` returns the median of repeated calls; :func:`run` times every case and returns

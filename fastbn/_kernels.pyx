@@ -417,6 +417,7 @@ def cols_backward(
     cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
     cdef floating[::1] k_b = np.empty(D, dtype=dtype)
     cdef floating[::1] k_g = np.empty(D, dtype=dtype)
+    cdef floating[::1] zeros = np.zeros(D, dtype=dtype)
     with nogil:
         for task in prange(K * n_col_blocks, num_threads=n_threads, schedule='static'):
             k = task // n_col_blocks
@@ -437,18 +438,22 @@ def cols_backward(
         for c0 in prange(D, num_threads=n_threads, schedule='static'):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
-        for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads,
-                        schedule='static'):
-            r0 = _chunk_start(t // n_col_tiles, M, _ceil_div(M, rows))
-            r1 = _chunk_start(t // n_col_tiles + 1, M, _ceil_div(M, rows))
-            c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
-            w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
-            if floating is float:
-                fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
-                                 w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
-            else:
-                fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
-                                 w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+        if not train:
+            # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in)
+            _cols_affine(dy, zeros, k_dy, zeros, dx, n_threads)
+        else:
+            for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads,
+                            schedule='static'):
+                r0 = _chunk_start(t // n_col_tiles, M, _ceil_div(M, rows))
+                r1 = _chunk_start(t // n_col_tiles + 1, M, _ceil_div(M, rows))
+                c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
+                w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
+                if floating is float:
+                    fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
+                                     w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+                else:
+                    fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
+                                     w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,10 +578,13 @@ def planes_affine(
 
 cdef inline void _dx_plane(
     const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating mean,
-    floating invstd, floating k_dy, floating k_b, floating k_g, int stream,
+    floating invstd, floating k_dy, floating k_b, floating k_g, bint train, int stream,
 ) noexcept nogil:
-    """dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g) over n contiguous values."""
-    if floating is float:
+    """dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g) over n contiguous values; in test
+    mode dx = k_dy * dy, which does not read x (a NaN or Inf in x must not leak in)."""
+    if not train:
+        _affine_plane(dy, dx, n, 0, k_dy, 0, stream)
+    elif floating is float:
         fastbn_plane_dx_f(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
     else:
         fastbn_plane_dx_d(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
@@ -634,7 +642,7 @@ def planes_backward(
                                        dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
                 for n in range(N):
                     _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                              k_dy[c], k_b[c], k_g[c], stream)
+                              k_dy[c], k_b[c], k_g[c], train, stream)
         if Q > 1:
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
                                    dgamma, dbeta, k_dy, k_b, k_g, 0, C)
@@ -642,7 +650,7 @@ def planes_backward(
                 n = p // C
                 c = p % C
                 _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                          k_dy[c], k_b[c], k_g[c], stream)
+                          k_dy[c], k_b[c], k_g[c], train, stream)
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import numpy as np
 
 __all__ = ["NormCache"]
 
-OPS = ("batchnorm", "spatial_batchnorm", "layernorm", "groupnorm")
 LAYOUTS = ("NCHW", "NHWC")
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.9
@@ -117,13 +116,6 @@ def check_ndarray(a, name):
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(a)}")
     return a
-
-
-def as_computation_array(a, name, dtype):
-    """A C-contiguous copy-if-needed of `a` in `dtype`; a must be real numeric."""
-    check_ndarray(a, name)
-    compute_dtype(a, name)
-    return np.ascontiguousarray(a, dtype=dtype)
 
 
 def _check_real(value, name, low, high, default):
@@ -451,7 +443,9 @@ def check_cache(cache, op, function):
             raise ValueError(f"cache.{name} must be a float array of {n_stats} values, got {got}")
     for name in ("gamma_shape", "beta_shape"):
         shape = getattr(cache, name)
-        if not (isinstance(shape, tuple) and int(np.prod(shape, dtype=np.int64)) == channels):
+        if not (isinstance(shape, tuple)
+                and all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)
+                and int(np.prod(shape, dtype=np.int64)) == channels):
             raise ValueError(f"cache.{name} must be a shape of {channels} values, got {shape!r}")
     try:
         dtype = np.dtype(cache.dtype)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import fastbn
-from registry import OPS, copy_param
+from registry import OPS, assert_close, copy_param
 
 BACKENDS = fastbn.available_backends()
 
@@ -363,3 +363,25 @@ def test_nonfinite_value_shows_in_its_own_statistics(op, backend, value):
     if op.uses_running_stats:
         assert not np.isfinite(param["running_mean"][1])
         assert np.isnan(param["running_var"][1]), f"running_var is {param['running_var'][1]}"
+
+
+TEST_MODE_OPS = [op for op in OPS if op.mode == "test" and not op.param_broadcast]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("value", NONFINITE, ids=NONFINITE_IDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", TEST_MODE_OPS, ids=[op.id for op in TEST_MODE_OPS])
+def test_test_mode_dx_does_not_depend_on_x(op, backend, value, dtype):
+    """In test mode the statistics are constants: dx = dout * gamma * invstd, finite even where
+    x is NaN or Inf (only dgamma of the poisoned channel sees the bad value)."""
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape, dtype)
+    x[(1,) * x.ndim] = value
+    _, cache = op.forward(x, gamma, beta, param, backend=backend)
+    dout = np.random.default_rng(2).standard_normal(shape).astype(dtype)
+    dx, dgamma, dbeta = op.backward(dout, cache, backend=backend)
+    scale_shape = (1, -1, 1, 1) if op.layout == "NCHW" else (-1,)
+    assert np.all(np.isfinite(dx)) and np.all(np.isfinite(dbeta))
+    assert_close(dx, dout * (gamma * cache.invstd).reshape(scale_shape), dtype, "dx")
+    assert np.sum(~np.isfinite(dgamma)) == 1

@@ -1,16 +1,17 @@
-/* Hot reduction loops of fastbn's kernels, for float (suffix _f) and double (suffix _d).
+/* Hot loops of fastbn's kernels, for float (suffix _f) and double (suffix _d): the double-precision
+ * reductions, the (M, D) block sums, the elementwise sweeps (affine, dx) and streaming stores.
  *
  * Why C: a double-precision sum is a loop-carried dependency that compilers do not vectorise
  * without -ffast-math (reassociation), and float -> double conversion defeats their
  * auto-vectorisation of hand-split sums. Here the sums use GCC/Clang vector extensions: two
  * independent 4-wide double accumulators (8 lanes), element j going to lane j % 8, added in a fixed
  * order at the end. The summation order depends only on n -- never on the thread count or on the
- * address of the data -- so results are reproducible bit for bit. Other compilers get the same
- * lanes as plain scalar loops (same results, slower).
+ * address of the data -- so results are reproducible bit for bit. Other compilers get plain
+ * scalar loops (reproducible too, in a different summation order, slower).
  *
- * Every function reads n contiguous values (n may be 0) and returns its two sums by value, so that
- * a caller inside an OpenMP loop keeps them in private variables. FASTBN_RESTRICT: outputs never
- * alias inputs.
+ * The contiguous-run reductions read n values (n may be 0) and return their two sums by value, so
+ * that a caller inside an OpenMP loop keeps them in private variables; the block functions below
+ * document their own layouts. FASTBN_RESTRICT: outputs never alias inputs.
  */
 #ifndef FASTBN_LOOPS_H
 #define FASTBN_LOOPS_H
