@@ -281,7 +281,7 @@ def time_calls(calls, repeat=7, min_time=0.0, max_time=2.0):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def run(cases, repeat=7, threads=None, torch=None, include_reference=True, progress=None):
+def run(cases, repeat=7, threads=None, torch=None, progress=None):
     """Time every implementation of every case and direction; return a list of records.
 
     Each record is a dict with ``case`` (:class:`Case`), ``direction`` and ``times`` (median
@@ -303,8 +303,6 @@ def run(cases, repeat=7, threads=None, torch=None, include_reference=True, progr
                 progress(f"[{i + 1}/{len(cases)}] {case.name}")
             calls = implementations(case, torch, n_threads)
             for direction, impls in calls.items():
-                if not include_reference:
-                    impls.pop("reference", None)
                 times = time_calls(impls, repeat=repeat, min_time=0.002, max_time=1.0)
                 records.append({"case": case, "direction": direction, "times": times})
     finally:

@@ -6,13 +6,21 @@ from fastbn._threads import threads_for
 from fastbn._validation import finish_backward, finish_forward, kernel_view, test_statistics
 
 
+def _buffer(out, like):
+    """The caller's ``out=`` array seen in like's shape when the kernel can write into it (same
+    dtype), else a new array like `like`."""
+    if out is not None and out.dtype == like.dtype:
+        return out.reshape(like.shape)
+    return np.empty_like(like)
+
+
 def forward(p):
     """Forward pass of any operation on a :class:`~fastbn._validation.Prepared` input."""
     kernels = _backends.kernels()
     family, view_shape = kernel_view(p)
     dtype = p.x.dtype
     x = p.x.reshape(view_shape)
-    out = p.out.reshape(view_shape) if p.out is not None and p.out.dtype == dtype else np.empty_like(x)
+    out = _buffer(p.out, x)
     n_threads = threads_for(x.size)
     if family == "rows":
         R, Cg, L = view_shape
@@ -43,7 +51,7 @@ def backward(dout, cache, out=None):
     family, view_shape = kernel_view(cache)
     x = cache.x.reshape(view_shape)
     dy = dout.reshape(view_shape)
-    dx = out.reshape(view_shape) if out is not None and out.dtype == x.dtype else np.empty_like(x)
+    dx = _buffer(out, x)
     C = cache.gamma.size
     dgamma = np.empty(C, dtype=x.dtype)
     dbeta = np.empty(C, dtype=x.dtype)

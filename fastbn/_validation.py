@@ -200,9 +200,10 @@ def check_x(x, name, ndim, description):
     return compute_dtype(x, name)
 
 
-def _prepare_bn(op, x, gamma, beta, bn_param, layout, channels, broadcast_shape, per_channel, out):
-    """Common part of batchnorm and spatial batchnorm preparation."""
-    dtype, out_dtype = compute_dtype(x, "x")
+def _prepare_bn(op, x, dtypes, gamma, beta, bn_param, layout, channels, broadcast_shape,
+                per_channel, out):
+    """Common part of batchnorm and spatial batchnorm preparation; `dtypes` from check_x."""
+    dtype, out_dtype = dtypes
     mode = check_mode(bn_param, "bn_param")
     eps = check_eps(bn_param, "bn_param")
     momentum = _check_real(
@@ -229,29 +230,29 @@ def _prepare_bn(op, x, gamma, beta, bn_param, layout, channels, broadcast_shape,
 
 
 def prepare_batchnorm(x, gamma, beta, bn_param, out=None):
-    check_x(x, "x", 2, "a 2-D array of shape (N, D)")
+    dtypes = check_x(x, "x", 2, "a 2-D array of shape (N, D)")
     check_param_dict(bn_param, "bn_param")
     N, D = x.shape
-    return _prepare_bn("batchnorm", x, gamma, beta, bn_param, "NC", D, (1, D), N, out)
+    return _prepare_bn("batchnorm", x, dtypes, gamma, beta, bn_param, "NC", D, (1, D), N, out)
 
 
 def prepare_spatial_batchnorm(x, gamma, beta, bn_param, out=None):
     check_param_dict(bn_param, "bn_param")
     layout = check_layout(bn_param, "bn_param", LAYOUTS)
-    check_x(x, "x", 4, f"a 4-D array of shape {'(N, C, H, W)' if layout == 'NCHW' else '(N, H, W, C)'}")
+    dtypes = check_x(x, "x", 4, f"a 4-D array of shape {'(N, C, H, W)' if layout == 'NCHW' else '(N, H, W, C)'}")
     if layout == "NCHW":
         N, C, H, W = x.shape
         broadcast_shape = (1, C, 1, 1)
     else:
         N, H, W, C = x.shape
         broadcast_shape = (1, 1, 1, C)
-    return _prepare_bn("spatial_batchnorm", x, gamma, beta, bn_param, layout, C, broadcast_shape, N * H * W, out)
+    return _prepare_bn("spatial_batchnorm", x, dtypes, gamma, beta, bn_param, layout, C,
+                       broadcast_shape, N * H * W, out)
 
 
 def prepare_layernorm(x, gamma, beta, ln_param, out=None):
-    check_x(x, "x", None, "an array of at least 1 dimension, shape (..., D)")
+    dtype, out_dtype = check_x(x, "x", None, "an array of at least 1 dimension, shape (..., D)")
     check_param_dict(ln_param, "ln_param")
-    dtype, out_dtype = compute_dtype(x, "x")
     eps = check_eps(ln_param, "ln_param")
     D = x.shape[-1]
     gamma_flat, gamma_shape = check_affine(gamma, "gamma", D, (1,) * (x.ndim - 1) + (D,), dtype)
@@ -295,10 +296,9 @@ def check_groups(G, channels):
 
 
 def prepare_groupnorm(x, gamma, beta, G, gn_param, out=None):
-    check_x(x, "x", 4, "a 4-D array of shape (N, C, H, W)")
+    dtype, out_dtype = check_x(x, "x", 4, "a 4-D array of shape (N, C, H, W)")
     check_param_dict(gn_param, "gn_param")
     check_layout(gn_param, "gn_param", ("NCHW",))
-    dtype, out_dtype = compute_dtype(x, "x")
     eps = check_eps(gn_param, "gn_param")
     C = x.shape[1]
     G = check_groups(G, C)
