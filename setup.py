@@ -69,7 +69,9 @@ class BuildExt(build_ext):
         if self.compiler.compiler_type == "msvc":
             base_args = ["/Od"] if debug else ["/O2"]
         else:
-            base_args = ["-O0", "-g"] if debug else ["-O3"]
+            # no fused multiply-add contraction: every instruction-set path of the kernels
+            # computes the same bits (see fastbn/_src/loops_avx512.h)
+            base_args = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"]
         omp = None
         if _flag_enabled("FASTBN_NO_OPENMP"):
             reason = "FASTBN_NO_OPENMP is set"

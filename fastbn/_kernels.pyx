@@ -40,6 +40,8 @@ cdef extern from "loops.h" nogil:
     ctypedef struct fastbn_sums:
         double s1
         double s2
+    void fastbn_simd_init()
+    const char* fastbn_simd_name()
     void fastbn_prefetch(const void* p, Py_ssize_t nbytes)
     void fastbn_layernorm_rows_f(const float* x, float* out, Py_ssize_t n_rows, Py_ssize_t n,
                                  const float* gamma, const float* beta, double eps, float* mean,
@@ -103,13 +105,13 @@ cdef extern from "loops.h" nogil:
 
 # Column blocks of the (M, D) grid: a task covers at most COL_BLOCK columns (blocks of balanced
 # widths) of a chunk of rows.
-cdef Py_ssize_t COL_BLOCK = 1024
+cdef Py_ssize_t COL_BLOCK = 4096
 # Elementwise sweeps of (M, D) run over tiles of at least AFFINE_ROWS rows (and about
 # AFFINE_TILE_BYTES of output) x AFFINE_COLS columns, so that
 # the per-column coefficients of a tile stay in L1 while its rows stream through.
 cdef Py_ssize_t AFFINE_ROWS = 32
 cdef Py_ssize_t AFFINE_TILE_BYTES = 1 << 18
-cdef Py_ssize_t AFFINE_COLS = 1024
+cdef Py_ssize_t AFFINE_COLS = 4096
 # NCHW with at least this many channels: a channel's N planes are processed by one task
 # (statistics, then the elementwise sweep while the planes are still in cache).
 cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
@@ -121,6 +123,18 @@ cdef enum:
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
 # Upper bound on the number of doubles in one array of per-chunk partials.
 cdef Py_ssize_t MAX_PARTIALS = 1 << 18
+
+
+fastbn_simd_init()
+
+
+def simd():
+    """Return the instruction set of the hot loops: 'avx512', 'avx2' or 'baseline'.
+
+    AVX-512 is chosen at import on CPUs that have it, unless the environment variable
+    FASTBN_DISABLE_AVX512 is set (to anything but 0); both paths give the same bits.
+    """
+    return fastbn_simd_name().decode()
 
 
 def openmp_enabled():

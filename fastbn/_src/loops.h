@@ -43,6 +43,17 @@ typedef struct { double s1, s2; } fastbn_sums;
 #define FASTBN_RESTRICT __restrict__
 #endif
 
+#include "loops_avx512.h"
+/* Hand a call to the AVX-512 twin of a function when that path is enabled (see
+ * loops_avx512.h): VALUE for functions returning a value, VOID for the others. */
+#if FASTBN_HAVE_X512
+#define FASTBN_X512_VALUE(CALL) if (fastbn_x512_enabled) return CALL;
+#define FASTBN_X512_VOID(CALL) if (fastbn_x512_enabled) { CALL; return; }
+#else
+#define FASTBN_X512_VALUE(CALL)
+#define FASTBN_X512_VOID(CALL)
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wpsabi" /* 32-byte vectors only pass between inlined helpers */
@@ -109,6 +120,7 @@ static inline fastbn_sums fastbn_sum_inl_##SUF(const T *FASTBN_RESTRICT x, ptrdi
     FASTBN_VEC(FASTBN_SUM4, FASTBN_SUM1)                                                           \
 }                                                                                                  \
 static FASTBN_HOT fastbn_sums fastbn_sum_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {          \
+    FASTBN_X512_VALUE(fastbn_x_sum_##SUF(x, n))                                                    \
     return fastbn_sum_inl_##SUF(x, n);                                                             \
 }                                                                                                  \
 /* s1 = sum(x - shift), s2 = sum((x - shift)^2). */                                                \
@@ -118,12 +130,14 @@ static inline fastbn_sums fastbn_shifted_sums_inl_##SUF(const T *FASTBN_RESTRICT
 }                                                                                                  \
 static FASTBN_HOT fastbn_sums fastbn_shifted_sums_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n,   \
                                                         double shift) {                            \
+    FASTBN_X512_VALUE(fastbn_x_shifted_sums_##SUF(x, n, shift))                                    \
     return fastbn_shifted_sums_inl_##SUF(x, n, shift);                                             \
 }                                                                                                  \
 /* s1 = sum(dy), s2 = sum(dy * (x - mean)). */                                                     \
 static FASTBN_HOT fastbn_sums fastbn_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                       \
                                                  const T *FASTBN_RESTRICT dy, ptrdiff_t n,         \
                                                  double mean) {                                    \
+    FASTBN_X512_VALUE(fastbn_x_grad_sums_##SUF(x, dy, n, mean))                                    \
     FASTBN_VEC(FASTBN_GRAD4, FASTBN_GRAD1)                                                 \
 }                                                                                                  \
 /* Layernorm backward, one row: per column j, db[j] += dy, dg[j] += dy * (x - mean) * invstd;      \
@@ -132,6 +146,7 @@ static FASTBN_HOT fastbn_sums fastbn_row_grad_sums_##SUF(                       
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, const T *FASTBN_RESTRICT gamma,   \
         ptrdiff_t n, double mean, double invstd,                                                   \
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                                  \
+    FASTBN_X512_VALUE(fastbn_x_row_grad_sums_##SUF(x, dy, gamma, n, mean, invstd, db, dg))         \
     FASTBN_VEC(FASTBN_ROW4, FASTBN_ROW1)                                                   \
 }
 
@@ -217,6 +232,7 @@ static inline void fastbn_stream_d(double *FASTBN_RESTRICT dst, const double *FA
 static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                                                 \
         const T *FASTBN_RESTRICT x, ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w,               \
         const T *FASTBN_RESTRICT shift, double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {  \
+    FASTBN_X512_VOID(fastbn_x_cols_shifted_sums_##SUF(x, stride, n_rows, w, shift, s1, s2))        \
     ptrdiff_t i = 0, j;                                                                            \
     for (; i + 4 <= n_rows; i += 4) {                                                              \
         FASTBN_ROWS4(T, x)                                                                         \
@@ -240,6 +256,7 @@ static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                             
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
         ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,                              \
         double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {                                  \
+    FASTBN_X512_VOID(fastbn_x_cols_grad_sums_##SUF(x, dy, stride, n_rows, w, mean, s1, s2))        \
     ptrdiff_t i = 0, j;                                                                            \
     for (; i + 4 <= n_rows; i += 4) {                                                              \
         FASTBN_ROWS4(T, x)                                                                         \
@@ -297,6 +314,7 @@ static FASTBN_HOT void fastbn_cols_affine_##SUF(                                
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
         ptrdiff_t w, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
         const T *FASTBN_RESTRICT beta, int stream) {                                               \
+    FASTBN_X512_VOID(fastbn_x_cols_affine_##SUF(x, out, stride, n_rows, w, mean, scale, beta, stream))\
     FASTBN_SWEEP(T, SUF, out,                                                                      \
         const T *x0 = x + at + j; T m = mean[c0 + j]; T s = scale[c0 + j]; T b = beta[c0 + j];     \
         o0[j] = (x0[0] - m) * s + b;                                                               \
@@ -312,6 +330,7 @@ static FASTBN_HOT void fastbn_cols_dx_##SUF(                                    
         ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,            \
         const T *FASTBN_RESTRICT invstd, const T *FASTBN_RESTRICT k_dy,                            \
         const T *FASTBN_RESTRICT k_b, const T *FASTBN_RESTRICT k_g, int stream) {                  \
+    FASTBN_X512_VOID(fastbn_x_cols_dx_##SUF(x, dy, dx, stride, n_rows, w, mean, invstd, k_dy, k_b, k_g, stream))\
     FASTBN_SWEEP(T, SUF, dx,                                                                       \
         const T *x0 = x + at + j; const T *g0 = dy + at + j;                                       \
         T m = mean[c0 + j]; T s = invstd[c0 + j]; T a = k_dy[c0 + j]; T b = k_b[c0 + j];           \
@@ -342,18 +361,21 @@ static FASTBN_HOT void fastbn_cols_dx_##SUF(                                    
 static FASTBN_HOT void fastbn_plane_affine_##SUF(                                                  \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n, T mean, T scale, T beta,  \
         int stream) {                                                                              \
+    FASTBN_X512_VOID(fastbn_x_plane_affine_##SUF(x, out, n, mean, scale, beta, stream))            \
     FASTBN_RUN(T, SUF, out, o[j] = (x[at + j] - mean) * scale + beta;)                             \
 }                                                                                                  \
 /* dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g), in T. */                                    \
 static FASTBN_HOT void fastbn_plane_dx_##SUF(                                                      \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t n, T mean, T invstd, T k_dy, T k_b, T k_g, int stream) {                         \
+    FASTBN_X512_VOID(fastbn_x_plane_dx_##SUF(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream))  \
     FASTBN_RUN(T, SUF, dx, o[j] = k_dy * (dy[at + j] - k_b - (x[at + j] - mean) * invstd * k_g);)  \
 }                                                                                                  \
 /* out = (x - mean) * (gamma * invstd) + beta with gamma, beta per value, in T. */                 \
 static FASTBN_HOT void fastbn_row_affine_##SUF(                                                    \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n, T mean, T invstd,         \
         const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, int stream) {               \
+    FASTBN_X512_VOID(fastbn_x_row_affine_##SUF(x, out, n, mean, invstd, gamma, beta, stream))      \
     FASTBN_RUN(T, SUF, out, o[j] = (x[at + j] - mean) * (gamma[at + j] * invstd) + beta[at + j];)  \
 }                                                                                                  \
 /* dx = a * dy - s3 * (x - mean) + b in double, with a = invstd * gamma[j] when gamma is given. */  \
@@ -361,6 +383,7 @@ static FASTBN_HOT void fastbn_row_dx_##SUF(                                     
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t n, double mean, double invstd, const T *FASTBN_RESTRICT gamma, double a,         \
         double s3, double b, int stream) {                                                         \
+    FASTBN_X512_VOID(fastbn_x_row_dx_##SUF(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream))   \
     if (gamma) {                                                                                   \
         FASTBN_RUN(T, SUF, dx, o[j] = (T)(invstd * (double)gamma[at + j] * (double)dy[at + j]      \
                                           - s3 * ((double)x[at + j] - mean) + b);)                 \
@@ -450,6 +473,7 @@ static FASTBN_HOT void fastbn_layernorm_rows_##SUF(                             
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, ptrdiff_t n,         \
         const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
+    FASTBN_X512_VOID(fastbn_x_layernorm_rows_##SUF(x, out, n_rows, n, gamma, beta, eps, mean, invstd))\
     ptrdiff_t r, j;                                                                                \
     for (r = 0; r < n_rows; r++) {                                                                 \
         const T *xr = x + r * n;                                                                   \

@@ -1,0 +1,437 @@
+/* AVX-512 versions of the hottest loops of loops.h, chosen at run time (fastbn_x512_enabled).
+ *
+ * Why: on CPUs with 512-bit vectors, the baseline/AVX2 loops are limited by instruction count
+ * rather than memory bandwidth (a float -> double conversion, one 4-wide vector at a time), and
+ * their streaming stores go through a staging buffer and 16-byte stores. Here every store of a
+ * streamed output is a full 64-byte line written straight from a register, conversions take
+ * 8 values per instruction, and the (M, D) column sums take eight rows per pass over their
+ * per-column accumulators, prefetching the next eight.
+ *
+ * Same values as loops.h, bit for bit: every function below performs the same floating-point
+ * operations, in the same order, as its baseline twin -- the double sums keep element j in lane
+ * j % 8 (one 8-wide vector instead of two 4-wide ones, added in the same fixed order), the column
+ * sums add rows in the same groups of four, and elementwise expressions are written exactly as in
+ * loops.h. Together with -ffp-contract=off (no fused multiply-add anywhere) this makes the choice
+ * of instruction set invisible in the results; tests compare the two paths bit for bit.
+ *
+ * Compiled only with GCC or Clang for x86-64; the functions carry a target attribute, so the
+ * rest of the module stays baseline code, and they are called only after
+ * fastbn_simd_init() found AVX-512F/DQ/VL/BW and FASTBN_DISABLE_AVX512 was not set.
+ */
+#ifndef FASTBN_LOOPS_AVX512_H
+#define FASTBN_LOOPS_AVX512_H
+
+#include <stdlib.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))                               \
+    && (defined(__clang__) || __GNUC__ >= 7)
+#define FASTBN_HAVE_X512 1
+#include <immintrin.h>
+
+#define FASTBN_X512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw")))
+#define FASTBN_X512_INLINE static inline __attribute__((always_inline)) FASTBN_X512
+
+static int fastbn_x512_enabled = 0;
+
+/* Decide once, at module import, whether the AVX-512 loops run. */
+static void fastbn_simd_init(void) {
+    const char *off = getenv("FASTBN_DISABLE_AVX512");
+    __builtin_cpu_init();
+    fastbn_x512_enabled = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
+                          && __builtin_cpu_supports("avx512vl")
+                          && __builtin_cpu_supports("avx512bw") && !(off && *off && *off != '0');
+}
+
+typedef double fastbn_x8d __attribute__((vector_size(64)));
+typedef float fastbn_x16f __attribute__((vector_size(64)));
+
+/* Eight values of T as doubles. */
+FASTBN_X512_INLINE fastbn_x8d fastbn_x_load8_f(const float *p) {
+    return (fastbn_x8d)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+}
+FASTBN_X512_INLINE fastbn_x8d fastbn_x_load8_d(const double *p) {
+    return (fastbn_x8d)_mm512_loadu_pd(p);
+}
+/* A full vector of T (16 floats or 8 doubles). */
+FASTBN_X512_INLINE fastbn_x16f fastbn_x_loadv_f(const float *p) {
+    return (fastbn_x16f)_mm512_loadu_ps(p);
+}
+FASTBN_X512_INLINE fastbn_x8d fastbn_x_loadv_d(const double *p) {
+    return (fastbn_x8d)_mm512_loadu_pd(p);
+}
+FASTBN_X512_INLINE void fastbn_x_storev_f(float *p, fastbn_x16f v) { _mm512_storeu_ps(p, (__m512)v); }
+FASTBN_X512_INLINE void fastbn_x_storev_d(double *p, fastbn_x8d v) { _mm512_storeu_pd(p, (__m512d)v); }
+FASTBN_X512_INLINE void fastbn_x_streamv_f(float *p, fastbn_x16f v) { _mm512_stream_ps(p, (__m512)v); }
+FASTBN_X512_INLINE void fastbn_x_streamv_d(double *p, fastbn_x8d v) { _mm512_stream_pd(p, (__m512d)v); }
+/* Store a vector, streaming it when asked (p is then 64-byte aligned). */
+FASTBN_X512_INLINE void fastbn_x_put_f(float *p, fastbn_x16f v, int stream) {
+    if (stream) fastbn_x_streamv_f(p, v);
+    else fastbn_x_storev_f(p, v);
+}
+FASTBN_X512_INLINE void fastbn_x_put_d(double *p, fastbn_x8d v, int stream) {
+    if (stream) fastbn_x_streamv_d(p, v);
+    else fastbn_x_storev_d(p, v);
+}
+/* Values before the first 64-byte boundary of a streamed run of n values at p (0 if not
+ * streamed): they get ordinary stores. */
+static inline ptrdiff_t fastbn_x_head(const void *p, ptrdiff_t n, size_t size, int stream) {
+    ptrdiff_t h = stream ? (ptrdiff_t)(((64 - ((uintptr_t)p & 63)) & 63) / size) : 0;
+    return h < n ? h : n;
+}
+FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
+    /* as fastbn_hsum(a0, a1) with a0 = lanes 0..3 and a1 = lanes 4..7 */
+    double s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* Double sums of n contiguous values, element j in lane j % 8 (as FASTBN_VEC). */
+#define FASTBN_X_VEC(BODY8, BODY1)                                                                 \
+    fastbn_x8d A = {0, 0, 0, 0, 0, 0, 0, 0}, B = A;                                                \
+    ptrdiff_t j = 0;                                                                               \
+    for (; j + 8 <= n; j += 8) { BODY8 }                                                           \
+    double sa = fastbn_x_hsum(A), sb = fastbn_x_hsum(B);                                           \
+    for (; j < n; j++) { BODY1 }                                                                   \
+    fastbn_sums r = {sa, sb};                                                                      \
+    return r;
+
+/* A contiguous run out[0..n): VEXPR gives the vector at j, SEXPR the value at j. With `stream`,
+ * the lines wholly inside the run get streaming stores and the partial lines at either end
+ * ordinary ones (the neighbouring run may share them); the caller fences at the end. */
+#define FASTBN_X_RUN(T, SUF, N, OUT, VEXPR, SEXPR)                                                 \
+    {                                                                                              \
+        ptrdiff_t j = 0;                                                                           \
+        if (stream) {                                                                              \
+            for (; j < n && ((uintptr_t)(OUT + j) & 63); j++) OUT[j] = SEXPR;                      \
+            for (; j + N <= n; j += N) fastbn_x_streamv_##SUF(OUT + j, VEXPR);                     \
+        } else {                                                                                   \
+            for (; j + N <= n; j += N) fastbn_x_storev_##SUF(OUT + j, VEXPR);                      \
+        }                                                                                          \
+        for (; j < n; j++) OUT[j] = SEXPR;                                                         \
+    }
+
+#define FASTBN_DEFINE_X512(T, SUF, N, V)                                                           \
+static FASTBN_X512 fastbn_sums fastbn_x_sum_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {       \
+    FASTBN_X_VEC(A += fastbn_x_load8_##SUF(x + j);, sa += (double)x[j];)                           \
+}                                                                                                  \
+static FASTBN_X512 fastbn_sums fastbn_x_shifted_sums_##SUF(const T *FASTBN_RESTRICT x,             \
+                                                           ptrdiff_t n, double shift) {            \
+    FASTBN_X_VEC(fastbn_x8d t = fastbn_x_load8_##SUF(x + j) - shift; A += t; B += t * t;,          \
+                 double t = (double)x[j] - shift; sa += t; sb += t * t;)                           \
+}                                                                                                  \
+static FASTBN_X512 fastbn_sums fastbn_x_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                \
+                                                        const T *FASTBN_RESTRICT dy, ptrdiff_t n,  \
+                                                        double mean) {                             \
+    FASTBN_X_VEC(fastbn_x8d g = fastbn_x_load8_##SUF(dy + j); A += g;                              \
+                 B += g * (fastbn_x_load8_##SUF(x + j) - mean);,                                   \
+                 double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean);)              \
+}                                                                                                  \
+static FASTBN_X512 fastbn_sums fastbn_x_row_grad_sums_##SUF(                                       \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, const T *FASTBN_RESTRICT gamma,   \
+        ptrdiff_t n, double mean, double invstd,                                                   \
+        double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                                  \
+    FASTBN_X_VEC(fastbn_x8d g = fastbn_x_load8_##SUF(dy + j);                                      \
+                 fastbn_x8d xc = fastbn_x_load8_##SUF(x + j) - mean;                               \
+                 fastbn_x_storev_d(db + j, fastbn_x_loadv_d(db + j) + g);                          \
+                 fastbn_x_storev_d(dg + j, fastbn_x_loadv_d(dg + j) + g * xc * invstd);            \
+                 g *= fastbn_x_load8_##SUF(gamma + j); A += g; B += g * xc;,                       \
+                 double g = (double)dy[j]; double xc = (double)x[j] - mean; db[j] += g;            \
+                 dg[j] += g * xc * invstd; g *= (double)gamma[j]; sa += g; sb += g * xc;)          \
+}                                                                                                  \
+static FASTBN_X512 void fastbn_x_plane_affine_##SUF(                                               \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n, T mean, T scale, T beta,  \
+        int stream) {                                                                              \
+    FASTBN_X_RUN(T, SUF, N, out, (fastbn_x_loadv_##SUF(x + j) - mean) * scale + beta,              \
+                 (x[j] - mean) * scale + beta)                                                     \
+    if (stream) _mm_sfence();                                                                      \
+}                                                                                                  \
+static FASTBN_X512 void fastbn_x_plane_dx_##SUF(                                                   \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t n, T mean, T invstd, T k_dy, T k_b, T k_g, int stream) {                         \
+    FASTBN_X_RUN(T, SUF, N, dx,                                                                    \
+                 k_dy * (fastbn_x_loadv_##SUF(dy + j) - k_b                                        \
+                         - (fastbn_x_loadv_##SUF(x + j) - mean) * invstd * k_g),                   \
+                 k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g))                              \
+    if (stream) _mm_sfence();                                                                      \
+}                                                                                                  \
+static FASTBN_X512 void fastbn_x_row_affine_##SUF(                                                 \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n, T mean, T invstd,         \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, int stream) {               \
+    FASTBN_X_RUN(T, SUF, N, out,                                                                   \
+                 (fastbn_x_loadv_##SUF(x + j) - mean) * (fastbn_x_loadv_##SUF(gamma + j) * invstd) \
+                     + fastbn_x_loadv_##SUF(beta + j),                                             \
+                 (x[j] - mean) * (gamma[j] * invstd) + beta[j])                                    \
+    if (stream) _mm_sfence();                                                                      \
+}                                                                                                  \
+/* (M, D) blocks as in loops.h: rows i..i+7 in two groups of four, then one group of four, then    \
+ * single rows -- the same grouping as the baseline's groups of four. */                           \
+static FASTBN_X512 void fastbn_x_cols_shifted_sums_##SUF(                                          \
+        const T *FASTBN_RESTRICT x, ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w,               \
+        const T *FASTBN_RESTRICT shift, double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {  \
+    ptrdiff_t i = 0, j, r;                                                                         \
+    for (; i + 4 <= n_rows; i += 8) {                                                              \
+        const T *x0 = x + i * stride;                                                              \
+        int two = i + 8 <= n_rows, ahead = i + 16 <= n_rows;                                       \
+        for (j = 0; j + 8 <= w; j += 8) {                                                          \
+            fastbn_x8d h = fastbn_x_load8_##SUF(shift + j), a = fastbn_x_loadv_d(s1 + j),          \
+                       b = fastbn_x_loadv_d(s2 + j), t0, t1, t2, t3;                               \
+            if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))                                                                \
+                for (r = 8; r < 16; r++) _mm_prefetch((const char *)(x0 + r * stride + j), _MM_HINT_T0); \
+            t0 = fastbn_x_load8_##SUF(x0 + j) - h;                                                 \
+            t1 = fastbn_x_load8_##SUF(x0 + stride + j) - h;                                        \
+            t2 = fastbn_x_load8_##SUF(x0 + 2 * stride + j) - h;                                    \
+            t3 = fastbn_x_load8_##SUF(x0 + 3 * stride + j) - h;                                    \
+            a += (t0 + t1) + (t2 + t3);                                                            \
+            b += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);                                        \
+            if (two) {                                                                             \
+                t0 = fastbn_x_load8_##SUF(x0 + 4 * stride + j) - h;                                \
+                t1 = fastbn_x_load8_##SUF(x0 + 5 * stride + j) - h;                                \
+                t2 = fastbn_x_load8_##SUF(x0 + 6 * stride + j) - h;                                \
+                t3 = fastbn_x_load8_##SUF(x0 + 7 * stride + j) - h;                                \
+                a += (t0 + t1) + (t2 + t3);                                                        \
+                b += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);                                    \
+            }                                                                                      \
+            fastbn_x_storev_d(s1 + j, a);                                                          \
+            fastbn_x_storev_d(s2 + j, b);                                                          \
+        }                                                                                          \
+        for (; j < w; j++) {                                                                       \
+            for (r = 0; r < (two ? 8 : 4); r += 4) {                                               \
+                double hh = (double)shift[j], u0 = (double)x0[r * stride + j] - hh,                \
+                       u1 = (double)x0[(r + 1) * stride + j] - hh,                                 \
+                       u2 = (double)x0[(r + 2) * stride + j] - hh,                                 \
+                       u3 = (double)x0[(r + 3) * stride + j] - hh;                                 \
+                s1[j] += (u0 + u1) + (u2 + u3);                                                    \
+                s2[j] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);                                \
+            }                                                                                      \
+        }                                                                                          \
+        if (!two) i -= 4;                                                                          \
+    }                                                                                              \
+    for (; i < n_rows; i++)                                                                        \
+        for (j = 0; j < w; j++) {                                                                  \
+            double t = (double)x[i * stride + j] - (double)shift[j];                               \
+            s1[j] += t;                                                                            \
+            s2[j] += t * t;                                                                        \
+        }                                                                                          \
+}                                                                                                  \
+static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                                             \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
+        ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,                              \
+        double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {                                  \
+    ptrdiff_t i = 0, j, r, k;                                                                      \
+    for (; i + 4 <= n_rows; i += 8) {                                                              \
+        const T *x0 = x + i * stride, *y0 = dy + i * stride;                                       \
+        int two = i + 8 <= n_rows, ahead = i + 16 <= n_rows;                                       \
+        for (j = 0; j + 8 <= w; j += 8) {                                                          \
+            fastbn_x8d m = fastbn_x_load8_##SUF(mean + j), a = fastbn_x_loadv_d(s1 + j),           \
+                       b = fastbn_x_loadv_d(s2 + j), g0, g1, g2, g3;                               \
+            if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))                                                                \
+                for (r = 8; r < 16; r++) {                                                         \
+                    _mm_prefetch((const char *)(x0 + r * stride + j), _MM_HINT_T0);                \
+                    _mm_prefetch((const char *)(y0 + r * stride + j), _MM_HINT_T0);                \
+                }                                                                                  \
+            for (k = 0; k < (two ? 8 : 4); k += 4) {                                               \
+                const T *xk = x0 + k * stride + j, *yk = y0 + k * stride + j;                      \
+                g0 = fastbn_x_load8_##SUF(yk);                                                     \
+                g1 = fastbn_x_load8_##SUF(yk + stride);                                            \
+                g2 = fastbn_x_load8_##SUF(yk + 2 * stride);                                        \
+                g3 = fastbn_x_load8_##SUF(yk + 3 * stride);                                        \
+                a += (g0 + g1) + (g2 + g3);                                                        \
+                b += (g0 * (fastbn_x_load8_##SUF(xk) - m)                                          \
+                      + g1 * (fastbn_x_load8_##SUF(xk + stride) - m))                              \
+                   + (g2 * (fastbn_x_load8_##SUF(xk + 2 * stride) - m)                             \
+                      + g3 * (fastbn_x_load8_##SUF(xk + 3 * stride) - m));                         \
+            }                                                                                      \
+            fastbn_x_storev_d(s1 + j, a);                                                          \
+            fastbn_x_storev_d(s2 + j, b);                                                          \
+        }                                                                                          \
+        for (; j < w; j++) {                                                                       \
+            for (r = 0; r < (two ? 8 : 4); r += 4) {                                               \
+                const T *xk = x0 + r * stride + j, *yk = y0 + r * stride + j;                      \
+                double mm = (double)mean[j], h0 = yk[0], h1 = yk[stride], h2 = yk[2 * stride],     \
+                       h3 = yk[3 * stride];                                                        \
+                s1[j] += (h0 + h1) + (h2 + h3);                                                    \
+                s2[j] += (h0 * ((double)xk[0] - mm) + h1 * ((double)xk[stride] - mm))              \
+                       + (h2 * ((double)xk[2 * stride] - mm) + h3 * ((double)xk[3 * stride] - mm)); \
+            }                                                                                      \
+        }                                                                                          \
+        if (!two) i -= 4;                                                                          \
+    }                                                                                              \
+    for (; i < n_rows; i++)                                                                        \
+        for (j = 0; j < w; j++) {                                                                  \
+            double g = dy[i * stride + j];                                                         \
+            s1[j] += g;                                                                            \
+            s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);                            \
+        }                                                                                          \
+}                                                                                                  \
+/* (M, D) elementwise sweeps (any order of rows gives the same values). When every row starts at  \
+ * the same offset within a cache line, rows go four at a time, so that each column's             \
+ * coefficients are loaded once per four rows; otherwise one row at a time. */                     \
+static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                                                \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
+        ptrdiff_t n, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
+        const T *FASTBN_RESTRICT beta, int stream) {                                               \
+    ptrdiff_t i = 0, j, r, head = fastbn_x_head(out, n, sizeof(T), stream);                        \
+    if (!((stride * (ptrdiff_t)sizeof(T)) & 63))                                                   \
+        for (; i + 4 <= n_rows; i += 4) {                                                          \
+            const T *x0 = x + i * stride;                                                          \
+            T *o0 = out + i * stride;                                                              \
+            for (r = 0; r < 4; r++)                                                                \
+                for (j = 0; j < head; j++)                                                         \
+                    o0[r * stride + j] = (x0[r * stride + j] - mean[j]) * scale[j] + beta[j];      \
+            for (j = head; j + N <= n; j += N) {                                                   \
+                V m = fastbn_x_loadv_##SUF(mean + j), s = fastbn_x_loadv_##SUF(scale + j),         \
+                  b = fastbn_x_loadv_##SUF(beta + j);                                              \
+                for (r = 0; r < 4; r++)                                                            \
+                    fastbn_x_put_##SUF(o0 + r * stride + j,                                        \
+                                       (fastbn_x_loadv_##SUF(x0 + r * stride + j) - m) * s + b,    \
+                                       stream);                                                    \
+            }                                                                                      \
+            for (r = 0; r < 4; r++)                                                                \
+                for (ptrdiff_t k = j; k < n; k++)                                                  \
+                    o0[r * stride + k] = (x0[r * stride + k] - mean[k]) * scale[k] + beta[k];      \
+        }                                                                                          \
+    for (; i < n_rows; i++) {                                                                      \
+        const T *xi = x + i * stride;                                                              \
+        T *oi = out + i * stride;                                                                  \
+        FASTBN_X_RUN(T, SUF, N, oi,                                                                \
+                     (fastbn_x_loadv_##SUF(xi + j) - fastbn_x_loadv_##SUF(mean + j))               \
+                         * fastbn_x_loadv_##SUF(scale + j) + fastbn_x_loadv_##SUF(beta + j),       \
+                     (xi[j] - mean[j]) * scale[j] + beta[j])                                       \
+    }                                                                                              \
+    if (stream) _mm_sfence();                                                                      \
+}                                                                                                  \
+static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                                    \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT mean,            \
+        const T *FASTBN_RESTRICT invstd, const T *FASTBN_RESTRICT k_dy,                            \
+        const T *FASTBN_RESTRICT k_b, const T *FASTBN_RESTRICT k_g, int stream) {                  \
+    ptrdiff_t i = 0, j, r, head = fastbn_x_head(dx, n, sizeof(T), stream);                         \
+    if (!((stride * (ptrdiff_t)sizeof(T)) & 63))                                                   \
+        for (; i + 4 <= n_rows; i += 4) {                                                          \
+            const T *x0 = x + i * stride, *g0 = dy + i * stride;                                   \
+            T *o0 = dx + i * stride;                                                               \
+            for (r = 0; r < 4; r++)                                                                \
+                for (j = 0; j < head; j++)                                                         \
+                    o0[r * stride + j] = FASTBN_X_COLS_DX1(r * stride + j, j);                     \
+            for (j = head; j + N <= n; j += N) {                                                   \
+                V m = fastbn_x_loadv_##SUF(mean + j), s = fastbn_x_loadv_##SUF(invstd + j),       \
+                  a = fastbn_x_loadv_##SUF(k_dy + j), b = fastbn_x_loadv_##SUF(k_b + j),           \
+                  g = fastbn_x_loadv_##SUF(k_g + j);                                               \
+                for (r = 0; r < 4; r++)                                                            \
+                    fastbn_x_put_##SUF(                                                            \
+                        o0 + r * stride + j,                                                       \
+                        a * (fastbn_x_loadv_##SUF(g0 + r * stride + j) - b                         \
+                             - (fastbn_x_loadv_##SUF(x0 + r * stride + j) - m) * s * g),           \
+                        stream);                                                                   \
+            }                                                                                      \
+            for (r = 0; r < 4; r++)                                                                \
+                for (ptrdiff_t k = j; k < n; k++)                                                  \
+                    o0[r * stride + k] = FASTBN_X_COLS_DX1(r * stride + k, k);                     \
+        }                                                                                          \
+    for (; i < n_rows; i++) {                                                                      \
+        const T *x0 = x + i * stride, *g0 = dy + i * stride;                                       \
+        T *oi = dx + i * stride;                                                                   \
+        FASTBN_X_RUN(T, SUF, N, oi,                                                                \
+                     fastbn_x_loadv_##SUF(k_dy + j)                                                \
+                         * (fastbn_x_loadv_##SUF(g0 + j) - fastbn_x_loadv_##SUF(k_b + j)           \
+                            - (fastbn_x_loadv_##SUF(x0 + j) - fastbn_x_loadv_##SUF(mean + j))      \
+                                  * fastbn_x_loadv_##SUF(invstd + j)                               \
+                                  * fastbn_x_loadv_##SUF(k_g + j)),                                \
+                     FASTBN_X_COLS_DX1(j, j))                                                      \
+    }                                                                                              \
+    if (stream) _mm_sfence();                                                                      \
+}
+
+/* dx of (M, D) at offset `at` from x0/g0, column c (the expression of fastbn_cols_dx_*). */
+#define FASTBN_X_COLS_DX1(at, c)                                                                   \
+    k_dy[c] * (g0[at] - k_b[c] - (x0[at] - mean[c]) * invstd[c] * k_g[c])
+
+FASTBN_DEFINE_X512(float, f, 16, fastbn_x16f)
+FASTBN_DEFINE_X512(double, d, 8, fastbn_x8d)
+
+/* Short layernorm rows, as fastbn_layernorm_rows_* (same arithmetic). */
+#define FASTBN_DEFINE_X512_LAYERNORM(T, SUF)                                                       \
+static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                                             \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, ptrdiff_t n,         \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
+        T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
+    ptrdiff_t r;                                                                                   \
+    for (r = 0; r < n_rows; r++) {                                                                 \
+        const T *xr = x + r * n;                                                                   \
+        double shift = fastbn_x_sum_##SUF(xr, n).s1 / n;                                           \
+        fastbn_sums t = fastbn_x_shifted_sums_##SUF(xr, n, shift);                                 \
+        double v = (t.s2 - t.s1 * t.s1 / n) / n;                                                   \
+        double s = 1.0 / sqrt((v < 0 ? 0.0 : v) + eps);                                            \
+        T mf = (T)(shift + t.s1 / n), sf = (T)s;                                                   \
+        mean[r] = mf;                                                                              \
+        invstd[r] = sf;                                                                            \
+        fastbn_x_row_affine_##SUF(xr, out + r * n, n, mf, sf, gamma, beta, 0);                     \
+    }                                                                                              \
+}
+
+FASTBN_DEFINE_X512_LAYERNORM(float, f)
+FASTBN_DEFINE_X512_LAYERNORM(double, d)
+
+/* Layernorm/groupnorm dx in double from T: out = invstd * gamma * dy - s3 * (x - mean) + b, or
+ * a * dy - s3 * (x - mean) + b without gamma (the expressions of fastbn_row_dx_*). */
+#define FASTBN_X_ROW_DX8(SUF, j)                                                                   \
+    ((gamma ? invstd * fastbn_x_load8_##SUF(gamma + (j)) : (fastbn_x8d)_mm512_set1_pd(a))          \
+     * fastbn_x_load8_##SUF(dy + (j)) - s3 * (fastbn_x_load8_##SUF(x + (j)) - mean) + b)
+#define FASTBN_X_ROW_DX1(T, j)                                                                     \
+    (T)((gamma ? invstd * (double)gamma[j] * (double)dy[j] : a * (double)dy[j])                    \
+        - s3 * ((double)x[j] - mean) + b)
+
+static FASTBN_X512 void fastbn_x_row_dx_f(
+        const float *FASTBN_RESTRICT x, const float *FASTBN_RESTRICT dy, float *FASTBN_RESTRICT dx,
+        ptrdiff_t n, double mean, double invstd, const float *FASTBN_RESTRICT gamma, double a,
+        double s3, double b, int stream) {
+    ptrdiff_t j = 0;
+    if (stream)
+        for (; j < n && ((uintptr_t)(dx + j) & 63); j++) dx[j] = FASTBN_X_ROW_DX1(float, j);
+    for (; j + 16 <= n; j += 16) {
+        __m256 lo = _mm512_cvtpd_ps((__m512d)(FASTBN_X_ROW_DX8(f, j)));
+        __m256 hi = _mm512_cvtpd_ps((__m512d)(FASTBN_X_ROW_DX8(f, j + 8)));
+        __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+        if (stream) _mm512_stream_ps(dx + j, v);
+        else _mm512_storeu_ps(dx + j, v);
+    }
+    for (; j < n; j++) dx[j] = FASTBN_X_ROW_DX1(float, j);
+    if (stream) _mm_sfence();
+}
+
+static FASTBN_X512 void fastbn_x_row_dx_d(
+        const double *FASTBN_RESTRICT x, const double *FASTBN_RESTRICT dy,
+        double *FASTBN_RESTRICT dx, ptrdiff_t n, double mean, double invstd,
+        const double *FASTBN_RESTRICT gamma, double a, double s3, double b, int stream) {
+    ptrdiff_t j = 0;
+    if (stream)
+        for (; j < n && ((uintptr_t)(dx + j) & 63); j++) dx[j] = FASTBN_X_ROW_DX1(double, j);
+    for (; j + 8 <= n; j += 8) {
+        __m512d v = (__m512d)(FASTBN_X_ROW_DX8(d, j));
+        if (stream) _mm512_stream_pd(dx + j, v);
+        else _mm512_storeu_pd(dx + j, v);
+    }
+    for (; j < n; j++) dx[j] = FASTBN_X_ROW_DX1(double, j);
+    if (stream) _mm_sfence();
+}
+
+#define FASTBN_X_NAME "avx512"
+#else
+#define FASTBN_HAVE_X512 0
+static const int fastbn_x512_enabled = 0;
+static void fastbn_simd_init(void) {}
+#endif
+
+/* The instruction set the hot loops use, for fastbn.show_config(). */
+static const char *fastbn_simd_name(void) {
+#if FASTBN_HAVE_X512
+    if (fastbn_x512_enabled) return "avx512";
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6 && defined(__x86_64__)             \
+    && defined(__linux__) && defined(__GLIBC__)
+    return __builtin_cpu_supports("avx2") ? "avx2" : "baseline";
+#else
+    return "baseline";
+#endif
+}
+
+#endif

@@ -1,0 +1,91 @@
+"""The AVX-512 loops and the baseline/AVX2 loops compute the same bits.
+
+The compiled kernels pick their instruction set once, at import (``fastbn._kernels.simd()``);
+``FASTBN_DISABLE_AVX512=1`` forces the baseline/AVX2 path. Every op is run in two fresh
+interpreters, one per path, over shapes that exercise full vectors, vector tails, unaligned rows,
+streamed (>= 8 MiB) and cached outputs, and the results are compared bit for bit.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastbn import _kernels
+
+# (op id, shape, dtype) -- op ids as in tests/registry.py
+CASES = [
+    ("batchnorm-train", (64, 33), "float32"),
+    ("batchnorm-train", (37, 1027), "float64"),
+    ("batchnorm-train", (2100, 1001), "float32"),  # streamed output, unaligned rows
+    ("batchnorm-train", (1031, 1031), "float64"),  # streamed output, unaligned rows
+    ("batchnorm-test", (2100, 1001), "float32"),
+    ("spatial_batchnorm-train-NCHW", (4, 6, 45, 47), "float32"),
+    ("spatial_batchnorm-train-NCHW", (8, 16, 128, 130), "float32"),  # streamed planes
+    ("spatial_batchnorm-train-NCHW", (3, 2, 256, 257), "float64"),  # few channels, streamed
+    ("spatial_batchnorm-train-NHWC", (8, 33, 35, 19), "float32"),
+    ("spatial_batchnorm-test-NCHW", (8, 16, 128, 130), "float32"),
+    ("layernorm-train", (300, 57), "float32"),  # short rows
+    ("layernorm-train", (96, 1031), "float64"),
+    ("layernorm-train", (1100, 2049), "float32"),  # long rows, streamed
+    ("layernorm-train", (5, 70001), "float32"),
+    ("groupnorm-train", (4, 12, 9, 13), "float32"),
+    ("groupnorm-train", (16, 32, 67, 65), "float32"),  # streamed
+    ("groupnorm-train", (3, 8, 31, 33), "float64"),
+]
+
+SCRIPT = r"""
+import hashlib, json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from registry import OPS
+from fastbn import _kernels
+ops = {op.id: op for op in OPS}
+digests = {"simd": _kernels.simd()}
+for op_id, shape, dtype in json.loads(sys.argv[2]):
+    op = ops[op_id]
+    x, gamma, beta, param = op.make(tuple(shape), np.dtype(dtype), seed=1)
+    out, cache = op.forward(x, gamma, beta, param, backend="cython")
+    dout = np.random.default_rng(2).standard_normal(x.shape).astype(dtype)
+    results = [out, cache.mean, cache.invstd, *op.backward(dout, cache, backend="cython")]
+    if op.uses_running_stats and op.mode == "train":
+        results += [param["running_mean"], param["running_var"]]
+    h = hashlib.sha256()
+    for a in results:
+        h.update(np.ascontiguousarray(a).tobytes())
+    digests[f"{op_id} {shape} {dtype}"] = h.hexdigest()
+print(json.dumps(digests))
+"""
+
+
+def _digests(disable_avx512):
+    env = dict(os.environ)
+    env.pop("FASTBN_DISABLE_AVX512", None)
+    if disable_avx512:
+        env["FASTBN_DISABLE_AVX512"] = "1"
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, tests_dir, json.dumps(CASES)],
+        env=env, capture_output=True, text=True, check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def _has_avx512():
+    return _kernels.simd() == "avx512"
+
+
+@pytest.mark.skipif(not _has_avx512(), reason="this CPU (or build) has no AVX-512 path")
+def test_avx512_and_baseline_paths_give_identical_bits():
+    fast = _digests(disable_avx512=False)
+    base = _digests(disable_avx512=True)
+    assert fast.pop("simd") == "avx512"
+    assert base.pop("simd") in ("avx2", "baseline")
+    differing = [case for case in fast if fast[case] != base[case]]
+    assert not differing, f"AVX-512 and baseline results differ for {differing}"
+
+
+def test_disable_switch_selects_the_baseline_path():
+    assert _digests(disable_avx512=True)["simd"] in ("avx2", "baseline")
