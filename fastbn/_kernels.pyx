@@ -119,6 +119,10 @@ cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
 cdef enum:
     TARGET_TASKS = 16  # also the most chunks a statistic is ever split into
+# Layernorm backward takes rows four at a time up to this many bytes per row (four rows of x and
+# of dy, 512 KiB at most, stay in L2 for the dx sweep); longer rows one at a time. Rows are
+# contiguous, so the hardware prefetchers stream them without software prefetches.
+cdef Py_ssize_t ROWS4_MAX_BYTES = 1 << 16
 # Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
 # Upper bound on the number of doubles in one array of per-chunk partials.
@@ -710,8 +714,6 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            if r + 1 < R:  # hardware prefetchers stop at page boundaries: ask for the next row
-                fastbn_prefetch(xr + n, n * sizeof(floating))
             # Two passes over the cached row: the mean, then the sums shifted by it (the
             # corrected two-pass algorithm, accurate for any offset).
             if floating is float:
@@ -793,19 +795,23 @@ def rows_backward(
         dbeta[:] = 0
         return
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
-    cdef double[:, ::1] part_dgamma = np.zeros((K, C))
-    cdef double[:, ::1] part_dbeta = np.zeros((K, C))
+    # Partials are zeroed by the thread that uses them: writing a fresh page first costs a plain
+    # page fault, while np.zeros' pages would be copied on write, each copy flushing the TLB of
+    # every thread of the process.
+    cdef double[:, ::1] part_dgamma = np.empty((K, C))
+    cdef double[:, ::1] part_dbeta = np.empty((K, C))
     cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
     with nogil:
         for q in prange(K, num_threads=n_threads, schedule='static'):
+            for c in range(C):
+                part_dgamma[q, c] = 0.0
+                part_dbeta[q, c] = 0.0
             n0 = _chunk_start(q, N, K)
             n1 = _chunk_start(q + 1, N, K)
             n = n0
-            if L == 1 and groups == 1 and Cg >= 256:  # long layernorm rows: four at a time
+            if L == 1 and groups == 1 and Cg >= 256 and Cg * <Py_ssize_t>sizeof(floating) <= ROWS4_MAX_BYTES:
+                # long layernorm rows, four at a time (their x and dy stay in L2 for the dx sweep)
                 while n + 4 <= n1:
-                    if n + 8 <= R:
-                        fastbn_prefetch(&x[n + 4, 0, 0], 4 * Cg * sizeof(floating))
-                        fastbn_prefetch(&dy[n + 4, 0, 0], 4 * Cg * sizeof(floating))
                     for k in range(4):
                         scratch[q, k] = <double>mean[n + k]
                         scratch[q, 4 + k] = <double>invstd[n + k]
@@ -830,9 +836,6 @@ def rows_backward(
                     xr = &x[r, 0, 0]
                     dr = &dy[r, 0, 0]
                     oxr = &dx[r, 0, 0]
-                    if r + 1 < R:
-                        fastbn_prefetch(xr + Cg * L, Cg * L * sizeof(floating))
-                        fastbn_prefetch(dr + Cg * L, Cg * L * sizeof(floating))
                     c0 = g * Cg
                     s = <double>invstd[r]
                     m = <double>mean[r]

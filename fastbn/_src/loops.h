@@ -78,13 +78,15 @@ FASTBN_INLINE double fastbn_hsum(fastbn_v4d a0, fastbn_v4d a1) {
     fastbn_v4d s = a0 + a1;
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
+/* Sixteen lanes, element j in lane j % 16: lanes 0-3 in a0, 4-7 in a1, 8-11 in a2, 12-15 in a3
+ * (four independent dependency chains); lanes l and l + 8 are added first, then as above. */
 #define FASTBN_VEC(BODY4, BODY1)                                                                   \
-    fastbn_v4d a0 = {0, 0, 0, 0}, a1 = a0, b0 = a0, b1 = a0;                                       \
+    fastbn_v4d a0 = {0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;   \
     ptrdiff_t j = 0;                                                                               \
-    for (; j + 8 <= n; j += 8) {                                                                   \
-        BODY4(0, a0, b0) BODY4(4, a1, b1)                                                          \
+    for (; j + 16 <= n; j += 16) {                                                                 \
+        BODY4(0, a0, b0) BODY4(4, a1, b1) BODY4(8, a2, b2) BODY4(12, a3, b3)                       \
     }                                                                                              \
-    double sa = fastbn_hsum(a0, a1), sb = fastbn_hsum(b0, b1);                                     \
+    double sa = fastbn_hsum(a0 + a2, a1 + a3), sb = fastbn_hsum(b0 + b2, b1 + b3);                 \
     for (; j < n; j++) { BODY1 }                                                                   \
     fastbn_sums r = {sa, sb};                                                                      \
     return r;
@@ -404,41 +406,39 @@ FASTBN_DEFINE_SWEEPS(double, d)
 /* Layernorm backward, four rows at once (row r at x + r * stride): per column j,
  * db[j] += sum_r dy_r, dg[j] += sum_r dy_r * (x_r - mean[r]) * invstd[r], so each column's
  * partials are loaded and stored once per four rows; per row r, out[2r] = sum gamma * dy_r and
- * out[2r+1] = sum gamma * dy_r * (x_r - mean[r]), each over 4 lanes (j % 4) added in a fixed order.
- * mean, invstd, out: the caller's (thread-private) arrays of 4, 4 and 8 values. */
+ * out[2r+1] = sum gamma * dy_r * (x_r - mean[r]), element j in lane j % 8 (as FASTBN_VEC: two
+ * 4-wide halves, added in a fixed order). mean, invstd, out: the caller's (thread-private) arrays
+ * of 4, 4 and 8 values. */
 #define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
 static FASTBN_HOT void fastbn_rows4_grad_sums_##SUF(                                               \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
         const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,    \
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out) {                     \
-    fastbn_v4d zero = {0, 0, 0, 0}, A[4] = {zero, zero, zero, zero}, B[4] = {zero, zero, zero, zero}; \
+    FASTBN_X512_VOID(fastbn_x_rows4_grad_sums_##SUF(x, dy, stride, gamma, n, mean, invstd, db, dg, \
+                                                    out))                                          \
+    fastbn_v4d zero = {0, 0, 0, 0}, A[8], B[8]; /* row r: lanes 0-3 in [2r], 4-7 in [2r + 1] */    \
     double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};                                             \
-    ptrdiff_t j = 0, r;                                                                            \
-    for (; j + 4 <= n; j += 4) {                                                                   \
-        fastbn_v4d gm = LOAD4(gamma + j), sdb = zero, sdg = zero;                                  \
-        for (r = 0; r < 4; r++) {                                                                  \
-            fastbn_v4d g = LOAD4(dy + r * stride + j), xc = LOAD4(x + r * stride + j) - mean[r];   \
-            sdb += g;                                                                              \
-            sdg += g * xc * invstd[r];                                                             \
-            g *= gm;                                                                               \
-            A[r] += g;                                                                             \
-            B[r] += g * xc;                                                                        \
+    ptrdiff_t j = 0, r, h;                                                                         \
+    for (r = 0; r < 8; r++) A[r] = B[r] = zero;                                                    \
+    for (; j + 8 <= n; j += 8)                                                                     \
+        for (h = 0; h < 8; h += 4) {                                                               \
+            fastbn_v4d gm = LOAD4(gamma + j + h), sdb = zero, sdg = zero;                          \
+            for (r = 0; r < 4; r++) {                                                              \
+                fastbn_v4d g = LOAD4(dy + r * stride + j + h),                                     \
+                           xc = LOAD4(x + r * stride + j + h) - mean[r];                           \
+                sdb += g;                                                                          \
+                sdg += g * xc * invstd[r];                                                         \
+                g *= gm;                                                                           \
+                A[2 * r + h / 4] += g;                                                             \
+                B[2 * r + h / 4] += g * xc;                                                        \
+            }                                                                                      \
+            fastbn_store4(db + j + h, fastbn_load4_d(db + j + h) + sdb);                           \
+            fastbn_store4(dg + j + h, fastbn_load4_d(dg + j + h) + sdg);                           \
         }                                                                                          \
-        fastbn_store4(db + j, fastbn_load4_d(db + j) + sdb);                                       \
-        fastbn_store4(dg + j, fastbn_load4_d(dg + j) + sdg);                                       \
-    }                                                                                              \
-    for (; j < n; j++)                                                                             \
-        for (r = 0; r < 4; r++) {                                                                  \
-            double g = (double)dy[r * stride + j], xc = (double)x[r * stride + j] - mean[r];       \
-            db[j] += g;                                                                            \
-            dg[j] += g * xc * invstd[r];                                                           \
-            g *= (double)gamma[j];                                                                 \
-            sa[r] += g;                                                                            \
-            sb[r] += g * xc;                                                                       \
-        }                                                                                          \
+    FASTBN_ROWS4_TAIL                                                                              \
     for (r = 0; r < 4; r++) {                                                                      \
-        out[2 * r] = ((A[r][0] + A[r][1]) + (A[r][2] + A[r][3])) + sa[r];                          \
-        out[2 * r + 1] = ((B[r][0] + B[r][1]) + (B[r][2] + B[r][3])) + sb[r];                      \
+        out[2 * r] = fastbn_hsum(A[2 * r], A[2 * r + 1]) + sa[r];                                  \
+        out[2 * r + 1] = fastbn_hsum(B[2 * r], B[2 * r + 1]) + sb[r];                              \
     }                                                                                              \
 }
 #else

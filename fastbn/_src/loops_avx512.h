@@ -23,6 +23,18 @@
 
 #include <stdlib.h>
 
+/* The last n % 8 columns of fastbn_rows4_grad_sums_* (shared by both paths). */
+#define FASTBN_ROWS4_TAIL                                                                          \
+    for (; j < n; j++)                                                                             \
+        for (r = 0; r < 4; r++) {                                                                  \
+            double g = (double)dy[r * stride + j], xc = (double)x[r * stride + j] - mean[r];       \
+            db[j] += g;                                                                            \
+            dg[j] += g * xc * invstd[r];                                                           \
+            g *= (double)gamma[j];                                                                 \
+            sa[r] += g;                                                                            \
+            sb[r] += g * xc;                                                                       \
+        }
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))                               \
     && (defined(__clang__) || __GNUC__ >= 7)
 #define FASTBN_HAVE_X512 1
@@ -84,12 +96,13 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
     return (s0 + s1) + (s2 + s3);
 }
 
-/* Double sums of n contiguous values, element j in lane j % 8 (as FASTBN_VEC). */
+/* Double sums of n contiguous values, element j in lane j % 16 (as FASTBN_VEC): lanes 0-7 in A0
+ * and B0, 8-15 in A1 and B1. BODY8(o, A, B) adds elements j + o .. j + o + 7 to A and B. */
 #define FASTBN_X_VEC(BODY8, BODY1)                                                                 \
-    fastbn_x8d A = {0, 0, 0, 0, 0, 0, 0, 0}, B = A;                                                \
+    fastbn_x8d A0 = {0, 0, 0, 0, 0, 0, 0, 0}, A1 = A0, B0 = A0, B1 = A0;                           \
     ptrdiff_t j = 0;                                                                               \
-    for (; j + 8 <= n; j += 8) { BODY8 }                                                           \
-    double sa = fastbn_x_hsum(A), sb = fastbn_x_hsum(B);                                           \
+    for (; j + 16 <= n; j += 16) { BODY8(0, A0, B0) BODY8(8, A1, B1) }                             \
+    double sa = fastbn_x_hsum(A0 + A1), sb = fastbn_x_hsum(B0 + B1);                               \
     for (; j < n; j++) { BODY1 }                                                                   \
     fastbn_sums r = {sa, sb};                                                                      \
     return r;
@@ -109,31 +122,36 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
         for (; j < n; j++) OUT[j] = SEXPR;                                                         \
     }
 
+/* Bodies of FASTBN_X_VEC, as FASTBN_SUM4 .. FASTBN_ROW4 of loops.h (LOAD8: T -> doubles). */
+#define FASTBN_X_SUM8(o, A, B) { A += LOAD8(x + j + o); }
+#define FASTBN_X_SHIFTED8(o, A, B) { fastbn_x8d t = LOAD8(x + j + o) - shift; A += t; B += t * t; }
+#define FASTBN_X_GRAD8(o, A, B)                                                                    \
+    { fastbn_x8d g = LOAD8(dy + j + o); A += g; B += g * (LOAD8(x + j + o) - mean); }
+#define FASTBN_X_ROW8(o, A, B)                                                                     \
+    { fastbn_x8d g = LOAD8(dy + j + o), xc = LOAD8(x + j + o) - mean;                              \
+      fastbn_x_storev_d(db + j + o, fastbn_x_loadv_d(db + j + o) + g);                             \
+      fastbn_x_storev_d(dg + j + o, fastbn_x_loadv_d(dg + j + o) + g * xc * invstd);               \
+      g *= LOAD8(gamma + j + o); A += g; B += g * xc; }
+
 #define FASTBN_DEFINE_X512(T, SUF, N, V)                                                           \
 static FASTBN_X512 fastbn_sums fastbn_x_sum_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {       \
-    FASTBN_X_VEC(A += fastbn_x_load8_##SUF(x + j);, sa += (double)x[j];)                           \
+    FASTBN_X_VEC(FASTBN_X_SUM8, sa += (double)x[j];)                           \
 }                                                                                                  \
 static FASTBN_X512 fastbn_sums fastbn_x_shifted_sums_##SUF(const T *FASTBN_RESTRICT x,             \
                                                            ptrdiff_t n, double shift) {            \
-    FASTBN_X_VEC(fastbn_x8d t = fastbn_x_load8_##SUF(x + j) - shift; A += t; B += t * t;,          \
-                 double t = (double)x[j] - shift; sa += t; sb += t * t;)                           \
+    FASTBN_X_VEC(FASTBN_X_SHIFTED8, double t = (double)x[j] - shift; sa += t; sb += t * t;)                           \
 }                                                                                                  \
 static FASTBN_X512 fastbn_sums fastbn_x_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                \
                                                         const T *FASTBN_RESTRICT dy, ptrdiff_t n,  \
                                                         double mean) {                             \
-    FASTBN_X_VEC(fastbn_x8d g = fastbn_x_load8_##SUF(dy + j); A += g;                              \
-                 B += g * (fastbn_x_load8_##SUF(x + j) - mean);,                                   \
+    FASTBN_X_VEC(FASTBN_X_GRAD8,                                                                   \
                  double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean);)              \
 }                                                                                                  \
 static FASTBN_X512 fastbn_sums fastbn_x_row_grad_sums_##SUF(                                       \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, const T *FASTBN_RESTRICT gamma,   \
         ptrdiff_t n, double mean, double invstd,                                                   \
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                                  \
-    FASTBN_X_VEC(fastbn_x8d g = fastbn_x_load8_##SUF(dy + j);                                      \
-                 fastbn_x8d xc = fastbn_x_load8_##SUF(x + j) - mean;                               \
-                 fastbn_x_storev_d(db + j, fastbn_x_loadv_d(db + j) + g);                          \
-                 fastbn_x_storev_d(dg + j, fastbn_x_loadv_d(dg + j) + g * xc * invstd);            \
-                 g *= fastbn_x_load8_##SUF(gamma + j); A += g; B += g * xc;,                       \
+    FASTBN_X_VEC(FASTBN_X_ROW8,                                                                    \
                  double g = (double)dy[j]; double xc = (double)x[j] - mean; db[j] += g;            \
                  dg[j] += g * xc * invstd; g *= (double)gamma[j]; sa += g; sb += g * xc;)          \
 }                                                                                                  \
@@ -345,8 +363,44 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
 #define FASTBN_X_COLS_DX1(at, c)                                                                   \
     k_dy[c] * (g0[at] - k_b[c] - (x0[at] - mean[c]) * invstd[c] * k_g[c])
 
+#define LOAD8 fastbn_x_load8_f
 FASTBN_DEFINE_X512(float, f, 16, fastbn_x16f)
+#undef LOAD8
+#define LOAD8 fastbn_x_load8_d
 FASTBN_DEFINE_X512(double, d, 8, fastbn_x8d)
+#undef LOAD8
+
+/* Layernorm backward, four rows at once: fastbn_rows4_grad_sums_* with each row's eight lanes in
+ * one vector. */
+#define FASTBN_DEFINE_X512_ROWS4(T, SUF)                                                           \
+static FASTBN_X512 void fastbn_x_rows4_grad_sums_##SUF(                                            \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
+        const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,    \
+        double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out) {                     \
+    fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0}, A[4], B[4];                                        \
+    double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};                                             \
+    ptrdiff_t j = 0, r;                                                                            \
+    for (r = 0; r < 4; r++) A[r] = B[r] = zero;                                                    \
+    for (; j + 8 <= n; j += 8) {                                                                   \
+        fastbn_x8d gm = fastbn_x_load8_##SUF(gamma + j), sdb = zero, sdg = zero;                   \
+        for (r = 0; r < 4; r++) {                                                                  \
+            fastbn_x8d g = fastbn_x_load8_##SUF(dy + r * stride + j),                              \
+                       xc = fastbn_x_load8_##SUF(x + r * stride + j) - mean[r];                    \
+            sdb += g;                                                                              \
+            sdg += g * xc * invstd[r];                                                             \
+            g *= gm;                                                                               \
+            A[r] += g;                                                                             \
+            B[r] += g * xc;                                                                        \
+        }                                                                                          \
+        fastbn_x_storev_d(db + j, fastbn_x_loadv_d(db + j) + sdb);                                 \
+        fastbn_x_storev_d(dg + j, fastbn_x_loadv_d(dg + j) + sdg);                                 \
+    }                                                                                              \
+    FASTBN_ROWS4_TAIL                                                                              \
+    for (r = 0; r < 4; r++) {                                                                      \
+        out[2 * r] = fastbn_x_hsum(A[r]) + sa[r];                                                  \
+        out[2 * r + 1] = fastbn_x_hsum(B[r]) + sb[r];                                              \
+    }                                                                                              \
+}
 
 /* Short layernorm rows, as fastbn_layernorm_rows_* (same arithmetic). */
 #define FASTBN_DEFINE_X512_LAYERNORM(T, SUF)                                                       \
@@ -370,6 +424,8 @@ static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                          
 
 FASTBN_DEFINE_X512_LAYERNORM(float, f)
 FASTBN_DEFINE_X512_LAYERNORM(double, d)
+FASTBN_DEFINE_X512_ROWS4(float, f)
+FASTBN_DEFINE_X512_ROWS4(double, d)
 
 /* Layernorm/groupnorm dx in double from T: out = invstd * gamma * dy - s3 * (x - mean) + b, or
  * a * dy - s3 * (x - mean) + b without gamma (the expressions of fastbn_row_dx_*). */
