@@ -110,17 +110,23 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
 /* A contiguous run out[0..n): VEXPR gives the vector at j, SEXPR the value at j. With `stream`,
  * the lines wholly inside the run get streaming stores and the partial lines at either end
  * ordinary ones (the neighbouring run may share them); the caller fences at the end. */
-#define FASTBN_X_RUN(T, SUF, N, OUT, VEXPR, SEXPR)                                                 \
+#define FASTBN_X_RUN(T, SUF, N, OUT, VEXPR, SEXPR) FASTBN_X_RUN_PF(T, SUF, N, OUT, VEXPR, SEXPR, )
+/* The same, running the statement PF (prefetches of the inputs) once per vector. */
+#define FASTBN_X_RUN_PF(T, SUF, N, OUT, VEXPR, SEXPR, PF)                                          \
     {                                                                                              \
         ptrdiff_t j = 0;                                                                           \
         if (stream) {                                                                              \
             for (; j < n && ((uintptr_t)(OUT + j) & 63); j++) OUT[j] = SEXPR;                      \
-            for (; j + N <= n; j += N) fastbn_x_streamv_##SUF(OUT + j, VEXPR);                     \
+            for (; j + N <= n; j += N) { PF fastbn_x_streamv_##SUF(OUT + j, VEXPR); }              \
         } else {                                                                                   \
-            for (; j + N <= n; j += N) fastbn_x_storev_##SUF(OUT + j, VEXPR);                      \
+            for (; j + N <= n; j += N) { PF fastbn_x_storev_##SUF(OUT + j, VEXPR); }               \
         }                                                                                          \
         for (; j < n; j++) OUT[j] = SEXPR;                                                         \
     }
+/* Software prefetch of p[j + d] with d about FASTBN_X_AHEAD bytes ahead: the (M, D) sweeps read
+ * one line per vector per row from memory, and the hardware prefetchers alone fall behind. */
+#define FASTBN_X_AHEAD 2048
+#define FASTBN_X_PREFETCH(p, d) _mm_prefetch((const char *)((p) + (d)), _MM_HINT_T0);
 
 /* Bodies of FASTBN_X_VEC, as FASTBN_SUM4 .. FASTBN_ROW4 of loops.h (LOAD8: T -> doubles). */
 #define FASTBN_X_SUM8(o, A, B) { A += LOAD8(x + j + o); }
@@ -288,6 +294,7 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
         ptrdiff_t n, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
         const T *FASTBN_RESTRICT beta, int stream) {                                               \
     ptrdiff_t i = 0, j, r, head = fastbn_x_head(out, n, sizeof(T), stream);                        \
+    ptrdiff_t near = FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T), far = 2 * near;                        \
     if (!((stride * (ptrdiff_t)sizeof(T)) & 63))                                                   \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride;                                                          \
@@ -298,10 +305,12 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
             for (j = head; j + N <= n; j += N) {                                                   \
                 V m = fastbn_x_loadv_##SUF(mean + j), s = fastbn_x_loadv_##SUF(scale + j),         \
                   b = fastbn_x_loadv_##SUF(beta + j);                                              \
-                for (r = 0; r < 4; r++)                                                            \
+                for (r = 0; r < 4; r++) {                                                          \
+                    FASTBN_X_PREFETCH(x0 + r * stride + j, near)                                   \
                     fastbn_x_put_##SUF(o0 + r * stride + j,                                        \
                                        (fastbn_x_loadv_##SUF(x0 + r * stride + j) - m) * s + b,    \
                                        stream);                                                    \
+                }                                                                                  \
             }                                                                                      \
             for (r = 0; r < 4; r++)                                                                \
                 for (ptrdiff_t k = j; k < n; k++)                                                  \
@@ -310,10 +319,11 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
     for (; i < n_rows; i++) {                                                                      \
         const T *xi = x + i * stride;                                                              \
         T *oi = out + i * stride;                                                                  \
-        FASTBN_X_RUN(T, SUF, N, oi,                                                                \
-                     (fastbn_x_loadv_##SUF(xi + j) - fastbn_x_loadv_##SUF(mean + j))               \
-                         * fastbn_x_loadv_##SUF(scale + j) + fastbn_x_loadv_##SUF(beta + j),       \
-                     (xi[j] - mean[j]) * scale[j] + beta[j])                                       \
+        FASTBN_X_RUN_PF(T, SUF, N, oi,                                                             \
+                        (fastbn_x_loadv_##SUF(xi + j) - fastbn_x_loadv_##SUF(mean + j))            \
+                            * fastbn_x_loadv_##SUF(scale + j) + fastbn_x_loadv_##SUF(beta + j),    \
+                        (xi[j] - mean[j]) * scale[j] + beta[j],                                    \
+                        FASTBN_X_PREFETCH(xi + j, far))                                            \
     }                                                                                              \
     if (stream) _mm_sfence();                                                                      \
 }                                                                                                  \
@@ -323,6 +333,7 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
         const T *FASTBN_RESTRICT invstd, const T *FASTBN_RESTRICT k_dy,                            \
         const T *FASTBN_RESTRICT k_b, const T *FASTBN_RESTRICT k_g, int stream) {                  \
     ptrdiff_t i = 0, j, r, head = fastbn_x_head(dx, n, sizeof(T), stream);                         \
+    ptrdiff_t far = 2 * FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T);                                     \
     if (!((stride * (ptrdiff_t)sizeof(T)) & 63))                                                   \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride, *g0 = dy + i * stride;                                   \
@@ -348,13 +359,14 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
     for (; i < n_rows; i++) {                                                                      \
         const T *x0 = x + i * stride, *g0 = dy + i * stride;                                       \
         T *oi = dx + i * stride;                                                                   \
-        FASTBN_X_RUN(T, SUF, N, oi,                                                                \
-                     fastbn_x_loadv_##SUF(k_dy + j)                                                \
-                         * (fastbn_x_loadv_##SUF(g0 + j) - fastbn_x_loadv_##SUF(k_b + j)           \
-                            - (fastbn_x_loadv_##SUF(x0 + j) - fastbn_x_loadv_##SUF(mean + j))      \
-                                  * fastbn_x_loadv_##SUF(invstd + j)                               \
-                                  * fastbn_x_loadv_##SUF(k_g + j)),                                \
-                     FASTBN_X_COLS_DX1(j, j))                                                      \
+        FASTBN_X_RUN_PF(T, SUF, N, oi,                                                             \
+                        fastbn_x_loadv_##SUF(k_dy + j)                                             \
+                            * (fastbn_x_loadv_##SUF(g0 + j) - fastbn_x_loadv_##SUF(k_b + j)        \
+                               - (fastbn_x_loadv_##SUF(x0 + j) - fastbn_x_loadv_##SUF(mean + j))   \
+                                     * fastbn_x_loadv_##SUF(invstd + j)                            \
+                                     * fastbn_x_loadv_##SUF(k_g + j)),                             \
+                        FASTBN_X_COLS_DX1(j, j),                                                   \
+                        FASTBN_X_PREFETCH(x0 + j, far) FASTBN_X_PREFETCH(g0 + j, far))             \
     }                                                                                              \
     if (stream) _mm_sfence();                                                                      \
 }
