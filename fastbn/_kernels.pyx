@@ -106,6 +106,12 @@ cdef extern from "loops.h" nogil:
 # Column blocks of the (M, D) grid: a task covers at most COL_BLOCK columns (blocks of balanced
 # widths) of a chunk of rows.
 cdef Py_ssize_t COL_BLOCK = 4096
+# (M, D) with fewer than WIDE_COLS columns is seen as (M // k, k * D), k = ceil(WIDE_COLS / D),
+# when that leaves at least MIN_WIDE_ROWS wide rows: k consecutive rows make one wide row, so
+# that the sweeps run over long rows (one set of coefficients per four of them) instead of
+# short ones. Per-column results are combined over the k column groups.
+cdef Py_ssize_t WIDE_COLS = 1024
+cdef Py_ssize_t MIN_WIDE_ROWS = 16
 # Elementwise sweeps of (M, D) run over tiles of at least AFFINE_ROWS rows (and about
 # AFFINE_TILE_BYTES of output) x AFFINE_COLS columns, so that
 # the per-column coefficients of a tile stay in L1 while its rows stream through.
@@ -232,32 +238,31 @@ cdef inline void _fold_one(
 
 
 cdef inline void _merge_and_fold(
-    const double[:, ::1] part_mean,  # IN (K, D) per-chunk means, K <= TARGET_TASKS
+    const double[:, ::1] part_mean,  # IN (K, D) per-chunk means
     const double[:, ::1] part_m2,    # IN (K, D) per-chunk sums of squared deviations
     const double[::1] counts,        # IN (K,) values per chunk and column
     const floating[::1] gamma, double eps,
     floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,  # OUT (D,)
     double[::1] var,                 # OUT (D,) biased variance
+    double[:, ::1] weights,          # SCRATCH (2, K)
     int n_threads,
 ) noexcept nogil:
     """Chan's pairwise merge of chunk moments, in chunk order, then the folded affine constants,
     for every column. The merge weights depend on the chunk only and are computed once."""
     cdef Py_ssize_t K = part_mean.shape[0], D = part_mean.shape[1], k, d
-    cdef double w_mean[TARGET_TASKS]
-    cdef double w_m2[TARGET_TASKS]
     cdef double n_a = counts[0], n_ab, mean_a, m2_a, delta
     for k in range(1, K):
         n_ab = n_a + counts[k]
-        w_mean[k] = counts[k] / n_ab
-        w_m2[k] = n_a * counts[k] / n_ab
+        weights[0, k] = counts[k] / n_ab
+        weights[1, k] = n_a * counts[k] / n_ab
         n_a = n_ab
     for d in prange(D, num_threads=n_threads, schedule='static'):
         mean_a = part_mean[0, d]
         m2_a = part_m2[0, d]
         for k in range(1, K):
             delta = part_mean[k, d] - mean_a
-            mean_a = mean_a + delta * w_mean[k]
-            m2_a = m2_a + part_m2[k, d] + delta * delta * w_m2[k]
+            mean_a = mean_a + delta * weights[0, k]
+            m2_a = m2_a + part_m2[k, d] + delta * delta * weights[1, k]
         var[d] = _variance(m2_a, n_a)
         _fold_one(mean_a, var[d], gamma, eps, d, mean_out, invstd_out, scale)
 
@@ -323,27 +328,73 @@ cdef inline void _cols_task_moments(
         m2[j] = m2[j] - t * t / n
 
 
+cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
+    """k such that (M, D) is seen as (M // k, k * D) wide rows (see WIDE_COLS), 1 for none."""
+    cdef Py_ssize_t k
+    if D == 0 or D >= WIDE_COLS:
+        return 1
+    k = _ceil_div(WIDE_COLS, D)
+    return k if M // k >= MIN_WIDE_ROWS else 1
+
+
+cdef inline void _tile(const floating* src, Py_ssize_t D, Py_ssize_t k, floating* dst) noexcept nogil:
+    """dst = src repeated k times (the coefficients of a wide row)."""
+    cdef Py_ssize_t g, j
+    for g in range(k):
+        for j in range(D):
+            dst[g * D + j] = src[j]
+
+
 cdef inline void _cols_affine(
-    const floating[:, ::1] x, const floating[::1] mean, const floating[::1] scale,
-    const floating[::1] beta, floating[:, ::1] out, int n_threads,
+    const floating* x, floating* out, Py_ssize_t M, Py_ssize_t D,
+    const floating* mean, const floating* scale, const floating* beta, int n_threads,
 ) noexcept nogil:
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], t, r0, c0, w
+    """out = (x - mean) * scale + beta per column of the (M, D) array x (row stride D)."""
+    cdef Py_ssize_t t, r0, r1, c0, w
     # row tiles of balanced heights (any tiling gives the same values: the sweep is elementwise)
     cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows), r1
+    cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows)
+    if M == 0 or D == 0:
+        return
     for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='static'):
         r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
         r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
         c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
         w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
         if floating is float:
-            fastbn_cols_affine_f(&x[r0, c0], &out[r0, c0], D, r1 - r0, w,
-                                 &mean[c0], &scale[c0], &beta[c0], stream)
+            fastbn_cols_affine_f(x + r0 * D + c0, out + r0 * D + c0, D, r1 - r0, w,
+                                 mean + c0, scale + c0, beta + c0, stream)
         else:
-            fastbn_cols_affine_d(&x[r0, c0], &out[r0, c0], D, r1 - r0, w,
-                                 &mean[c0], &scale[c0], &beta[c0], stream)
+            fastbn_cols_affine_d(x + r0 * D + c0, out + r0 * D + c0, D, r1 - r0, w,
+                                 mean + c0, scale + c0, beta + c0, stream)
+
+
+cdef inline void _cols_dx(
+    const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t D,
+    const floating* mean, const floating* invstd, const floating* k_dy, const floating* k_b,
+    const floating* k_g, int n_threads,
+) noexcept nogil:
+    """dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g) per column of (M, D) arrays."""
+    cdef Py_ssize_t t, r0, r1, c0, w
+    cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows)
+    if M == 0 or D == 0:
+        return
+    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='static'):
+        r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
+        r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
+        c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
+        w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
+        if floating is float:
+            fastbn_cols_dx_f(x + r0 * D + c0, dy + r0 * D + c0, dx + r0 * D + c0, D, r1 - r0, w,
+                             mean + c0, invstd + c0, k_dy + c0, k_b + c0, k_g + c0, stream)
+        else:
+            fastbn_cols_dx_d(x + r0 * D + c0, dy + r0 * D + c0, dx + r0 * D + c0, D, r1 - r0, w,
+                             mean + c0, invstd + c0, k_dy + c0, k_b + c0, k_g + c0, stream)
 
 
 cdef inline object _np_dtype(floating zero):
@@ -352,6 +403,36 @@ cdef inline object _np_dtype(floating zero):
         return np.float32
     else:
         return np.float64
+
+
+cdef class _Wide:
+    """How an (M, D) array is cut for the column kernels: k consecutive rows make one wide row
+    of k * D values (k = 1: none), Mw = M // k wide rows in K chunks of rows, and the
+    rem = M - Mw * k rows left over form one more chunk. Per-column partials are stored as
+    P = K * k (+ 1 for the rest) rows of D values: chunk q's column group g is row q * k + g."""
+    cdef Py_ssize_t M, D, k, Mw, Dw, rem, K, n_col_blocks, P
+
+    def __cinit__(self, Py_ssize_t M, Py_ssize_t D):
+        self.M = M
+        self.D = D
+        self.k = _wide_factor(M, D)
+        self.Mw = M // self.k
+        self.Dw = self.k * D
+        self.rem = M - self.Mw * self.k
+        self.K = _n_row_chunks(self.Mw, self.Dw)
+        self.n_col_blocks = _ceil_div(self.Dw, COL_BLOCK)
+        self.P = self.K * self.k + (1 if self.rem > 0 else 0)
+
+
+cdef inline void _wide_task(
+    _Wide cut, Py_ssize_t task, Py_ssize_t* r0, Py_ssize_t* r1, Py_ssize_t* c0, Py_ssize_t* c1,
+) noexcept nogil:
+    """Rows r0..r1-1 and columns c0..c1-1 of the wide view covered by a reduction task."""
+    cdef Py_ssize_t q = task // cut.n_col_blocks, b = task % cut.n_col_blocks
+    r0[0] = _chunk_start(q, cut.Mw, cut.K)
+    r1[0] = _chunk_start(q + 1, cut.Mw, cut.K)
+    c0[0] = _chunk_start(b, cut.Dw, cut.n_col_blocks)
+    c1[0] = _chunk_start(b + 1, cut.Dw, cut.n_col_blocks)
 
 
 def cols_forward_train(
@@ -369,25 +450,40 @@ def cols_forward_train(
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
-    cdef Py_ssize_t K = _n_row_chunks(M, D), n_col_blocks = _ceil_div(D, COL_BLOCK)
-    cdef Py_ssize_t task, k, b, r0, r1, c0, c1
-    cdef double[:, ::1] part_mean = np.empty((K, D))
-    cdef double[:, ::1] part_m2 = np.empty((K, D))
-    cdef double[::1] counts = np.empty(K)
-    cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
-    for k in range(K):
-        counts[k] = _chunk_start(k + 1, M, K) - _chunk_start(k, M, K)
+    cdef _Wide cut = _Wide(M, D)
+    cdef Py_ssize_t task, q, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
+    cdef double[:, ::1] part_mean = np.empty((cut.P, D))
+    cdef double[:, ::1] part_m2 = np.empty((cut.P, D))
+    cdef double[::1] counts = np.empty(cut.P)
+    cdef double[:, ::1] weights = np.empty((2, cut.P))
+    dtype = _np_dtype(<floating>0)
+    cdef floating[::1] scale = np.empty(D, dtype=dtype)
+    cdef floating[:, ::1] tiled = np.empty((3, Dw), dtype=dtype)
+    for q in range(cut.K):
+        for g in range(k):
+            counts[q * k + g] = _chunk_start(q + 1, Mw, cut.K) - _chunk_start(q, Mw, cut.K)
+    if cut.rem:
+        counts[cut.P - 1] = cut.rem
     with nogil:
-        for task in prange(K * n_col_blocks, num_threads=n_threads, schedule='static'):
-            k = task // n_col_blocks
-            b = task % n_col_blocks
-            r0 = _chunk_start(k, M, K)
-            r1 = _chunk_start(k + 1, M, K)
-            c0 = _chunk_start(b, D, n_col_blocks)
-            c1 = _chunk_start(b + 1, D, n_col_blocks)
-            _cols_task_moments(&x[r0, c0], D, r1 - r0, c1 - c0, &part_mean[k, c0], &part_m2[k, c0])
-        _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var, n_threads)
-        _cols_affine(x, mean, scale, beta, out, n_threads)
+        for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
+                           schedule='static'):
+            if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
+                _cols_task_moments(&x[rest, 0], D, cut.rem, D, &part_mean[cut.P - 1, 0],
+                                   &part_m2[cut.P - 1, 0])
+            else:
+                _wide_task(cut, task, &r0, &r1, &c0, &c1)
+                _cols_task_moments(&x[0, 0] + r0 * Dw + c0, Dw, r1 - r0, c1 - c0,
+                                   &part_mean[0, 0] + (task // cut.n_col_blocks) * Dw + c0,
+                                   &part_m2[0, 0] + (task // cut.n_col_blocks) * Dw + c0)
+        _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var, weights,
+                        n_threads)
+        _tile(&mean[0], D, k, &tiled[0, 0])
+        _tile(&scale[0], D, k, &tiled[1, 0])
+        _tile(&beta[0], D, k, &tiled[2, 0])
+        _cols_affine(&x[0, 0], &out[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0], &tiled[2, 0],
+                     n_threads)
+        if cut.rem:
+            _cols_affine(&x[rest, 0], &out[rest, 0], cut.rem, D, &mean[0], &scale[0], &beta[0], 1)
 
 
 def cols_affine(
@@ -399,10 +495,19 @@ def cols_affine(
     int n_threads,
 ):
     """out = (x - mean) * scale + beta per column (test-mode forward)."""
-    if x.shape[0] == 0 or x.shape[1] == 0:
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+    if M == 0 or D == 0:
         return
+    cdef Py_ssize_t k = _wide_factor(M, D), rest = (M // k) * k
+    cdef floating[:, ::1] tiled = np.empty((3, k * D), dtype=_np_dtype(<floating>0))
     with nogil:
-        _cols_affine(x, mean, scale, beta, out, n_threads)
+        _tile(&mean[0], D, k, &tiled[0, 0])
+        _tile(&scale[0], D, k, &tiled[1, 0])
+        _tile(&beta[0], D, k, &tiled[2, 0])
+        _cols_affine(&x[0, 0], &out[0, 0], M // k, k * D, &tiled[0, 0], &tiled[1, 0],
+                     &tiled[2, 0], n_threads)
+        if rest < M:
+            _cols_affine(&x[rest, 0], &out[rest, 0], M - rest, D, &mean[0], &scale[0], &beta[0], 1)
 
 
 def cols_backward(
@@ -425,53 +530,57 @@ def cols_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    cdef Py_ssize_t K = _n_row_chunks(M, D), n_col_blocks = _ceil_div(D, COL_BLOCK)
-    cdef Py_ssize_t task, k, b, r0, r1, c0, c1, i, t, w, n_col_tiles = _ceil_div(D, AFFINE_COLS)
-    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
-    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef double[:, ::1] part_dy = np.empty((K, D))
-    cdef double[:, ::1] part_dyxc = np.empty((K, D))
+    cdef _Wide cut = _Wide(M, D)
+    cdef Py_ssize_t task, i, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
+    cdef Py_ssize_t p0
+    cdef double[:, ::1] part_dy = np.empty((cut.P, D))
+    cdef double[:, ::1] part_dyxc = np.empty((cut.P, D))
     dtype = _np_dtype(<floating>0)
     cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
     cdef floating[::1] k_b = np.empty(D, dtype=dtype)
     cdef floating[::1] k_g = np.empty(D, dtype=dtype)
-    cdef floating[::1] zeros = np.zeros(D, dtype=dtype)
+    cdef floating[:, ::1] tiled = np.empty((5, Dw), dtype=dtype)  # mean, invstd, k_dy, k_b, k_g
     with nogil:
-        for task in prange(K * n_col_blocks, num_threads=n_threads, schedule='static'):
-            k = task // n_col_blocks
-            b = task % n_col_blocks
-            r0 = _chunk_start(k, M, K)
-            r1 = _chunk_start(k + 1, M, K)
-            c0 = _chunk_start(b, D, n_col_blocks)
-            c1 = _chunk_start(b + 1, D, n_col_blocks)
-            for i in range(c0, c1):
-                part_dy[k, i] = 0.0
-                part_dyxc[k, i] = 0.0
-            if floating is float:
-                fastbn_cols_grad_sums_f(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                        &part_dy[k, c0], &part_dyxc[k, c0])
+        _tile(&mean[0], D, k, &tiled[0, 0])
+        for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
+                           schedule='static'):
+            if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
+                r0, r1, c0, c1, Dw, p0 = rest, M, 0, D, D, (cut.P - 1) * D
             else:
-                fastbn_cols_grad_sums_d(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                        &part_dy[k, c0], &part_dyxc[k, c0])
+                _wide_task(cut, task, &r0, &r1, &c0, &c1)
+                Dw = cut.Dw
+                p0 = (task // cut.n_col_blocks) * Dw
+            for i in range(c0, c1):
+                (&part_dy[0, 0])[p0 + i] = 0.0
+                (&part_dyxc[0, 0])[p0 + i] = 0.0
+            if floating is float:
+                fastbn_cols_grad_sums_f(&x[0, 0] + r0 * Dw + c0, &dy[0, 0] + r0 * Dw + c0, Dw,
+                                        r1 - r0, c1 - c0, &tiled[0, 0] + c0,
+                                        &part_dy[0, 0] + p0 + c0, &part_dyxc[0, 0] + p0 + c0)
+            else:
+                fastbn_cols_grad_sums_d(&x[0, 0] + r0 * Dw + c0, &dy[0, 0] + r0 * Dw + c0, Dw,
+                                        r1 - r0, c1 - c0, &tiled[0, 0] + c0,
+                                        &part_dy[0, 0] + p0 + c0, &part_dyxc[0, 0] + p0 + c0)
         for c0 in prange(D, num_threads=n_threads, schedule='static'):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
+        _tile(&invstd[0], D, k, &tiled[1, 0])
+        _tile(&k_dy[0], D, k, &tiled[2, 0])
+        _tile(&k_b[0], D, k, &tiled[3, 0])
+        _tile(&k_g[0], D, k, &tiled[4, 0])
         if not train:
-            # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in)
-            _cols_affine(dy, zeros, k_dy, zeros, dx, n_threads)
+            # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in);
+            # k_b is 0 in test mode, and serves as the zero mean and beta
+            _cols_affine(&dy[0, 0], &dx[0, 0], Mw, cut.Dw, &tiled[3, 0], &tiled[2, 0],
+                         &tiled[3, 0], n_threads)
+            if cut.rem:
+                _cols_affine(&dy[rest, 0], &dx[rest, 0], cut.rem, D, &k_b[0], &k_dy[0], &k_b[0], 1)
         else:
-            for t in prange(_ceil_div(M, rows) * n_col_tiles, num_threads=n_threads,
-                            schedule='static'):
-                r0 = _chunk_start(t // n_col_tiles, M, _ceil_div(M, rows))
-                r1 = _chunk_start(t // n_col_tiles + 1, M, _ceil_div(M, rows))
-                c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
-                w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
-                if floating is float:
-                    fastbn_cols_dx_f(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
-                                     w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
-                else:
-                    fastbn_cols_dx_d(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0,
-                                     w, &mean[c0], &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+            _cols_dx(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, cut.Dw, &tiled[0, 0], &tiled[1, 0],
+                     &tiled[2, 0], &tiled[3, 0], &tiled[4, 0], n_threads)
+            if cut.rem:
+                _cols_dx(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], cut.rem, D, &mean[0],
+                         &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,6 +656,7 @@ def planes_forward_train(
     cdef double[:, ::1] part_mean = np.empty((Q, C))
     cdef double[:, ::1] part_m2 = np.empty((Q, C))
     cdef double[::1] counts = np.empty(Q)
+    cdef double[:, ::1] weights = np.empty((2, Q))
     cdef floating[::1] scale = np.empty(C, dtype=_np_dtype(<floating>0))
     for q in range(Q):
         counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
@@ -563,7 +673,7 @@ def planes_forward_train(
                     _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
         if Q > 1:
             _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var,
-                            n_threads)
+                            weights, n_threads)
             _planes_affine(x, mean, scale, beta, out, n_threads)
 
 

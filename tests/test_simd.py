@@ -22,6 +22,9 @@ CASES = [
     ("batchnorm-train", (2100, 1001), "float32"),  # streamed output, unaligned rows
     ("batchnorm-train", (1031, 1031), "float64"),  # streamed output, unaligned rows
     ("batchnorm-test", (2100, 1001), "float32"),
+    ("batchnorm-train", (1003, 50), "float32"),  # wide rows of 21 rows, 16 rows left over
+    ("batchnorm-test", (1003, 50), "float64"),
+    ("spatial_batchnorm-train-NHWC", (8, 32, 32, 3), "float64"),  # wide rows of 342 rows
     ("spatial_batchnorm-train-NCHW", (4, 6, 45, 47), "float32"),
     ("spatial_batchnorm-train-NCHW", (8, 16, 128, 130), "float32"),  # streamed planes
     ("spatial_batchnorm-train-NCHW", (3, 2, 256, 257), "float64"),  # few channels, streamed
