@@ -106,11 +106,13 @@ cdef extern from "loops.h" nogil:
 # Column blocks of the (M, D) grid: a task covers at most COL_BLOCK columns (blocks of balanced
 # widths) of a chunk of rows.
 cdef Py_ssize_t COL_BLOCK = 4096
-# (M, D) with fewer than WIDE_COLS columns is seen as (M // k, k * D), k = ceil(WIDE_COLS / D),
+# (M, D) with fewer than WIDE_MAX_D columns is seen as (M // k, k * D), k = ceil(WIDE_COLS / D),
 # when that leaves at least MIN_WIDE_ROWS wide rows: k consecutive rows make one wide row, so
 # that the sweeps run over long rows (one set of coefficients per four of them) instead of
-# short ones. Per-column results are combined over the k column groups.
+# short ones. Per-column results are combined over the k column groups. (Rows of WIDE_MAX_D
+# values or more are long enough; small calls would only pay for the bookkeeping.)
 cdef Py_ssize_t WIDE_COLS = 1024
+cdef Py_ssize_t WIDE_MAX_D = 128
 cdef Py_ssize_t MIN_WIDE_ROWS = 16
 # Elementwise sweeps of (M, D) run over tiles of at least AFFINE_ROWS rows (and about
 # AFFINE_TILE_BYTES of output) x AFFINE_COLS columns, so that
@@ -331,7 +333,7 @@ cdef inline void _cols_task_moments(
 cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     """k such that (M, D) is seen as (M // k, k * D) wide rows (see WIDE_COLS), 1 for none."""
     cdef Py_ssize_t k
-    if D == 0 or D >= WIDE_COLS:
+    if D == 0 or D >= WIDE_MAX_D:
         return 1
     k = _ceil_div(WIDE_COLS, D)
     return k if M // k >= MIN_WIDE_ROWS else 1

@@ -102,7 +102,7 @@ class Op:
         return getattr(fastbn, self.backward_names[which])(dout, cache, backend=backend)
 
 
-# (1000, 257), (1003, 50) and NHWC (8, 32, 32, 3): the compiled kernels see few columns as wide
+# (1003, 50) and NHWC (8, 32, 32, 3): the compiled kernels see few columns as wide
 # rows of several rows each, the last two with rows left over.
 BN_SHAPES = ((2, 1), (3, 7), (64, 33), (1000, 257), (5, 1024), (127, 3), (1003, 50))
 SPATIAL_SHAPES = ((2, 3, 4, 5), (1, 2, 3, 3), (8, 16, 7, 7), (3, 5, 1, 1), (2, 8, 13, 11), (8, 32, 32, 3))
