@@ -26,6 +26,8 @@ read-for-ownership of the output). NCHW with enough channels, layernorm and grou
 memory once: a channel's planes (a row) are normalised right after their statistics, while they
 are in cache. Every choice of path depends on the shape only.
 """
+import threading
+
 import numpy as np
 
 from cython cimport floating
@@ -192,6 +194,28 @@ cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
     k = min(k, _ceil_div(n_rows, MIN_CHUNK_ROWS))
     k = min(k, max(MAX_PARTIALS // max(n_cols, 1), 1))
     return max(k, 1)
+
+
+_local = threading.local()
+
+
+def _scratch(int slot, Py_ssize_t rows, Py_ssize_t cols):
+    """A (rows, cols) float64 work array, uninitialised, from this Python thread's slot 0 or 1.
+
+    Per-chunk partials can reach MAX_PARTIALS values: allocating them anew for every call would
+    map fresh pages from the OS each time (a page fault per 4 KiB, a measurable share of a call),
+    so each thread keeps its buffers for the next call (at most 4 MiB per slot, freed with the
+    thread; larger requests, which only very wide arrays make, are not kept).
+    """
+    cdef Py_ssize_t n = rows * cols
+    if n > 2 * MAX_PARTIALS:
+        return np.empty((rows, cols))
+    bufs = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = [np.empty(0), np.empty(0)]
+    if bufs[slot].shape[0] < n:
+        bufs[slot] = np.empty(n)
+    return bufs[slot][:n].reshape(rows, cols)
 
 
 cdef inline fastbn_sums _shifted_sums(const floating* x, Py_ssize_t n, double shift) noexcept nogil:
@@ -454,8 +478,8 @@ def cols_forward_train(
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
-    cdef double[:, ::1] part_mean = np.empty((cut.P, D))
-    cdef double[:, ::1] part_m2 = np.empty((cut.P, D))
+    cdef double[:, ::1] part_mean = _scratch(0, cut.P, D)
+    cdef double[:, ::1] part_m2 = _scratch(1, cut.P, D)
     cdef double[::1] counts = np.empty(cut.P)
     cdef double[:, ::1] weights = np.empty((2, cut.P))
     dtype = _np_dtype(<floating>0)
@@ -535,8 +559,8 @@ def cols_backward(
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, i, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t p0
-    cdef double[:, ::1] part_dy = np.empty((cut.P, D))
-    cdef double[:, ::1] part_dyxc = np.empty((cut.P, D))
+    cdef double[:, ::1] part_dy = _scratch(0, cut.P, D)
+    cdef double[:, ::1] part_dyxc = _scratch(1, cut.P, D)
     dtype = _np_dtype(<floating>0)
     cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
     cdef floating[::1] k_b = np.empty(D, dtype=dtype)
@@ -907,11 +931,10 @@ def rows_backward(
         dbeta[:] = 0
         return
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
-    # Partials are zeroed by the thread that uses them: writing a fresh page first costs a plain
-    # page fault, while np.zeros' pages would be copied on write, each copy flushing the TLB of
-    # every thread of the process.
-    cdef double[:, ::1] part_dgamma = np.empty((K, C))
-    cdef double[:, ::1] part_dbeta = np.empty((K, C))
+    # Partials are zeroed by the thread that uses them (np.zeros' fresh pages would be copied on
+    # first write, each copy flushing the TLB of every thread of the process).
+    cdef double[:, ::1] part_dgamma = _scratch(0, K, C)
+    cdef double[:, ::1] part_dbeta = _scratch(1, K, C)
     cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
     with nogil:
         for q in prange(K, num_threads=n_threads, schedule='static'):

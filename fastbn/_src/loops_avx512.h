@@ -111,7 +111,8 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
  * the lines wholly inside the run get streaming stores and the partial lines at either end
  * ordinary ones (the neighbouring run may share them); the caller fences at the end. */
 #define FASTBN_X_RUN(T, SUF, N, OUT, VEXPR, SEXPR) FASTBN_X_RUN_PF(T, SUF, N, OUT, VEXPR, SEXPR, )
-/* The same, running the statement PF (prefetches of the inputs) once per vector. */
+/* The same, running the statement PF (prefetches of the inputs) once per vector of a streamed
+ * output (an output small enough to stay in cache comes from inputs that are there too). */
 #define FASTBN_X_RUN_PF(T, SUF, N, OUT, VEXPR, SEXPR, PF)                                          \
     {                                                                                              \
         ptrdiff_t j = 0;                                                                           \
@@ -119,7 +120,7 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
             for (; j < n && ((uintptr_t)(OUT + j) & 63); j++) OUT[j] = SEXPR;                      \
             for (; j + N <= n; j += N) { PF fastbn_x_streamv_##SUF(OUT + j, VEXPR); }              \
         } else {                                                                                   \
-            for (; j + N <= n; j += N) { PF fastbn_x_storev_##SUF(OUT + j, VEXPR); }               \
+            for (; j + N <= n; j += N) fastbn_x_storev_##SUF(OUT + j, VEXPR);                      \
         }                                                                                          \
         for (; j < n; j++) OUT[j] = SEXPR;                                                         \
     }
@@ -286,16 +287,16 @@ static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                          
             s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);                            \
         }                                                                                          \
 }                                                                                                  \
-/* (M, D) elementwise sweeps (any order of rows gives the same values). When every row starts at  \
- * the same offset within a cache line, rows go four at a time, so that each column's             \
- * coefficients are loaded once per four rows; otherwise one row at a time. */                     \
+/* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time,  \
+ * so that each column's coefficients are loaded once per four rows -- when streamed, only if     \
+ * every row starts at the same offset within a cache line; otherwise one row at a time. */       \
 static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                                                \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
         ptrdiff_t n, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
         const T *FASTBN_RESTRICT beta, int stream) {                                               \
     ptrdiff_t i = 0, j, r, head = fastbn_x_head(out, n, sizeof(T), stream);                        \
     ptrdiff_t near = FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T), far = 2 * near;                        \
-    if (!((stride * (ptrdiff_t)sizeof(T)) & 63))                                                   \
+    if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride;                                                          \
             T *o0 = out + i * stride;                                                              \
@@ -306,7 +307,7 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
                 V m = fastbn_x_loadv_##SUF(mean + j), s = fastbn_x_loadv_##SUF(scale + j),         \
                   b = fastbn_x_loadv_##SUF(beta + j);                                              \
                 for (r = 0; r < 4; r++) {                                                          \
-                    FASTBN_X_PREFETCH(x0 + r * stride + j, near)                                   \
+                    if (stream) FASTBN_X_PREFETCH(x0 + r * stride + j, near)                       \
                     fastbn_x_put_##SUF(o0 + r * stride + j,                                        \
                                        (fastbn_x_loadv_##SUF(x0 + r * stride + j) - m) * s + b,    \
                                        stream);                                                    \
@@ -334,7 +335,7 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
         const T *FASTBN_RESTRICT k_b, const T *FASTBN_RESTRICT k_g, int stream) {                  \
     ptrdiff_t i = 0, j, r, head = fastbn_x_head(dx, n, sizeof(T), stream);                         \
     ptrdiff_t far = 2 * FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T);                                     \
-    if (!((stride * (ptrdiff_t)sizeof(T)) & 63))                                                   \
+    if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride, *g0 = dy + i * stride;                                   \
             T *o0 = dx + i * stride;                                                               \
