@@ -450,17 +450,6 @@ cdef class _Wide:
         self.P = self.K * self.k + (1 if self.rem > 0 else 0)
 
 
-cdef inline void _wide_task(
-    _Wide cut, Py_ssize_t task, Py_ssize_t* r0, Py_ssize_t* r1, Py_ssize_t* c0, Py_ssize_t* c1,
-) noexcept nogil:
-    """Rows r0..r1-1 and columns c0..c1-1 of the wide view covered by a reduction task."""
-    cdef Py_ssize_t q = task // cut.n_col_blocks, b = task % cut.n_col_blocks
-    r0[0] = _chunk_start(q, cut.Mw, cut.K)
-    r1[0] = _chunk_start(q + 1, cut.Mw, cut.K)
-    c0[0] = _chunk_start(b, cut.Dw, cut.n_col_blocks)
-    c1[0] = _chunk_start(b + 1, cut.Dw, cut.n_col_blocks)
-
-
 def cols_forward_train(
     const floating[:, ::1] x,      # IN (M, D)
     const floating[::1] gamma,     # IN (D,)
@@ -477,7 +466,7 @@ def cols_forward_train(
     if M == 0 or D == 0:
         return
     cdef _Wide cut = _Wide(M, D)
-    cdef Py_ssize_t task, q, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
+    cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef double[:, ::1] part_mean = _scratch(0, cut.P, D)
     cdef double[:, ::1] part_m2 = _scratch(1, cut.P, D)
     cdef double[::1] counts = np.empty(cut.P)
@@ -496,11 +485,15 @@ def cols_forward_train(
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
                 _cols_task_moments(&x[rest, 0], D, cut.rem, D, &part_mean[cut.P - 1, 0],
                                    &part_m2[cut.P - 1, 0])
-            else:
-                _wide_task(cut, task, &r0, &r1, &c0, &c1)
+            else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
+                q = task // cut.n_col_blocks
+                b = task % cut.n_col_blocks
+                r0 = _chunk_start(q, Mw, cut.K)
+                r1 = _chunk_start(q + 1, Mw, cut.K)
+                c0 = _chunk_start(b, Dw, cut.n_col_blocks)
+                c1 = _chunk_start(b + 1, Dw, cut.n_col_blocks)
                 _cols_task_moments(&x[0, 0] + r0 * Dw + c0, Dw, r1 - r0, c1 - c0,
-                                   &part_mean[0, 0] + (task // cut.n_col_blocks) * Dw + c0,
-                                   &part_m2[0, 0] + (task // cut.n_col_blocks) * Dw + c0)
+                                   &part_mean[0, 0] + q * Dw + c0, &part_m2[0, 0] + q * Dw + c0)
         _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var, weights,
                         n_threads)
         _tile(&mean[0], D, k, &tiled[0, 0])
@@ -557,7 +550,7 @@ def cols_backward(
         dbeta[:] = 0
         return
     cdef _Wide cut = _Wide(M, D)
-    cdef Py_ssize_t task, i, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
+    cdef Py_ssize_t task, i, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t p0
     cdef double[:, ::1] part_dy = _scratch(0, cut.P, D)
     cdef double[:, ::1] part_dyxc = _scratch(1, cut.P, D)
@@ -572,10 +565,15 @@ def cols_backward(
                            schedule='static'):
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
                 r0, r1, c0, c1, Dw, p0 = rest, M, 0, D, D, (cut.P - 1) * D
-            else:
-                _wide_task(cut, task, &r0, &r1, &c0, &c1)
+            else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
+                q = task // cut.n_col_blocks
+                b = task % cut.n_col_blocks
                 Dw = cut.Dw
-                p0 = (task // cut.n_col_blocks) * Dw
+                r0 = _chunk_start(q, Mw, cut.K)
+                r1 = _chunk_start(q + 1, Mw, cut.K)
+                c0 = _chunk_start(b, Dw, cut.n_col_blocks)
+                c1 = _chunk_start(b + 1, Dw, cut.n_col_blocks)
+                p0 = q * Dw
             for i in range(c0, c1):
                 (&part_dy[0, 0])[p0 + i] = 0.0
                 (&part_dyxc[0, 0])[p0 + i] = 0.0
