@@ -17,7 +17,7 @@ def build_info():
 
 
 def show_config(file=None):
-    """Print fastbn's version, backends, OpenMP status, thread count and compile flags.
+    """Print fastbn's version, backends, OpenMP status, thread count, SIMD path and compile flags.
 
     Parameters
     ----------
@@ -41,6 +41,8 @@ def show_config(file=None):
         f"compiled kernels: {'yes' if kernels is not None else 'no (NumPy reference only)'}",
         f"OpenMP: {'yes' if kernels is not None and kernels.openmp_enabled() else 'no'}",
         f"threads: {get_num_threads()}",
+        f"SIMD: {kernels.simd() if kernels is not None else 'none'}"
+        " (FASTBN_DISABLE_AVX512=1 turns the AVX-512 loops off; results are the same bits)",
     ]
     if info:
         lines += [

@@ -19,6 +19,8 @@ def test_show_config_reports_build():
     if "cython" in fastbn.available_backends():
         assert "compile flags: -O" in text
         assert "-march=native" not in text
+        assert "-ffp-contract=off" in text  # the SIMD paths compute the same bits
+        assert f"SIMD: {_backends.kernels().simd()}" in text
 
 
 def test_binary_matches_the_build_decision():

@@ -3,11 +3,14 @@
  *
  * Why C: a double-precision sum is a loop-carried dependency that compilers do not vectorise
  * without -ffast-math (reassociation), and float -> double conversion defeats their
- * auto-vectorisation of hand-split sums. Here the sums use GCC/Clang vector extensions: two
- * independent 4-wide double accumulators (8 lanes), element j going to lane j % 8, added in a fixed
- * order at the end. The summation order depends only on n -- never on the thread count or on the
- * address of the data -- so results are reproducible bit for bit. Other compilers get plain
- * scalar loops (reproducible too, in a different summation order, slower).
+ * auto-vectorisation of hand-split sums. Here the sums use GCC/Clang vector extensions: four
+ * independent 4-wide double accumulators (16 lanes), element j going to lane j % 16, added in a
+ * fixed order at the end. The summation order depends only on n -- never on the thread count or
+ * on the address of the data -- so results are reproducible bit for bit. Other compilers get
+ * plain scalar loops (reproducible too, in a different summation order, slower).
+ *
+ * On CPUs with AVX-512, most functions hand over to a twin in loops_avx512.h that computes the
+ * same bits with 512-bit vectors (FASTBN_X512_VALUE / FASTBN_X512_VOID at their top).
  *
  * The contiguous-run reductions read n values (n may be 0) and return their two sums by value, so
  * that a caller inside an OpenMP loop keeps them in private variables; the block functions below

@@ -9,9 +9,9 @@
  *
  * Same values as loops.h, bit for bit: every function below performs the same floating-point
  * operations, in the same order, as its baseline twin -- the double sums keep element j in lane
- * j % 8 (one 8-wide vector instead of two 4-wide ones, added in the same fixed order), the column
- * sums add rows in the same groups of four, and elementwise expressions are written exactly as in
- * loops.h. Together with -ffp-contract=off (no fused multiply-add anywhere) this makes the choice
+ * j % 16 (two 8-wide vectors instead of four 4-wide ones, added in the same fixed order), the
+ * column sums add rows in the same groups of four, and elementwise expressions are written
+ * exactly as in loops.h. Together with -ffp-contract=off (no fused multiply-add anywhere) this makes the choice
  * of instruction set invisible in the results; tests compare the two paths bit for bit.
  *
  * Compiled only with GCC or Clang for x86-64; the functions carry a target attribute, so the
