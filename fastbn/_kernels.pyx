@@ -44,7 +44,6 @@ cdef extern from "loops.h" nogil:
         double s2
     void fastbn_simd_init()
     const char* fastbn_simd_name()
-    void fastbn_prefetch(const void* p, Py_ssize_t nbytes)
     void fastbn_layernorm_rows_f(const float* x, float* out, Py_ssize_t n_rows, Py_ssize_t n,
                                  const float* gamma, const float* beta, double eps, float* mean,
                                  float* invstd)
@@ -55,6 +54,12 @@ cdef extern from "loops.h" nogil:
     fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
     fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
     fastbn_sums fastbn_shifted_sums_d(const double* x, Py_ssize_t n, double shift)
+    fastbn_sums fastbn_shifted_sums_pf_f(const float* x, Py_ssize_t n, double shift, const float* next)
+    fastbn_sums fastbn_shifted_sums_pf_d(const double* x, Py_ssize_t n, double shift, const double* next)
+    fastbn_sums fastbn_grad_sums_pf_f(const float* x, const float* dy, Py_ssize_t n, double mean,
+                                      const float* next_x, const float* next_dy)
+    fastbn_sums fastbn_grad_sums_pf_d(const double* x, const double* dy, Py_ssize_t n, double mean,
+                                      const double* next_x, const double* next_dy)
     fastbn_sums fastbn_grad_sums_f(const float* x, const float* dy, Py_ssize_t n, double mean)
     fastbn_sums fastbn_grad_sums_d(const double* x, const double* dy, Py_ssize_t n, double mean)
     fastbn_sums fastbn_row_grad_sums_f(const float* x, const float* dy, const float* gamma,
@@ -611,10 +616,17 @@ def cols_backward(
 # (N, C, L): statistics per channel over N contiguous planes
 # --------------------------------------------------------------------------------------------
 
-cdef inline void _plane_moments(const floating* x, Py_ssize_t n, double* mean, double* m2) noexcept nogil:
-    """Mean and sum of squared deviations of n contiguous values, shifted by the first."""
+cdef inline void _plane_moments(
+    const floating* x, Py_ssize_t n, double* mean, double* m2, const floating* next,
+) noexcept nogil:
+    """Mean and sum of squared deviations of n contiguous values, shifted by the first, while
+    the next plane (`next`, or NULL) is prefetched."""
     cdef double shift = <double>x[0]
-    cdef fastbn_sums t = _shifted_sums(x, n, shift)
+    cdef fastbn_sums t
+    if floating is float:
+        t = fastbn_shifted_sums_pf_f(x, n, shift, next)
+    else:
+        t = fastbn_shifted_sums_pf_d(x, n, shift, next)
     mean[0] = shift + t.s1 / n
     m2[0] = t.s2 - t.s1 * t.s1 / n
 
@@ -646,13 +658,9 @@ cdef inline void _chunk_moments(
     """Moments of channel c's planes n0..n1-1, merged in plane order."""
     cdef Py_ssize_t L = x.shape[2], n
     cdef double n_a = <double>L, mean_b, m2_b
-    if n0 + 1 < n1:
-        fastbn_prefetch(&x[n0 + 1, c, 0], L * sizeof(floating))
-    _plane_moments(&x[n0, c, 0], L, mean, m2)
+    _plane_moments(&x[n0, c, 0], L, mean, m2, &x[n0 + 1, c, 0] if n0 + 1 < n1 else NULL)
     for n in range(n0 + 1, n1):
-        if n + 1 < n1:
-            fastbn_prefetch(&x[n + 1, c, 0], L * sizeof(floating))
-        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b)
+        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b, &x[n + 1, c, 0] if n + 1 < n1 else NULL)
         _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
@@ -781,10 +789,14 @@ def planes_backward(
             s2 = 0.0
             n1 = _chunk_start(q + 1, N, Q)
             for n in range(_chunk_start(q, N, Q), n1):
-                if n + 1 < n1:
-                    fastbn_prefetch(&x[n + 1, c, 0], L * sizeof(floating))
-                    fastbn_prefetch(&dy[n + 1, c, 0], L * sizeof(floating))
-                sums = _grad_sums(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c])
+                if floating is float:
+                    sums = fastbn_grad_sums_pf_f(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
+                                                 &x[n + 1, c, 0] if n + 1 < n1 else NULL,
+                                                 &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
+                else:
+                    sums = fastbn_grad_sums_pf_d(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
+                                                 &x[n + 1, c, 0] if n + 1 < n1 else NULL,
+                                                 &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
                 s1 = s1 + sums.s1
                 s2 = s2 + sums.s2
             part_dy[q, c] = s1

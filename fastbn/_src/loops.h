@@ -495,4 +495,27 @@ static FASTBN_HOT void fastbn_layernorm_rows_##SUF(                             
 FASTBN_DEFINE_LAYERNORM(float, f)
 FASTBN_DEFINE_LAYERNORM(double, d)
 
+/* fastbn_shifted_sums_* and fastbn_grad_sums_* of one run (an NCHW plane) while the next run
+ * (n values at next / next_x and next_dy, or NULL) is brought into the cache: the runs are far
+ * apart in memory, and each would otherwise start by waiting for the hardware prefetcher. */
+#define FASTBN_DEFINE_PF(T, SUF)                                                                   \
+static fastbn_sums fastbn_shifted_sums_pf_##SUF(const T *x, ptrdiff_t n, double shift,             \
+                                                const T *next) {                                   \
+    FASTBN_X512_VALUE(fastbn_x_shifted_sums_pf_##SUF(x, n, shift, next))                           \
+    if (next) fastbn_prefetch(next, n * (ptrdiff_t)sizeof(T));                                     \
+    return fastbn_shifted_sums_##SUF(x, n, shift);                                                 \
+}                                                                                                  \
+static fastbn_sums fastbn_grad_sums_pf_##SUF(const T *x, const T *dy, ptrdiff_t n, double mean,    \
+                                             const T *next_x, const T *next_dy) {                  \
+    FASTBN_X512_VALUE(fastbn_x_grad_sums_pf_##SUF(x, dy, n, mean, next_x, next_dy))                \
+    if (next_x) {                                                                                  \
+        fastbn_prefetch(next_x, n * (ptrdiff_t)sizeof(T));                                         \
+        fastbn_prefetch(next_dy, n * (ptrdiff_t)sizeof(T));                                        \
+    }                                                                                              \
+    return fastbn_grad_sums_##SUF(x, dy, n, mean);                                                 \
+}
+
+FASTBN_DEFINE_PF(float, f)
+FASTBN_DEFINE_PF(double, d)
+
 #endif

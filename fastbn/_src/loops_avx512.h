@@ -140,6 +140,13 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
       fastbn_x_storev_d(dg + j + o, fastbn_x_loadv_d(dg + j + o) + g * xc * invstd);               \
       g *= LOAD8(gamma + j + o); A += g; B += g * xc; }
 
+/* The same, prefetching the matching line of the next run(s) of the caller (interleaved with
+ * the loads: a burst of prefetches up front would stall on the fill buffers). */
+#define FASTBN_X_NEXT(p, o)                                                                        \
+    if (!(((o) * sizeof *(p)) & 63)) _mm_prefetch((const char *)((p) + j + (o)), _MM_HINT_T0);
+#define FASTBN_X_SHIFTED8_PF(o, A, B) FASTBN_X_NEXT(next, o) FASTBN_X_SHIFTED8(o, A, B)
+#define FASTBN_X_GRAD8_PF(o, A, B) FASTBN_X_NEXT(next_x, o) FASTBN_X_NEXT(next_dy, o) FASTBN_X_GRAD8(o, A, B)
+
 #define FASTBN_DEFINE_X512(T, SUF, N, V)                                                           \
 static FASTBN_X512 fastbn_sums fastbn_x_sum_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {       \
     FASTBN_X_VEC(FASTBN_X_SUM8, sa += (double)x[j];)                           \
@@ -152,6 +159,18 @@ static FASTBN_X512 fastbn_sums fastbn_x_grad_sums_##SUF(const T *FASTBN_RESTRICT
                                                         const T *FASTBN_RESTRICT dy, ptrdiff_t n,  \
                                                         double mean) {                             \
     FASTBN_X_VEC(FASTBN_X_GRAD8,                                                                   \
+                 double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean);)              \
+}                                                                                                  \
+static FASTBN_X512 fastbn_sums fastbn_x_shifted_sums_pf_##SUF(                                    \
+        const T *FASTBN_RESTRICT x, ptrdiff_t n, double shift, const T *next) {                    \
+    if (!next) next = x;                                                                           \
+    FASTBN_X_VEC(FASTBN_X_SHIFTED8_PF, double t = (double)x[j] - shift; sa += t; sb += t * t;)     \
+}                                                                                                  \
+static FASTBN_X512 fastbn_sums fastbn_x_grad_sums_pf_##SUF(                                        \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t n, double mean,         \
+        const T *next_x, const T *next_dy) {                                                       \
+    if (!next_x) next_x = x, next_dy = dy;                                                         \
+    FASTBN_X_VEC(FASTBN_X_GRAD8_PF,                                                                \
                  double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean);)              \
 }                                                                                                  \
 static FASTBN_X512 fastbn_sums fastbn_x_row_grad_sums_##SUF(                                       \
