@@ -54,6 +54,8 @@ cdef extern from "loops.h" nogil:
     fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
     fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
     fastbn_sums fastbn_shifted_sums_d(const double* x, Py_ssize_t n, double shift)
+    fastbn_sums fastbn_sum_pf_f(const float* x, Py_ssize_t n, const float* next)
+    fastbn_sums fastbn_sum_pf_d(const double* x, Py_ssize_t n, const double* next)
     fastbn_sums fastbn_shifted_sums_pf_f(const float* x, Py_ssize_t n, double shift, const float* next)
     fastbn_sums fastbn_shifted_sums_pf_d(const double* x, Py_ssize_t n, double shift, const double* next)
     fastbn_sums fastbn_grad_sums_pf_f(const float* x, const float* dy, Py_ssize_t n, double mean,
@@ -229,16 +231,6 @@ cdef inline fastbn_sums _shifted_sums(const floating* x, Py_ssize_t n, double sh
         return fastbn_shifted_sums_f(x, n, shift)
     else:
         return fastbn_shifted_sums_d(x, n, shift)
-
-
-cdef inline fastbn_sums _grad_sums(
-    const floating* x, const floating* dy, Py_ssize_t n, double mean,
-) noexcept nogil:
-    """sum(dy), sum(dy * (x - mean)) over n contiguous values."""
-    if floating is float:
-        return fastbn_grad_sums_f(x, dy, n, mean)
-    else:
-        return fastbn_grad_sums_d(x, dy, n, mean)
 
 
 cdef inline void _chan_merge(
@@ -860,12 +852,12 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            # Two passes over the cached row: the mean, then the sums shifted by it (the
-            # corrected two-pass algorithm, accurate for any offset).
+            # Two passes over the cached row: the mean (prefetching the next row), then the sums
+            # shifted by it (the corrected two-pass algorithm, accurate for any offset).
             if floating is float:
-                shift = fastbn_sum_f(xr, n).s1 / n
+                shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
             else:
-                shift = fastbn_sum_d(xr, n).s1 / n
+                shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
             sums = _shifted_sums(xr, n, shift)
             v = (sums.s2 - sums.s1 * sums.s1 / n) / n
             s = 1.0 / sqrt((0.0 if v < 0 else v) + eps)  # NaN stays NaN
@@ -992,8 +984,17 @@ def rows_backward(
                     else:
                         sum_g = 0.0
                         sum_gxc = 0.0
-                        for k in range(Cg):
-                            sums = _grad_sums(xr + k * L, dr + k * L, L, m)
+                        for k in range(Cg):  # prefetching the next plane (or row)
+                            if floating is float:
+                                sums = fastbn_grad_sums_pf_f(
+                                    xr + k * L, dr + k * L, L, m,
+                                    xr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL,
+                                    dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL)
+                            else:
+                                sums = fastbn_grad_sums_pf_d(
+                                    xr + k * L, dr + k * L, L, m,
+                                    xr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL,
+                                    dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL)
                             part_dbeta[q, c0 + k] += sums.s1
                             part_dgamma[q, c0 + k] += sums.s2 * s
                             sum_g = sum_g + sums.s1 * gamma[c0 + k]

@@ -495,10 +495,18 @@ static FASTBN_HOT void fastbn_layernorm_rows_##SUF(                             
 FASTBN_DEFINE_LAYERNORM(float, f)
 FASTBN_DEFINE_LAYERNORM(double, d)
 
-/* fastbn_shifted_sums_* and fastbn_grad_sums_* of one run (an NCHW plane) while the next run
- * (n values at next / next_x and next_dy, or NULL) is brought into the cache: the runs are far
- * apart in memory, and each would otherwise start by waiting for the hardware prefetcher. */
+/* fastbn_sum_*, fastbn_shifted_sums_* and fastbn_grad_sums_* of one run (an NCHW plane, a row)
+ * while the next run (n values at next / next_x and next_dy, or NULL) is brought into the cache:
+ * NCHW planes are far apart in memory, and each would otherwise start by waiting for the hardware
+ * prefetcher. The baseline prefetches planes in one burst up front (it does not for fastbn_sum_pf_*,
+ * used on consecutive rows, which the hardware prefetcher follows); the AVX-512 twins prefetch
+ * line by line, interleaved with the loads. */
 #define FASTBN_DEFINE_PF(T, SUF)                                                                   \
+static fastbn_sums fastbn_sum_pf_##SUF(const T *x, ptrdiff_t n, const T *next) {                   \
+    FASTBN_X512_VALUE(fastbn_x_sum_pf_##SUF(x, n, next))                                           \
+    (void)next;                                                                                    \
+    return fastbn_sum_##SUF(x, n);                                                                 \
+}                                                                                                  \
 static fastbn_sums fastbn_shifted_sums_pf_##SUF(const T *x, ptrdiff_t n, double shift,             \
                                                 const T *next) {                                   \
     FASTBN_X512_VALUE(fastbn_x_shifted_sums_pf_##SUF(x, n, shift, next))                           \

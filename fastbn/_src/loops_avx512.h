@@ -144,6 +144,7 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
  * the loads: a burst of prefetches up front would stall on the fill buffers). */
 #define FASTBN_X_NEXT(p, o)                                                                        \
     if (!(((o) * sizeof *(p)) & 63)) _mm_prefetch((const char *)((p) + j + (o)), _MM_HINT_T0);
+#define FASTBN_X_SUM8_PF(o, A, B) FASTBN_X_NEXT(next, o) FASTBN_X_SUM8(o, A, B)
 #define FASTBN_X_SHIFTED8_PF(o, A, B) FASTBN_X_NEXT(next, o) FASTBN_X_SHIFTED8(o, A, B)
 #define FASTBN_X_GRAD8_PF(o, A, B) FASTBN_X_NEXT(next_x, o) FASTBN_X_NEXT(next_dy, o) FASTBN_X_GRAD8(o, A, B)
 
@@ -160,6 +161,11 @@ static FASTBN_X512 fastbn_sums fastbn_x_grad_sums_##SUF(const T *FASTBN_RESTRICT
                                                         double mean) {                             \
     FASTBN_X_VEC(FASTBN_X_GRAD8,                                                                   \
                  double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean);)              \
+}                                                                                                  \
+static FASTBN_X512 fastbn_sums fastbn_x_sum_pf_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n,    \
+                                                    const T *next) {                               \
+    if (!next) next = x;                                                                           \
+    FASTBN_X_VEC(FASTBN_X_SUM8_PF, sa += (double)x[j];)                                            \
 }                                                                                                  \
 static FASTBN_X512 fastbn_sums fastbn_x_shifted_sums_pf_##SUF(                                    \
         const T *FASTBN_RESTRICT x, ptrdiff_t n, double shift, const T *next) {                    \
