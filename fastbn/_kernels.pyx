@@ -21,10 +21,12 @@ E[x^2] - E[x]^2.
 
 Speed: the hot loops live in ``_src/loops.h`` (vectorised double sums with fixed lanes, (M, D)
 column sums and sweeps four rows at a time, compiled for AVX2 and for the baseline and picked at
-load time). The elementwise sweeps of outputs of 8 MiB or more use streaming stores (no
-read-for-ownership of the output). NCHW with enough channels, layernorm and groupnorm read x from
-memory once: a channel's planes (a row) are normalised right after their statistics, while they
-are in cache. Every choice of path depends on the shape only.
+load time) and their AVX-512 twins in ``_src/loops_avx512.h`` (the same bits; chosen at import
+when the CPU has AVX-512, see :func:`simd`). The elementwise sweeps of outputs of 8 MiB or more
+use streaming stores (no read-for-ownership of the output). NCHW with enough channels, layernorm
+and groupnorm read x from memory once: a channel's planes (a row) are normalised right after their
+statistics, while they are in cache. (M, D) with few columns is swept as wide rows of several
+rows. Every choice of path depends on the shape only.
 """
 import threading
 
@@ -135,14 +137,15 @@ cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 # Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
 cdef enum:
-    TARGET_TASKS = 16  # also the most chunks a statistic is ever split into
+    TARGET_TASKS = 16
 # Layernorm backward takes rows four at a time up to this many bytes per row (four rows of x and
 # of dy, 512 KiB at most, stay in L2 for the dx sweep); longer rows one at a time. Rows are
 # contiguous, so the hardware prefetchers stream them without software prefetches.
 cdef Py_ssize_t ROWS4_MAX_BYTES = 1 << 16
 # Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
-# Upper bound on the number of doubles in one array of per-chunk partials.
+# Bound on the number of row chunks times columns of per-chunk partials (an array of partials
+# may exceed it by one row of D values, or be D values when D alone exceeds it).
 cdef Py_ssize_t MAX_PARTIALS = 1 << 18
 
 
@@ -548,7 +551,7 @@ def cols_backward(
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, i, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
-    cdef Py_ssize_t p0
+    cdef Py_ssize_t p0, stride
     cdef double[:, ::1] part_dy = _scratch(0, cut.P, D)
     cdef double[:, ::1] part_dyxc = _scratch(1, cut.P, D)
     dtype = _np_dtype(<floating>0)
@@ -561,11 +564,11 @@ def cols_backward(
         for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
                            schedule='static'):
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
-                r0, r1, c0, c1, Dw, p0 = rest, M, 0, D, D, (cut.P - 1) * D
+                r0, r1, c0, c1, stride, p0 = rest, M, 0, D, D, (cut.P - 1) * D
             else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
                 q = task // cut.n_col_blocks
                 b = task % cut.n_col_blocks
-                Dw = cut.Dw
+                stride = Dw
                 r0 = _chunk_start(q, Mw, cut.K)
                 r1 = _chunk_start(q + 1, Mw, cut.K)
                 c0 = _chunk_start(b, Dw, cut.n_col_blocks)
@@ -575,11 +578,11 @@ def cols_backward(
                 (&part_dy[0, 0])[p0 + i] = 0.0
                 (&part_dyxc[0, 0])[p0 + i] = 0.0
             if floating is float:
-                fastbn_cols_grad_sums_f(&x[0, 0] + r0 * Dw + c0, &dy[0, 0] + r0 * Dw + c0, Dw,
+                fastbn_cols_grad_sums_f(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
                                         r1 - r0, c1 - c0, &tiled[0, 0] + c0,
                                         &part_dy[0, 0] + p0 + c0, &part_dyxc[0, 0] + p0 + c0)
             else:
-                fastbn_cols_grad_sums_d(&x[0, 0] + r0 * Dw + c0, &dy[0, 0] + r0 * Dw + c0, Dw,
+                fastbn_cols_grad_sums_d(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
                                         r1 - r0, c1 - c0, &tiled[0, 0] + c0,
                                         &part_dy[0, 0] + p0 + c0, &part_dyxc[0, 0] + p0 + c0)
         for c0 in prange(D, num_threads=n_threads, schedule='static'):

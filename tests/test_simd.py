@@ -92,3 +92,40 @@ def test_avx512_and_baseline_paths_give_identical_bits():
 
 def test_disable_switch_selects_the_baseline_path():
     assert _digests(disable_avx512=True)["simd"] in ("avx2", "baseline")
+
+
+MISALIGNED_SCRIPT = r"""
+import numpy as np, fastbn
+def unaligned(shape, dtype):
+    n = int(np.prod(shape))
+    buf = bytearray(n * np.dtype(dtype).itemsize + 64)
+    return np.frombuffer(buf, dtype, count=n, offset=1).reshape(shape)  # 1 byte off
+for shape, dtype in [((2048, 1024), np.float32), ((32768, 64), np.float32), ((1024, 1024), np.float64)]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    g, b = np.ones(shape[1], dtype), np.zeros(shape[1], dtype)
+    out, cache = fastbn.batchnorm_forward(x, g, b, {"mode": "train"})
+    dx = fastbn.batchnorm_backward(dout, cache)[0]
+    out_u = unaligned(shape, dtype)
+    dx_u = unaligned(shape, dtype)
+    fastbn.batchnorm_forward(x, g, b, {"mode": "train"}, out=out_u)
+    fastbn.batchnorm_backward(dout, cache, out=dx_u)
+    assert out_u.ctypes.data % np.dtype(dtype).itemsize != 0
+    np.testing.assert_array_equal(out_u, out)
+    np.testing.assert_array_equal(dx_u, dx)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("disable_avx512", [False, True], ids=["default", "FASTBN_DISABLE_AVX512"])
+def test_out_buffers_not_aligned_to_their_element_size(disable_avx512):
+    """A caller's out= array may start at any byte (np.frombuffer): streamed outputs (>= 8 MiB)
+    then take ordinary stores, with the same results (a streaming store there would crash)."""
+    env = dict(os.environ)
+    env.pop("FASTBN_DISABLE_AVX512", None)
+    if disable_avx512:
+        env["FASTBN_DISABLE_AVX512"] = "1"
+    proc = subprocess.run([sys.executable, "-c", MISALIGNED_SCRIPT], env=env, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

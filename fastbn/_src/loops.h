@@ -409,9 +409,10 @@ FASTBN_DEFINE_SWEEPS(double, d)
 /* Layernorm backward, four rows at once (row r at x + r * stride): per column j,
  * db[j] += sum_r dy_r, dg[j] += sum_r dy_r * (x_r - mean[r]) * invstd[r], so each column's
  * partials are loaded and stored once per four rows; per row r, out[2r] = sum gamma * dy_r and
- * out[2r+1] = sum gamma * dy_r * (x_r - mean[r]), element j in lane j % 8 (as FASTBN_VEC: two
- * 4-wide halves, added in a fixed order). mean, invstd, out: the caller's (thread-private) arrays
- * of 4, 4 and 8 values. */
+ * out[2r+1] = sum gamma * dy_r * (x_r - mean[r]), element j in lane j % 8 (two 4-wide halves,
+ * added as by fastbn_hsum: eight lanes, unlike the sixteen of FASTBN_VEC, so a row summed here
+ * and one summed alone may differ in the last bits; which rows go four at a time depends on the
+ * shape only). mean, invstd, out: the caller's (thread-private) arrays of 4, 4 and 8 values. */
 #define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
 static FASTBN_HOT void fastbn_rows4_grad_sums_##SUF(                                               \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \

@@ -75,7 +75,7 @@ FASTBN_X512_INLINE void fastbn_x_storev_f(float *p, fastbn_x16f v) { _mm512_stor
 FASTBN_X512_INLINE void fastbn_x_storev_d(double *p, fastbn_x8d v) { _mm512_storeu_pd(p, (__m512d)v); }
 FASTBN_X512_INLINE void fastbn_x_streamv_f(float *p, fastbn_x16f v) { _mm512_stream_ps(p, (__m512)v); }
 FASTBN_X512_INLINE void fastbn_x_streamv_d(double *p, fastbn_x8d v) { _mm512_stream_pd(p, (__m512d)v); }
-/* Store a vector, streaming it when asked (p is then 64-byte aligned). */
+/* Store a vector, streaming it when asked (the caller then passes a 64-byte aligned p). */
 FASTBN_X512_INLINE void fastbn_x_put_f(float *p, fastbn_x16f v, int stream) {
     if (stream) fastbn_x_streamv_f(p, v);
     else fastbn_x_storev_f(p, v);
@@ -85,10 +85,16 @@ FASTBN_X512_INLINE void fastbn_x_put_d(double *p, fastbn_x8d v, int stream) {
     else fastbn_x_storev_d(p, v);
 }
 /* Values before the first 64-byte boundary of a streamed run of n values at p (0 if not
- * streamed): they get ordinary stores. */
+ * streamed): they get ordinary stores. p must be aligned to its element size (see
+ * fastbn_x_streamable). */
 static inline ptrdiff_t fastbn_x_head(const void *p, ptrdiff_t n, size_t size, int stream) {
     ptrdiff_t h = stream ? (ptrdiff_t)(((64 - ((uintptr_t)p & 63)) & 63) / size) : 0;
     return h < n ? h : n;
+}
+/* Whether an output at p may be streamed: an array not aligned to its element size (possible
+ * with a caller's out= buffer) never reaches a 64-byte boundary at an element. */
+static inline int fastbn_x_streamable(const void *p, size_t size, int stream) {
+    return stream && !((uintptr_t)p & (size - 1));
 }
 FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
     /* as fastbn_hsum(a0, a1) with a0 = lanes 0..3 and a1 = lanes 4..7 */
@@ -319,7 +325,9 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
         ptrdiff_t n, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
         const T *FASTBN_RESTRICT beta, int stream) {                                               \
-    ptrdiff_t i = 0, j, r, head = fastbn_x_head(out, n, sizeof(T), stream);                        \
+    ptrdiff_t i = 0, j, r, head;                                                                   \
+    stream = fastbn_x_streamable(out, sizeof(T), stream);                                          \
+    head = fastbn_x_head(out, n, sizeof(T), stream);                                               \
     ptrdiff_t near = FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T), far = 2 * near;                        \
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
@@ -358,7 +366,9 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
         ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT mean,            \
         const T *FASTBN_RESTRICT invstd, const T *FASTBN_RESTRICT k_dy,                            \
         const T *FASTBN_RESTRICT k_b, const T *FASTBN_RESTRICT k_g, int stream) {                  \
-    ptrdiff_t i = 0, j, r, head = fastbn_x_head(dx, n, sizeof(T), stream);                         \
+    ptrdiff_t i = 0, j, r, head;                                                                   \
+    stream = fastbn_x_streamable(dx, sizeof(T), stream);                                           \
+    head = fastbn_x_head(dx, n, sizeof(T), stream);                                                \
     ptrdiff_t far = 2 * FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T);                                     \
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
