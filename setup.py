@@ -124,6 +124,7 @@ extensions = [
     Extension(
         "fastbn._kernels",
         sources=["fastbn/_kernels.pyx"],
+        depends=["fastbn/_src/loops.h", "fastbn/_src/loops_avx512.h", "fastbn/_src/omp_shim.h"],
         include_dirs=[np.get_include(), "fastbn/_src"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )

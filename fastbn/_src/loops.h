@@ -33,7 +33,7 @@ typedef struct { double s1, s2; } fastbn_sums;
  * the baseline, and pick the version at load time (function multiversioning through an ifunc):
  * the build stays portable. The two versions compute the same values (no FMA contraction: "avx2"
  * does not enable FMA). Elsewhere FASTBN_HOT is empty (baseline code only). */
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6 && defined(__x86_64__) \
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6 && defined(__x86_64__)               \
     && defined(__linux__) && defined(__GLIBC__)
 #define FASTBN_HOT __attribute__((target_clones("avx2", "default")))
 #else
@@ -112,7 +112,7 @@ FASTBN_INLINE double fastbn_hsum(fastbn_v4d a0, fastbn_v4d a1) {
     { fastbn_v4d g = LOAD4(dy + j + o); A += g; B += g * (LOAD4(x + j + o) - mean); }
 #define FASTBN_GRAD1 { double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean); }
 #define FASTBN_ROW4(o, A, B)                                                                       \
-    { fastbn_v4d g = LOAD4(dy + j + o), xc = LOAD4(x + j + o) - mean;                               \
+    { fastbn_v4d g = LOAD4(dy + j + o), xc = LOAD4(x + j + o) - mean;                              \
       fastbn_store4(db + j + o, fastbn_load4_d(db + j + o) + g);                                   \
       fastbn_store4(dg + j + o, fastbn_load4_d(dg + j + o) + g * xc * invstd);                     \
       g *= LOAD4(gamma + j + o); A += g; B += g * xc; }
@@ -121,7 +121,7 @@ FASTBN_INLINE double fastbn_hsum(fastbn_v4d a0, fastbn_v4d a1) {
 
 #define FASTBN_DEFINE_LOOPS(T, SUF)                                                                \
 /* s1 = sum(x) (s2 = 0). */                                                                        \
-static inline fastbn_sums fastbn_sum_inl_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {      \
+static inline fastbn_sums fastbn_sum_inl_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {          \
     FASTBN_VEC(FASTBN_SUM4, FASTBN_SUM1)                                                           \
 }                                                                                                  \
 static FASTBN_HOT fastbn_sums fastbn_sum_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {          \
@@ -139,20 +139,20 @@ static FASTBN_HOT fastbn_sums fastbn_shifted_sums_##SUF(const T *FASTBN_RESTRICT
     return fastbn_shifted_sums_inl_##SUF(x, n, shift);                                             \
 }                                                                                                  \
 /* s1 = sum(dy), s2 = sum(dy * (x - mean)). */                                                     \
-static FASTBN_HOT fastbn_sums fastbn_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                       \
+static FASTBN_HOT fastbn_sums fastbn_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                   \
                                                  const T *FASTBN_RESTRICT dy, ptrdiff_t n,         \
                                                  double mean) {                                    \
     FASTBN_X512_VALUE(fastbn_x_grad_sums_##SUF(x, dy, n, mean))                                    \
-    FASTBN_VEC(FASTBN_GRAD4, FASTBN_GRAD1)                                                 \
+    FASTBN_VEC(FASTBN_GRAD4, FASTBN_GRAD1)                                                         \
 }                                                                                                  \
 /* Layernorm backward, one row: per column j, db[j] += dy, dg[j] += dy * (x - mean) * invstd;      \
  * returns s1 = sum(gamma * dy), s2 = sum(gamma * dy * (x - mean)). */                             \
-static FASTBN_HOT fastbn_sums fastbn_row_grad_sums_##SUF(                                              \
+static FASTBN_HOT fastbn_sums fastbn_row_grad_sums_##SUF(                                          \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, const T *FASTBN_RESTRICT gamma,   \
         ptrdiff_t n, double mean, double invstd,                                                   \
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                                  \
     FASTBN_X512_VALUE(fastbn_x_row_grad_sums_##SUF(x, dy, gamma, n, mean, invstd, db, dg))         \
-    FASTBN_VEC(FASTBN_ROW4, FASTBN_ROW1)                                                   \
+    FASTBN_VEC(FASTBN_ROW4, FASTBN_ROW1)                                                           \
 }
 
 /* Ask for `bytes` bytes at p to be brought into the cache ahead of use: the start of each of
@@ -234,7 +234,7 @@ static inline void fastbn_stream_d(double *FASTBN_RESTRICT dst, const double *FA
 
 #define FASTBN_DEFINE_COLS(T, SUF)                                                                 \
 /* s1[j] += sum_i (x[i, j] - shift[j]), s2[j] += sum_i (x[i, j] - shift[j])^2. */                  \
-static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                                                 \
+static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                                             \
         const T *FASTBN_RESTRICT x, ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w,               \
         const T *FASTBN_RESTRICT shift, double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {  \
     FASTBN_X512_VOID(fastbn_x_cols_shifted_sums_##SUF(x, stride, n_rows, w, shift, s1, s2))        \
@@ -257,7 +257,7 @@ static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                          
         }                                                                                          \
 }                                                                                                  \
 /* s1[j] += sum_i dy[i, j], s2[j] += sum_i dy[i, j] * (x[i, j] - mean[j]). */                      \
-static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                                                    \
+static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                                                \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
         ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,                              \
         double *FASTBN_RESTRICT s1, double *FASTBN_RESTRICT s2) {                                  \
@@ -315,11 +315,12 @@ static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                             
 
 #define FASTBN_DEFINE_SWEEPS(T, SUF)                                                               \
 /* out[i, j] = (x[i, j] - mean[j]) * scale[j] + beta[j], in T. */                                  \
-static FASTBN_HOT void fastbn_cols_affine_##SUF(                                                       \
+static FASTBN_HOT void fastbn_cols_affine_##SUF(                                                   \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
         ptrdiff_t w, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
         const T *FASTBN_RESTRICT beta, int stream) {                                               \
-    FASTBN_X512_VOID(fastbn_x_cols_affine_##SUF(x, out, stride, n_rows, w, mean, scale, beta, stream))\
+    FASTBN_X512_VOID(fastbn_x_cols_affine_##SUF(x, out, stride, n_rows, w, mean, scale, beta,      \
+                                                stream))                                           \
     FASTBN_SWEEP(T, SUF, out,                                                                      \
         const T *x0 = x + at + j; T m = mean[c0 + j]; T s = scale[c0 + j]; T b = beta[c0 + j];     \
         o0[j] = (x0[0] - m) * s + b;                                                               \
@@ -330,12 +331,13 @@ static FASTBN_HOT void fastbn_cols_affine_##SUF(                                
                              + beta[c0 + j];)                                                      \
 }                                                                                                  \
 /* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T. */               \
-static FASTBN_HOT void fastbn_cols_dx_##SUF(                                                           \
+static FASTBN_HOT void fastbn_cols_dx_##SUF(                                                       \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t w, const T *FASTBN_RESTRICT mean,            \
         const T *FASTBN_RESTRICT invstd, const T *FASTBN_RESTRICT k_dy,                            \
         const T *FASTBN_RESTRICT k_b, const T *FASTBN_RESTRICT k_g, int stream) {                  \
-    FASTBN_X512_VOID(fastbn_x_cols_dx_##SUF(x, dy, dx, stride, n_rows, w, mean, invstd, k_dy, k_b, k_g, stream))\
+    FASTBN_X512_VOID(fastbn_x_cols_dx_##SUF(x, dy, dx, stride, n_rows, w, mean, invstd, k_dy, k_b, \
+                                            k_g, stream))                                          \
     FASTBN_SWEEP(T, SUF, dx,                                                                       \
         const T *x0 = x + at + j; const T *g0 = dy + at + j;                                       \
         T m = mean[c0 + j]; T s = invstd[c0 + j]; T a = k_dy[c0 + j]; T b = k_b[c0 + j];           \
@@ -383,7 +385,7 @@ static FASTBN_HOT void fastbn_row_affine_##SUF(                                 
     FASTBN_X512_VOID(fastbn_x_row_affine_##SUF(x, out, n, mean, invstd, gamma, beta, stream))      \
     FASTBN_RUN(T, SUF, out, o[j] = (x[at + j] - mean) * (gamma[at + j] * invstd) + beta[at + j];)  \
 }                                                                                                  \
-/* dx = a * dy - s3 * (x - mean) + b in double, with a = invstd * gamma[j] when gamma is given. */  \
+/* dx = a * dy - s3 * (x - mean) + b in double, with a = invstd * gamma[j] when gamma is given. */ \
 static FASTBN_HOT void fastbn_row_dx_##SUF(                                                        \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t n, double mean, double invstd, const T *FASTBN_RESTRICT gamma, double a,         \
@@ -416,7 +418,7 @@ FASTBN_DEFINE_SWEEPS(double, d)
 #define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
 static FASTBN_HOT void fastbn_rows4_grad_sums_##SUF(                                               \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
-        const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,    \
+        const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,     \
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out) {                     \
     FASTBN_X512_VOID(fastbn_x_rows4_grad_sums_##SUF(x, dy, stride, gamma, n, mean, invstd, db, dg, \
                                                     out))                                          \
@@ -477,7 +479,8 @@ static FASTBN_HOT void fastbn_layernorm_rows_##SUF(                             
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, ptrdiff_t n,         \
         const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
-    FASTBN_X512_VOID(fastbn_x_layernorm_rows_##SUF(x, out, n_rows, n, gamma, beta, eps, mean, invstd))\
+    FASTBN_X512_VOID(fastbn_x_layernorm_rows_##SUF(x, out, n_rows, n, gamma, beta, eps, mean,      \
+                                                   invstd))                                        \
     ptrdiff_t r, j;                                                                                \
     for (r = 0; r < n_rows; r++) {                                                                 \
         const T *xr = x + r * n;                                                                   \
@@ -499,9 +502,9 @@ FASTBN_DEFINE_LAYERNORM(double, d)
 /* fastbn_sum_*, fastbn_shifted_sums_* and fastbn_grad_sums_* of one run (an NCHW plane, a row)
  * while the next run (n values at next / next_x and next_dy, or NULL) is brought into the cache:
  * NCHW planes are far apart in memory, and each would otherwise start by waiting for the hardware
- * prefetcher. The baseline prefetches planes in one burst up front (it does not for fastbn_sum_pf_*,
- * used on consecutive rows, which the hardware prefetcher follows); the AVX-512 twins prefetch
- * line by line, interleaved with the loads. */
+ * prefetcher. The baseline prefetches planes in one burst up front (not for fastbn_sum_pf_*, used
+ * on consecutive rows, which the hardware prefetcher follows); the AVX-512 twins prefetch line by
+ * line, interleaved with the loads. */
 #define FASTBN_DEFINE_PF(T, SUF)                                                                   \
 static fastbn_sums fastbn_sum_pf_##SUF(const T *x, ptrdiff_t n, const T *next) {                   \
     FASTBN_X512_VALUE(fastbn_x_sum_pf_##SUF(x, n, next))                                           \

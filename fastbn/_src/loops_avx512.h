@@ -11,12 +11,11 @@
  * operations, in the same order, as its baseline twin -- the double sums keep element j in lane
  * j % 16 (two 8-wide vectors instead of four 4-wide ones, added in the same fixed order), the
  * column sums add rows in the same groups of four, and elementwise expressions are written
- * exactly as in loops.h. Together with -ffp-contract=off (no fused multiply-add anywhere) this makes the choice
- * of instruction set invisible in the results; tests compare the two paths bit for bit.
- *
- * Compiled only with GCC or Clang for x86-64; the functions carry a target attribute, so the
- * rest of the module stays baseline code, and they are called only after
- * fastbn_simd_init() found AVX-512F/DQ/VL/BW and FASTBN_DISABLE_AVX512 was not set.
+ * exactly as in loops.h. Together with -ffp-contract=off (no fused multiply-add anywhere) this
+ * makes the choice of instruction set invisible in the results; tests compare the two paths bit
+ * for bit. Compiled only with GCC or Clang for x86-64; the functions carry a target attribute, so
+ * the rest of the module stays baseline code, and they are called only after fastbn_simd_init()
+ * found AVX-512F/DQ/VL/BW and FASTBN_DISABLE_AVX512 was not set.
  */
 #ifndef FASTBN_LOOPS_AVX512_H
 #define FASTBN_LOOPS_AVX512_H
@@ -71,10 +70,32 @@ FASTBN_X512_INLINE fastbn_x16f fastbn_x_loadv_f(const float *p) {
 FASTBN_X512_INLINE fastbn_x8d fastbn_x_loadv_d(const double *p) {
     return (fastbn_x8d)_mm512_loadu_pd(p);
 }
-FASTBN_X512_INLINE void fastbn_x_storev_f(float *p, fastbn_x16f v) { _mm512_storeu_ps(p, (__m512)v); }
-FASTBN_X512_INLINE void fastbn_x_storev_d(double *p, fastbn_x8d v) { _mm512_storeu_pd(p, (__m512d)v); }
-FASTBN_X512_INLINE void fastbn_x_streamv_f(float *p, fastbn_x16f v) { _mm512_stream_ps(p, (__m512)v); }
-FASTBN_X512_INLINE void fastbn_x_streamv_d(double *p, fastbn_x8d v) { _mm512_stream_pd(p, (__m512d)v); }
+FASTBN_X512_INLINE void fastbn_x_storev_f(float *p, fastbn_x16f v) {
+    _mm512_storeu_ps(p, (__m512)v);
+}
+FASTBN_X512_INLINE void fastbn_x_storev_d(double *p, fastbn_x8d v) {
+    _mm512_storeu_pd(p, (__m512d)v);
+}
+FASTBN_X512_INLINE void fastbn_x_streamv_f(float *p, fastbn_x16f v) {
+    _mm512_stream_ps(p, (__m512)v);
+}
+FASTBN_X512_INLINE void fastbn_x_streamv_d(double *p, fastbn_x8d v) {
+    _mm512_stream_pd(p, (__m512d)v);
+}
+/* The first `count` (< lanes) values at p, zeros after them; and their store. Masked-off lanes
+ * are neither read nor written, so the partial vectors at either end of a run stay in bounds. */
+FASTBN_X512_INLINE fastbn_x16f fastbn_x_loadm_f(const float *p, unsigned count) {
+    return (fastbn_x16f)_mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), p);
+}
+FASTBN_X512_INLINE fastbn_x8d fastbn_x_loadm_d(const double *p, unsigned count) {
+    return (fastbn_x8d)_mm512_maskz_loadu_pd((__mmask8)((1u << count) - 1), p);
+}
+FASTBN_X512_INLINE void fastbn_x_storem_f(float *p, unsigned count, fastbn_x16f v) {
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << count) - 1), (__m512)v);
+}
+FASTBN_X512_INLINE void fastbn_x_storem_d(double *p, unsigned count, fastbn_x8d v) {
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << count) - 1), (__m512d)v);
+}
 /* Store a vector, streaming it when asked (the caller then passes a 64-byte aligned p). */
 FASTBN_X512_INLINE void fastbn_x_put_f(float *p, fastbn_x16f v, int stream) {
     if (stream) fastbn_x_streamv_f(p, v);
@@ -152,15 +173,55 @@ FASTBN_X512_INLINE double fastbn_x_hsum(fastbn_x8d a) {
     if (!(((o) * sizeof *(p)) & 63)) _mm_prefetch((const char *)((p) + j + (o)), _MM_HINT_T0);
 #define FASTBN_X_SUM8_PF(o, A, B) FASTBN_X_NEXT(next, o) FASTBN_X_SUM8(o, A, B)
 #define FASTBN_X_SHIFTED8_PF(o, A, B) FASTBN_X_NEXT(next, o) FASTBN_X_SHIFTED8(o, A, B)
-#define FASTBN_X_GRAD8_PF(o, A, B) FASTBN_X_NEXT(next_x, o) FASTBN_X_NEXT(next_dy, o) FASTBN_X_GRAD8(o, A, B)
+#define FASTBN_X_GRAD8_PF(o, A, B)                                                                 \
+    FASTBN_X_NEXT(next_x, o) FASTBN_X_NEXT(next_dy, o) FASTBN_X_GRAD8(o, A, B)
+
+/* One vector of columns j.. of four rows of the (M, D) sweeps (x0, g0, o0: row i of x, dy, out),
+ * each value loaded with LOAD (p as the address) and stored with STORE (p, v). */
+#define FASTBN_X_AFFINE4(T, V, SUF, j, LOAD, STORE)                                                \
+    {                                                                                              \
+        const T *p;                                                                                \
+        V m_, s_, b_, v;                                                                           \
+        p = mean + (j); m_ = LOAD;                                                                 \
+        p = scale + (j); s_ = LOAD;                                                                \
+        p = beta + (j); b_ = LOAD;                                                                 \
+        for (r = 0; r < 4; r++) {                                                                  \
+            p = x0 + r * stride + (j);                                                             \
+            v = (LOAD - m_) * s_ + b_;                                                             \
+            {                                                                                      \
+                T *p = o0 + r * stride + (j);                                                      \
+                STORE;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
+    }
+#define FASTBN_X_DX4(T, V, SUF, j, LOAD, STORE)                                                    \
+    {                                                                                              \
+        const T *p;                                                                                \
+        V m_, s_, a_, b_, g_, v, gv;                                                               \
+        p = mean + (j); m_ = LOAD;                                                                 \
+        p = invstd + (j); s_ = LOAD;                                                               \
+        p = k_dy + (j); a_ = LOAD;                                                                 \
+        p = k_b + (j); b_ = LOAD;                                                                  \
+        p = k_g + (j); g_ = LOAD;                                                                  \
+        for (r = 0; r < 4; r++) {                                                                  \
+            p = g0 + r * stride + (j);                                                             \
+            gv = LOAD;                                                                             \
+            p = x0 + r * stride + (j);                                                             \
+            v = a_ * (gv - b_ - (LOAD - m_) * s_ * g_);                                            \
+            {                                                                                      \
+                T *p = o0 + r * stride + (j);                                                      \
+                STORE;                                                                             \
+            }                                                                                      \
+        }                                                                                          \
+    }
 
 #define FASTBN_DEFINE_X512(T, SUF, N, V)                                                           \
 static FASTBN_X512 fastbn_sums fastbn_x_sum_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n) {       \
-    FASTBN_X_VEC(FASTBN_X_SUM8, sa += (double)x[j];)                           \
+    FASTBN_X_VEC(FASTBN_X_SUM8, sa += (double)x[j];)                                               \
 }                                                                                                  \
 static FASTBN_X512 fastbn_sums fastbn_x_shifted_sums_##SUF(const T *FASTBN_RESTRICT x,             \
                                                            ptrdiff_t n, double shift) {            \
-    FASTBN_X_VEC(FASTBN_X_SHIFTED8, double t = (double)x[j] - shift; sa += t; sb += t * t;)                           \
+    FASTBN_X_VEC(FASTBN_X_SHIFTED8, double t = (double)x[j] - shift; sa += t; sb += t * t;)        \
 }                                                                                                  \
 static FASTBN_X512 fastbn_sums fastbn_x_grad_sums_##SUF(const T *FASTBN_RESTRICT x,                \
                                                         const T *FASTBN_RESTRICT dy, ptrdiff_t n,  \
@@ -168,12 +229,12 @@ static FASTBN_X512 fastbn_sums fastbn_x_grad_sums_##SUF(const T *FASTBN_RESTRICT
     FASTBN_X_VEC(FASTBN_X_GRAD8,                                                                   \
                  double g = (double)dy[j]; sa += g; sb += g * ((double)x[j] - mean);)              \
 }                                                                                                  \
-static FASTBN_X512 fastbn_sums fastbn_x_sum_pf_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n,    \
+static FASTBN_X512 fastbn_sums fastbn_x_sum_pf_##SUF(const T *FASTBN_RESTRICT x, ptrdiff_t n,      \
                                                     const T *next) {                               \
     if (!next) next = x;                                                                           \
     FASTBN_X_VEC(FASTBN_X_SUM8_PF, sa += (double)x[j];)                                            \
 }                                                                                                  \
-static FASTBN_X512 fastbn_sums fastbn_x_shifted_sums_pf_##SUF(                                    \
+static FASTBN_X512 fastbn_sums fastbn_x_shifted_sums_pf_##SUF(                                     \
         const T *FASTBN_RESTRICT x, ptrdiff_t n, double shift, const T *next) {                    \
     if (!next) next = x;                                                                           \
     FASTBN_X_VEC(FASTBN_X_SHIFTED8_PF, double t = (double)x[j] - shift; sa += t; sb += t * t;)     \
@@ -230,8 +291,9 @@ static FASTBN_X512 void fastbn_x_cols_shifted_sums_##SUF(                       
         for (j = 0; j + 8 <= w; j += 8) {                                                          \
             fastbn_x8d h = fastbn_x_load8_##SUF(shift + j), a = fastbn_x_loadv_d(s1 + j),          \
                        b = fastbn_x_loadv_d(s2 + j), t0, t1, t2, t3;                               \
-            if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))                                                                \
-                for (r = 8; r < 16; r++) _mm_prefetch((const char *)(x0 + r * stride + j), _MM_HINT_T0); \
+            if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))                                   \
+                for (r = 8; r < 16; r++)                                                           \
+                    _mm_prefetch((const char *)(x0 + r * stride + j), _MM_HINT_T0);                \
             t0 = fastbn_x_load8_##SUF(x0 + j) - h;                                                 \
             t1 = fastbn_x_load8_##SUF(x0 + stride + j) - h;                                        \
             t2 = fastbn_x_load8_##SUF(x0 + 2 * stride + j) - h;                                    \
@@ -279,7 +341,7 @@ static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                          
         for (j = 0; j + 8 <= w; j += 8) {                                                          \
             fastbn_x8d m = fastbn_x_load8_##SUF(mean + j), a = fastbn_x_loadv_d(s1 + j),           \
                        b = fastbn_x_loadv_d(s2 + j), g0, g1, g2, g3;                               \
-            if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))                                                                \
+            if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))                                   \
                 for (r = 8; r < 16; r++) {                                                         \
                     _mm_prefetch((const char *)(x0 + r * stride + j), _MM_HINT_T0);                \
                     _mm_prefetch((const char *)(y0 + r * stride + j), _MM_HINT_T0);                \
@@ -306,7 +368,8 @@ static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                          
                        h3 = yk[3 * stride];                                                        \
                 s1[j] += (h0 + h1) + (h2 + h3);                                                    \
                 s2[j] += (h0 * ((double)xk[0] - mm) + h1 * ((double)xk[stride] - mm))              \
-                       + (h2 * ((double)xk[2 * stride] - mm) + h3 * ((double)xk[3 * stride] - mm)); \
+                       + (h2 * ((double)xk[2 * stride] - mm)                                       \
+                          + h3 * ((double)xk[3 * stride] - mm));                                   \
             }                                                                                      \
         }                                                                                          \
         if (!two) i -= 4;                                                                          \
@@ -318,9 +381,9 @@ static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                          
             s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);                            \
         }                                                                                          \
 }                                                                                                  \
-/* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time,  \
- * so that each column's coefficients are loaded once per four rows -- when streamed, only if     \
- * every row starts at the same offset within a cache line; otherwise one row at a time. */       \
+/* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time,    \
+ * so that each column's coefficients are loaded once per four rows -- when streamed, only if      \
+ * every row starts at the same offset within a cache line; otherwise one row at a time. */        \
 static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                                                \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
         ptrdiff_t n, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
@@ -333,22 +396,18 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride;                                                          \
             T *o0 = out + i * stride;                                                              \
-            for (r = 0; r < 4; r++)                                                                \
-                for (j = 0; j < head; j++)                                                         \
-                    o0[r * stride + j] = (x0[r * stride + j] - mean[j]) * scale[j] + beta[j];      \
+            if (head) /* the values before the first line boundary: masked ordinary stores */      \
+                FASTBN_X_AFFINE4(T, V, SUF, 0, fastbn_x_loadm_##SUF(p, head),                      \
+                                 fastbn_x_storem_##SUF(p, head, v))                                \
             for (j = head; j + N <= n; j += N) {                                                   \
-                V m = fastbn_x_loadv_##SUF(mean + j), s = fastbn_x_loadv_##SUF(scale + j),         \
-                  b = fastbn_x_loadv_##SUF(beta + j);                                              \
-                for (r = 0; r < 4; r++) {                                                          \
-                    if (stream) FASTBN_X_PREFETCH(x0 + r * stride + j, near)                       \
-                    fastbn_x_put_##SUF(o0 + r * stride + j,                                        \
-                                       (fastbn_x_loadv_##SUF(x0 + r * stride + j) - m) * s + b,    \
-                                       stream);                                                    \
-                }                                                                                  \
+                if (stream)                                                                        \
+                    for (r = 0; r < 4; r++) FASTBN_X_PREFETCH(x0 + r * stride + j, near)           \
+                FASTBN_X_AFFINE4(T, V, SUF, j, fastbn_x_loadv_##SUF(p),                            \
+                                 fastbn_x_put_##SUF(p, v, stream))                                 \
             }                                                                                      \
-            for (r = 0; r < 4; r++)                                                                \
-                for (ptrdiff_t k = j; k < n; k++)                                                  \
-                    o0[r * stride + k] = (x0[r * stride + k] - mean[k]) * scale[k] + beta[k];      \
+            if (j < n)                                                                             \
+                FASTBN_X_AFFINE4(T, V, SUF, j, fastbn_x_loadm_##SUF(p, n - j),                     \
+                                 fastbn_x_storem_##SUF(p, n - j, v))                               \
         }                                                                                          \
     for (; i < n_rows; i++) {                                                                      \
         const T *xi = x + i * stride;                                                              \
@@ -374,23 +433,15 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride, *g0 = dy + i * stride;                                   \
             T *o0 = dx + i * stride;                                                               \
-            for (r = 0; r < 4; r++)                                                                \
-                for (j = 0; j < head; j++)                                                         \
-                    o0[r * stride + j] = FASTBN_X_COLS_DX1(r * stride + j, j);                     \
-            for (j = head; j + N <= n; j += N) {                                                   \
-                V m = fastbn_x_loadv_##SUF(mean + j), s = fastbn_x_loadv_##SUF(invstd + j),       \
-                  a = fastbn_x_loadv_##SUF(k_dy + j), b = fastbn_x_loadv_##SUF(k_b + j),           \
-                  g = fastbn_x_loadv_##SUF(k_g + j);                                               \
-                for (r = 0; r < 4; r++)                                                            \
-                    fastbn_x_put_##SUF(                                                            \
-                        o0 + r * stride + j,                                                       \
-                        a * (fastbn_x_loadv_##SUF(g0 + r * stride + j) - b                         \
-                             - (fastbn_x_loadv_##SUF(x0 + r * stride + j) - m) * s * g),           \
-                        stream);                                                                   \
-            }                                                                                      \
-            for (r = 0; r < 4; r++)                                                                \
-                for (ptrdiff_t k = j; k < n; k++)                                                  \
-                    o0[r * stride + k] = FASTBN_X_COLS_DX1(r * stride + k, k);                     \
+            if (head)                                                                              \
+                FASTBN_X_DX4(T, V, SUF, 0, fastbn_x_loadm_##SUF(p, head),                          \
+                             fastbn_x_storem_##SUF(p, head, v))                                    \
+            for (j = head; j + N <= n; j += N)                                                     \
+                FASTBN_X_DX4(T, V, SUF, j, fastbn_x_loadv_##SUF(p),                                \
+                             fastbn_x_put_##SUF(p, v, stream))                                     \
+            if (j < n)                                                                             \
+                FASTBN_X_DX4(T, V, SUF, j, fastbn_x_loadm_##SUF(p, n - j),                         \
+                             fastbn_x_storem_##SUF(p, n - j, v))                                   \
         }                                                                                          \
     for (; i < n_rows; i++) {                                                                      \
         const T *x0 = x + i * stride, *g0 = dy + i * stride;                                       \
@@ -423,7 +474,7 @@ FASTBN_DEFINE_X512(double, d, 8, fastbn_x8d)
 #define FASTBN_DEFINE_X512_ROWS4(T, SUF)                                                           \
 static FASTBN_X512 void fastbn_x_rows4_grad_sums_##SUF(                                            \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
-        const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,    \
+        const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,     \
         double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out) {                     \
     fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0}, A[4], B[4];                                        \
     double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};                                             \
@@ -530,7 +581,7 @@ static const char *fastbn_simd_name(void) {
 #if FASTBN_HAVE_X512
     if (fastbn_x512_enabled) return "avx512";
 #endif
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6 && defined(__x86_64__)             \
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 6 && defined(__x86_64__)               \
     && defined(__linux__) && defined(__GLIBC__)
     return __builtin_cpu_supports("avx2") ? "avx2" : "baseline";
 #else
