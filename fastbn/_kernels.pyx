@@ -134,6 +134,15 @@ cdef Py_ssize_t AFFINE_COLS = 4096
 # NCHW with at least this many channels: a channel's N planes are processed by one task
 # (statistics, then the elementwise sweep while the planes are still in cache).
 cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
+# (M, D) arrays of at least BLOCKED_MIN_BYTES are processed in blocks of columns over all rows,
+# each block small enough (BLOCK_BYTES per array) to stay in the last-level cache between its
+# reduction sweep and its elementwise sweep: x (and dy) come from memory once instead of twice.
+# Blocks are whole cache lines wide, at least BLOCK_MIN_LINES of them, and there must be at least
+# BLOCKED_MIN_BLOCKS blocks (else the two sweeps run over the whole array, one after the other).
+cdef Py_ssize_t BLOCKED_MIN_BYTES = 1 << 23
+cdef Py_ssize_t BLOCK_BYTES = 1 << 22
+cdef Py_ssize_t BLOCK_MIN_LINES = 4
+cdef Py_ssize_t BLOCKED_MIN_BLOCKS = 4
 # Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
 cdef Py_ssize_t MIN_CHUNK_ROWS = 64
 cdef enum:
@@ -363,6 +372,20 @@ cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     return k if M // k >= MIN_WIDE_ROWS else 1
 
 
+cdef inline Py_ssize_t _block_width(
+    Py_ssize_t M, Py_ssize_t D, Py_ssize_t size, Py_ssize_t arrays,
+) noexcept nogil:
+    """Columns per block of the column-blocked (M, D) path for `arrays` input arrays of `size`-byte
+    values, or 0 when that path is not taken. A function of the shape only."""
+    cdef Py_ssize_t line = 64 // size, w
+    if M * D * size < BLOCKED_MIN_BYTES:
+        return 0
+    w = (BLOCK_BYTES // (M * size * arrays)) // line * line
+    if w < BLOCK_MIN_LINES * line or _ceil_div(D, w) < BLOCKED_MIN_BLOCKS:
+        return 0
+    return w
+
+
 cdef inline void _tile(const floating* src, Py_ssize_t D, Py_ssize_t k, floating* dst) noexcept nogil:
     """dst = src repeated k times (the coefficients of a wide row)."""
     cdef Py_ssize_t g, j
@@ -465,6 +488,10 @@ def cols_forward_train(
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
+    cdef Py_ssize_t w = _block_width(M, D, sizeof(floating), 1) if _wide_factor(M, D) == 1 else 0
+    if w:
+        _cols_forward_blocked(x, gamma, beta, eps, out, mean, invstd, var, w, n_threads)
+        return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef double[:, ::1] part_mean = _scratch(0, cut.P, D)
@@ -503,6 +530,34 @@ def cols_forward_train(
                      n_threads)
         if cut.rem:
             _cols_affine(&x[rest, 0], &out[rest, 0], cut.rem, D, &mean[0], &scale[0], &beta[0], 1)
+
+
+cdef void _cols_forward_blocked(
+    const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
+    floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
+    Py_ssize_t w, int n_threads,
+):
+    """cols_forward_train by blocks of w columns: a block's statistics over all M rows, then its
+    normalisation while it is still in cache."""
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], n_blocks = _ceil_div(D, w), b, c0, c1, d
+    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
+    cdef double[:, ::1] part_mean = _scratch(0, 1, D)
+    cdef double[:, ::1] part_m2 = _scratch(1, 1, D)
+    cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
+    with nogil:
+        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+            c0 = b * w
+            c1 = min(c0 + w, D)
+            _cols_task_moments(&x[0, c0], D, M, c1 - c0, &part_mean[0, c0], &part_m2[0, c0])
+            for d in range(c0, c1):
+                var[d] = _variance(part_m2[0, d], <double>M)
+                _fold_one(part_mean[0, d], var[d], gamma, eps, d, mean, invstd, scale)
+            if floating is float:
+                fastbn_cols_affine_f(&x[0, c0], &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
+                                     &beta[c0], stream)
+            else:
+                fastbn_cols_affine_d(&x[0, c0], &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
+                                     &beta[c0], stream)
 
 
 def cols_affine(
@@ -548,6 +603,10 @@ def cols_backward(
     if M == 0:
         dgamma[:] = 0
         dbeta[:] = 0
+        return
+    cdef Py_ssize_t w = _block_width(M, D, sizeof(floating), 2) if _wide_factor(M, D) == 1 else 0
+    if w:
+        _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, w, n_threads)
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, i, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
@@ -605,6 +664,51 @@ def cols_backward(
             if cut.rem:
                 _cols_dx(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], cut.rem, D, &mean[0],
                          &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1)
+
+
+cdef void _cols_backward_blocked(
+    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
+    const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, ::1] dx,
+    floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t w, int n_threads,
+):
+    """cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its dx
+    while x and dy are still in cache."""
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], n_blocks = _ceil_div(D, w), b, c0, c1, d
+    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
+    cdef double[:, ::1] part_dy = _scratch(0, 1, D)
+    cdef double[:, ::1] part_dyxc = _scratch(1, 1, D)
+    dtype = _np_dtype(<floating>0)
+    cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
+    cdef floating[::1] k_b = np.empty(D, dtype=dtype)
+    cdef floating[::1] k_g = np.empty(D, dtype=dtype)
+    with nogil:
+        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+            c0 = b * w
+            c1 = min(c0 + w, D)
+            for d in range(c0, c1):
+                part_dy[0, d] = 0.0
+                part_dyxc[0, d] = 0.0
+            if floating is float:
+                fastbn_cols_grad_sums_f(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0],
+                                        &part_dy[0, c0], &part_dyxc[0, c0])
+            else:
+                fastbn_cols_grad_sums_d(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0],
+                                        &part_dy[0, c0], &part_dyxc[0, c0])
+            _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
+                                   dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
+            if not train:  # dx = k_dy * dy (k_b is 0: the zero mean and beta); x is not read
+                if floating is float:
+                    fastbn_cols_affine_f(&dy[0, c0], &dx[0, c0], D, M, c1 - c0, &k_b[c0], &k_dy[c0],
+                                         &k_b[c0], stream)
+                else:
+                    fastbn_cols_affine_d(&dy[0, c0], &dx[0, c0], D, M, c1 - c0, &k_b[c0], &k_dy[c0],
+                                         &k_b[c0], stream)
+            elif floating is float:
+                fastbn_cols_dx_f(&x[0, c0], &dy[0, c0], &dx[0, c0], D, M, c1 - c0, &mean[c0],
+                                 &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+            else:
+                fastbn_cols_dx_d(&x[0, c0], &dy[0, c0], &dx[0, c0], D, M, c1 - c0, &mean[c0],
+                                 &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
 
 
 # --------------------------------------------------------------------------------------------

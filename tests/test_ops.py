@@ -41,6 +41,20 @@ def test_compiled_matches_reference(op, shape, dtype):
             assert_close(param_c[key], param_r[key], param_r[key].dtype, key)
 
 
+# Arrays of 8 MiB or more with enough columns: the compiled kernels work by blocks of columns
+# over all rows (statistics, then the elementwise sweep, while a block is in cache); the f64 case
+# has rows that are not a whole number of cache lines and a last block narrower than the others.
+BLOCKED_CASES = [(2048, 2048, np.float32), (1500, 1100, np.float64)]
+
+
+@needs_compiled
+@pytest.mark.parametrize("mode", ["train", "test"])
+@pytest.mark.parametrize("M, D, dtype", BLOCKED_CASES, ids=["2048x2048-float32", "1500x1100-float64"])
+def test_column_blocked_batchnorm_matches_reference(M, D, dtype, mode):
+    op = next(op for op in OPS if op.name == "batchnorm" and op.mode == mode)
+    test_compiled_matches_reference(op, (M, D), dtype)
+
+
 @needs_compiled
 @pytest.mark.parametrize("backend_fwd", ["cython", "numpy"])
 @pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])

@@ -22,6 +22,8 @@ CASES = [
     ("batchnorm-train", (2100, 1001), "float32"),  # streamed output, unaligned rows
     ("batchnorm-train", (1031, 1031), "float64"),  # streamed output, unaligned rows
     ("batchnorm-test", (2100, 1001), "float32"),
+    ("batchnorm-train", (2048, 2048), "float32"),  # column blocks
+    ("batchnorm-test", (1500, 1100), "float64"),  # column blocks, rows not whole cache lines
     ("batchnorm-train", (1003, 50), "float32"),  # wide rows of 21 rows, 16 rows left over
     ("batchnorm-test", (1003, 50), "float64"),
     ("spatial_batchnorm-train-NHWC", (8, 32, 32, 3), "float64"),  # wide rows of 342 rows

@@ -392,6 +392,8 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
     stream = fastbn_x_streamable(out, sizeof(T), stream);                                          \
     head = fastbn_x_head(out, n, sizeof(T), stream);                                               \
     ptrdiff_t near = FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T), far = 2 * near;                        \
+    int ahead = stream && n >= 4 * near; /* runs of a block of columns: the prefetches would     \
+                                            fetch another block's columns */                       \
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride;                                                          \
@@ -400,7 +402,7 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
                 FASTBN_X_AFFINE4(T, V, SUF, 0, fastbn_x_loadm_##SUF(p, head),                      \
                                  fastbn_x_storem_##SUF(p, head, v))                                \
             for (j = head; j + N <= n; j += N) {                                                   \
-                if (stream)                                                                        \
+                if (ahead)                                                                         \
                     for (r = 0; r < 4; r++) FASTBN_X_PREFETCH(x0 + r * stride + j, near)           \
                 FASTBN_X_AFFINE4(T, V, SUF, j, fastbn_x_loadv_##SUF(p),                            \
                                  fastbn_x_put_##SUF(p, v, stream))                                 \
@@ -416,7 +418,7 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
                         (fastbn_x_loadv_##SUF(xi + j) - fastbn_x_loadv_##SUF(mean + j))            \
                             * fastbn_x_loadv_##SUF(scale + j) + fastbn_x_loadv_##SUF(beta + j),    \
                         (xi[j] - mean[j]) * scale[j] + beta[j],                                    \
-                        FASTBN_X_PREFETCH(xi + j, far))                                            \
+                        if (ahead) FASTBN_X_PREFETCH(xi + j, far))                                 \
     }                                                                                              \
     if (stream) _mm_sfence();                                                                      \
 }                                                                                                  \
@@ -429,6 +431,7 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
     stream = fastbn_x_streamable(dx, sizeof(T), stream);                                           \
     head = fastbn_x_head(dx, n, sizeof(T), stream);                                                \
     ptrdiff_t far = 2 * FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T);                                     \
+    int ahead = n >= 2 * far; /* (as in fastbn_x_cols_affine_*) */                                 \
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride, *g0 = dy + i * stride;                                   \
@@ -453,7 +456,7 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
                                      * fastbn_x_loadv_##SUF(invstd + j)                            \
                                      * fastbn_x_loadv_##SUF(k_g + j)),                             \
                         FASTBN_X_COLS_DX1(j, j),                                                   \
-                        FASTBN_X_PREFETCH(x0 + j, far) FASTBN_X_PREFETCH(g0 + j, far))             \
+                        if (ahead) { FASTBN_X_PREFETCH(x0 + j, far) FASTBN_X_PREFETCH(g0 + j, far) }) \
     }                                                                                              \
     if (stream) _mm_sfence();                                                                      \
 }
