@@ -137,8 +137,10 @@ cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
 # (M, D) arrays of at least BLOCKED_MIN_BYTES are processed in blocks of columns over all rows,
 # each block small enough (BLOCK_BYTES per array) to stay in the last-level cache between its
 # reduction sweep and its elementwise sweep: x (and dy) come from memory once instead of twice.
-# Blocks are whole cache lines wide, at least BLOCK_MIN_LINES of them, and there must be at least
-# BLOCKED_MIN_BLOCKS blocks (else the two sweeps run over the whole array, one after the other).
+# Blocks are whole cache lines wide, at least BLOCK_MIN_LINES of them, and start on a line of the
+# output (threads writing parts of the same line would pass it back and forth); rows must be whole
+# lines, and there must be at least BLOCKED_MIN_BLOCKS blocks (else the two sweeps run over the
+# whole array, one after the other). Each column's results do not depend on the blocks.
 cdef Py_ssize_t BLOCKED_MIN_BYTES = 1 << 23
 cdef Py_ssize_t BLOCK_BYTES = 1 << 22
 cdef Py_ssize_t BLOCK_MIN_LINES = 4
@@ -378,12 +380,25 @@ cdef inline Py_ssize_t _block_width(
     """Columns per block of the column-blocked (M, D) path for `arrays` input arrays of `size`-byte
     values, or 0 when that path is not taken. A function of the shape only."""
     cdef Py_ssize_t line = 64 // size, w
-    if M * D * size < BLOCKED_MIN_BYTES:
-        return 0
+    if M * D * size < BLOCKED_MIN_BYTES or (D * size) % 64:
+        return 0  # small, or rows not all at the same offset within a cache line
     w = (BLOCK_BYTES // (M * size * arrays)) // line * line
     if w < BLOCK_MIN_LINES * line or _ceil_div(D, w) < BLOCKED_MIN_BLOCKS:
         return 0
     return w
+
+
+cdef inline Py_ssize_t _block_start(
+    Py_ssize_t b, Py_ssize_t D, Py_ssize_t w, Py_ssize_t head,
+) noexcept nogil:
+    """First column of block b: blocks of w columns after the first, which also takes the `head`
+    columns before the output's first cache-line boundary."""
+    return 0 if b == 0 else min(head + b * w, D)
+
+
+cdef inline Py_ssize_t _line_head(const void* p, Py_ssize_t size) noexcept nogil:
+    """Values of `size` bytes before the first 64-byte boundary at or after p."""
+    return <Py_ssize_t>(((64 - (<size_t>p & 63)) & 63) // size)
 
 
 cdef inline void _tile(const floating* src, Py_ssize_t D, Py_ssize_t k, floating* dst) noexcept nogil:
@@ -539,15 +554,17 @@ cdef void _cols_forward_blocked(
 ):
     """cols_forward_train by blocks of w columns: a block's statistics over all M rows, then its
     normalisation while it is still in cache."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], n_blocks = _ceil_div(D, w), b, c0, c1, d
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, d
+    cdef Py_ssize_t head = _line_head(&out[0, 0], sizeof(floating)) % w
+    cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_mean = _scratch(0, 1, D)
     cdef double[:, ::1] part_m2 = _scratch(1, 1, D)
     cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
-            c0 = b * w
-            c1 = min(c0 + w, D)
+            c0 = _block_start(b, D, w, head)
+            c1 = _block_start(b + 1, D, w, head)
             _cols_task_moments(&x[0, c0], D, M, c1 - c0, &part_mean[0, c0], &part_m2[0, c0])
             for d in range(c0, c1):
                 var[d] = _variance(part_m2[0, d], <double>M)
@@ -673,7 +690,9 @@ cdef void _cols_backward_blocked(
 ):
     """cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its dx
     while x and dy are still in cache."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], n_blocks = _ceil_div(D, w), b, c0, c1, d
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, d
+    cdef Py_ssize_t head = _line_head(&dx[0, 0], sizeof(floating)) % w
+    cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_dy = _scratch(0, 1, D)
     cdef double[:, ::1] part_dyxc = _scratch(1, 1, D)
@@ -683,8 +702,8 @@ cdef void _cols_backward_blocked(
     cdef floating[::1] k_g = np.empty(D, dtype=dtype)
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
-            c0 = b * w
-            c1 = min(c0 + w, D)
+            c0 = _block_start(b, D, w, head)
+            c1 = _block_start(b + 1, D, w, head)
             for d in range(c0, c1):
                 part_dy[0, d] = 0.0
                 part_dyxc[0, d] = 0.0
