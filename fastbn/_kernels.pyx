@@ -380,8 +380,13 @@ cdef inline Py_ssize_t _block_width(
     """Columns per block of the column-blocked (M, D) path for `arrays` input arrays of `size`-byte
     values, or 0 when that path is not taken. A function of the shape only."""
     cdef Py_ssize_t line = 64 // size, w
-    if M * D * size < BLOCKED_MIN_BYTES or (D * size) % 64:
-        return 0  # small, or rows not all at the same offset within a cache line
+    if M * D * size < BLOCKED_MIN_BYTES:
+        # in cache anyway: BLOCKED_MIN_BLOCKS blocks, so that each thread does its columns from
+        # start to end with no merge of partials (one parallel region instead of three)
+        w = _ceil_div(_ceil_div(D, BLOCKED_MIN_BLOCKS), line) * line
+        return w if D >= BLOCKED_MIN_BLOCKS * line and M >= 2 else 0
+    if (D * size) % 64:
+        return 0  # rows not all at the same offset within a cache line
     w = (BLOCK_BYTES // (M * size * arrays)) // line * line
     if w < BLOCK_MIN_LINES * line or _ceil_div(D, w) < BLOCKED_MIN_BLOCKS:
         return 0
