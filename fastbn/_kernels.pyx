@@ -414,11 +414,14 @@ cdef inline void _tile(const floating* src, Py_ssize_t D, Py_ssize_t k, floating
             dst[g * D + j] = src[j]
 
 
-cdef inline void _cols_affine(
-    const floating* x, floating* out, Py_ssize_t M, Py_ssize_t D,
-    const floating* mean, const floating* scale, const floating* beta, int n_threads,
+cdef inline void _cols_sweep(
+    const floating* x, const floating* dy, floating* out, Py_ssize_t M, Py_ssize_t D,
+    const floating* c1, const floating* c2, const floating* c3, const floating* c4,
+    const floating* c5, int n_threads,
 ) noexcept nogil:
-    """out = (x - mean) * scale + beta per column of the (M, D) array x (row stride D)."""
+    """An elementwise sweep of (M, D) arrays (row stride D), per column j:
+    without dy, out = (x - c1) * c2 + c3 (the normalisation: mean, scale, beta);
+    with dy, out = c3 * (dy - c4 - (x - c1) * c2 * c5) (dx: mean, invstd, k_dy, k_b, k_g)."""
     cdef Py_ssize_t t, r0, r1, c0, w
     # row tiles of balanced heights (any tiling gives the same values: the sweep is elementwise)
     cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
@@ -432,38 +435,26 @@ cdef inline void _cols_affine(
         r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
         c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
         w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
-        if floating is float:
-            fastbn_cols_affine_f(x + r0 * D + c0, out + r0 * D + c0, D, r1 - r0, w,
-                                 mean + c0, scale + c0, beta + c0, stream)
-        else:
-            fastbn_cols_affine_d(x + r0 * D + c0, out + r0 * D + c0, D, r1 - r0, w,
-                                 mean + c0, scale + c0, beta + c0, stream)
+        _cols_block(x + r0 * D + c0, (dy + r0 * D + c0) if dy != NULL else NULL,
+                    out + r0 * D + c0, D, r1 - r0, w, c1 + c0, c2 + c0, c3 + c0,
+                    (c4 + c0) if c4 != NULL else NULL, (c5 + c0) if c5 != NULL else NULL, stream)
 
 
-cdef inline void _cols_dx(
-    const floating* x, const floating* dy, floating* dx, Py_ssize_t M, Py_ssize_t D,
-    const floating* mean, const floating* invstd, const floating* k_dy, const floating* k_b,
-    const floating* k_g, int n_threads,
+cdef inline void _cols_block(
+    const floating* x, const floating* dy, floating* out, Py_ssize_t stride, Py_ssize_t n_rows,
+    Py_ssize_t w, const floating* c1, const floating* c2, const floating* c3, const floating* c4,
+    const floating* c5, int stream,
 ) noexcept nogil:
-    """dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g) per column of (M, D) arrays."""
-    cdef Py_ssize_t t, r0, r1, c0, w
-    cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
-    cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows)
-    if M == 0 or D == 0:
-        return
-    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='static'):
-        r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
-        r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
-        c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
-        w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
+    """The sweep of _cols_sweep over n_rows x w values (row stride `stride`)."""
+    if dy == NULL:
         if floating is float:
-            fastbn_cols_dx_f(x + r0 * D + c0, dy + r0 * D + c0, dx + r0 * D + c0, D, r1 - r0, w,
-                             mean + c0, invstd + c0, k_dy + c0, k_b + c0, k_g + c0, stream)
+            fastbn_cols_affine_f(x, out, stride, n_rows, w, c1, c2, c3, stream)
         else:
-            fastbn_cols_dx_d(x + r0 * D + c0, dy + r0 * D + c0, dx + r0 * D + c0, D, r1 - r0, w,
-                             mean + c0, invstd + c0, k_dy + c0, k_b + c0, k_g + c0, stream)
+            fastbn_cols_affine_d(x, out, stride, n_rows, w, c1, c2, c3, stream)
+    elif floating is float:
+        fastbn_cols_dx_f(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream)
+    else:
+        fastbn_cols_dx_d(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream)
 
 
 cdef inline object _np_dtype(floating zero):
@@ -546,10 +537,11 @@ def cols_forward_train(
         _tile(&mean[0], D, k, &tiled[0, 0])
         _tile(&scale[0], D, k, &tiled[1, 0])
         _tile(&beta[0], D, k, &tiled[2, 0])
-        _cols_affine(&x[0, 0], &out[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0], &tiled[2, 0],
-                     n_threads)
+        _cols_sweep(&x[0, 0], NULL, &out[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0], &tiled[2, 0],
+                    NULL, NULL, n_threads)
         if cut.rem:
-            _cols_affine(&x[rest, 0], &out[rest, 0], cut.rem, D, &mean[0], &scale[0], &beta[0], 1)
+            _cols_sweep(&x[rest, 0], NULL, &out[rest, 0], cut.rem, D, &mean[0], &scale[0],
+                        &beta[0], NULL, NULL, 1)
 
 
 cdef void _cols_forward_blocked(
@@ -574,12 +566,8 @@ cdef void _cols_forward_blocked(
             for d in range(c0, c1):
                 var[d] = _variance(part_m2[0, d], <double>M)
                 _fold_one(part_mean[0, d], var[d], gamma, eps, d, mean, invstd, scale)
-            if floating is float:
-                fastbn_cols_affine_f(&x[0, c0], &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
-                                     &beta[c0], stream)
-            else:
-                fastbn_cols_affine_d(&x[0, c0], &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
-                                     &beta[c0], stream)
+            _cols_block(&x[0, c0], NULL, &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
+                        &beta[c0], NULL, NULL, stream)
 
 
 def cols_affine(
@@ -600,10 +588,11 @@ def cols_affine(
         _tile(&mean[0], D, k, &tiled[0, 0])
         _tile(&scale[0], D, k, &tiled[1, 0])
         _tile(&beta[0], D, k, &tiled[2, 0])
-        _cols_affine(&x[0, 0], &out[0, 0], M // k, k * D, &tiled[0, 0], &tiled[1, 0],
-                     &tiled[2, 0], n_threads)
+        _cols_sweep(&x[0, 0], NULL, &out[0, 0], M // k, k * D, &tiled[0, 0], &tiled[1, 0],
+                    &tiled[2, 0], NULL, NULL, n_threads)
         if rest < M:
-            _cols_affine(&x[rest, 0], &out[rest, 0], M - rest, D, &mean[0], &scale[0], &beta[0], 1)
+            _cols_sweep(&x[rest, 0], NULL, &out[rest, 0], M - rest, D, &mean[0], &scale[0],
+                        &beta[0], NULL, NULL, 1)
 
 
 def cols_backward(
@@ -676,16 +665,17 @@ def cols_backward(
         if not train:
             # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in);
             # k_b is 0 in test mode, and serves as the zero mean and beta
-            _cols_affine(&dy[0, 0], &dx[0, 0], Mw, cut.Dw, &tiled[3, 0], &tiled[2, 0],
-                         &tiled[3, 0], n_threads)
+            _cols_sweep(&dy[0, 0], NULL, &dx[0, 0], Mw, cut.Dw, &tiled[3, 0], &tiled[2, 0],
+                        &tiled[3, 0], NULL, NULL, n_threads)
             if cut.rem:
-                _cols_affine(&dy[rest, 0], &dx[rest, 0], cut.rem, D, &k_b[0], &k_dy[0], &k_b[0], 1)
+                _cols_sweep(&dy[rest, 0], NULL, &dx[rest, 0], cut.rem, D, &k_b[0], &k_dy[0],
+                            &k_b[0], NULL, NULL, 1)
         else:
-            _cols_dx(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, cut.Dw, &tiled[0, 0], &tiled[1, 0],
-                     &tiled[2, 0], &tiled[3, 0], &tiled[4, 0], n_threads)
+            _cols_sweep(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, cut.Dw, &tiled[0, 0], &tiled[1, 0],
+                        &tiled[2, 0], &tiled[3, 0], &tiled[4, 0], n_threads)
             if cut.rem:
-                _cols_dx(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], cut.rem, D, &mean[0],
-                         &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1)
+                _cols_sweep(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], cut.rem, D, &mean[0],
+                            &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1)
 
 
 cdef void _cols_backward_blocked(
@@ -721,18 +711,11 @@ cdef void _cols_backward_blocked(
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
             if not train:  # dx = k_dy * dy (k_b is 0: the zero mean and beta); x is not read
-                if floating is float:
-                    fastbn_cols_affine_f(&dy[0, c0], &dx[0, c0], D, M, c1 - c0, &k_b[c0], &k_dy[c0],
-                                         &k_b[c0], stream)
-                else:
-                    fastbn_cols_affine_d(&dy[0, c0], &dx[0, c0], D, M, c1 - c0, &k_b[c0], &k_dy[c0],
-                                         &k_b[c0], stream)
-            elif floating is float:
-                fastbn_cols_dx_f(&x[0, c0], &dy[0, c0], &dx[0, c0], D, M, c1 - c0, &mean[c0],
-                                 &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+                _cols_block(&dy[0, c0], NULL, &dx[0, c0], D, M, c1 - c0, &k_b[c0], &k_dy[c0],
+                            &k_b[c0], NULL, NULL, stream)
             else:
-                fastbn_cols_dx_d(&x[0, c0], &dy[0, c0], &dx[0, c0], D, M, c1 - c0, &mean[c0],
-                                 &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+                _cols_block(&x[0, c0], &dy[0, c0], &dx[0, c0], D, M, c1 - c0, &mean[c0],
+                            &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
 
 
 # --------------------------------------------------------------------------------------------
