@@ -72,10 +72,10 @@ cdef extern from "loops.h" nogil:
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
     void fastbn_rows4_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, const float* gamma,
                                   Py_ssize_t n, const double* mean, const double* invstd, double* db,
-                                  double* dg, double* out)
+                                  double* dg, double* out, int ahead)
     void fastbn_rows4_grad_sums_d(const double* x, const double* dy, Py_ssize_t stride,
                                   const double* gamma, Py_ssize_t n, const double* mean,
-                                  const double* invstd, double* db, double* dg, double* out)
+                                  const double* invstd, double* db, double* dg, double* out, int ahead)
     void fastbn_plane_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float scale,
                                float beta, int stream)
     void fastbn_plane_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
@@ -1069,11 +1069,11 @@ def rows_backward(
                     if floating is float:
                         fastbn_rows4_grad_sums_f(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
                                                  &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], &scratch[q, 8])
+                                                 &part_dgamma[q, 0], &scratch[q, 8], n + 8 <= n1)
                     else:
                         fastbn_rows4_grad_sums_d(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
                                                  &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], &scratch[q, 8])
+                                                 &part_dgamma[q, 0], &scratch[q, 8], n + 8 <= n1)
                     for k in range(4):
                         s = scratch[q, 4 + k]
                         s3 = s * s * s * scratch[q, 9 + 2 * k] / Cg

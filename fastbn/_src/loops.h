@@ -414,14 +414,15 @@ FASTBN_DEFINE_SWEEPS(double, d)
  * out[2r+1] = sum gamma * dy_r * (x_r - mean[r]), element j in lane j % 8 (two 4-wide halves,
  * added as by fastbn_hsum: eight lanes, unlike the sixteen of FASTBN_VEC, so a row summed here
  * and one summed alone may differ in the last bits; which rows go four at a time depends on the
- * shape only). mean, invstd, out: the caller's (thread-private) arrays of 4, 4 and 8 values. */
+ * shape only). mean, invstd, out: the caller's (thread-private) arrays of 4, 4 and 8 values;
+ * ahead: whether the next four rows follow (the AVX-512 twin prefetches them). */
 #define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
 static FASTBN_HOT void fastbn_rows4_grad_sums_##SUF(                                               \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
         const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,     \
-        double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out) {                     \
+        double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out, int ahead) {          \
     FASTBN_X512_VOID(fastbn_x_rows4_grad_sums_##SUF(x, dy, stride, gamma, n, mean, invstd, db, dg, \
-                                                    out))                                          \
+                                                    out, ahead))                                   \
     fastbn_v4d zero = {0, 0, 0, 0}, A[8], B[8]; /* row r: lanes 0-3 in [2r], 4-7 in [2r + 1] */    \
     double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};                                             \
     ptrdiff_t j = 0, r, h;                                                                         \
@@ -451,8 +452,9 @@ static FASTBN_HOT void fastbn_rows4_grad_sums_##SUF(                            
 #define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
 static void fastbn_rows4_grad_sums_##SUF(                                                          \
         const T *x, const T *dy, ptrdiff_t stride, const T *gamma, ptrdiff_t n,                    \
-        const double *mean, const double *invstd, double *db, double *dg, double *out) {           \
+        const double *mean, const double *invstd, double *db, double *dg, double *out, int ahead) {           \
     ptrdiff_t r;                                                                                   \
+    (void)ahead;                                                                                   \
     for (r = 0; r < 4; r++) {                                                                      \
         fastbn_sums t = fastbn_row_grad_sums_##SUF(x + r * stride, dy + r * stride, gamma, n,      \
                                                    mean[r], invstd[r], db, dg);                    \

@@ -478,13 +478,18 @@ FASTBN_DEFINE_X512(double, d, 8, fastbn_x8d)
 static FASTBN_X512 void fastbn_x_rows4_grad_sums_##SUF(                                            \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
         const T *FASTBN_RESTRICT gamma, ptrdiff_t n, const double *mean, const double *invstd,     \
-        double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out) {                     \
+        double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, double *out, int ahead) {          \
     fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0}, A[4], B[4];                                        \
     double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};                                             \
     ptrdiff_t j = 0, r;                                                                            \
     for (r = 0; r < 4; r++) A[r] = B[r] = zero;                                                    \
     for (; j + 8 <= n; j += 8) {                                                                   \
         fastbn_x8d gm = fastbn_x_load8_##SUF(gamma + j), sdb = zero, sdg = zero;                   \
+        if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))                                       \
+            for (r = 4; r < 8; r++) {                                                              \
+                _mm_prefetch((const char *)(x + r * stride + j), _MM_HINT_T0);                     \
+                _mm_prefetch((const char *)(dy + r * stride + j), _MM_HINT_T0);                    \
+            }                                                                                      \
         for (r = 0; r < 4; r++) {                                                                  \
             fastbn_x8d g = fastbn_x_load8_##SUF(dy + r * stride + j),                              \
                        xc = fastbn_x_load8_##SUF(x + r * stride + j) - mean[r];                    \
