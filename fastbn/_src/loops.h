@@ -452,7 +452,8 @@ static FASTBN_HOT void fastbn_rows4_grad_sums_##SUF(                            
 #define FASTBN_DEFINE_ROWS4(T, SUF)                                                                \
 static void fastbn_rows4_grad_sums_##SUF(                                                          \
         const T *x, const T *dy, ptrdiff_t stride, const T *gamma, ptrdiff_t n,                    \
-        const double *mean, const double *invstd, double *db, double *dg, double *out, int ahead) {           \
+        const double *mean, const double *invstd, double *db, double *dg, double *out,             \
+        int ahead) {                                                                               \
     ptrdiff_t r;                                                                                   \
     (void)ahead;                                                                                   \
     for (r = 0; r < 4; r++) {                                                                      \

@@ -456,7 +456,9 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
                                      * fastbn_x_loadv_##SUF(invstd + j)                            \
                                      * fastbn_x_loadv_##SUF(k_g + j)),                             \
                         FASTBN_X_COLS_DX1(j, j),                                                   \
-                        if (ahead) { FASTBN_X_PREFETCH(x0 + j, far) FASTBN_X_PREFETCH(g0 + j, far) }) \
+                        if (ahead) {                                                       \
+                            FASTBN_X_PREFETCH(x0 + j, far) FASTBN_X_PREFETCH(g0 + j, far)          \
+                        })                                                                         \
     }                                                                                              \
     if (stream) _mm_sfence();                                                                      \
 }
