@@ -15,6 +15,8 @@ contiguity: nothing is checked. Three families of kernels cover all public opera
 
 Determinism: work is cut into chunks whose boundaries depend only on the shape, partial results
 are stored per chunk and combined in chunk order, so the bits do not depend on the thread count.
+(The column blocks of (M, D) arrays depend on the thread count and on the output's address too,
+but no column's value depends on which block it is in.)
 Statistics are accumulated in double precision, shifted by a sample of the data (the first value
 of each chunk or plane; the row mean for rows) and merged with Chan's formula: never
 E[x^2] - E[x]^2.
@@ -23,10 +25,11 @@ Speed: the hot loops live in ``_src/loops.h`` (vectorised double sums with fixed
 column sums and sweeps four rows at a time, compiled for AVX2 and for the baseline and picked at
 load time) and their AVX-512 twins in ``_src/loops_avx512.h`` (the same bits; chosen at import
 when the CPU has AVX-512, see :func:`simd`). The elementwise sweeps of outputs of 8 MiB or more
-use streaming stores (no read-for-ownership of the output). NCHW with enough channels, layernorm
-and groupnorm read x from memory once: a channel's planes (a row) are normalised right after their
-statistics, while they are in cache. (M, D) with few columns is swept as wide rows of several
-rows. Every choice of path depends on the shape only.
+use streaming stores (no read-for-ownership of the output). NCHW with enough channels, layernorm,
+groupnorm and (M, D) arrays with enough columns read x from memory once: a channel's planes (a
+row, a block of columns) are normalised right after their statistics, while they are in cache.
+(M, D) with few columns is swept as wide rows of several rows. Every choice of path depends on
+the shape only.
 """
 import threading
 
@@ -134,13 +137,15 @@ cdef Py_ssize_t AFFINE_COLS = 4096
 # NCHW with at least this many channels: a channel's N planes are processed by one task
 # (statistics, then the elementwise sweep while the planes are still in cache).
 cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
-# (M, D) arrays of at least BLOCKED_MIN_BYTES are processed in blocks of columns over all rows,
-# each block small enough (BLOCK_BYTES per array) to stay in the last-level cache between its
-# reduction sweep and its elementwise sweep: x (and dy) come from memory once instead of twice.
-# Blocks are whole cache lines wide, at least BLOCK_MIN_LINES of them, and start on a line of the
-# output (threads writing parts of the same line would pass it back and forth); rows must be whole
-# lines, and there must be at least BLOCKED_MIN_BLOCKS blocks (else the two sweeps run over the
-# whole array, one after the other). Each column's results do not depend on the blocks.
+# (M, D) arrays are processed in blocks of columns over all rows when they have enough columns
+# (see _block_width): a block's reduction sweep, then its elementwise sweep while it is in cache.
+# Arrays of at least BLOCKED_MIN_BYTES: blocks small enough (BLOCK_BYTES per array) to stay in
+# the last-level cache, so that x (and dy) come from memory once instead of twice; they are whole
+# cache lines wide, at least BLOCK_MIN_LINES of them, start on a line of the output (threads
+# writing parts of the same line would pass it back and forth), rows must be whole lines, and
+# there must be at least BLOCKED_MIN_BLOCKS blocks (else the two sweeps run over the whole array,
+# one after the other). Smaller arrays: at least BLOCKED_MIN_BLOCKS blocks (two per thread), one
+# parallel region and no merge of partials. Each column's results do not depend on the blocks.
 cdef Py_ssize_t BLOCKED_MIN_BYTES = 1 << 23
 cdef Py_ssize_t BLOCK_BYTES = 1 << 22
 cdef Py_ssize_t BLOCK_MIN_LINES = 4
@@ -375,16 +380,16 @@ cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
 
 
 cdef inline Py_ssize_t _block_width(
-    Py_ssize_t M, Py_ssize_t D, Py_ssize_t size, Py_ssize_t arrays,
+    Py_ssize_t M, Py_ssize_t D, Py_ssize_t size, Py_ssize_t arrays, int n_threads,
 ) noexcept nogil:
     """Columns per block of the column-blocked (M, D) path for `arrays` input arrays of `size`-byte
-    values, or 0 when that path is not taken. A function of the shape only."""
+    values, or 0 when that path is not taken. Whether it is taken depends on the shape only."""
     cdef Py_ssize_t line = 64 // size, w
     if M * D * size < BLOCKED_MIN_BYTES:
-        # in cache anyway: BLOCKED_MIN_BLOCKS blocks, so that each thread does its columns from
-        # start to end with no merge of partials (one parallel region instead of three)
-        w = _ceil_div(_ceil_div(D, BLOCKED_MIN_BLOCKS), line) * line
-        return w if D >= BLOCKED_MIN_BLOCKS * line and M >= 2 else 0
+        if D < BLOCKED_MIN_BLOCKS * line or M < 2:
+            return 0
+        w = _ceil_div(D, max(BLOCKED_MIN_BLOCKS, 2 * n_threads))
+        return max(_ceil_div(w, line) * line, line)
     if (D * size) % 64:
         return 0  # rows not all at the same offset within a cache line
     w = (BLOCK_BYTES // (M * size * arrays)) // line * line
@@ -499,7 +504,9 @@ def cols_forward_train(
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
-    cdef Py_ssize_t w = _block_width(M, D, sizeof(floating), 1) if _wide_factor(M, D) == 1 else 0
+    cdef Py_ssize_t w = 0
+    if _wide_factor(M, D) == 1:
+        w = _block_width(M, D, sizeof(floating), 1, n_threads)
     if w:
         _cols_forward_blocked(x, gamma, beta, eps, out, mean, invstd, var, w, n_threads)
         return
@@ -552,7 +559,7 @@ cdef void _cols_forward_blocked(
     """cols_forward_train by blocks of w columns: a block's statistics over all M rows, then its
     normalisation while it is still in cache."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, d
-    cdef Py_ssize_t head = _line_head(&out[0, 0], sizeof(floating)) % w
+    cdef Py_ssize_t head = _line_head(&out[0, 0], sizeof(floating))  # < one line <= w
     cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_mean = _scratch(0, 1, D)
@@ -615,7 +622,9 @@ def cols_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    cdef Py_ssize_t w = _block_width(M, D, sizeof(floating), 2) if _wide_factor(M, D) == 1 else 0
+    cdef Py_ssize_t w = 0
+    if _wide_factor(M, D) == 1:
+        w = _block_width(M, D, sizeof(floating), 2, n_threads)
     if w:
         _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, w, n_threads)
         return
@@ -686,7 +695,7 @@ cdef void _cols_backward_blocked(
     """cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its dx
     while x and dy are still in cache."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, d
-    cdef Py_ssize_t head = _line_head(&dx[0, 0], sizeof(floating)) % w
+    cdef Py_ssize_t head = _line_head(&dx[0, 0], sizeof(floating))  # < one line <= w
     cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, ::1] part_dy = _scratch(0, 1, D)

@@ -41,15 +41,19 @@ def test_compiled_matches_reference(op, shape, dtype):
             assert_close(param_c[key], param_r[key], param_r[key].dtype, key)
 
 
-# Arrays of 8 MiB or more with enough columns: the compiled kernels work by blocks of columns
-# over all rows (statistics, then the elementwise sweep, while a block is in cache); the f64 case
-# has rows that are not a whole number of cache lines and a last block narrower than the others.
-BLOCKED_CASES = [(2048, 2048, np.float32), (1500, 1100, np.float64)]
+# (M, D) arrays with enough columns: the compiled kernels work by blocks of columns over all rows
+# (statistics, then the elementwise sweep, while a block is in cache). Arrays of 8 MiB or more:
+# (2048, 2048); (1500, 1104), last block narrower than the others; (1024, 2064), forward
+# unblocked and backward blocked; (3, 1048592), three rows. Smaller ones: (300, 1001), rows not
+# a whole number of cache lines (masked partial vectors).
+BLOCKED_CASES = [(2048, 2048, np.float32), (1500, 1104, np.float64), (1024, 2064, np.float32),
+                 (3, 1048592, np.float32), (300, 1001, np.float32)]
 
 
 @needs_compiled
 @pytest.mark.parametrize("mode", ["train", "test"])
-@pytest.mark.parametrize("M, D, dtype", BLOCKED_CASES, ids=["2048x2048-float32", "1500x1100-float64"])
+@pytest.mark.parametrize("M, D, dtype", BLOCKED_CASES,
+                         ids=[f"{m}x{d}-{np.dtype(t).name}" for m, d, t in BLOCKED_CASES])
 def test_column_blocked_batchnorm_matches_reference(M, D, dtype, mode):
     op = next(op for op in OPS if op.name == "batchnorm" and op.mode == mode)
     test_compiled_matches_reference(op, (M, D), dtype)

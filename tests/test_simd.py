@@ -23,7 +23,11 @@ CASES = [
     ("batchnorm-train", (1031, 1031), "float64"),  # streamed output, unaligned rows
     ("batchnorm-test", (2100, 1001), "float32"),
     ("batchnorm-train", (2048, 2048), "float32"),  # column blocks
-    ("batchnorm-test", (1500, 1100), "float64"),  # column blocks, rows not whole cache lines
+    ("batchnorm-train", (1500, 1104), "float64"),  # column blocks, a narrower last one
+    ("batchnorm-test", (1500, 1104), "float64"),
+    ("batchnorm-train", (1024, 2064), "float32"),  # backward in column blocks
+    ("batchnorm-train", (300, 1001), "float32"),  # small: column blocks, masked partial vectors
+    ("batchnorm-test", (300, 1001), "float32"),
     ("batchnorm-train", (1003, 50), "float32"),  # wide rows of 21 rows, 16 rows left over
     ("batchnorm-test", (1003, 50), "float64"),
     ("spatial_batchnorm-train-NHWC", (8, 32, 32, 3), "float64"),  # wide rows of 342 rows
@@ -131,3 +135,29 @@ def test_out_buffers_not_aligned_to_their_element_size(disable_avx512):
     proc = subprocess.run([sys.executable, "-c", MISALIGNED_SCRIPT], env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("shape, dtype", [((2048, 2048), np.float32), ((1500, 1104), np.float64),
+                                          ((300, 1001), np.float32)])
+def test_output_address_does_not_change_bits(shape, dtype):
+    """Column blocks start on a cache line of the output, so they move with its address; the
+    results must not: out= buffers at every element offset within a cache line give the same
+    bits."""
+    import fastbn
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    g, b = np.ones(shape[1], dtype), np.zeros(shape[1], dtype)
+    out, cache = fastbn.batchnorm_forward(x, g, b, {"mode": "train"})
+    dx = fastbn.batchnorm_backward(dout, cache)[0]
+    itemsize = np.dtype(dtype).itemsize
+    n = x.size
+    buf = np.empty(n + 128 // itemsize, dtype)
+    start = (-buf.ctypes.data % 64) // itemsize  # first element on a 64-byte boundary
+    for offset in range(64 // itemsize):
+        view = buf[start + offset:start + offset + n].reshape(shape)
+        fastbn.batchnorm_forward(x, g, b, {"mode": "train"}, out=view)
+        np.testing.assert_array_equal(view, out)
+        fastbn.batchnorm_backward(dout, cache, out=view)
+        np.testing.assert_array_equal(view, dx)

@@ -431,7 +431,7 @@ static FASTBN_X512 void fastbn_x_cols_dx_##SUF(                                 
     stream = fastbn_x_streamable(dx, sizeof(T), stream);                                           \
     head = fastbn_x_head(dx, n, sizeof(T), stream);                                                \
     ptrdiff_t far = 2 * FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T);                                     \
-    int ahead = n >= 2 * far; /* (as in fastbn_x_cols_affine_*) */                                 \
+    int ahead = stream && n >= 2 * far; /* (as in fastbn_x_cols_affine_*) */                       \
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride, *g0 = dy + i * stride;                                   \
