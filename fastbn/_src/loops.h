@@ -46,6 +46,53 @@ typedef struct { double s1, s2; } fastbn_sums;
 #define FASTBN_RESTRICT __restrict__
 #endif
 
+/* Scalar arithmetic written once for the baseline loops below and their AVX-512 twins in
+ * loops_avx512.h, which must compute the same bits. */
+/* (M, D) column sums into s1[j], s2[j], column j of four rows of x at A, B, C, E: the sums of
+ * x - shift[j] and of its square; with dy's rows at GA..GE, the sums of dy and of
+ * dy * (x - mean[j]). */
+#define FASTBN_SHIFTED_COL4(A, B, C, E)                                                            \
+    {                                                                                              \
+        double h = (double)shift[j], t0 = (double)(A)[j] - h, t1 = (double)(B)[j] - h,             \
+               t2 = (double)(C)[j] - h, t3 = (double)(E)[j] - h;                                   \
+        s1[j] += (t0 + t1) + (t2 + t3);                                                            \
+        s2[j] += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);                                        \
+    }
+#define FASTBN_GRAD_COL4(A, B, C, E, GA, GB, GC, GE)                                               \
+    {                                                                                              \
+        double m = (double)mean[j], g0 = (GA)[j], g1 = (GB)[j], g2 = (GC)[j], g3 = (GE)[j];        \
+        s1[j] += (g0 + g1) + (g2 + g3);                                                            \
+        s2[j] += (g0 * ((double)(A)[j] - m) + g1 * ((double)(B)[j] - m))                           \
+               + (g2 * ((double)(C)[j] - m) + g3 * ((double)(E)[j] - m));                          \
+    }
+/* The rows i..n_rows-1 left after the groups of four, one at a time. */
+#define FASTBN_SHIFTED_ROWS1                                                                       \
+    for (; i < n_rows; i++)                                                                        \
+        for (j = 0; j < w; j++) {                                                                  \
+            double t = (double)x[i * stride + j] - (double)shift[j];                               \
+            s1[j] += t;                                                                            \
+            s2[j] += t * t;                                                                        \
+        }
+#define FASTBN_GRAD_ROWS1                                                                          \
+    for (; i < n_rows; i++)                                                                        \
+        for (j = 0; j < w; j++) {                                                                  \
+            double g = dy[i * stride + j];                                                         \
+            s1[j] += g;                                                                            \
+            s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);                            \
+        }
+/* The last n % 8 columns of fastbn_rows4_grad_sums_*. */
+#define FASTBN_ROWS4_TAIL                                                                          \
+    for (; j < n; j++)                                                                             \
+        for (r = 0; r < 4; r++) {                                                                  \
+            double g = (double)dy[r * stride + j], xc = (double)x[r * stride + j] - mean[r];       \
+            db[j] += g;                                                                            \
+            dg[j] += g * xc * invstd[r];                                                           \
+            g *= (double)gamma[j];                                                                 \
+            sa[r] += g;                                                                            \
+            sb[r] += g * xc;                                                                       \
+        }
+
+
 #include "loops_avx512.h"
 /* Hand a call to the AVX-512 twin of a function when that path is enabled (see
  * loops_avx512.h): VALUE for functions returning a value, VOID for the others. */
@@ -242,19 +289,9 @@ static FASTBN_HOT void fastbn_cols_shifted_sums_##SUF(                          
     for (; i + 4 <= n_rows; i += 4) {                                                              \
         FASTBN_ROWS4(T, x)                                                                         \
         FASTBN_PREFETCH_ROWS(x)                                                                    \
-        for (j = 0; j < w; j++) {                                                                  \
-            double h = (double)shift[j], t0 = (double)x0[j] - h, t1 = (double)x1[j] - h,           \
-                   t2 = (double)x2[j] - h, t3 = (double)x3[j] - h;                                 \
-            s1[j] += (t0 + t1) + (t2 + t3);                                                        \
-            s2[j] += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);                                    \
-        }                                                                                          \
+        for (j = 0; j < w; j++) FASTBN_SHIFTED_COL4(x0, x1, x2, x3)                                \
     }                                                                                              \
-    for (; i < n_rows; i++)                                                                        \
-        for (j = 0; j < w; j++) {                                                                  \
-            double t = (double)x[i * stride + j] - (double)shift[j];                               \
-            s1[j] += t;                                                                            \
-            s2[j] += t * t;                                                                        \
-        }                                                                                          \
+    FASTBN_SHIFTED_ROWS1                                                                           \
 }                                                                                                  \
 /* s1[j] += sum_i dy[i, j], s2[j] += sum_i dy[i, j] * (x[i, j] - mean[j]). */                      \
 static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                                                \
@@ -268,19 +305,9 @@ static FASTBN_HOT void fastbn_cols_grad_sums_##SUF(                             
         FASTBN_ROWS4(T, dy)                                                                        \
         FASTBN_PREFETCH_ROWS(x)                                                                    \
         FASTBN_PREFETCH_ROWS(dy)                                                                   \
-        for (j = 0; j < w; j++) {                                                                  \
-            double m = (double)mean[j], g0 = dy0[j], g1 = dy1[j], g2 = dy2[j], g3 = dy3[j];        \
-            s1[j] += (g0 + g1) + (g2 + g3);                                                        \
-            s2[j] += (g0 * ((double)x0[j] - m) + g1 * ((double)x1[j] - m))                         \
-                   + (g2 * ((double)x2[j] - m) + g3 * ((double)x3[j] - m));                        \
-        }                                                                                          \
+        for (j = 0; j < w; j++) FASTBN_GRAD_COL4(x0, x1, x2, x3, dy0, dy1, dy2, dy3)               \
     }                                                                                              \
-    for (; i < n_rows; i++)                                                                        \
-        for (j = 0; j < w; j++) {                                                                  \
-            double g = dy[i * stride + j];                                                         \
-            s1[j] += g;                                                                            \
-            s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);                            \
-        }                                                                                          \
+    FASTBN_GRAD_ROWS1                                                                              \
 }
 
 /* The elementwise sweeps write rows i..i+r-1 (r <= 4), columns c0..c0+cw-1 (cw <= FASTBN_BLOCK):

@@ -22,18 +22,6 @@
 
 #include <stdlib.h>
 
-/* The last n % 8 columns of fastbn_rows4_grad_sums_* (shared by both paths). */
-#define FASTBN_ROWS4_TAIL                                                                          \
-    for (; j < n; j++)                                                                             \
-        for (r = 0; r < 4; r++) {                                                                  \
-            double g = (double)dy[r * stride + j], xc = (double)x[r * stride + j] - mean[r];       \
-            db[j] += g;                                                                            \
-            dg[j] += g * xc * invstd[r];                                                           \
-            g *= (double)gamma[j];                                                                 \
-            sa[r] += g;                                                                            \
-            sb[r] += g * xc;                                                                       \
-        }
-
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))                               \
     && (defined(__clang__) || __GNUC__ >= 7)
 #define FASTBN_HAVE_X512 1
@@ -311,24 +299,14 @@ static FASTBN_X512 void fastbn_x_cols_shifted_sums_##SUF(                       
             fastbn_x_storev_d(s1 + j, a);                                                          \
             fastbn_x_storev_d(s2 + j, b);                                                          \
         }                                                                                          \
-        for (; j < w; j++) {                                                                       \
+        for (; j < w; j++)                                                                         \
             for (r = 0; r < (two ? 8 : 4); r += 4) {                                               \
-                double hh = (double)shift[j], u0 = (double)x0[r * stride + j] - hh,                \
-                       u1 = (double)x0[(r + 1) * stride + j] - hh,                                 \
-                       u2 = (double)x0[(r + 2) * stride + j] - hh,                                 \
-                       u3 = (double)x0[(r + 3) * stride + j] - hh;                                 \
-                s1[j] += (u0 + u1) + (u2 + u3);                                                    \
-                s2[j] += (u0 * u0 + u1 * u1) + (u2 * u2 + u3 * u3);                                \
+                const T *xr = x0 + r * stride;                                                     \
+                FASTBN_SHIFTED_COL4(xr, xr + stride, xr + 2 * stride, xr + 3 * stride)             \
             }                                                                                      \
-        }                                                                                          \
         if (!two) i -= 4;                                                                          \
     }                                                                                              \
-    for (; i < n_rows; i++)                                                                        \
-        for (j = 0; j < w; j++) {                                                                  \
-            double t = (double)x[i * stride + j] - (double)shift[j];                               \
-            s1[j] += t;                                                                            \
-            s2[j] += t * t;                                                                        \
-        }                                                                                          \
+    FASTBN_SHIFTED_ROWS1                                                                           \
 }                                                                                                  \
 static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                                             \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, ptrdiff_t stride,                 \
@@ -361,25 +339,15 @@ static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                          
             fastbn_x_storev_d(s1 + j, a);                                                          \
             fastbn_x_storev_d(s2 + j, b);                                                          \
         }                                                                                          \
-        for (; j < w; j++) {                                                                       \
+        for (; j < w; j++)                                                                         \
             for (r = 0; r < (two ? 8 : 4); r += 4) {                                               \
-                const T *xk = x0 + r * stride + j, *yk = y0 + r * stride + j;                      \
-                double mm = (double)mean[j], h0 = yk[0], h1 = yk[stride], h2 = yk[2 * stride],     \
-                       h3 = yk[3 * stride];                                                        \
-                s1[j] += (h0 + h1) + (h2 + h3);                                                    \
-                s2[j] += (h0 * ((double)xk[0] - mm) + h1 * ((double)xk[stride] - mm))              \
-                       + (h2 * ((double)xk[2 * stride] - mm)                                       \
-                          + h3 * ((double)xk[3 * stride] - mm));                                   \
+                const T *xr = x0 + r * stride, *yr = y0 + r * stride;                              \
+                FASTBN_GRAD_COL4(xr, xr + stride, xr + 2 * stride, xr + 3 * stride, yr,            \
+                                 yr + stride, yr + 2 * stride, yr + 3 * stride)                    \
             }                                                                                      \
-        }                                                                                          \
         if (!two) i -= 4;                                                                          \
     }                                                                                              \
-    for (; i < n_rows; i++)                                                                        \
-        for (j = 0; j < w; j++) {                                                                  \
-            double g = dy[i * stride + j];                                                         \
-            s1[j] += g;                                                                            \
-            s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);                            \
-        }                                                                                          \
+    FASTBN_GRAD_ROWS1                                                                              \
 }                                                                                                  \
 /* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time,    \
  * so that each column's coefficients are loaded once per four rows -- when streamed, only if      \
