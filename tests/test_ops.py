@@ -119,8 +119,29 @@ GRAD_CASES = [(op, which) for op in OPS for which in range(len(op.backward_names
                          ids=[f"{op.id}-{op.backward_names[w]}" for op, w in GRAD_CASES])
 def test_numeric_gradient(op, which, backend):
     shape = GRAD_SHAPES[op.name]
+    _check_numeric_gradient(op, which, backend, shape, np.random.default_rng(5).standard_normal(shape))
+
+
+BN_GRAD_CASES = [(op, which) for op, which in GRAD_CASES if op.name == "batchnorm"]
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op, which", BN_GRAD_CASES,
+                         ids=[f"{op.id}-{op.backward_names[w]}" for op, w in BN_GRAD_CASES])
+def test_numeric_gradient_column_blocks(op, which, backend):
+    """(5, 36) has enough columns for the compiled kernels' column blocks (two or three, after
+    the output's first cache-line boundary). dout is non-zero in three columns only, the first,
+    one near the middle and the last, which lie in different blocks: a loss over all 36 columns
+    is too large for centred differences to resolve 1e-8 (the NumPy reference misses it too), and
+    a column's gradient involves only that column."""
+    shape = (5, 36)
+    dout = np.zeros(shape)
+    dout[:, [0, 17, 35]] = np.random.default_rng(5).standard_normal((5, 3))
+    _check_numeric_gradient(op, which, backend, shape, dout)
+
+
+def _check_numeric_gradient(op, which, backend, shape, dout):
     x, gamma, beta, param = op.make(shape, seed=4)
-    dout = np.random.default_rng(5).standard_normal(shape)
 
     def loss():
         out, _ = op.forward(x, gamma, beta, copy_param(param), backend=backend)
@@ -202,15 +223,19 @@ def test_inputs_are_not_modified(op, backend):
             assert not np.shares_memory(result, given)
 
 
-LARGE = {"batchnorm": (3000, 70), "spatial_batchnorm": (16, 8, 24, 24), "layernorm": (700, 300),
-         "groupnorm": (16, 8, 24, 24)}
+# Batchnorm: wide rows (3000, 70); column blocks of a large (2048, 2048) and a small (300, 1001)
+# array.
+LARGE = {"batchnorm": ((3000, 70), (2048, 2048), (300, 1001)),
+         "spatial_batchnorm": ((16, 8, 24, 24),), "layernorm": ((700, 300),),
+         "groupnorm": ((16, 8, 24, 24),)}
+THREAD_CASES = [(op, shape) for op in OPS for shape in LARGE[op.name]]
 
 
 @needs_compiled
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
-def test_thread_count_does_not_change_bits(op, dtype):
-    shape = LARGE[op.name]
+@pytest.mark.parametrize("op, shape", THREAD_CASES,
+                         ids=[f"{op.id}-{'x'.join(map(str, shape))}" for op, shape in THREAD_CASES])
+def test_thread_count_does_not_change_bits(op, shape, dtype):
     if op.layout == "NHWC":
         shape = (shape[0], shape[2], shape[3], shape[1])
     results = []
