@@ -34,14 +34,27 @@ def forward(p):
         mean = np.empty(C, dtype=dtype)
         invstd = np.empty(C, dtype=dtype)
         batch_var = np.empty(C)
+        running = (_in_place(p.running_mean, dtype), _in_place(p.running_var, dtype))
         train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
-        train(x, p.gamma, p.beta, p.eps, out, mean, invstd, batch_var, n_threads)
+        train(x, p.gamma, p.beta, p.eps, out, mean, invstd, batch_var, *running, p.momentum,
+              n_threads)
+        updated = (running[0] is not None, running[1] is not None)
     else:
         mean, invstd = test_statistics(p)
         batch_var = None
+        updated = (False, False)
         affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
         affine(x, mean, p.gamma * invstd, p.beta, out, n_threads)
-    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var)
+    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated)
+
+
+def _in_place(running, dtype):
+    """A running statistic as the flat view the kernel updates in place (same bits as the NumPy
+    update, see _kernels._update_running), or None when it is not in the computation dtype and
+    C-contiguous (or not there yet): then finish_forward updates it."""
+    if running is not None and running.dtype == dtype and running.flags.c_contiguous:
+        return running.reshape(-1)
+    return None
 
 
 def backward(dout, cache, out=None):

@@ -73,6 +73,12 @@ cdef extern from "loops.h" nogil:
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
     fastbn_sums fastbn_row_grad_sums_d(const double* x, const double* dy, const double* gamma,
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
+    void fastbn_layernorm_rows_grad_f(const float* x, const float* dy, float* dx, Py_ssize_t n_rows,
+                                      Py_ssize_t n, const float* gamma, const float* mean,
+                                      const float* invstd, double* db, double* dg, int stream)
+    void fastbn_layernorm_rows_grad_d(const double* x, const double* dy, double* dx, Py_ssize_t n_rows,
+                                      Py_ssize_t n, const double* gamma, const double* mean,
+                                      const double* invstd, double* db, double* dg, int stream)
     void fastbn_rows4_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, const float* gamma,
                                   Py_ssize_t n, const double* mean, const double* invstd, double* db,
                                   double* dg, double* out, int ahead)
@@ -225,7 +231,7 @@ cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
 _local = threading.local()
 
 
-def _scratch(int slot, Py_ssize_t rows, Py_ssize_t cols):
+cdef object _scratch(int slot, Py_ssize_t rows, Py_ssize_t cols):
     """A (rows, cols) float64 work array, uninitialised, from this Python thread's slot 0 or 1.
 
     Per-chunk partials can reach MAX_PARTIALS values: allocating them anew for every call would
@@ -341,6 +347,29 @@ cdef inline void _backward_coefficients(
         else:
             k_b[c] = 0
             k_g[c] = 0
+
+
+cdef void _update_running(
+    const floating[::1] mean, const double[::1] var, floating[::1] running_mean,
+    floating[::1] running_var, double momentum,
+):
+    """running = momentum * running + (1 - momentum) * batch, in place, for each running array
+    given (None: fastbn._validation.update_running does it). The operations and their precision
+    are those of that NumPy code, so that both give the same bits: NumPy computes
+    ``momentum * running`` in the array's precision (the Python float is cast to it), the mean
+    term in the precision of the mean, and the variance term, the variance being float64, in
+    double. Run after the kernel, as the NumPy update would be: then the result is the same even
+    if a running array overlaps an input or the output."""
+    cdef Py_ssize_t d
+    cdef floating m = <floating>momentum, rest = <floating>(1.0 - momentum), t
+    if running_mean is not None:
+        for d in range(mean.shape[0]):
+            t = m * running_mean[d]
+            running_mean[d] = t + rest * mean[d]
+    if running_var is not None:
+        for d in range(var.shape[0]):
+            t = m * running_var[d]
+            running_var[d] = <floating>(<double>t + (1.0 - momentum) * var[d])
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,9 +527,21 @@ def cols_forward_train(
     floating[::1] mean,            # OUT (D,) batch mean
     floating[::1] invstd,          # OUT (D,) 1/sqrt(var + eps)
     double[::1] var,               # OUT (D,) biased batch variance, for the running statistics
+    floating[::1] running_mean,    # INOUT (D,) or None, see _update_running
+    floating[::1] running_var,     # INOUT (D,) or None
+    double momentum,
     int n_threads,
 ):
-    """Batch statistics per column, then out = (x - mean) * gamma * invstd + beta."""
+    """Batch statistics per column, then out = (x - mean) * gamma * invstd + beta; then the
+    running statistics that are given are updated."""
+    _cols_forward_train(x, gamma, beta, eps, out, mean, invstd, var, n_threads)
+    _update_running(mean, var, running_mean, running_var, momentum)
+
+
+cdef void _cols_forward_train(
+    const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
+    floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var, int n_threads,
+):
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
@@ -788,6 +829,19 @@ def planes_forward_train(
     floating[::1] mean,            # OUT (C,)
     floating[::1] invstd,          # OUT (C,)
     double[::1] var,               # OUT (C,) biased batch variance
+    floating[::1] running_mean,    # INOUT (C,) or None, see _update_running
+    floating[::1] running_var,     # INOUT (C,) or None
+    double momentum,
+    int n_threads,
+):
+    """As _planes_forward_train; then the running statistics that are given are updated."""
+    _planes_forward_train(x, gamma, beta, eps, out, mean, invstd, var, n_threads)
+    _update_running(mean, var, running_mean, running_var, momentum)
+
+
+cdef void _planes_forward_train(
+    const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
+    floating[:, :, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
     int n_threads,
 ):
     """Per-plane moments merged per channel in plane order, then the normalising sweep.
@@ -1090,6 +1144,16 @@ def rows_backward(
                         _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
                                 scratch[q, k], s, &gamma[0], 0.0, s3, b, stream)
                     n = n + 4
+            if L == 1 and groups == 1 and n < n1:  # the other layernorm rows, in one C call
+                if floating is float:
+                    fastbn_layernorm_rows_grad_f(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
+                                                 &gamma[0], &mean[n], &invstd[n], &part_dbeta[q, 0],
+                                                 &part_dgamma[q, 0], stream)
+                else:
+                    fastbn_layernorm_rows_grad_d(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
+                                                 &gamma[0], &mean[n], &invstd[n], &part_dbeta[q, 0],
+                                                 &part_dgamma[q, 0], stream)
+                n = n1
             for n in range(n, n1):
                 for g in range(groups):
                     r = n * groups + g

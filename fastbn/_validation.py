@@ -6,6 +6,7 @@ functions turn user input into a :class:`Prepared` record of C-contiguous arrays
 computation dtype, and ``finish_*`` turn a backend's raw results into what the public functions
 return (running statistics, cache, output dtype).
 """
+import math
 from collections.abc import MutableMapping
 from numbers import Real
 from typing import NamedTuple
@@ -100,6 +101,8 @@ def compute_dtype(a, name):
     """Return (computation dtype, output dtype) for an input array, or raise TypeError."""
     dt = a.dtype
     if dt.kind == "f":
+        if dt.isnative and dt.itemsize in (4, 8):
+            return dt, dt
         if dt.itemsize == 2:
             return np.dtype(np.float32), dt
         if dt.itemsize in (4, 8):
@@ -122,7 +125,8 @@ def _check_real(value, name, low, high, default):
     """A real number in [low, high] (high may be inf: then finite and >= low), or the default."""
     if value is None:
         return default
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+    if type(value) not in (float, int) and (  # the usual types skip the (slower) ABC check
+            isinstance(value, (bool, np.bool_)) or not isinstance(value, Real)):
         raise TypeError(f"{name} must be a real number, got {value!r} of type {_type_name(value)}")
     value = float(value)
     if not (low <= value <= high) or value == np.inf:  # also rejects NaN
@@ -132,7 +136,7 @@ def _check_real(value, name, low, high, default):
 
 
 def check_param_dict(param, name):
-    if not isinstance(param, MutableMapping):
+    if type(param) is not dict and not isinstance(param, MutableMapping):
         raise TypeError(f"{name} must be a dict, got {_type_name(param)}")
     return param
 
@@ -328,7 +332,7 @@ def kernel_view(cache_or_prepared):
             return "cols", (shape[0] * shape[1] * shape[2], shape[3])
         return "planes", (shape[0], shape[1], shape[2] * shape[3])
     if op == "layernorm":
-        return "rows", (int(np.prod(shape[:-1], dtype=np.int64)), shape[-1], 1)
+        return "rows", (math.prod(shape[:-1]), shape[-1], 1)
     G = cache_or_prepared.groups
     return "rows", (shape[0] * G, shape[1] // G, shape[2] * shape[3])
 
@@ -346,13 +350,14 @@ def test_statistics(p):
     return mean, invstd
 
 
-def finish_forward(p, out, mean, invstd, batch_var=None):
+def finish_forward(p, out, mean, invstd, batch_var=None, updated=(False, False)):
     """Update running statistics (train-mode batchnorm), build the cache, cast the output.
 
     Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
+    `updated` tells which of running_mean and running_var the backend updated already.
     """
     if p.op in ("batchnorm", "spatial_batchnorm") and p.mode == "train":
-        _update_running(p, mean, batch_var)
+        update_running(p, mean, batch_var, updated)
     cache = NormCache(
         op=p.op, x=p.x, gamma=p.gamma, mean=mean, invstd=invstd, eps=p.eps, mode=p.mode,
         layout=p.layout, groups=p.groups, gamma_shape=p.gamma_shape, beta_shape=p.beta_shape,
@@ -370,20 +375,27 @@ def _into(out, result, dtype):
     return out
 
 
-def _update_running(p, batch_mean, batch_var):
-    """running = momentum * running + (1 - momentum) * batch, in place, shapes kept."""
+def update_running(p, batch_mean, batch_var, updated=(False, False)):
+    """running = momentum * running + (1 - momentum) * batch, in place, shapes and dtypes kept;
+    a missing running statistic starts as zeros. Those flagged in `updated` are left alone.
+
+    The running arrays were checked (shape, float dtype, writeable) before any work, so the
+    in-place operations below cannot fail half-way; they round as the expression above would.
+    The compiled kernels repeat this arithmetic for arrays in the computation dtype
+    (``_kernels._update_running``), bit for bit.
+    """
     m = p.momentum
-    new = {}
-    for key, current, stat in (
-        ("running_mean", p.running_mean, batch_mean),
-        ("running_var", p.running_var, batch_var),
+    for key, current, stat, done in (
+        ("running_mean", p.running_mean, batch_mean, updated[0]),
+        ("running_var", p.running_var, batch_var, updated[1]),
     ):
+        if done:
+            continue
         if current is None:
             current = np.zeros(stat.shape, dtype=p.x.dtype)
             p.param[key] = current
-        new[key] = (current, m * current + (1.0 - m) * np.reshape(stat, current.shape))
-    for current, value in new.values():
-        current[...] = value
+        np.multiply(current, m, out=current)
+        np.add(current, (1.0 - m) * stat.reshape(current.shape), out=current, casting="same_kind")
 
 
 _CACHE_LAYOUTS = {
@@ -445,7 +457,7 @@ def check_cache(cache, op, function):
         shape = getattr(cache, name)
         if not (isinstance(shape, tuple)
                 and all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)
-                and int(np.prod(shape, dtype=np.int64)) == channels):
+                and math.prod(shape) == channels):
             raise ValueError(f"cache.{name} must be a shape of {channels} values, got {shape!r}")
     try:
         dtype = np.dtype(cache.dtype)

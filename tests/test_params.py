@@ -137,3 +137,67 @@ def test_cs231n_session():
     np.testing.assert_allclose(dgamma, 0.0, atol=1e-10)  # sum of xhat over the batch is zero
     np.testing.assert_allclose(dbeta, 200.0)
     np.testing.assert_allclose(dx, 0.0, atol=1e-12)
+
+
+
+@pytest.mark.skipif("cython" not in BACKENDS, reason="needs the compiled kernels")
+@pytest.mark.parametrize("aliased", [False, True], ids=["two arrays", "one array for both"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("family", ["cols", "planes"])
+def test_kernel_running_update_has_the_bits_of_the_numpy_update(family, dtype, aliased):
+    """Running statistics in the computation dtype are updated inside the kernel; the bits are
+    those of the NumPy update (fastbn._validation.update_running, used for other dtypes and
+    layouts) applied to the same batch statistics, including when one array is passed as both
+    (the mean is updated first)."""
+    from types import SimpleNamespace
+
+    from fastbn import _kernels, _validation
+
+    rng = np.random.default_rng(3)
+    shape = (37, 11) if family == "cols" else (5, 11, 13)
+    x = (rng.standard_normal(shape) * 3 + 2).astype(dtype)
+    C = shape[1]
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    train = _kernels.cols_forward_train if family == "cols" else _kernels.planes_forward_train
+
+    def run(running_mean, running_var):
+        out, mean, invstd, var = np.empty_like(x), np.empty(C, dtype), np.empty(C, dtype), np.empty(C)
+        train(x, gamma, beta, 1e-5, out, mean, invstd, var, running_mean, running_var, 0.7, 1)
+        return mean, var
+
+    running_mean = rng.standard_normal(C).astype(dtype)
+    running_var = running_mean if aliased else rng.random(C).astype(dtype)
+    expected_mean = running_mean.copy()
+    expected_var = expected_mean if aliased else running_var.copy()
+    before = running_mean.copy()
+    mean, var = run(running_mean, running_var)
+    np.testing.assert_array_equal(run(None, None)[1], var)
+    p = SimpleNamespace(momentum=0.7, running_mean=expected_mean, running_var=expected_var,
+                        x=x, param={})
+    _validation.update_running(p, mean, var)
+    np.testing.assert_array_equal(running_mean, expected_mean)
+    np.testing.assert_array_equal(running_var, expected_var)
+    assert not np.array_equal(running_mean, before)  # (the kernel did update it)
+
+
+@pytest.mark.parametrize("running", ["float16", "strided"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_running_stats_outside_the_kernel_dtype_or_layout_are_updated_too(backend, running):
+    """Running arrays the kernel cannot update in place (another dtype, not contiguous) are
+    updated by NumPy after it, with the same result as contiguous float64 ones up to their
+    precision."""
+    op = BATCH_OPS[0]
+    x, gamma, beta, param = op.make((30, 5))
+    start = np.linspace(-1, 1, 5)
+    if running == "float16":
+        rm, rv = start.astype(np.float16), (start + 2).astype(np.float16)
+    else:
+        rm, rv = np.repeat(start, 2)[::2], np.repeat(start + 2, 2)[::2]
+    param.update(running_mean=rm, running_var=rv)
+    reference = dict(param, running_mean=rm.astype(np.float64), running_var=rv.astype(np.float64))
+    op.forward(x, gamma, beta, param, backend=backend)
+    op.forward(x, gamma, beta, reference, backend=backend)
+    assert param["running_mean"] is rm and param["running_var"] is rv
+    tol = 1e-3 if running == "float16" else 0
+    np.testing.assert_allclose(rm, reference["running_mean"], rtol=tol, atol=tol)
+    np.testing.assert_allclose(rv, reference["running_var"], rtol=tol, atol=tol)

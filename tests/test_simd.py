@@ -37,6 +37,11 @@ CASES = [
     ("spatial_batchnorm-train-NHWC", (8, 33, 35, 19), "float32"),
     ("spatial_batchnorm-test-NCHW", (8, 16, 128, 130), "float32"),
     ("layernorm-train", (300, 57), "float32"),  # short rows
+    ("layernorm-train", (300, 64), "float32"),  # short rows of 16k values: held in registers
+    ("layernorm-train", (257, 16), "float64"),
+    ("layernorm-train", (70, 96), "float64"),
+    ("layernorm-train", (129, 128), "float32"),
+    ("layernorm-train", (40, 144), "float32"),  # (too long for registers)
     ("layernorm-train", (96, 1031), "float64"),
     ("layernorm-train", (1100, 2049), "float32"),  # long rows, streamed
     ("layernorm-train", (5, 70001), "float32"),

@@ -529,6 +529,30 @@ static FASTBN_HOT void fastbn_layernorm_rows_##SUF(                             
 FASTBN_DEFINE_LAYERNORM(float, f)
 FASTBN_DEFINE_LAYERNORM(double, d)
 
+/* Layernorm backward of n_rows consecutive rows of n values, mean and invstd per row: per row
+ * the two sums s1 = sum(gamma * dy), s2 = sum(gamma * dy * (x - mean)), adding the row's terms of
+ * dbeta and dgamma into db and dg, then dx = invstd * gamma * dy - s3 * (x - mean) + b with
+ * s3 = invstd^3 * s2 / n and b = -invstd * s1 / n; in one function, so that nothing is called
+ * per row (the AVX-512 twin keeps short rows in registers). */
+#define FASTBN_DEFINE_LAYERNORM_GRAD(T, SUF)                                                       \
+static FASTBN_HOT void fastbn_layernorm_rows_grad_##SUF(                                           \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT gamma, const T *mean,              \
+        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, int stream) {     \
+    FASTBN_X512_VOID(fastbn_x_layernorm_rows_grad_##SUF(x, dy, dx, n_rows, n, gamma, mean, invstd, \
+                                                        db, dg, stream))                           \
+    ptrdiff_t r;                                                                                   \
+    for (r = 0; r < n_rows; r++) {                                                                 \
+        double m = (double)mean[r], s = (double)invstd[r];                                         \
+        fastbn_sums t = fastbn_row_grad_sums_##SUF(x + r * n, dy + r * n, gamma, n, m, s, db, dg); \
+        fastbn_row_dx_##SUF(x + r * n, dy + r * n, dx + r * n, n, m, s, gamma, 0.0,                \
+                            s * s * s * t.s2 / n, -s * t.s1 / n, stream);                          \
+    }                                                                                              \
+}
+
+FASTBN_DEFINE_LAYERNORM_GRAD(float, f)
+FASTBN_DEFINE_LAYERNORM_GRAD(double, d)
+
 /* fastbn_sum_*, fastbn_shifted_sums_* and fastbn_grad_sums_* of one run (an NCHW plane, a row)
  * while the next run (n values at next / next_x and next_dy, or NULL) is brought into the cache:
  * NCHW planes are far apart in memory, and each would otherwise start by waiting for the hardware

@@ -479,13 +479,90 @@ static FASTBN_X512 void fastbn_x_rows4_grad_sums_##SUF(                         
     }                                                                                              \
 }
 
-/* Short layernorm rows, as fastbn_layernorm_rows_* (same arithmetic). */
+/* Store 16 floats or 8 doubles computed as doubles: the rounding of fastbn_x_row_dx_*. */
+FASTBN_X512_INLINE void fastbn_x_put2_f(float *p, fastbn_x8d lo, fastbn_x8d hi) {
+    __m256 l = _mm512_cvtpd_ps((__m512d)lo), h = _mm512_cvtpd_ps((__m512d)hi);
+    _mm512_storeu_ps(p, _mm512_insertf32x8(_mm512_castps256_ps512(l), h, 1));
+}
+FASTBN_X512_INLINE void fastbn_x_put2_d(double *p, fastbn_x8d lo, fastbn_x8d hi) {
+    fastbn_x_storev_d(p, lo);
+    fastbn_x_storev_d(p + 8, hi);
+}
+
+/* Short layernorm rows of n = 8 * NV values (NV even, at most FASTBN_X_REG_MAX / 8), each held
+ * in NV registers as doubles: a row is loaded and converted once for both of its sums (and, in
+ * the backward, for dx too) instead of once per sweep, which is what bounds rows this short.
+ * The arithmetic is that of the per-row functions, operation for operation: element j in lane
+ * j % 16 (even k: lanes 0-7, odd k: lanes 8-15), the tree of fastbn_x_hsum, the same scalar
+ * steps. Called with a constant NV, so that the loops unroll and v[] lives in registers. */
+#define FASTBN_X_REG_MAX 128
 #define FASTBN_DEFINE_X512_LAYERNORM(T, SUF)                                                       \
+FASTBN_X512_INLINE void fastbn_x_ln_reg_rows_##SUF(                                                \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, const int ROWS, const int NV,          \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
+        T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
+    const ptrdiff_t n = 8 * NV;                                                                    \
+    const fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
+    fastbn_x8d v[2][FASTBN_X_REG_MAX / 8], A0[2], A1[2], B0[2], B1[2], t;                          \
+    double shift[2];                                                                               \
+    int k, q;                                                                                      \
+    _Pragma("GCC unroll 2") for (q = 0; q < ROWS; q++) {                                           \
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k++)                                          \
+            v[q][k] = fastbn_x_load8_##SUF(x + q * n + 8 * k);                                     \
+        A0[q] = A1[q] = zero;                                                                      \
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2) {                                     \
+            A0[q] += v[q][k];                                                                      \
+            A1[q] += v[q][k + 1];                                                                  \
+        }                                                                                          \
+        shift[q] = fastbn_x_hsum(A0[q] + A1[q]) / n;                                               \
+        A0[q] = A1[q] = B0[q] = B1[q] = zero;                                                      \
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2) {                                     \
+            t = v[q][k] - shift[q]; A0[q] += t; B0[q] += t * t;                                    \
+            t = v[q][k + 1] - shift[q]; A1[q] += t; B1[q] += t * t;                                \
+        }                                                                                          \
+    }                                                                                              \
+    _Pragma("GCC unroll 2") for (q = 0; q < ROWS; q++) {                                           \
+        double s1 = fastbn_x_hsum(A0[q] + A1[q]), s2 = fastbn_x_hsum(B0[q] + B1[q]);               \
+        double var = (s2 - s1 * s1 / n) / n;                                                       \
+        double s = 1.0 / sqrt((var < 0 ? 0.0 : var) + eps);                                        \
+        T mf = (T)(shift[q] + s1 / n), sf = (T)s;                                                  \
+        mean[q] = mf;                                                                              \
+        invstd[q] = sf;                                                                            \
+        fastbn_x_row_affine_##SUF(x + q * n, out + q * n, n, mf, sf, gamma, beta, 0);              \
+    }                                                                                              \
+}                                                                                                  \
+/* Rows of 8 * NV values, two at a time (their instructions interleave) when both fit in the      \
+ * registers. */                                                                                   \
+FASTBN_X512_INLINE void fastbn_x_ln_reg_##SUF(                                                     \
+        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, const int NV,        \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
+        T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
+    const ptrdiff_t n = 8 * NV;                                                                    \
+    ptrdiff_t r = 0;                                                                               \
+    if (NV <= 8)                                                                                   \
+        for (; r + 2 <= n_rows; r += 2)                                                            \
+            fastbn_x_ln_reg_rows_##SUF(x + r * n, out + r * n, 2, NV, gamma, beta, eps, mean + r,  \
+                                       invstd + r);                                                \
+    for (; r < n_rows; r++)                                                                        \
+        fastbn_x_ln_reg_rows_##SUF(x + r * n, out + r * n, 1, NV, gamma, beta, eps, mean + r,      \
+                                   invstd + r);                                                    \
+}                                                                                                  \
+/* Short layernorm rows, as fastbn_layernorm_rows_* (same arithmetic). */                         \
 static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                                             \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, ptrdiff_t n,         \
         const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
     ptrdiff_t r;                                                                                   \
+    switch (n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0) {                                    \
+    case 2: fastbn_x_ln_reg_##SUF(x, out, n_rows, 2, gamma, beta, eps, mean, invstd); return;      \
+    case 4: fastbn_x_ln_reg_##SUF(x, out, n_rows, 4, gamma, beta, eps, mean, invstd); return;      \
+    case 6: fastbn_x_ln_reg_##SUF(x, out, n_rows, 6, gamma, beta, eps, mean, invstd); return;      \
+    case 8: fastbn_x_ln_reg_##SUF(x, out, n_rows, 8, gamma, beta, eps, mean, invstd); return;      \
+    case 10: fastbn_x_ln_reg_##SUF(x, out, n_rows, 10, gamma, beta, eps, mean, invstd); return;    \
+    case 12: fastbn_x_ln_reg_##SUF(x, out, n_rows, 12, gamma, beta, eps, mean, invstd); return;    \
+    case 14: fastbn_x_ln_reg_##SUF(x, out, n_rows, 14, gamma, beta, eps, mean, invstd); return;    \
+    case 16: fastbn_x_ln_reg_##SUF(x, out, n_rows, 16, gamma, beta, eps, mean, invstd); return;    \
+    }                                                                                              \
     for (r = 0; r < n_rows; r++) {                                                                 \
         const T *xr = x + r * n;                                                                   \
         double shift = fastbn_x_sum_##SUF(xr, n).s1 / n;                                           \
@@ -496,6 +573,45 @@ static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                          
         mean[r] = mf;                                                                              \
         invstd[r] = sf;                                                                            \
         fastbn_x_row_affine_##SUF(xr, out + r * n, n, mf, sf, gamma, beta, 0);                     \
+    }                                                                                              \
+}                                                                                                  \
+/* Layernorm backward of short rows (see fastbn_layernorm_rows_grad_*), x and dy in registers:   \
+ * fastbn_x_row_grad_sums_* (adding the row's dbeta/dgamma terms into db/dg), the coefficients,   \
+ * then fastbn_x_row_dx_* with gamma, from the same registers. */                                 \
+FASTBN_X512_INLINE void fastbn_x_lng_reg_##SUF(                                                    \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t n_rows, const int NV, const T *FASTBN_RESTRICT gamma, const T *mean,             \
+        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                 \
+    const ptrdiff_t n = 8 * NV;                                                                    \
+    const fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
+    ptrdiff_t r;                                                                                   \
+    int k;                                                                                         \
+    for (r = 0; r < n_rows; r++) {                                                                 \
+        const T *xr = x + r * n, *yr = dy + r * n;                                                 \
+        double m = (double)mean[r], s = (double)invstd[r];                                         \
+        fastbn_x8d xv[FASTBN_X_REG_MAX / 8], gv[FASTBN_X_REG_MAX / 8], A[2], B[2], g, xc;          \
+        A[0] = A[1] = B[0] = B[1] = zero;                                                          \
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k++) {                                        \
+            xv[k] = fastbn_x_load8_##SUF(xr + 8 * k);                                              \
+            gv[k] = fastbn_x_load8_##SUF(yr + 8 * k);                                              \
+        }                                                                                          \
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k++) {                                        \
+            g = gv[k];                                                                             \
+            xc = xv[k] - m;                                                                        \
+            fastbn_x_storev_d(db + 8 * k, fastbn_x_loadv_d(db + 8 * k) + g);                       \
+            fastbn_x_storev_d(dg + 8 * k, fastbn_x_loadv_d(dg + 8 * k) + g * xc * s);              \
+            g *= fastbn_x_load8_##SUF(gamma + 8 * k);                                              \
+            A[k & 1] += g;                                                                         \
+            B[k & 1] += g * xc;                                                                    \
+        }                                                                                          \
+        double sum_g = fastbn_x_hsum(A[0] + A[1]), sum_gxc = fastbn_x_hsum(B[0] + B[1]);           \
+        double s3 = s * s * s * sum_gxc / n, b = -s * sum_g / n;                                   \
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2)                                       \
+            fastbn_x_put2_##SUF(                                                                   \
+                dx + r * n + 8 * k,                                                                \
+                s * fastbn_x_load8_##SUF(gamma + 8 * k) * gv[k] - s3 * (xv[k] - m) + b,            \
+                s * fastbn_x_load8_##SUF(gamma + 8 * k + 8) * gv[k + 1] - s3 * (xv[k + 1] - m)     \
+                    + b);                                                                          \
     }                                                                                              \
 }
 
@@ -546,6 +662,35 @@ static FASTBN_X512 void fastbn_x_row_dx_d(
     for (; j < n; j++) dx[j] = FASTBN_X_ROW_DX1(double, j);
     if (stream) _mm_sfence();
 }
+
+/* Layernorm backward of short rows, as fastbn_layernorm_rows_grad_* (same arithmetic). */
+#define FASTBN_DEFINE_X512_LAYERNORM_GRAD(T, SUF)                                                  \
+static FASTBN_X512 void fastbn_x_layernorm_rows_grad_##SUF(                                        \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT gamma, const T *mean,              \
+        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, int stream) {     \
+    ptrdiff_t r;                                                                                   \
+    switch (!stream && n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0) {                         \
+    case 2: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 2, gamma, mean, invstd, db, dg); return;     \
+    case 4: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 4, gamma, mean, invstd, db, dg); return;     \
+    case 6: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 6, gamma, mean, invstd, db, dg); return;     \
+    case 8: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 8, gamma, mean, invstd, db, dg); return;     \
+    case 10: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 10, gamma, mean, invstd, db, dg); return;   \
+    case 12: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 12, gamma, mean, invstd, db, dg); return;   \
+    case 14: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 14, gamma, mean, invstd, db, dg); return;   \
+    case 16: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 16, gamma, mean, invstd, db, dg); return;   \
+    }                                                                                              \
+    for (r = 0; r < n_rows; r++) {                                                                 \
+        double m = (double)mean[r], s = (double)invstd[r];                                         \
+        fastbn_sums t = fastbn_x_row_grad_sums_##SUF(x + r * n, dy + r * n, gamma, n, m, s, db,   \
+                                                     dg);                                          \
+        fastbn_x_row_dx_##SUF(x + r * n, dy + r * n, dx + r * n, n, m, s, gamma, 0.0,              \
+                              s * s * s * t.s2 / n, -s * t.s1 / n, stream);                        \
+    }                                                                                              \
+}
+
+FASTBN_DEFINE_X512_LAYERNORM_GRAD(float, f)
+FASTBN_DEFINE_X512_LAYERNORM_GRAD(double, d)
 
 #define FASTBN_X_NAME "avx512"
 #else
