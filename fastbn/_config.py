@@ -41,6 +41,7 @@ def show_config(file=None):
         f"compiled kernels: {'yes' if kernels is not None else 'no (NumPy reference only)'}",
         f"OpenMP: {'yes' if kernels is not None and kernels.openmp_enabled() else 'no'}",
         f"threads: {get_num_threads()}",
+        f"OpenMP idle wait: {_backends.OPENMP_WAIT}",
         f"SIMD: {kernels.simd() if kernels is not None else 'none'}"
         " (FASTBN_DISABLE_AVX512=1 turns the AVX-512 loops off; results are the same bits)",
     ]

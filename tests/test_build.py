@@ -63,3 +63,56 @@ def test_set_num_threads_caps_the_thread_count():
 def test_set_num_threads_rejects_bad_values(bad, error):
     with pytest.raises(error, match="n must be a positive integer or None"):
         fastbn.set_num_threads(bad)
+
+
+def _fresh_python(code, **env_changes):
+    """Run code in a fresh interpreter (no test-suite settings) and return its stdout."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(OPENBLAS_NUM_THREADS="1", **env_changes)  # no BLAS threads in the CPU-time measure
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout
+
+
+IDLE_CPU = r"""
+import os, resource, time
+import numpy as np
+import fastbn
+from fastbn import _kernels
+x = np.random.default_rng(0).standard_normal((2000, 1000)); g = np.ones(1000); b = np.zeros(1000)
+out, m, i, v = np.empty_like(x), np.empty(1000), np.empty(1000), np.empty(1000)
+costs = []
+for _ in range(3):
+    _kernels.cols_forward_train(x, g, b, 1e-5, out, m, i, v, None, None, 0.9, 2)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.05)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    costs.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+print(min(costs) * 1e3, "GOMP_SPINCOUNT" in os.environ)
+"""
+
+
+@pytest.mark.skipif(not (_backends.kernels() and _backends.kernels().openmp_enabled()
+                         and _backends.kernels().omp_max_threads() >= 2),
+                    reason="needs OpenMP kernels and two threads")
+def test_idle_openmp_threads_sleep_soon_unless_the_user_asks_otherwise():
+    """After a call on two threads, the idle worker burns at most a few ms of CPU while the
+    program sleeps 50 ms (libgomp's default spin burned about 10 ms here: a core that NumPy's
+    BLAS threads needed), and the environment is left as it was. A wait policy set by the user
+    is kept: OMP_WAIT_POLICY=active spins through the whole sleep."""
+    cpu_ms, leaked = _fresh_python(IDLE_CPU).split()
+    assert float(cpu_ms) < 5.0 and leaked == "False"
+    cpu_ms, _ = _fresh_python(IDLE_CPU, OMP_WAIT_POLICY="active").split()
+    assert float(cpu_ms) > 25.0
+
+
+@pytest.mark.skipif(not (_backends.kernels() and _backends.kernels().omp_max_threads() >= 2),
+                    reason="needs two OpenMP threads")
+def test_small_inputs_run_on_one_thread_by_default():
+    """The default heuristic (this suite lowers it to exercise threads on moderate shapes): a
+    cs231n-sized batch of 1e5 values runs on one thread, 2**18 values on two."""
+    out = _fresh_python("from fastbn._threads import threads_for; "
+                        "print(threads_for(200 * 500), threads_for(1 << 18))")
+    assert out.split() == ["1", "2"]

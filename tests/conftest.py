@@ -1,0 +1,16 @@
+"""Settings for the whole test suite."""
+import pytest
+
+from fastbn import _threads
+
+
+@pytest.fixture(autouse=True, scope="session")
+def threads_on_moderate_inputs():
+    """Give the kernels several threads from 8192 elements per thread on, instead of fastbn's
+    default of 131072, so that the suite's moderate shapes exercise the multithreaded paths
+    (chunking, merges, column blocks split between threads); the default heuristic itself is
+    tested in a fresh interpreter (test_build.py)."""
+    saved = _threads.MIN_ELEMENTS_PER_THREAD
+    _threads.MIN_ELEMENTS_PER_THREAD = 1 << 13
+    yield
+    _threads.MIN_ELEMENTS_PER_THREAD = saved
