@@ -7,18 +7,27 @@ import os
 # a whole step 2.6x slower. Unless the user chose a wait policy, the OpenMP runtime is started
 # with a short spin (about 1 ms of CPU), which is long enough to cover the gaps between fastbn's
 # own parallel regions and calls. libgomp reads the variable once, when it is loaded, so it is set
-# only around the import of the kernels and the environment is left as it was. It has no effect
-# when another module loaded libgomp first; OMP_WAIT_POLICY or GOMP_SPINCOUNT set by the user
-# always win.
+# only around the import of the kernels and the environment is left as it was; not when another
+# module loaded libgomp first (it would have no effect). OMP_WAIT_POLICY or GOMP_SPINCOUNT set by
+# the user always win. show_config() tells which of these happened.
 GOMP_SPINCOUNT = "10000"
-OPENMP_WAIT = None  # how the idle-thread wait was configured, for show_config
+OPENMP_WAIT = "no compiled kernels"  # how the idle-thread wait was configured (show_config)
+
+
+def _libgomp_loaded():
+    """Whether libgomp is mapped into this process (Linux; False where that cannot be read)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return "libgomp" in maps.read()
+    except OSError:
+        return False
 
 
 def _import_kernels():
     global OPENMP_WAIT
-    spin = "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ
-    OPENMP_WAIT = (f"GOMP_SPINCOUNT={GOMP_SPINCOUNT} at import (if fastbn loaded libgomp first)"
-                   if spin else "as set in the environment (OMP_WAIT_POLICY / GOMP_SPINCOUNT)")
+    chosen = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+    early = not chosen and _libgomp_loaded()  # loaded by another module: its settings stand
+    spin = not chosen and not early
     if spin:
         os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
     try:
@@ -28,6 +37,14 @@ def _import_kernels():
     finally:
         if spin:
             del os.environ["GOMP_SPINCOUNT"]
+    if chosen:
+        OPENMP_WAIT = "as set in the environment (OMP_WAIT_POLICY / GOMP_SPINCOUNT)"
+    elif early:
+        OPENMP_WAIT = "libgomp's default (another module loaded libgomp before fastbn)"
+    elif _libgomp_loaded():
+        OPENMP_WAIT = f"GOMP_SPINCOUNT={GOMP_SPINCOUNT} (set by fastbn when it loaded libgomp)"
+    else:
+        OPENMP_WAIT = "not libgomp (or no OpenMP): the runtime's default"
     return _kernels
 
 

@@ -34,27 +34,32 @@ def forward(p):
         mean = np.empty(C, dtype=dtype)
         invstd = np.empty(C, dtype=dtype)
         batch_var = np.empty(C)
-        running = (_in_place(p.running_mean, dtype), _in_place(p.running_var, dtype))
+        running = _in_place(p, dtype)
         train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
         train(x, p.gamma, p.beta, p.eps, out, mean, invstd, batch_var, *running, p.momentum,
               n_threads)
-        updated = (running[0] is not None, running[1] is not None)
+        updated = running[0] is not None
     else:
         mean, invstd = test_statistics(p)
         batch_var = None
-        updated = (False, False)
+        updated = False
         affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
         affine(x, mean, p.gamma * invstd, p.beta, out, n_threads)
     return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated)
 
 
-def _in_place(running, dtype):
-    """A running statistic as the flat view the kernel updates in place (same bits as the NumPy
-    update, see _kernels._update_running), or None when it is not in the computation dtype and
-    C-contiguous (or not there yet): then finish_forward updates it."""
-    if running is not None and running.dtype == dtype and running.flags.c_contiguous:
-        return running.reshape(-1)
-    return None
+def _in_place(p, dtype):
+    """The running statistics as the flat views the kernel updates in place (the same bits as
+    the NumPy update, see _kernels._update_running), or (None, None): then finish_forward updates
+    them. The kernel takes them only when both exist (a first call creates them, in
+    finish_forward, after the kernel succeeded), are C-contiguous, in the computation dtype, and
+    separate arrays (one array passed as both must get the update of its old values)."""
+    rm, rv = p.running_mean, p.running_var
+    if (rm is not None and rv is not None and rm.dtype == dtype and rv.dtype == dtype
+            and rm.flags.c_contiguous and rv.flags.c_contiguous
+            and not np.may_share_memory(rm, rv)):
+        return rm.reshape(-1), rv.reshape(-1)
+    return None, None
 
 
 def backward(dout, cache, out=None):

@@ -354,12 +354,13 @@ cdef void _update_running(
     floating[::1] running_var, double momentum,
 ):
     """running = momentum * running + (1 - momentum) * batch, in place, for each running array
-    given (None: fastbn._validation.update_running does it). The operations and their precision
-    are those of that NumPy code, so that both give the same bits: NumPy computes
-    ``momentum * running`` in the array's precision (the Python float is cast to it), the mean
-    term in the precision of the mean, and the variance term, the variance being float64, in
-    double. Run after the kernel, as the NumPy update would be: then the result is the same even
-    if a running array overlaps an input or the output."""
+    given (None: fastbn._validation.update_running does it; the caller passes both or neither,
+    and never one array as both). The operations and their precision are those of that NumPy
+    code, so that both give the same bits: NumPy computes ``momentum * running`` in the array's
+    precision (the Python float is cast to it), the mean term in the precision of the mean, and
+    the variance term, the variance being float64, in double. Run after the kernel, as the NumPy
+    update would be: then the result is the same even if a running array overlaps an input or the
+    output."""
     cdef Py_ssize_t d
     cdef floating m = <floating>momentum, rest = <floating>(1.0 - momentum), t
     if running_mean is not None:

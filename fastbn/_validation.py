@@ -350,11 +350,11 @@ def test_statistics(p):
     return mean, invstd
 
 
-def finish_forward(p, out, mean, invstd, batch_var=None, updated=(False, False)):
+def finish_forward(p, out, mean, invstd, batch_var=None, updated=False):
     """Update running statistics (train-mode batchnorm), build the cache, cast the output.
 
     Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
-    `updated` tells which of running_mean and running_var the backend updated already.
+    `updated`: the backend updated running_mean and running_var already.
     """
     if p.op in ("batchnorm", "spatial_batchnorm") and p.mode == "train":
         update_running(p, mean, batch_var, updated)
@@ -375,27 +375,29 @@ def _into(out, result, dtype):
     return out
 
 
-def update_running(p, batch_mean, batch_var, updated=(False, False)):
+def update_running(p, batch_mean, batch_var, updated=False):
     """running = momentum * running + (1 - momentum) * batch, in place, shapes and dtypes kept;
-    a missing running statistic starts as zeros. Those flagged in `updated` are left alone.
+    a missing running statistic starts as zeros. Nothing to do when the backend `updated` both.
 
-    The running arrays were checked (shape, float dtype, writeable) before any work, so the
-    in-place operations below cannot fail half-way; they round as the expression above would.
-    The compiled kernels repeat this arithmetic for arrays in the computation dtype
-    (``_kernels._update_running``), bit for bit.
+    Both new values are computed before either is written, so that a running array passed as both
+    statistics ends up with the variance's update of its old values. The compiled kernels repeat
+    this arithmetic, bit for bit, for separate arrays in the computation dtype
+    (``_kernels._update_running``).
     """
+    if updated:
+        return
     m = p.momentum
-    for key, current, stat, done in (
-        ("running_mean", p.running_mean, batch_mean, updated[0]),
-        ("running_var", p.running_var, batch_var, updated[1]),
+    new = []
+    for key, current, stat in (
+        ("running_mean", p.running_mean, batch_mean),
+        ("running_var", p.running_var, batch_var),
     ):
-        if done:
-            continue
         if current is None:
             current = np.zeros(stat.shape, dtype=p.x.dtype)
             p.param[key] = current
-        np.multiply(current, m, out=current)
-        np.add(current, (1.0 - m) * stat.reshape(current.shape), out=current, casting="same_kind")
+        new.append((current, m * current + (1.0 - m) * np.reshape(stat, current.shape)))
+    for current, value in new:
+        current[...] = value
 
 
 _CACHE_LAYOUTS = {
@@ -457,7 +459,7 @@ def check_cache(cache, op, function):
         shape = getattr(cache, name)
         if not (isinstance(shape, tuple)
                 and all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)
-                and math.prod(shape) == channels):
+                and math.prod(map(int, shape)) == channels):
             raise ValueError(f"cache.{name} must be a shape of {channels} values, got {shape!r}")
     try:
         dtype = np.dtype(cache.dtype)

@@ -80,17 +80,17 @@ IDLE_CPU = r"""
 import os, resource, time
 import numpy as np
 import fastbn
-from fastbn import _kernels
+from fastbn import _backends, _kernels
 x = np.random.default_rng(0).standard_normal((2000, 1000)); g = np.ones(1000); b = np.zeros(1000)
 out, m, i, v = np.empty_like(x), np.empty(1000), np.empty(1000), np.empty(1000)
 costs = []
-for _ in range(3):
+for _ in range(5):
     _kernels.cols_forward_train(x, g, b, 1e-5, out, m, i, v, None, None, 0.9, 2)
     before = resource.getrusage(resource.RUSAGE_SELF)
     time.sleep(0.05)
     after = resource.getrusage(resource.RUSAGE_SELF)
     costs.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-print(min(costs) * 1e3, "GOMP_SPINCOUNT" in os.environ)
+print(sorted(costs)[2] * 1e3, "GOMP_SPINCOUNT" in os.environ, _backends.OPENMP_WAIT.split()[0])
 """
 
 
@@ -99,13 +99,15 @@ print(min(costs) * 1e3, "GOMP_SPINCOUNT" in os.environ)
                     reason="needs OpenMP kernels and two threads")
 def test_idle_openmp_threads_sleep_soon_unless_the_user_asks_otherwise():
     """After a call on two threads, the idle worker burns at most a few ms of CPU while the
-    program sleeps 50 ms (libgomp's default spin burned about 10 ms here: a core that NumPy's
-    BLAS threads needed), and the environment is left as it was. A wait policy set by the user
-    is kept: OMP_WAIT_POLICY=active spins through the whole sleep."""
-    cpu_ms, leaked = _fresh_python(IDLE_CPU).split()
-    assert float(cpu_ms) < 5.0 and leaked == "False"
-    cpu_ms, _ = _fresh_python(IDLE_CPU, OMP_WAIT_POLICY="active").split()
-    assert float(cpu_ms) > 25.0
+    program sleeps 50 ms (median of 5; libgomp's default spin burned about 10 ms here: a core that
+    NumPy's BLAS threads needed), and the environment is left as it was. A wait policy set by the
+    user is kept: OMP_WAIT_POLICY=active spins through much of the sleep."""
+    cpu_ms, leaked, how = _fresh_python(IDLE_CPU).split()
+    if not how.startswith("GOMP_SPINCOUNT"):
+        pytest.skip(f"fastbn did not set the spin here (OpenMP idle wait: {how} ...)")
+    assert float(cpu_ms) < 4.0 and leaked == "False"
+    cpu_ms, _, how = _fresh_python(IDLE_CPU, OMP_WAIT_POLICY="active").split()
+    assert how == "as" and float(cpu_ms) > 15.0
 
 
 @pytest.mark.skipif(not (_backends.kernels() and _backends.kernels().omp_max_threads() >= 2),
