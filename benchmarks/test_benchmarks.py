@@ -76,3 +76,34 @@ def test_normalization(benchmark, case, direction, impl):
     result = benchmark(call)
     if impl in ("fastbn", "reference") and direction == "forward":
         assert np.all(np.isfinite(result[0]))
+
+
+def _training_step(backend, small):
+    """One step of a cs231n two-layer net with batchnorm, with NumPy matmuls around fastbn:
+    X @ W1, batchnorm, ReLU, @ W2, and back to dW1. What fastbn costs inside a NumPy program,
+    including how its threads and NumPy's BLAS threads share the cores."""
+    N, D, H, K = (20, 64, 50, 10) if small else (200, 3072, 500, 10)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((N, D))
+    W1, W2 = rng.standard_normal((D, H)) * 0.01, rng.standard_normal((H, K)) * 0.01
+    gamma, beta, bn_param = np.ones(H), np.zeros(H), {"mode": "train"}
+
+    def step():
+        h = X @ W1
+        out, cache = fastbn.batchnorm_forward(h, gamma, beta, bn_param, backend=backend)
+        scores = np.maximum(out, 0) @ W2
+        dout = (np.ones_like(scores) @ W2.T) * (out > 0)
+        dh, dgamma, dbeta = fastbn.batchnorm_backward(dout, cache, backend=backend)
+        return X.T @ dh, dgamma, dbeta
+
+    return step
+
+
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
+def test_training_step(benchmark, backend, request):
+    if backend not in fastbn.available_backends():
+        pytest.skip("the compiled kernels are not built")
+    small = request.config.getoption("benchmark_disable", False)
+    benchmark.group = "cs231n two-layer training step (NumPy matmuls around batchnorm)"
+    dW1, dgamma, dbeta = benchmark(_training_step(backend, small))
+    assert np.all(np.isfinite(dW1)) and np.all(np.isfinite(dgamma))
