@@ -99,9 +99,12 @@ typedef struct { double s1, s2; } fastbn_sums;
 #if FASTBN_HAVE_X512
 #define FASTBN_X512_VALUE(CALL) if (fastbn_x512_enabled) return CALL;
 #define FASTBN_X512_VOID(CALL) if (fastbn_x512_enabled) { CALL; return; }
+/* For a twin that handles only some inputs: CALL returns whether it did. */
+#define FASTBN_X512_TRY(CALL) if (fastbn_x512_enabled && (CALL)) return;
 #else
 #define FASTBN_X512_VALUE(CALL)
 #define FASTBN_X512_VOID(CALL)
+#define FASTBN_X512_TRY(CALL)
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)
@@ -533,14 +536,15 @@ FASTBN_DEFINE_LAYERNORM(double, d)
  * the two sums s1 = sum(gamma * dy), s2 = sum(gamma * dy * (x - mean)), adding the row's terms of
  * dbeta and dgamma into db and dg, then dx = invstd * gamma * dy - s3 * (x - mean) + b with
  * s3 = invstd^3 * s2 / n and b = -invstd * s1 / n; in one function, so that nothing is called
- * per row (the AVX-512 twin keeps short rows in registers). */
+ * per row (on the AVX-512 path, short rows are kept in registers; the per-row functions called
+ * here have AVX-512 twins of their own). */
 #define FASTBN_DEFINE_LAYERNORM_GRAD(T, SUF)                                                       \
 static FASTBN_HOT void fastbn_layernorm_rows_grad_##SUF(                                           \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT gamma, const T *mean,              \
         const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, int stream) {     \
-    FASTBN_X512_VOID(fastbn_x_layernorm_rows_grad_##SUF(x, dy, dx, n_rows, n, gamma, mean, invstd, \
-                                                        db, dg, stream))                           \
+    FASTBN_X512_TRY(!stream && fastbn_x_layernorm_rows_grad_reg_##SUF(x, dy, dx, n_rows, n, gamma, \
+                                                                      mean, invstd, db, dg))       \
     ptrdiff_t r;                                                                                   \
     for (r = 0; r < n_rows; r++) {                                                                 \
         double m = (double)mean[r], s = (double)invstd[r];                                         \

@@ -496,6 +496,18 @@ FASTBN_X512_INLINE void fastbn_x_put2_d(double *p, fastbn_x8d lo, fastbn_x8d hi)
  * j % 16 (even k: lanes 0-7, odd k: lanes 8-15), the tree of fastbn_x_hsum, the same scalar
  * steps. Called with a constant NV, so that the loops unroll and v[] lives in registers. */
 #define FASTBN_X_REG_MAX 128
+/* switch (NV) over the register paths' even NV up to FASTBN_X_REG_MAX / 8: FN(NV, ...); RET. */
+#define FASTBN_X_REG_SWITCH(NV, RET, FN, ...)                                                      \
+    switch (NV) {                                                                                  \
+    case 2: FN(2, __VA_ARGS__); RET;                                                               \
+    case 4: FN(4, __VA_ARGS__); RET;                                                               \
+    case 6: FN(6, __VA_ARGS__); RET;                                                               \
+    case 8: FN(8, __VA_ARGS__); RET;                                                               \
+    case 10: FN(10, __VA_ARGS__); RET;                                                             \
+    case 12: FN(12, __VA_ARGS__); RET;                                                             \
+    case 14: FN(14, __VA_ARGS__); RET;                                                             \
+    case 16: FN(16, __VA_ARGS__); RET;                                                             \
+    }
 #define FASTBN_DEFINE_X512_LAYERNORM(T, SUF)                                                       \
 FASTBN_X512_INLINE void fastbn_x_ln_reg_rows_##SUF(                                                \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, const int ROWS, const int NV,          \
@@ -534,7 +546,7 @@ FASTBN_X512_INLINE void fastbn_x_ln_reg_rows_##SUF(                             
 /* Rows of 8 * NV values, two at a time (their instructions interleave) when both fit in the      \
  * registers. */                                                                                   \
 FASTBN_X512_INLINE void fastbn_x_ln_reg_##SUF(                                                     \
-        const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, const int NV,        \
+        const int NV, const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows,        \
         const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
     const ptrdiff_t n = 8 * NV;                                                                    \
@@ -553,16 +565,8 @@ static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                          
         const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
     ptrdiff_t r;                                                                                   \
-    switch (n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0) {                                    \
-    case 2: fastbn_x_ln_reg_##SUF(x, out, n_rows, 2, gamma, beta, eps, mean, invstd); return;      \
-    case 4: fastbn_x_ln_reg_##SUF(x, out, n_rows, 4, gamma, beta, eps, mean, invstd); return;      \
-    case 6: fastbn_x_ln_reg_##SUF(x, out, n_rows, 6, gamma, beta, eps, mean, invstd); return;      \
-    case 8: fastbn_x_ln_reg_##SUF(x, out, n_rows, 8, gamma, beta, eps, mean, invstd); return;      \
-    case 10: fastbn_x_ln_reg_##SUF(x, out, n_rows, 10, gamma, beta, eps, mean, invstd); return;    \
-    case 12: fastbn_x_ln_reg_##SUF(x, out, n_rows, 12, gamma, beta, eps, mean, invstd); return;    \
-    case 14: fastbn_x_ln_reg_##SUF(x, out, n_rows, 14, gamma, beta, eps, mean, invstd); return;    \
-    case 16: fastbn_x_ln_reg_##SUF(x, out, n_rows, 16, gamma, beta, eps, mean, invstd); return;    \
-    }                                                                                              \
+    FASTBN_X_REG_SWITCH(n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0, return,                  \
+                        fastbn_x_ln_reg_##SUF, x, out, n_rows, gamma, beta, eps, mean, invstd)     \
     for (r = 0; r < n_rows; r++) {                                                                 \
         const T *xr = x + r * n;                                                                   \
         double shift = fastbn_x_sum_##SUF(xr, n).s1 / n;                                           \
@@ -579,8 +583,8 @@ static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                          
  * fastbn_x_row_grad_sums_* (adding the row's dbeta/dgamma terms into db/dg), the coefficients,   \
  * then fastbn_x_row_dx_* with gamma, from the same registers. */                                 \
 FASTBN_X512_INLINE void fastbn_x_lng_reg_##SUF(                                                    \
-        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
-        ptrdiff_t n_rows, const int NV, const T *FASTBN_RESTRICT gamma, const T *mean,             \
+        const int NV, const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy,                     \
+        T *FASTBN_RESTRICT dx, ptrdiff_t n_rows, const T *FASTBN_RESTRICT gamma, const T *mean,    \
         const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                 \
     const ptrdiff_t n = 8 * NV;                                                                    \
     const fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
@@ -613,6 +617,16 @@ FASTBN_X512_INLINE void fastbn_x_lng_reg_##SUF(                                 
                 s * fastbn_x_load8_##SUF(gamma + 8 * k + 8) * gv[k + 1] - s3 * (xv[k + 1] - m)     \
                     + b);                                                                          \
     }                                                                                              \
+}                                                                                                  \
+/* The AVX-512 part of fastbn_layernorm_rows_grad_*: rows short enough for the registers (1), or  \
+ * nothing (0: the per-row loop there does them). */                                              \
+static FASTBN_X512 int fastbn_x_layernorm_rows_grad_reg_##SUF(                                     \
+        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
+        ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT gamma, const T *mean,              \
+        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                 \
+    FASTBN_X_REG_SWITCH(n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0, return 1,                \
+                        fastbn_x_lng_reg_##SUF, x, dy, dx, n_rows, gamma, mean, invstd, db, dg)    \
+    return 0;                                                                                      \
 }
 
 FASTBN_DEFINE_X512_LAYERNORM(float, f)
@@ -662,35 +676,6 @@ static FASTBN_X512 void fastbn_x_row_dx_d(
     for (; j < n; j++) dx[j] = FASTBN_X_ROW_DX1(double, j);
     if (stream) _mm_sfence();
 }
-
-/* Layernorm backward of short rows, as fastbn_layernorm_rows_grad_* (same arithmetic). */
-#define FASTBN_DEFINE_X512_LAYERNORM_GRAD(T, SUF)                                                  \
-static FASTBN_X512 void fastbn_x_layernorm_rows_grad_##SUF(                                        \
-        const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
-        ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT gamma, const T *mean,              \
-        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, int stream) {     \
-    ptrdiff_t r;                                                                                   \
-    switch (!stream && n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0) {                         \
-    case 2: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 2, gamma, mean, invstd, db, dg); return;     \
-    case 4: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 4, gamma, mean, invstd, db, dg); return;     \
-    case 6: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 6, gamma, mean, invstd, db, dg); return;     \
-    case 8: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 8, gamma, mean, invstd, db, dg); return;     \
-    case 10: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 10, gamma, mean, invstd, db, dg); return;   \
-    case 12: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 12, gamma, mean, invstd, db, dg); return;   \
-    case 14: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 14, gamma, mean, invstd, db, dg); return;   \
-    case 16: fastbn_x_lng_reg_##SUF(x, dy, dx, n_rows, 16, gamma, mean, invstd, db, dg); return;   \
-    }                                                                                              \
-    for (r = 0; r < n_rows; r++) {                                                                 \
-        double m = (double)mean[r], s = (double)invstd[r];                                         \
-        fastbn_sums t = fastbn_x_row_grad_sums_##SUF(x + r * n, dy + r * n, gamma, n, m, s, db,   \
-                                                     dg);                                          \
-        fastbn_x_row_dx_##SUF(x + r * n, dy + r * n, dx + r * n, n, m, s, gamma, 0.0,              \
-                              s * s * s * t.s2 / n, -s * t.s1 / n, stream);                        \
-    }                                                                                              \
-}
-
-FASTBN_DEFINE_X512_LAYERNORM_GRAD(float, f)
-FASTBN_DEFINE_X512_LAYERNORM_GRAD(double, d)
 
 #define FASTBN_X_NAME "avx512"
 #else
