@@ -62,6 +62,14 @@ def _in_place(p, dtype):
     return None, None
 
 
+def _flat(a, dtype):
+    """`a` as a flat C-contiguous array of `dtype`: `a` itself when it is one, else a view or
+    a copy."""
+    if a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+
+
 def backward(dout, cache, out=None):
     """dx, dgamma, dbeta for a checked dout (C-contiguous, computation dtype) and its cache;
     dx is written into `out` when given."""
@@ -73,8 +81,8 @@ def backward(dout, cache, out=None):
     C = cache.gamma.size
     dgamma = np.empty(C, dtype=x.dtype)
     dbeta = np.empty(C, dtype=x.dtype)
-    mean = np.ascontiguousarray(cache.mean, dtype=x.dtype).reshape(-1)
-    invstd = np.ascontiguousarray(cache.invstd, dtype=x.dtype).reshape(-1)
+    mean = _flat(cache.mean, x.dtype)
+    invstd = _flat(cache.invstd, x.dtype)
     n_threads = threads_for(x.size)
     if family == "rows":
         kernels.rows_backward(x, dy, mean, invstd, cache.gamma, cache.groups, dx, dgamma, dbeta, n_threads)

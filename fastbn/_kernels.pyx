@@ -231,23 +231,22 @@ cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
 _local = threading.local()
 
 
-cdef object _scratch(int slot, Py_ssize_t rows, Py_ssize_t cols):
-    """A (rows, cols) float64 work array, uninitialised, from this Python thread's slot 0 or 1.
+cdef object _scratch(Py_ssize_t rows, Py_ssize_t cols):
+    """Two (rows, cols) float64 work arrays, uninitialised, as one (2, rows, cols) array from this
+    Python thread's buffer.
 
     Per-chunk partials can reach MAX_PARTIALS values: allocating them anew for every call would
     map fresh pages from the OS each time (a page fault per 4 KiB, a measurable share of a call),
-    so each thread keeps its buffers for the next call (at most 4 MiB per slot, freed with the
-    thread; larger requests, which only very wide arrays make, are not kept).
+    so each thread keeps its buffer for the next call (at most 8 MiB, freed with the thread;
+    larger requests, which only very wide arrays make, are not kept).
     """
-    cdef Py_ssize_t n = rows * cols
-    if n > 2 * MAX_PARTIALS:
-        return np.empty((rows, cols))
-    bufs = getattr(_local, "bufs", None)
-    if bufs is None:
-        bufs = _local.bufs = [np.empty(0), np.empty(0)]
-    if bufs[slot].shape[0] < n:
-        bufs[slot] = np.empty(n)
-    return bufs[slot][:n].reshape(rows, cols)
+    cdef Py_ssize_t n = 2 * rows * cols
+    if n > 4 * MAX_PARTIALS:
+        return np.empty((2, rows, cols))
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.shape[0] < n:
+        buf = _local.buf = np.empty(n)
+    return buf[:n].reshape(2, rows, cols)
 
 
 cdef inline fastbn_sums _shifted_sums(const floating* x, Py_ssize_t n, double shift) noexcept nogil:
@@ -554,8 +553,9 @@ cdef void _cols_forward_train(
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
-    cdef double[:, ::1] part_mean = _scratch(0, cut.P, D)
-    cdef double[:, ::1] part_m2 = _scratch(1, cut.P, D)
+    cdef double[:, :, ::1] parts = _scratch(cut.P, D)
+    cdef double[:, ::1] part_mean = parts[0]
+    cdef double[:, ::1] part_m2 = parts[1]
     cdef double[::1] counts = np.empty(cut.P)
     cdef double[:, ::1] weights = np.empty((2, cut.P))
     dtype = _np_dtype(<floating>0)
@@ -604,8 +604,9 @@ cdef void _cols_forward_blocked(
     cdef Py_ssize_t head = _line_head(&out[0, 0], sizeof(floating))  # < one line <= w
     cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef double[:, ::1] part_mean = _scratch(0, 1, D)
-    cdef double[:, ::1] part_m2 = _scratch(1, 1, D)
+    cdef double[:, :, ::1] parts = _scratch(1, D)
+    cdef double[:, ::1] part_mean = parts[0]
+    cdef double[:, ::1] part_m2 = parts[1]
     cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
@@ -673,12 +674,12 @@ def cols_backward(
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, i, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t p0, stride
-    cdef double[:, ::1] part_dy = _scratch(0, cut.P, D)
-    cdef double[:, ::1] part_dyxc = _scratch(1, cut.P, D)
+    cdef double[:, :, ::1] parts = _scratch(cut.P, D)
+    cdef double[:, ::1] part_dy = parts[0]
+    cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
-    cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_b = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_g = np.empty(D, dtype=dtype)
+    cdef floating[:, ::1] coefs = np.empty((3, D), dtype=dtype)
+    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
     cdef floating[:, ::1] tiled = np.empty((5, Dw), dtype=dtype)  # mean, invstd, k_dy, k_b, k_g
     with nogil:
         _tile(&mean[0], D, k, &tiled[0, 0])
@@ -740,12 +741,12 @@ cdef void _cols_backward_blocked(
     cdef Py_ssize_t head = _line_head(&dx[0, 0], sizeof(floating))  # < one line <= w
     cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef double[:, ::1] part_dy = _scratch(0, 1, D)
-    cdef double[:, ::1] part_dyxc = _scratch(1, 1, D)
+    cdef double[:, :, ::1] parts = _scratch(1, D)
+    cdef double[:, ::1] part_dy = parts[0]
+    cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
-    cdef floating[::1] k_dy = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_b = np.empty(D, dtype=dtype)
-    cdef floating[::1] k_g = np.empty(D, dtype=dtype)
+    cdef floating[:, ::1] coefs = np.empty((3, D), dtype=dtype)
+    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
             c0 = _block_start(b, D, w, head)
@@ -948,9 +949,8 @@ def planes_backward(
     cdef double[:, ::1] part_dy = np.empty((Q, C))
     cdef double[:, ::1] part_dyxc = np.empty((Q, C))
     dtype = _np_dtype(<floating>0)
-    cdef floating[::1] k_dy = np.empty(C, dtype=dtype)
-    cdef floating[::1] k_b = np.empty(C, dtype=dtype)
-    cdef floating[::1] k_g = np.empty(C, dtype=dtype)
+    cdef floating[:, ::1] coefs = np.empty((3, C), dtype=dtype)
+    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
     with nogil:
         for task in prange(C * Q, num_threads=n_threads, schedule='static'):
             c = task // Q
@@ -1113,8 +1113,9 @@ def rows_backward(
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
     # Partials are zeroed by the thread that uses them (np.zeros' fresh pages would be copied on
     # first write, each copy flushing the TLB of every thread of the process).
-    cdef double[:, ::1] part_dgamma = _scratch(0, K, C)
-    cdef double[:, ::1] part_dbeta = _scratch(1, K, C)
+    cdef double[:, :, ::1] parts = _scratch(K, C)
+    cdef double[:, ::1] part_dgamma = parts[0]
+    cdef double[:, ::1] part_dbeta = parts[1]
     cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
     with nogil:
         for q in prange(K, num_threads=n_threads, schedule='static'):

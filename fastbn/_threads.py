@@ -68,4 +68,6 @@ def get_num_threads():
 
 def threads_for(n_elements):
     """Thread count for an input of n_elements: get_num_threads(), fewer for small inputs."""
+    if n_elements < 2 * MIN_ELEMENTS_PER_THREAD:
+        return 1
     return max(1, min(get_num_threads(), n_elements // MIN_ELEMENTS_PER_THREAD))
