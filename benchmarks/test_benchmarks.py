@@ -1,9 +1,10 @@
 """pytest-benchmark suite: fastbn, the NumPy reference, PyTorch and a memcpy yardstick side by side.
 
-Every op x case x direction is one benchmark ``group`` holding five entries: ``fastbn`` (writing
+Every op x case x direction is one benchmark ``group`` holding six entries: ``fastbn`` (writing
 into preallocated ``out=`` arrays), ``reference`` (:mod:`fastbn.reference`), ``torch`` (skipped
 when PyTorch is not importable), ``memcpy`` (fastbn's OpenMP copy (same thread count) of x into a
-preallocated array: the bandwidth yardstick) and ``torch copy_``. The cases are those of
+preallocated array: the bandwidth yardstick), ``read`` (an OpenMP sweep that only reads x) and
+``torch copy_``. The cases are those of
 ``python -m fastbn`` (:mod:`fastbn._bench`): the large cases of issue 4 (float32 and float64) and
 cs231n-sized ones.
 
@@ -26,7 +27,7 @@ import pytest
 import fastbn
 from fastbn import _bench
 
-IMPLEMENTATIONS = ("fastbn", "reference", "torch", "memcpy", "torch copy_")
+IMPLEMENTATIONS = ("fastbn", "reference", "torch", "memcpy", "read", "torch copy_")
 SMALL_SHAPES = {"batchnorm": (64, 48), "spatial_nchw": (4, 8, 6, 6), "spatial_nhwc": (4, 6, 6, 8),
                 "layernorm": (32, 40), "groupnorm": (4, 8, 6, 6)}
 

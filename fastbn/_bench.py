@@ -3,9 +3,11 @@
 A :class:`Case` is one operation at one shape and dtype. :func:`implementations` turns a case into
 zero-argument callables, one per (implementation, direction): ``fastbn``, ``reference`` (the NumPy
 oracle) and ``torch`` (when importable) for the directions ``forward`` (train mode), ``test``
-(test-mode forward, batch statistics ops only) and ``backward``; and the two memcpy yardsticks, a
-OpenMP copy of x (``parallel_copy``, same thread count as fastbn) and torch's ``copy_``. Everything a callable needs
-(outputs, caches, torch tensors) is made before timing, so a timed call is the public call alone.
+(test-mode forward, batch statistics ops only) and ``backward``; and the yardsticks: the two
+memcpys, an OpenMP copy of x (``parallel_copy``, same thread count as fastbn) and torch's
+``copy_``, and ``read``, an OpenMP sweep that only reads x (``parallel_read``). Everything a
+callable needs (outputs, caches, torch tensors) is made before timing, so a timed call is the
+public call alone.
 
 :func:`time_call` returns the median of repeated calls; :func:`run` times every case and returns
 one record per case and direction with the times of all implementations, measured in the same run,
@@ -208,7 +210,8 @@ def implementations(case, torch=None, n_threads=None):
     Implementations: ``'fastbn'`` (writing into preallocated ``out=`` arrays, as the memcpy
     yardstick does), ``'reference'``, ``'torch'`` (when `torch` is given; it allocates its
     outputs), and the yardsticks ``'memcpy'`` (fastbn's OpenMP ``parallel_copy`` of x into a
-    preallocated array on `n_threads` threads) and ``'torch copy_'``, under every direction.
+    preallocated array on `n_threads` threads), ``'read'`` (a sum of x on `n_threads` threads:
+    what reading x once costs, without writing) and ``'torch copy_'``, under every direction.
     """
     inputs = make_inputs(case)
     x = inputs[0]
@@ -226,6 +229,7 @@ def implementations(case, torch=None, n_threads=None):
         dst = np.empty_like(flat)
         threads = n_threads or fastbn.get_num_threads()
         yardsticks["memcpy"] = lambda: kernels.parallel_copy(flat, dst, threads)
+        yardsticks["read"] = lambda: kernels.parallel_read(flat, threads)
     if torch is not None:
         tsrc = torch.from_numpy(x)
         tdst = torch.empty_like(tsrc)

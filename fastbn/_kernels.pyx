@@ -1207,6 +1207,23 @@ def rows_backward(
             dbeta[c] = <floating>pdb
 
 
+def parallel_read(
+    const floating[::1] x,         # IN
+    int n_threads,
+):
+    """Sum of x, read in blocks by n_threads threads: the read-only yardstick of the benchmarks
+    (one sweep that reads x and writes nothing, as a statistics pass does)."""
+    cdef Py_ssize_t n = x.shape[0], block = 1 << 16, n_blocks = _ceil_div(n, block), b
+    cdef double total = 0.0
+    with nogil:
+        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+            if floating is float:
+                total += fastbn_sum_f(&x[b * block], min(block, n - b * block)).s1
+            else:
+                total += fastbn_sum_d(&x[b * block], min(block, n - b * block)).s1
+    return total
+
+
 def parallel_copy(
     const floating[::1] src,       # IN
     floating[::1] dst,             # OUT

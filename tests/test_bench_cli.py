@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastbn
@@ -26,20 +27,33 @@ def test_main_prints_the_check_and_the_table_and_writes_plot_and_json(tmp_path, 
     for case in _bench.CHECK_CASES:
         assert f"{case.name}" in out
     assert "FAILED" not in out
-    assert "/memcpy" in out and "ref/fastbn" in out
+    assert "/memcpy" in out and "ref/fastbn" in out and "read/memcpy" in out
     for case in TINY_CASES:
         for direction in case.directions:
             assert any(line.startswith(case.name) and cli.DIRECTION_LABELS[direction] in line
                        for line in out.splitlines())
     record = json.loads(json_path.read_text())
     assert len(record["results"]) == sum(len(case.directions) for case in TINY_CASES)
-    assert all(r["seconds"]["fastbn"] > 0 and r["seconds"]["memcpy"] > 0 for r in record["results"])
+    assert all(r["seconds"][name] > 0 for r in record["results"] for name in ("fastbn", "memcpy", "read"))
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert "no plot" in out
     else:
         assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n", [0, 1, 65535, 65536, 3 * 65536 + 17])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_yardsticks_read_and_copy_every_value(n, dtype, threads):
+    kernels = fastbn._backends.kernels()
+    x = np.random.default_rng(n).standard_normal(n).astype(dtype)
+    assert kernels.parallel_read(x, threads) == pytest.approx(x.sum(dtype=np.float64), abs=1e-9 * max(n, 1))
+    dst = np.full_like(x, np.nan)
+    kernels.parallel_copy(x, dst, threads)
+    np.testing.assert_array_equal(dst, x)
 
 
 def test_a_failed_check_exits_non_zero(monkeypatch, capsys):

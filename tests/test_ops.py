@@ -206,6 +206,41 @@ def test_memory_layouts_give_same_result(op, backend):
         op.backward(dout, cache, backend=backend)
 
 
+def _param_variants(a, row_ok):
+    """gamma, beta or a running statistic as other arrays holding the same values: validation takes
+    a fast path for the usual C-contiguous (C,) array in the computation dtype, not for these."""
+    yield from _layouts(a)
+    if row_ok:
+        yield "row", a.reshape(1, -1)
+    yield "float32", a.astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_parameter_layouts_give_same_result(op, backend):
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape, np.float64)
+    exact = lambda a: a.astype(np.float32).astype(np.float64)  # values float32 holds exactly
+    gamma, beta = exact(gamma), exact(beta)
+    for key in ("running_mean", "running_var"):
+        if key in param:
+            param[key] = exact(param[key])
+    dout = np.random.default_rng(3).standard_normal(shape)
+    expected, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    expected_grads = op.backward(dout, cache, backend=backend)
+    row_ok = gamma.ndim == 1 and (op.name == "batchnorm" or op.name == "layernorm" and x.ndim == 2)
+    for (name, g), (_, b) in zip(_param_variants(gamma, row_ok), _param_variants(beta, row_ok)):
+        out, cache = op.forward(x, g, b, copy_param(param), backend=backend)
+        np.testing.assert_array_equal(out, expected, err_msg=name)
+        for got, want in zip(op.backward(dout, cache, backend=backend), expected_grads):
+            np.testing.assert_array_equal(np.reshape(got, np.shape(want)), want, err_msg=name)
+    if op.uses_running_stats and op.mode == "test":  # (train mode: test_params checks updates)
+        for key in ("running_mean", "running_var"):
+            for name, r in _param_variants(param[key], row_ok=True):
+                out, _ = op.forward(x, gamma, beta, {**param, key: r}, backend=backend)
+                np.testing.assert_array_equal(out, expected, err_msg=f"{key}: {name}")
+
+
 @pytest.mark.parametrize("backend", fastbn.available_backends())
 @pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
 def test_inputs_are_not_modified(op, backend):
