@@ -102,9 +102,10 @@ class Op:
         return getattr(fastbn, self.backward_names[which])(dout, cache, backend=backend)
 
 
-# (1003, 50) and NHWC (8, 32, 32, 3): the compiled kernels see few columns as wide
-# rows of several rows each, the last two with rows left over.
-BN_SHAPES = ((2, 1), (3, 7), (64, 33), (1000, 257), (5, 1024), (127, 3), (1003, 50))
+# (1003, 50), (1200, 64) and NHWC (8, 32, 32, 3): the compiled kernels see few columns as wide
+# rows of several rows each, the last three with rows left over ((1200, 64): 17 rows of 64 per
+# wide row, since 16 would make it 4 KiB of float32).
+BN_SHAPES = ((2, 1), (3, 7), (64, 33), (1000, 257), (5, 1024), (127, 3), (1003, 50), (1200, 64))
 SPATIAL_SHAPES = ((2, 3, 4, 5), (1, 2, 3, 3), (8, 16, 7, 7), (3, 5, 1, 1), (2, 8, 13, 11), (8, 32, 32, 3))
 LN_SHAPES = ((1, 1), (3, 7), (64, 33), (2, 3, 17), (300, 257), (4, 1024))
 GN_SHAPES = ((1, 4, 3, 3), (2, 6, 5, 5), (3, 8, 7, 7), (2, 16, 1, 1), (4, 12, 9, 13))

@@ -30,6 +30,7 @@ CASES = [
     ("batchnorm-test", (300, 1001), "float32"),
     ("batchnorm-train", (1003, 50), "float32"),  # wide rows of 21 rows, 16 rows left over
     ("batchnorm-test", (1003, 50), "float64"),
+    ("batchnorm-train", (1200, 64), "float32"),  # wide rows of 17 rows (not 16: 4 KiB), 10 left
     ("spatial_batchnorm-train-NHWC", (8, 32, 32, 3), "float64"),  # wide rows of 342 rows
     ("spatial_batchnorm-train-NCHW", (4, 6, 45, 47), "float32"),
     ("spatial_batchnorm-train-NCHW", (8, 16, 128, 130), "float32"),  # streamed planes
