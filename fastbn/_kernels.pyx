@@ -864,8 +864,9 @@ cdef void _planes_forward_train(
         return
     Q = _n_plane_chunks(N, C)
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
-    cdef double[:, ::1] part_mean = np.empty((Q, C))
-    cdef double[:, ::1] part_m2 = np.empty((Q, C))
+    cdef double[:, :, ::1] parts = _scratch(Q, C)
+    cdef double[:, ::1] part_mean = parts[0]
+    cdef double[:, ::1] part_m2 = parts[1]
     cdef double[::1] counts = np.empty(Q)
     cdef double[:, ::1] weights = np.empty((2, Q))
     cdef floating[::1] scale = np.empty(C, dtype=_np_dtype(<floating>0))
@@ -954,8 +955,9 @@ def planes_backward(
         return
     Q = _n_plane_chunks(N, C)
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
-    cdef double[:, ::1] part_dy = np.empty((Q, C))
-    cdef double[:, ::1] part_dyxc = np.empty((Q, C))
+    cdef double[:, :, ::1] parts = _scratch(Q, C)
+    cdef double[:, ::1] part_dy = parts[0]
+    cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
     cdef floating[:, ::1] coefs = np.empty((3, C), dtype=dtype)
     cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
