@@ -170,6 +170,12 @@ cdef enum:
 # of dy, 512 KiB at most, stay in L2 for the dx sweep); longer rows one at a time. Rows are
 # contiguous, so the hardware prefetchers stream them without software prefetches.
 cdef Py_ssize_t ROWS4_MAX_BYTES = 1 << 16
+# Longer layernorm rows (the per-chunk dgamma/dbeta partials of whole rows would no longer fit in
+# L2 beside them) are taken by column segments of SEGMENT_BYTES per row: a segment's gradient
+# sums over all rows, four at a time, with its dgamma/dbeta sums in L1 and final (no partials to
+# merge); then dx in runs of RUN_BYTES.
+cdef Py_ssize_t SEGMENT_BYTES = 1 << 13
+cdef Py_ssize_t RUN_BYTES = 1 << 16
 # Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
 # Bound on the number of row chunks times columns of per-chunk partials (an array of partials
@@ -1120,6 +1126,9 @@ def rows_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
+    if L == 1 and groups == 1 and Cg * <Py_ssize_t>sizeof(floating) > ROWS4_MAX_BYTES:
+        _rows_backward_long(x, dy, mean, invstd, gamma, dx, dgamma, dbeta, n_threads)
+        return
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
     # Partials are zeroed by the thread that uses them (np.zeros' fresh pages would be copied on
     # first write, each copy flushing the TLB of every thread of the process).
@@ -1215,6 +1224,72 @@ def rows_backward(
                 pdb = pdb + part_dbeta[q, c]
             dgamma[c] = <floating>pdg
             dbeta[c] = <floating>pdb
+
+
+cdef void _rows_backward_long(
+    const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
+    const floating[::1] invstd, const floating[::1] gamma, floating[:, :, ::1] dx,
+    floating[::1] dgamma, floating[::1] dbeta, int n_threads,
+):
+    """rows_backward of (R, n, 1) layernorm rows too long for per-chunk partials: per column
+    segment (in parallel), the gradient sums of every row's part of it, four rows at a time,
+    while the segment's dgamma/dbeta sums stay in L1 (each column's sum is then final: no
+    partials to merge); each row's sums added over the segments in order; then dx. Every sum's
+    grouping depends on the shape only."""
+    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], r, j, t, c0, w
+    cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating), n_seg = _ceil_div(n, seg)
+    cdef Py_ssize_t run = RUN_BYTES // <Py_ssize_t>sizeof(floating), n_runs = _ceil_div(n, run)
+    cdef int stream = _streams(R * n * <Py_ssize_t>sizeof(floating))
+    cdef double sum_g, sum_gxc, s
+    cdef fastbn_sums sums
+    cdef double[:, :, ::1] parts = _scratch(1, n)  # dbeta, dgamma sums
+    cdef double[::1] col_db = parts[0, 0], col_dg = parts[1, 0]
+    cdef double[:, :, ::1] row_sums = np.empty((n_seg, R, 2))  # sum(g dy), sum(g dy (x - mean))
+    cdef double[:, ::1] coef = np.empty((4, R))  # per row: mean, invstd, s3, b
+    for r in range(R):
+        coef[0, r] = mean[r]
+        coef[1, r] = invstd[r]
+    with nogil:
+        for t in prange(n_seg, num_threads=n_threads, schedule='static'):
+            c0 = t * seg
+            w = min(seg, n - c0)
+            for j in range(c0, c0 + w):
+                col_db[j] = 0.0
+                col_dg[j] = 0.0
+            r = 0
+            while r + 4 <= R:
+                if floating is float:
+                    fastbn_rows4_grad_sums_f(&x[r, c0, 0], &dy[r, c0, 0], n, &gamma[c0], w,
+                                             &coef[0, r], &coef[1, r], &col_db[c0], &col_dg[c0],
+                                             &row_sums[t, r, 0], r + 8 <= R)
+                else:
+                    fastbn_rows4_grad_sums_d(&x[r, c0, 0], &dy[r, c0, 0], n, &gamma[c0], w,
+                                             &coef[0, r], &coef[1, r], &col_db[c0], &col_dg[c0],
+                                             &row_sums[t, r, 0], r + 8 <= R)
+                r = r + 4
+            while r < R:
+                sums = _row_grad_sums(&x[r, c0, 0], &dy[r, c0, 0], &gamma[c0], w, coef[0, r],
+                                      coef[1, r], &col_db[c0], &col_dg[c0])
+                row_sums[t, r, 0] = sums.s1
+                row_sums[t, r, 1] = sums.s2
+                r = r + 1
+            for j in range(c0, c0 + w):
+                dbeta[j] = <floating>col_db[j]
+                dgamma[j] = <floating>col_dg[j]
+        for r in range(R):
+            sum_g = 0.0
+            sum_gxc = 0.0
+            for t in range(n_seg):
+                sum_g = sum_g + row_sums[t, r, 0]
+                sum_gxc = sum_gxc + row_sums[t, r, 1]
+            s = coef[1, r]
+            coef[2, r] = s * s * s * sum_gxc / n
+            coef[3, r] = -s * sum_g / n
+        for t in prange(R * n_runs, num_threads=n_threads, schedule='static'):
+            r = t // n_runs
+            c0 = (t % n_runs) * run
+            _dx_run(&x[r, c0, 0], &dy[r, c0, 0], &dx[r, c0, 0], min(run, n - c0), coef[0, r],
+                    coef[1, r], &gamma[c0], 0.0, coef[2, r], coef[3, r], stream)
 
 
 def parallel_read(

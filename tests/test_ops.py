@@ -259,9 +259,9 @@ def test_inputs_are_not_modified(op, backend):
 
 
 # Batchnorm: wide rows (3000, 70); column blocks of a large (2048, 2048) and a small (300, 1001)
-# array.
+# array. Layernorm: short rows (700, 300), column segments of long rows (9, 20000).
 LARGE = {"batchnorm": ((3000, 70), (2048, 2048), (300, 1001)),
-         "spatial_batchnorm": ((16, 8, 24, 24),), "layernorm": ((700, 300),),
+         "spatial_batchnorm": ((16, 8, 24, 24),), "layernorm": ((700, 300), (9, 20000)),
          "groupnorm": ((16, 8, 24, 24),)}
 THREAD_CASES = [(op, shape) for op in OPS for shape in LARGE[op.name]]
 

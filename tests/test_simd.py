@@ -45,7 +45,8 @@ CASES = [
     ("layernorm-train", (40, 144), "float32"),  # (too long for registers)
     ("layernorm-train", (96, 1031), "float64"),
     ("layernorm-train", (1100, 2049), "float32"),  # long rows, streamed
-    ("layernorm-train", (5, 70001), "float32"),
+    ("layernorm-train", (5, 70001), "float32"),  # backward by column segments
+    ("layernorm-train", (6, 9000), "float64"),
     ("groupnorm-train", (4, 12, 9, 13), "float32"),
     ("groupnorm-train", (16, 32, 67, 65), "float32"),  # streamed
     ("groupnorm-train", (3, 8, 31, 33), "float64"),
