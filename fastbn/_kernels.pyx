@@ -167,8 +167,8 @@ cdef Py_ssize_t MIN_CHUNK_ROWS = 64
 cdef enum:
     TARGET_TASKS = 16
 # Layernorm backward takes rows four at a time up to this many bytes per row (four rows of x and
-# of dy, 512 KiB at most, stay in L2 for the dx sweep); longer rows one at a time. Rows are
-# contiguous, so the hardware prefetchers stream them without software prefetches.
+# of dy, 512 KiB at most, stay in L2 for the dx sweep); longer rows by column segments (below).
+# Rows are contiguous, so the hardware prefetchers stream them without software prefetches.
 cdef Py_ssize_t ROWS4_MAX_BYTES = 1 << 16
 # Longer layernorm rows (the per-chunk dgamma/dbeta partials of whole rows would no longer fit in
 # L2 beside them) are taken by column segments of SEGMENT_BYTES per row: a segment's gradient
