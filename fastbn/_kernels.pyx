@@ -173,7 +173,9 @@ cdef Py_ssize_t ROWS4_MAX_BYTES = 1 << 16
 # Longer layernorm rows (the per-chunk dgamma/dbeta partials of whole rows would no longer fit in
 # L2 beside them) are taken by column segments of SEGMENT_BYTES per row: a segment's gradient
 # sums over all rows, four at a time, with its dgamma/dbeta sums in L1 and final (no partials to
-# merge); then dx in runs of RUN_BYTES.
+# merge); then dx in runs of RUN_BYTES. Their forward takes the statistics in one read, per
+# segment of a row shifted by its first value (which bounds the cancellation: the shift is one
+# of the values) and merged over the segments, instead of two sweeps over the whole row.
 cdef Py_ssize_t SEGMENT_BYTES = 1 << 13
 cdef Py_ssize_t RUN_BYTES = 1 << 16
 # Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
@@ -1022,9 +1024,11 @@ def rows_forward_train(
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
     cdef int stream = _streams_runs(R * n * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
-    cdef double shift, v, s
+    cdef double shift, v, s, cnt, mu, m2, mb, m2b
     cdef fastbn_sums sums
     cdef floating mf
+    cdef bint long_rows = L == 1 and groups == 1 and n * <Py_ssize_t>sizeof(floating) > ROWS4_MAX_BYTES
+    cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating), w
     cdef const floating* xr
     cdef floating* yr
     if R == 0 or Cg == 0 or L == 0:
@@ -1046,16 +1050,31 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            # Two passes over the cached row: the mean (prefetching the next row), then the sums
-            # shifted by it (the corrected two-pass algorithm, accurate for any offset).
-            if floating is float:
-                shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+            if long_rows:
+                # One pass: per segment, the sums shifted by its first value (prefetching the
+                # next row's segment), merged over the segments in order.
+                cnt = 0.0
+                mu = 0.0
+                m2 = 0.0
+                k = 0
+                while k < n:
+                    w = min(seg, n - k)
+                    _plane_moments(xr + k, w, &mb, &m2b, xr + n + k if r + 1 < R else NULL)
+                    _chan_merge(&cnt, &mu, &m2, <double>w, mb, m2b)
+                    k = k + w
+                v = m2 / n
+                mf = <floating>mu
             else:
-                shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
-            sums = _shifted_sums(xr, n, shift)
-            v = (sums.s2 - sums.s1 * sums.s1 / n) / n
+                # Two passes over the cached row: the mean (prefetching the next row), then the
+                # sums shifted by it (the corrected two-pass algorithm, accurate for any offset).
+                if floating is float:
+                    shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+                else:
+                    shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+                sums = _shifted_sums(xr, n, shift)
+                v = (sums.s2 - sums.s1 * sums.s1 / n) / n
+                mf = <floating>(shift + sums.s1 / n)
             s = 1.0 / sqrt((0.0 if v < 0 else v) + eps)  # NaN stays NaN
-            mf = <floating>(shift + sums.s1 / n)
             mean[r] = mf
             invstd[r] = <floating>s
             c0 = (r % groups) * Cg

@@ -149,6 +149,33 @@ def test_float32_mean_offset_1e6_keeps_the_variance(op, backend):
     _close(got["dbeta"], want["dbeta"], 1e-5, "dbeta")
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_long_layernorm_rows_with_offset_and_outliers_keep_their_statistics(backend, dtype):
+    """Rows of 20000 values (longer than 64 KiB: the compiled kernels take them in segments,
+    each summed shifted by its first value) at a 1e6 offset, with an outlier every 1024 values
+    (at every segment's start): the statistics stay those of exact arithmetic."""
+    op = next(op for op in TRAIN_OPS if op.name == "layernorm")
+    rng = np.random.default_rng(3)
+    x = 1e6 + rng.standard_normal((3, 20000))
+    x[:, ::1024] += 1e3
+    x = x.astype(dtype)
+    gamma, beta = rng.standard_normal(20000).astype(dtype), rng.standard_normal(20000).astype(dtype)
+    dout = rng.standard_normal(x.shape).astype(dtype)
+    got = _run(op, x, gamma, beta, {}, dout, backend)
+    want = oracle(op, x, gamma, beta, dout)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    var = 1.0 / got["invstd"].astype(np.float64) ** 2 - 1e-5
+    np.testing.assert_allclose(var, want["var"], rtol=rtol)
+    np.testing.assert_allclose(got["mean"], want["mean"], rtol=0, atol=np.spacing(dtype(1e6)))
+    # out to within the rounding of the mean to dtype (as in the 1e6 offset test above)
+    atol = float(np.max(np.abs(gamma)) * np.max(want["invstd"])) * np.spacing(dtype(1e6))
+    _close(got["out"], want["out"], 10 * rtol, "out", atol=atol)
+    if dtype == np.float64:  # float32 gradients carry that rounding too, summed over the rows
+        for name in ("dx", "dgamma", "dbeta"):
+            _close(got[name], want[name], 10 * rtol, name)
+
+
 HUGE = [("spread-1e30", 0.0, 1e30), ("offset-1e30", 1e30, 1e28)]
 
 
