@@ -1027,7 +1027,7 @@ def rows_forward_train(
     cdef double shift, v, s, cnt, mu, m2, mb, m2b
     cdef fastbn_sums sums
     cdef floating mf
-    cdef bint long_rows = L == 1 and groups == 1 and n * <Py_ssize_t>sizeof(floating) > ROWS4_MAX_BYTES
+    cdef bint long_rows = _long_rows(Cg, L, groups, sizeof(floating))
     cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating), w
     cdef const floating* xr
     cdef floating* yr
@@ -1089,6 +1089,23 @@ def rows_forward_train(
                                   <floating>(gamma[c0 + k] * s), beta[c0 + k], stream)
 
 
+cdef inline bint _long_rows(Py_ssize_t Cg, Py_ssize_t L, Py_ssize_t groups, Py_ssize_t size) noexcept nogil:
+    """Whether layernorm rows of Cg values of `size` bytes are taken by column segments (see
+    SEGMENT_BYTES); groupnorm rows (L > 1 or several groups) never are."""
+    return L == 1 and groups == 1 and Cg * size > ROWS4_MAX_BYTES
+
+
+cdef inline void _rows4_grad_sums(
+    const floating* x, const floating* dy, Py_ssize_t stride, const floating* gamma, Py_ssize_t n,
+    const double* mean, const double* invstd, double* db, double* dg, double* out, int ahead,
+) noexcept nogil:
+    """fastbn_rows4_grad_sums_* of four rows `stride` values apart (see loops.h)."""
+    if floating is float:
+        fastbn_rows4_grad_sums_f(x, dy, stride, gamma, n, mean, invstd, db, dg, out, ahead)
+    else:
+        fastbn_rows4_grad_sums_d(x, dy, stride, gamma, n, mean, invstd, db, dg, out, ahead)
+
+
 cdef inline fastbn_sums _row_grad_sums(
     const floating* x, const floating* dy, const floating* gamma, Py_ssize_t n, double mean,
     double invstd, double* db, double* dg,
@@ -1145,7 +1162,7 @@ def rows_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    if L == 1 and groups == 1 and Cg * <Py_ssize_t>sizeof(floating) > ROWS4_MAX_BYTES:
+    if _long_rows(Cg, L, groups, sizeof(floating)):
         _rows_backward_long(x, dy, mean, invstd, gamma, dx, dgamma, dbeta, n_threads)
         return
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
@@ -1163,20 +1180,16 @@ def rows_backward(
             n0 = _chunk_start(q, N, K)
             n1 = _chunk_start(q + 1, N, K)
             n = n0
-            if L == 1 and groups == 1 and Cg >= 256 and Cg * <Py_ssize_t>sizeof(floating) <= ROWS4_MAX_BYTES:
-                # long layernorm rows, four at a time (their x and dy stay in L2 for the dx sweep)
+            if L == 1 and groups == 1 and Cg >= 256:
+                # layernorm rows of 256 values up to ROWS4_MAX_BYTES (longer ones went to
+                # _rows_backward_long), four at a time: their x and dy stay in L2 for the dx sweep
                 while n + 4 <= n1:
                     for k in range(4):
                         scratch[q, k] = <double>mean[n + k]
                         scratch[q, 4 + k] = <double>invstd[n + k]
-                    if floating is float:
-                        fastbn_rows4_grad_sums_f(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
-                                                 &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], &scratch[q, 8], n + 8 <= n1)
-                    else:
-                        fastbn_rows4_grad_sums_d(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg,
-                                                 &scratch[q, 0], &scratch[q, 4], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], &scratch[q, 8], n + 8 <= n1)
+                    _rows4_grad_sums(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg, &scratch[q, 0],
+                                     &scratch[q, 4], &part_dbeta[q, 0], &part_dgamma[q, 0],
+                                     &scratch[q, 8], n + 8 <= n1)
                     for k in range(4):
                         s = scratch[q, 4 + k]
                         s3 = s * s * s * scratch[q, 9 + 2 * k] / Cg
@@ -1277,14 +1290,9 @@ cdef void _rows_backward_long(
                 col_dg[j] = 0.0
             r = 0
             while r + 4 <= R:
-                if floating is float:
-                    fastbn_rows4_grad_sums_f(&x[r, c0, 0], &dy[r, c0, 0], n, &gamma[c0], w,
-                                             &coef[0, r], &coef[1, r], &col_db[c0], &col_dg[c0],
-                                             &row_sums[t, r, 0], r + 8 <= R)
-                else:
-                    fastbn_rows4_grad_sums_d(&x[r, c0, 0], &dy[r, c0, 0], n, &gamma[c0], w,
-                                             &coef[0, r], &coef[1, r], &col_db[c0], &col_dg[c0],
-                                             &row_sums[t, r, 0], r + 8 <= R)
+                _rows4_grad_sums(&x[r, c0, 0], &dy[r, c0, 0], n, &gamma[c0], w, &coef[0, r],
+                                 &coef[1, r], &col_db[c0], &col_dg[c0], &row_sums[t, r, 0],
+                                 r + 8 <= R)
                 r = r + 4
             while r < R:
                 sums = _row_grad_sums(&x[r, c0, 0], &dy[r, c0, 0], &gamma[c0], w, coef[0, r],
