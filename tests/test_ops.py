@@ -44,10 +44,12 @@ def test_compiled_matches_reference(op, shape, dtype):
 # (M, D) arrays with enough columns: the compiled kernels work by blocks of columns over all rows
 # (statistics, then the elementwise sweep, while a block is in cache). Arrays of 8 MiB or more:
 # (2048, 2048); (1500, 1104), last block narrower than the others; (1024, 2064), forward
-# unblocked and backward blocked; (3, 1048592), three rows. Smaller ones: (300, 1001), rows not
-# a whole number of cache lines (masked partial vectors).
+# unblocked and backward blocked; (3, 1048592), three rows; (4100, 528), blocks of rows of 448
+# bytes, whose backward the threads share (uneven chunks of rows). Smaller ones: (300, 1001), rows
+# not a whole number of cache lines (masked partial vectors).
 BLOCKED_CASES = [(2048, 2048, np.float32), (1500, 1104, np.float64), (1024, 2064, np.float32),
-                 (3, 1048592, np.float32), (300, 1001, np.float32)]
+                 (3, 1048592, np.float32), (4100, 528, np.float32), (4100, 528, np.float64),
+                 (300, 1001, np.float32)]
 
 
 @needs_compiled
@@ -259,8 +261,9 @@ def test_inputs_are_not_modified(op, backend):
 
 
 # Batchnorm: wide rows (3000, 70); column blocks of a large (2048, 2048) and a small (300, 1001)
-# array. Layernorm: short rows (700, 300), column segments of long rows (9, 20000).
-LARGE = {"batchnorm": ((3000, 70), (2048, 2048), (300, 1001)),
+# array, and blocks shared by the threads (4100, 528). Layernorm: short rows (700, 300), column
+# segments of long rows (9, 20000).
+LARGE = {"batchnorm": ((3000, 70), (2048, 2048), (300, 1001), (4100, 528)),
          "spatial_batchnorm": ((16, 8, 24, 24),), "layernorm": ((700, 300), (9, 20000)),
          "groupnorm": ((16, 8, 24, 24),)}
 THREAD_CASES = [(op, shape) for op in OPS for shape in LARGE[op.name]]

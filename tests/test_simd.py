@@ -26,6 +26,7 @@ CASES = [
     ("batchnorm-train", (1500, 1104), "float64"),  # column blocks, a narrower last one
     ("batchnorm-test", (1500, 1104), "float64"),
     ("batchnorm-train", (1024, 2064), "float32"),  # backward in column blocks
+    ("batchnorm-train", (4100, 528), "float64"),  # backward in column blocks shared by the threads
     ("batchnorm-train", (300, 1001), "float32"),  # small: column blocks, masked partial vectors
     ("batchnorm-test", (300, 1001), "float32"),
     ("batchnorm-train", (1003, 50), "float32"),  # wide rows of 21 rows, 16 rows left over
