@@ -892,6 +892,26 @@ cdef inline void _chunk_moments(
         _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
+cdef inline fastbn_sums _segment_moments(
+    const floating* x, Py_ssize_t n, Py_ssize_t seg, const floating* next,
+) noexcept nogil:
+    """Mean (s1) and sum of squared deviations (s2) of n contiguous values: per segment of seg
+    values, the sums shifted by its first value (prefetching the same segment of `next`, or
+    NULL), merged over the segments in order. (Returned rather than written through pointers:
+    a caller's prange makes only the variables it assigns thread-private.)"""
+    cdef double count = 0.0, mean = 0.0, m2 = 0.0, mean_b, m2_b
+    cdef Py_ssize_t k = 0, w
+    cdef fastbn_sums result
+    while k < n:
+        w = min(seg, n - k)
+        _plane_moments(x + k, w, &mean_b, &m2_b, next + k if next != NULL else NULL)
+        _chan_merge(&count, &mean, &m2, <double>w, mean_b, m2_b)
+        k = k + w
+    result.s1 = mean
+    result.s2 = m2
+    return result
+
+
 def planes_forward_train(
     const floating[:, :, ::1] x,   # IN (N, C, L)
     const floating[::1] gamma,     # IN (C,)
@@ -1078,11 +1098,11 @@ def rows_forward_train(
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
     cdef int stream = _streams_runs(R * n * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
-    cdef double shift, v, s, cnt, mu, m2, mb, m2b
+    cdef double shift, v, s
     cdef fastbn_sums sums
     cdef floating mf
     cdef bint long_rows = _long_rows(Cg, L, groups, sizeof(floating))
-    cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating), w
+    cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating)
     cdef const floating* xr
     cdef floating* yr
     if R == 0 or Cg == 0 or L == 0:
@@ -1104,20 +1124,10 @@ def rows_forward_train(
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            if long_rows:
-                # One pass: per segment, the sums shifted by its first value (prefetching the
-                # next row's segment), merged over the segments in order.
-                cnt = 0.0
-                mu = 0.0
-                m2 = 0.0
-                k = 0
-                while k < n:
-                    w = min(seg, n - k)
-                    _plane_moments(xr + k, w, &mb, &m2b, xr + n + k if r + 1 < R else NULL)
-                    _chan_merge(&cnt, &mu, &m2, <double>w, mb, m2b)
-                    k = k + w
-                v = m2 / n
-                mf = <floating>mu
+            if long_rows:  # one read (see SEGMENT_BYTES)
+                sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL)
+                v = sums.s2 / n
+                mf = <floating>sums.s1
             else:
                 # Two passes over the cached row: the mean (prefetching the next row), then the
                 # sums shifted by it (the corrected two-pass algorithm, accurate for any offset).
