@@ -696,7 +696,7 @@ def cols_backward(
         _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, w, n_threads)
         return
     cdef _Wide cut = _Wide(M, D)
-    cdef Py_ssize_t task, i, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
+    cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t p0, stride
     cdef double[:, :, ::1] parts = _scratch(cut.P, D)
     cdef double[:, ::1] part_dy = parts[0]
@@ -720,17 +720,9 @@ def cols_backward(
                 c0 = _chunk_start(b, Dw, cut.n_col_blocks)
                 c1 = _chunk_start(b + 1, Dw, cut.n_col_blocks)
                 p0 = q * Dw
-            for i in range(c0, c1):
-                (&part_dy[0, 0])[p0 + i] = 0.0
-                (&part_dyxc[0, 0])[p0 + i] = 0.0
-            if floating is float:
-                fastbn_cols_grad_sums_f(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
-                                        r1 - r0, c1 - c0, &tiled[0, 0] + c0,
-                                        &part_dy[0, 0] + p0 + c0, &part_dyxc[0, 0] + p0 + c0)
-            else:
-                fastbn_cols_grad_sums_d(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
-                                        r1 - r0, c1 - c0, &tiled[0, 0] + c0,
-                                        &part_dy[0, 0] + p0 + c0, &part_dyxc[0, 0] + p0 + c0)
+            _cols_grad_sums(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
+                            r1 - r0, c1 - c0, &tiled[0, 0] + c0, &part_dy[0, 0] + p0 + c0,
+                            &part_dyxc[0, 0] + p0 + c0)
         for c0 in prange(D, num_threads=n_threads, schedule='static'):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
@@ -784,7 +776,8 @@ cdef void _cols_backward_blocked(
                 for q in prange(K, num_threads=n_threads, schedule='static'):
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
-                    _block_grad_sums(x, dy, mean, part_dy, part_dyxc, q, r0, r1, c0, c1)
+                    _cols_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
+                                    &part_dy[q, c0], &part_dyxc[q, c0])
                 _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                        dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
                 for q in prange(K, num_threads=n_threads, schedule='static'):
@@ -796,30 +789,27 @@ cdef void _cols_backward_blocked(
             for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
-                _block_grad_sums(x, dy, mean, part_dy, part_dyxc, 0, 0, M, c0, c1)
+                _cols_grad_sums(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0], &part_dy[0, c0],
+                                &part_dyxc[0, c0])
                 _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                        dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
                 _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, 0, M, c0, c1, stream)
 
 
-cdef inline void _block_grad_sums(
-    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
-    double[:, ::1] part_dy, double[:, ::1] part_dyxc, Py_ssize_t q, Py_ssize_t r0, Py_ssize_t r1,
-    Py_ssize_t c0, Py_ssize_t c1,
+cdef inline void _cols_grad_sums(
+    const floating* x, const floating* dy, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
+    const floating* mean, double* s1, double* s2,
 ) noexcept nogil:
-    """Row q of the partials, columns c0..c1-1: sums of dy and dy * (x - mean) over rows r0..r1-1."""
-    cdef Py_ssize_t d, D = x.shape[1]
-    for d in range(c0, c1):
-        part_dy[q, d] = 0.0
-        part_dyxc[q, d] = 0.0
-    if r1 == r0:
-        return
+    """s1[j] = sum dy, s2[j] = sum dy * (x - mean[j]) over n_rows rows (row stride `stride`) of w
+    columns j; s1 and s2 are zeroed first."""
+    cdef Py_ssize_t j
+    for j in range(w):
+        s1[j] = 0.0
+        s2[j] = 0.0
     if floating is float:
-        fastbn_cols_grad_sums_f(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                &part_dy[q, c0], &part_dyxc[q, c0])
+        fastbn_cols_grad_sums_f(x, dy, stride, n_rows, w, mean, s1, s2)
     else:
-        fastbn_cols_grad_sums_d(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                &part_dy[q, c0], &part_dyxc[q, c0])
+        fastbn_cols_grad_sums_d(x, dy, stride, n_rows, w, mean, s1, s2)
 
 
 cdef inline void _block_dx(
@@ -830,8 +820,6 @@ cdef inline void _block_dx(
 ) noexcept nogil:
     """dx of rows r0..r1-1, columns c0..c1-1, from the coefficients of _backward_coefficients."""
     cdef Py_ssize_t D = x.shape[1]
-    if r1 == r0:
-        return
     if not train:  # dx = k_dy * dy (k_b is 0: the zero mean and beta); x is not read
         _cols_block(&dy[r0, c0], NULL, &dx[r0, c0], D, r1 - r0, c1 - c0, &k_b[c0], &k_dy[c0],
                     &k_b[c0], NULL, NULL, stream)
