@@ -351,7 +351,8 @@ static FASTBN_X512 void fastbn_x_cols_grad_sums_##SUF(                          
 }                                                                                                  \
 /* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time,    \
  * so that each column's coefficients are loaded once per four rows -- when streamed, only if      \
- * every row starts at the same offset within a cache line; otherwise one row at a time. */        \
+ * every row starts at the same offset within a cache line; otherwise one row at a time. An affine \
+ * sweep that is not streamed, four at a time only over short runs (see FASTBN_SHORT_RUN). */      \
 static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                                                \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t stride, ptrdiff_t n_rows,    \
         ptrdiff_t n, const T *FASTBN_RESTRICT mean, const T *FASTBN_RESTRICT scale,                \
@@ -362,7 +363,8 @@ static FASTBN_X512 void fastbn_x_cols_affine_##SUF(                             
     ptrdiff_t near = FASTBN_X_AHEAD / (ptrdiff_t)sizeof(T), far = 2 * near;                        \
     int ahead = stream && n >= 4 * near; /* runs of a block of columns: the prefetches would     \
                                             fetch another block's columns */                       \
-    if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))                                        \
+    if (stream ? !((stride * (ptrdiff_t)sizeof(T)) & 63)                                           \
+               : FASTBN_AFFINE_FOURS(n, stride, sizeof(T)))                                        \
         for (; i + 4 <= n_rows; i += 4) {                                                          \
             const T *x0 = x + i * stride;                                                          \
             T *o0 = out + i * stride;                                                              \
