@@ -96,8 +96,8 @@ typedef struct { double s1, s2; } fastbn_sums;
  * caches) takes rows four at a time -- each column's coefficients loaded once per four rows --
  * only over short runs: parts of rows of fewer than FASTBN_SHORT_RUN bytes. Over whole rows or
  * long runs it goes one row at a time, which was faster there (AVX-512 loops, one thread: test
- * mode of 200x500 float64 47 us by fours, 34 us by single rows; 1000x100 79 and 38 us; with the
- * baseline loops 66 and 50 us, 71 and 46 us), while the forward's column blocks of 512x512
+ * mode of 200x500 float64 60 us by fours, 36 us by single rows; 1000x100 83 and 37 us; with the
+ * baseline loops 47 and 33 us, 70 and 43 us), while the forward's column blocks of 512x512
  * float32 (runs of 512 bytes) took 89 us by fours and 99 us by single rows. */
 #define FASTBN_SHORT_RUN 2048
 #define FASTBN_AFFINE_FOURS(n, stride, size)                                                       \
