@@ -5,8 +5,8 @@ into preallocated ``out=`` arrays), ``reference`` (:mod:`fastbn.reference`), ``t
 when PyTorch is not importable), ``memcpy`` (fastbn's OpenMP copy (same thread count) of x into a
 preallocated array: the bandwidth yardstick), ``read`` (an OpenMP sweep that only reads x) and
 ``torch copy_``. The cases are those of
-``python -m fastbn`` (:mod:`fastbn._bench`): the large cases of issue 4 (float32 and float64) and
-cs231n-sized ones.
+``python -m fastbn`` (:mod:`fastbn._bench`), built from the op table: the large cases (float32 and
+float64) and cs231n-sized ones.
 
 Full run, saved and compared across commits::
 
@@ -28,13 +28,11 @@ import fastbn
 from fastbn import _bench
 
 IMPLEMENTATIONS = ("fastbn", "reference", "torch", "memcpy", "read", "torch copy_")
-SMALL_SHAPES = {"batchnorm": (64, 48), "spatial_nchw": (4, 8, 6, 6), "spatial_nhwc": (4, 6, 6, 8),
-                "layernorm": (32, 40), "groupnorm": (4, 8, 6, 6)}
 
 
 def _small(case):
-    """A case of the same op, dtype and groups on a small shape."""
-    return _bench.Case(case.op, SMALL_SHAPES[case.op], case.dtype, min(case.groups, 4))
+    """A case of the same op, layout, dtype and groups on a small shape."""
+    return case.resized(_bench.SMOKE_SHAPES[case.layout])
 
 
 def _params(small):

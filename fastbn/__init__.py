@@ -1,4 +1,4 @@
-"""fastbn: fast, exact CPU batch, spatial batch, layer and group normalization for NumPy.
+"""fastbn: fast, exact CPU batch, spatial batch, layer, group and RMS normalization for NumPy.
 
 The API follows the cs231n ``layers.py`` contract::
 
@@ -8,34 +8,17 @@ The API follows the cs231n ``layers.py`` contract::
 Every function takes ``backend='auto' | 'cython' | 'numpy'``; :mod:`fastbn.reference` holds the
 pure NumPy implementations the compiled kernels are tested against.
 """
-from fastbn._api import (
-    batchnorm_backward,
-    batchnorm_backward_alt,
-    batchnorm_forward,
-    layernorm_backward,
-    layernorm_forward,
-    spatial_batchnorm_backward,
-    spatial_batchnorm_forward,
-    spatial_groupnorm_backward,
-    spatial_groupnorm_forward,
-)
+from fastbn import _api
+from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends
 from fastbn._config import show_config
+from fastbn._results import NormCache
 from fastbn._threads import get_num_threads, set_num_threads
-from fastbn._validation import NormCache
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "batchnorm_forward",
-    "batchnorm_backward",
-    "batchnorm_backward_alt",
-    "spatial_batchnorm_forward",
-    "spatial_batchnorm_backward",
-    "layernorm_forward",
-    "layernorm_backward",
-    "spatial_groupnorm_forward",
-    "spatial_groupnorm_backward",
+    *_api.__all__,  # the public functions of every op in the op table (fastbn._ops)
     "NormCache",
     "available_backends",
     "get_num_threads",

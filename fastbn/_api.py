@@ -1,12 +1,13 @@
-"""Public normalization functions: validate once, then run the chosen backend."""
+"""Public normalization functions: validate once, then run the chosen backend.
+
+Each function is a documented one-line call of :func:`_forward` or :func:`_backward` with its
+op's name; what the op takes and computes is its row of the op table (:mod:`fastbn._ops`).
+"""
 from fastbn import _backends, _compiled, reference
-from fastbn._validation import (
-    prepare_backward,
-    prepare_batchnorm,
-    prepare_groupnorm,
-    prepare_layernorm,
-    prepare_spatial_batchnorm,
-)
+from fastbn._ops import OPS, public_functions
+from fastbn._validation import prepare, prepare_backward
+
+__all__ = public_functions()
 
 _BN_PARAM_DOC = """bn_param : dict
         Updated in place. Keys:
@@ -22,16 +23,21 @@ _BN_PARAM_DOC = """bn_param : dict
         Other keys are ignored."""
 
 
-def _forward(prepared, reference_forward, backend):
+def _forward(name, x, gamma, beta, param, groups=None, *, backend, out):
+    """Validate the arguments of op `name`'s forward, then run it on `backend`."""
+    spec = OPS[name]
+    prepared = prepare(spec, x, gamma, beta, param, groups, out)
     if _backends.resolve(backend) == "numpy":
-        return reference_forward(prepared)
+        return reference.forward_impl(spec)(prepared)
     return _compiled.forward(prepared)
 
 
-def _backward(dout, cache, op, function, reference_backward, backend, out):
-    dout, out = prepare_backward(dout, cache, op, function, out)
+def _backward(name, function, dout, cache, *, backend, out):
+    """Validate the arguments of op `name`'s backward `function`, then run it on `backend`."""
+    spec = OPS[name]
+    dout, out = prepare_backward(dout, cache, spec, function, out)
     if _backends.resolve(backend) == "numpy":
-        return reference_backward(dout, cache, out)
+        return reference.backward_impl(spec, function)(dout, cache, out)
     return _compiled.backward(dout, cache, out)
 
 
@@ -94,7 +100,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
     >>> sorted(bn_param)
     ['mode', 'running_mean', 'running_var']
     """
-    return _forward(prepare_batchnorm(x, gamma, beta, bn_param, out), reference._batch_forward, backend)
+    return _forward("batchnorm", x, gamma, beta, bn_param, backend=backend, out=out)
 
 
 def batchnorm_backward(dout, cache, *, backend="auto", out=None):
@@ -132,8 +138,7 @@ def batchnorm_backward(dout, cache, *, backend="auto", out=None):
     >>> np.allclose(dx, 0), dbeta
     (True, array([50., 50., 50., 50.]))
     """
-    return _backward(dout, cache, "batchnorm", "batchnorm_backward",
-                     reference._batch_backward_staged, backend, out)
+    return _backward("batchnorm", "batchnorm_backward", dout, cache, backend=backend, out=out)
 
 
 def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
@@ -153,8 +158,7 @@ def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
     >>> all(np.allclose(u, v) for u, v in zip(a, b))
     True
     """
-    return _backward(dout, cache, "batchnorm", "batchnorm_backward_alt",
-                     reference._batch_backward_closed_form, backend, out)
+    return _backward("batchnorm", "batchnorm_backward_alt", dout, cache, backend=backend, out=out)
 
 
 def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
@@ -205,7 +209,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=N
     >>> np.allclose(out_nhwc, out.transpose(0, 2, 3, 1))
     True
     """
-    return _forward(prepare_spatial_batchnorm(x, gamma, beta, bn_param, out), reference._batch_forward, backend)
+    return _forward("spatial_batchnorm", x, gamma, beta, bn_param, backend=backend, out=out)
 
 
 def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
@@ -234,8 +238,8 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
     >>> dbeta
     array([36., 36.])
     """
-    return _backward(dout, cache, "spatial_batchnorm", "spatial_batchnorm_backward",
-                     reference._batch_backward_staged, backend, out)
+    return _backward("spatial_batchnorm", "spatial_batchnorm_backward", dout, cache, backend=backend,
+                     out=out)
 
 
 def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
@@ -277,7 +281,7 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
     >>> np.allclose(out.mean(axis=1), 0), cache.mean.shape
     (True, (4,))
     """
-    return _forward(prepare_layernorm(x, gamma, beta, ln_param, out), reference._row_forward, backend)
+    return _forward("layernorm", x, gamma, beta, ln_param, backend=backend, out=out)
 
 
 def layernorm_backward(dout, cache, *, backend="auto", out=None):
@@ -306,7 +310,7 @@ def layernorm_backward(dout, cache, *, backend="auto", out=None):
     >>> np.allclose(dx, 0), dbeta[:3]
     (True, array([4., 4., 4.]))
     """
-    return _backward(dout, cache, "layernorm", "layernorm_backward", reference._row_backward, backend, out)
+    return _backward("layernorm", "layernorm_backward", dout, cache, backend=backend, out=out)
 
 
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", out=None):
@@ -352,7 +356,7 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", ou
     >>> cache.mean.shape, np.allclose(out.reshape(2, 3, -1).mean(axis=2), 0)
     ((2, 3), True)
     """
-    return _forward(prepare_groupnorm(x, gamma, beta, G, gn_param, out), reference._row_forward, backend)
+    return _forward("groupnorm", x, gamma, beta, gn_param, G, backend=backend, out=out)
 
 
 def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
@@ -382,8 +386,93 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
     >>> dbeta.shape, float(dbeta[0, 0, 0, 0])
     ((1, 6, 1, 1), 32.0)
     """
-    return _backward(dout, cache, "groupnorm", "spatial_groupnorm_backward",
-                     reference._row_backward, backend, out)
+    return _backward("groupnorm", "spatial_groupnorm_backward", dout, cache, backend=backend, out=out)
+
+
+def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
+    """Root-mean-square normalization (RMSNorm) over the last axis of x.
+
+    ``out = x / sqrt(mean(x**2, axis=-1) + eps) * gamma``: layernorm without centring and
+    without a shift, as PyTorch's ``torch.nn.functional.rms_norm`` and ONNX's
+    RMSNormalization (over the last axis) compute it.
+
+    Parameters
+    ----------
+    x : ndarray of shape (..., D)
+        Each row of D values is divided by its own root mean square. dtypes as in
+        :func:`batchnorm_forward`.
+    gamma : ndarray of shape (D,) (or (1, ..., 1, D))
+        Scale.
+    ln_param : dict
+        ``'eps'`` (default 1e-5, >= 0); other keys are ignored.
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Output buffer, as in :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    out : ndarray shaped like x
+    cache : NormCache
+        For :func:`rmsnorm_backward`; ``cache.invstd`` holds ``1 / sqrt(mean(x**2) + eps)``
+        per row, shape ``x.shape[:-1]`` (``cache.mean`` is 0: rows are not centred).
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes or eps < 0.
+    TypeError
+        Non-array input or a complex, object or string dtype.
+
+    Notes
+    -----
+    Empty input gives an empty output. An all-zero row with eps = 0 has invstd inf and a NaN
+    output (as in PyTorch); with eps > 0 its output is 0.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.array([[3.0, 4.0], [1.0, 1.0]])
+    >>> out, cache = fastbn.rmsnorm_forward(x, np.ones(2), {"eps": 0.0})
+    >>> out
+    array([[0.84852814, 1.13137085],
+           [1.        , 1.        ]])
+    >>> np.allclose(cache.invstd, 1 / np.sqrt([12.5, 1.0]))
+    True
+    """
+    return _forward("rmsnorm", x, gamma, None, ln_param, backend=backend, out=out)
+
+
+def rmsnorm_backward(dout, cache, *, backend="auto", out=None):
+    """Gradients of :func:`rmsnorm_forward`.
+
+    With ``g = dout * gamma`` and ``xhat = x * invstd`` per row of D values:
+    ``dx = invstd * (g - xhat * mean(g * xhat))`` and ``dgamma = sum(dout * xhat)`` over all rows.
+
+    Parameters
+    ----------
+    dout : ndarray shaped like x
+    cache : NormCache
+        From :func:`rmsnorm_forward` (of either backend).
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Buffer for dx, as in :func:`batchnorm_backward`.
+
+    Returns
+    -------
+    dx : ndarray shaped like x
+    dgamma : ndarray shaped like gamma
+        (RMSNorm has no beta, so there is no dbeta.)
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(4, 10))
+    >>> _, cache = fastbn.rmsnorm_forward(x, np.ones(10), {})
+    >>> dx, dgamma = fastbn.rmsnorm_backward(np.ones_like(x), cache)
+    >>> dx.shape, dgamma.shape
+    ((4, 10), (10,))
+    """
+    return _backward("rmsnorm", "rmsnorm_backward", dout, cache, backend=backend, out=out)
 
 
 batchnorm_forward.__doc__ = batchnorm_forward.__doc__.format(bn_param=_BN_PARAM_DOC)

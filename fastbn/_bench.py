@@ -20,8 +20,7 @@ import numpy as np
 
 import fastbn
 from fastbn import _backends, _threads, reference
-
-DIRECTIONS = ("forward", "test", "backward")
+from fastbn._ops import OPS
 
 
 @dataclass(frozen=True)
@@ -31,50 +30,74 @@ class Case:
     Attributes
     ----------
     op : str
-        ``'batchnorm'``, ``'spatial_nchw'``, ``'spatial_nhwc'``, ``'layernorm'`` or ``'groupnorm'``.
+        An op name of the op table (:data:`fastbn._ops.OPS`).
     shape : tuple
-        Shape of x (for ``spatial_nhwc`` the (N, H, W, C) shape fastbn receives).
+        Shape of x as fastbn receives it (for NHWC the (N, H, W, C) shape).
     dtype : str
         ``'float32'`` or ``'float64'``.
     groups : int
-        G for groupnorm.
+        G for grouped ops (groupnorm).
+    layout : str, optional
+        One of the op's layouts; default its first.
     """
 
     op: str
     shape: tuple
     dtype: str = "float32"
     groups: int = 1
+    layout: str = None
+
+    def __post_init__(self):
+        if self.layout is None:
+            object.__setattr__(self, "layout", self.spec.layouts[0])
+
+    @property
+    def spec(self):
+        return OPS[self.op]
+
+    @property
+    def _label(self):
+        """The op, with its layout where the op has several and its groups where it takes them."""
+        parts = [self.op]
+        if len(self.spec.layouts) > 1:
+            parts.append(self.layout)
+        return parts, (f"G{self.groups}" if self.spec.grouped else None)
 
     @property
     def name(self):
+        parts, groups = self._label
         dims = "x".join(str(n) for n in self.shape)
-        extra = f" G={self.groups}" if self.op == "groupnorm" else ""
-        return f"{self.op} {dims}{extra} {self.dtype}"
+        return " ".join([*parts, dims, *([groups.replace("G", "G=")] if groups else []), self.dtype])
 
     @property
     def id(self):
         """A pytest/JSON-friendly name: ``batchnorm-4096x4096-float32``."""
+        parts, groups = self._label
         dims = "x".join(str(n) for n in self.shape)
-        extra = f"-G{self.groups}" if self.op == "groupnorm" else ""
-        return f"{self.op}-{dims}{extra}-{self.dtype}"
+        return "-".join([*parts, dims, *([groups] if groups else []), self.dtype])
 
     @property
     def directions(self):
-        return DIRECTIONS if self.op in ("batchnorm", "spatial_nchw", "spatial_nhwc") else ("forward", "backward")
+        return self.spec.directions
 
     @property
     def nbytes(self):
         return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
 
+    def resized(self, shape):
+        """The same op, layout, dtype and (at most 4) groups on another shape."""
+        return Case(self.op, shape, self.dtype, min(self.groups, 4), self.layout)
 
-# The targets of issue 4 (large, float32 and a few float64) and cs231n-sized calls. The first
-# case of each kernel family is its headline case: ``--quick`` runs those and the small cases.
+
+# The large cases (float32 and a few float64) and cs231n-sized calls. The first case of each kernel
+# family is its headline case: ``--quick`` runs those and the small cases.
 HEADLINE_CASES = (
     Case("batchnorm", (4096, 4096)),
-    Case("spatial_nchw", (32, 64, 56, 56)),
-    Case("spatial_nhwc", (32, 56, 56, 64)),
+    Case("spatial_batchnorm", (32, 64, 56, 56)),
+    Case("spatial_batchnorm", (32, 56, 56, 64), layout="NHWC"),
     Case("layernorm", (8192, 1024)),
     Case("groupnorm", (32, 64, 56, 56), groups=32),
+    Case("rmsnorm", (8192, 1024)),
 )
 LARGE_CASES = HEADLINE_CASES + (
     Case("batchnorm", (65536, 256)),
@@ -82,29 +105,36 @@ LARGE_CASES = HEADLINE_CASES + (
     Case("batchnorm", (4096, 4099)),
     Case("layernorm", (65536, 64)),
     Case("layernorm", (64, 65536)),
+    Case("rmsnorm", (65536, 64)),
+    Case("rmsnorm", (2048, 4096)),
     Case("batchnorm", (4096, 4096), "float64"),
-    Case("spatial_nchw", (32, 64, 56, 56), "float64"),
-    Case("spatial_nhwc", (32, 56, 56, 64), "float64"),
+    Case("spatial_batchnorm", (32, 64, 56, 56), "float64"),
+    Case("spatial_batchnorm", (32, 56, 56, 64), "float64", layout="NHWC"),
     Case("layernorm", (8192, 1024), "float64"),
     Case("groupnorm", (32, 64, 56, 56), "float64", groups=32),
 )
 SMALL_CASES = (
     Case("batchnorm", (200, 500), "float64"),
-    Case("spatial_nchw", (50, 3, 32, 32), "float64"),
-    Case("spatial_nhwc", (50, 32, 32, 3), "float64"),
+    Case("spatial_batchnorm", (50, 3, 32, 32), "float64"),
+    Case("spatial_batchnorm", (50, 32, 32, 3), "float64", layout="NHWC"),
     Case("layernorm", (200, 500), "float64"),
     Case("groupnorm", (20, 32, 16, 16), "float64", groups=4),
+    Case("rmsnorm", (200, 500), "float64"),
 )
 QUICK_CASES = HEADLINE_CASES + SMALL_CASES
 # Tiny shapes of every op: the correctness self-check and smoke runs.
 CHECK_CASES = (
     Case("batchnorm", (64, 33), "float64"),
     Case("batchnorm", (64, 33), "float32"),
-    Case("spatial_nchw", (4, 6, 5, 7), "float64"),
-    Case("spatial_nhwc", (4, 5, 7, 6), "float32"),
+    Case("spatial_batchnorm", (4, 6, 5, 7), "float64"),
+    Case("spatial_batchnorm", (4, 5, 7, 6), "float32", layout="NHWC"),
     Case("layernorm", (10, 37), "float64"),
     Case("groupnorm", (3, 8, 5, 4), "float32", groups=4),
+    Case("rmsnorm", (10, 37), "float64"),
+    Case("rmsnorm", (9, 40), "float32"),
 )
+# A small shape per layout, for smoke runs of the benchmark suite.
+SMOKE_SHAPES = {"NC": (64, 48), "NCHW": (4, 8, 6, 6), "NHWC": (4, 6, 6, 8), "ND": (32, 40)}
 
 
 def torch_module():
@@ -122,7 +152,7 @@ def make_inputs(case, seed=0):
     x = rng.standard_normal(case.shape, dtype=np.float32).astype(case.dtype, copy=False)
     x += 3.0
     dout = rng.standard_normal(case.shape, dtype=np.float32).astype(case.dtype, copy=False)
-    C = case.shape[-1] if case.op in ("batchnorm", "spatial_nhwc", "layernorm") else case.shape[1]
+    C = case.spec.channels(case.shape, case.layout)
     gamma = rng.uniform(0.5, 1.5, C).astype(case.dtype)
     beta = rng.uniform(-0.5, 0.5, C).astype(case.dtype)
     return x, dout, gamma, beta
@@ -130,20 +160,16 @@ def make_inputs(case, seed=0):
 
 def _functions(module, case):
     """(forward(x, gamma, beta, param), backward(dout, cache), param) of fastbn or the reference."""
-    if case.op == "batchnorm":
-        return module.batchnorm_forward, module.batchnorm_backward, {"mode": "train"}
-    if case.op in ("spatial_nchw", "spatial_nhwc"):
-        layout = "NCHW" if case.op == "spatial_nchw" else "NHWC"
-        return (module.spatial_batchnorm_forward, module.spatial_batchnorm_backward,
-                {"mode": "train", "layout": layout})
-    if case.op == "layernorm":
-        return module.layernorm_forward, module.layernorm_backward, {}
-    G = case.groups
+    spec = case.spec
+    public_forward = getattr(module, spec.forward)
+    param = {"mode": "train"} if spec.running_stats else {}
+    if len(spec.layouts) > 1:
+        param["layout"] = case.layout
 
-    def groupnorm_forward(x, gamma, beta, param, **kw):
-        return module.spatial_groupnorm_forward(x, gamma, beta, G, param, **kw)
+    def forward(x, gamma, beta, param, **kw):
+        return public_forward(*spec.forward_args(x, gamma, beta, param, case.groups), **kw)
 
-    return groupnorm_forward, module.spatial_groupnorm_backward, {}
+    return forward, getattr(module, spec.backward[0]), param
 
 
 def _numpy_calls(module, case, inputs, reuse_output):
@@ -168,7 +194,7 @@ def _torch_calls(torch, case, inputs):
     x, dout, gamma, beta = inputs
     tx = torch.from_numpy(x)
     tdy = torch.from_numpy(dout)
-    if case.op == "spatial_nhwc":  # an (N, C, H, W) view of channels-last memory
+    if case.layout == "NHWC":  # an (N, C, H, W) view of channels-last memory
         tx = tx.permute(0, 3, 1, 2)
         tdy = tdy.permute(0, 3, 1, 2)
     w = torch.from_numpy(gamma).clone().requires_grad_(True)
@@ -177,16 +203,21 @@ def _torch_calls(torch, case, inputs):
     C = w.shape[0]
     running_mean = torch.zeros(C, dtype=tx.dtype)
     running_var = torch.ones(C, dtype=tx.dtype)
-    if case.op == "layernorm":
+    peer = getattr(F, case.spec.torch)
+    if case.spec.running_stats:
         def forward(t, training=True):
-            return F.layer_norm(t, (C,), w, b, 1e-5)
-    elif case.op == "groupnorm":
+            return peer(t, running_mean, running_var, w, b, training, 0.1, 1e-5)
+    elif case.spec.grouped:
         def forward(t, training=True):
-            return F.group_norm(t, case.groups, w, b, 1e-5)
+            return peer(t, case.groups, w, b, 1e-5)
+    elif case.spec.beta:
+        def forward(t, training=True):
+            return peer(t, (C,), w, b, 1e-5)
     else:
         def forward(t, training=True):
-            return F.batch_norm(t, running_mean, running_var, w, b, training, 0.1, 1e-5)
+            return peer(t, (C,), w, 1e-5)
     y = forward(xg)
+    params = (xg, w, b) if case.spec.beta else (xg, w)
 
     def run_forward():
         with torch.no_grad():
@@ -194,7 +225,7 @@ def _torch_calls(torch, case, inputs):
 
     calls = {
         "forward": run_forward,
-        "backward": lambda: torch.autograd.grad(y, (xg, w, b), tdy, retain_graph=True),
+        "backward": lambda: torch.autograd.grad(y, params, tdy, retain_graph=True),
     }
     if "test" in case.directions:
         def run_test():
@@ -338,7 +369,7 @@ def check(cases=CHECK_CASES):
             if "test" in case.directions:
                 arrays.append(forward(x, gamma, beta, dict(train_param, mode="test"))[0])
             results[name] = arrays
-        labels = ["forward out", "dx", "dgamma", "dbeta", "test-mode out"]
+        labels = ["forward out", "dx", "dgamma"] + ["dbeta"] * case.spec.beta + ["test-mode out"]
         for label, got, want in zip(labels, results["fastbn"], results["reference"]):
             scale = max(float(np.max(np.abs(want))), 1.0) if want.size else 1.0
             err = float(np.max(np.abs(got.astype(np.float64) - want))) / scale if want.size else 0.0

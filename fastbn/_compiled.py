@@ -1,9 +1,14 @@
-"""The compiled backend: run validated input through the kernels of :mod:`fastbn._kernels`."""
+"""The compiled backend: run validated input through the kernels of :mod:`fastbn._kernels`.
+
+The op's row of the op table (:mod:`fastbn._ops`) says which kernel family takes x, in which
+free reshape (``OpSpec.view``), and whether rows are centred.
+"""
 import numpy as np
 
 from fastbn import _backends
+from fastbn._ops import OPS
+from fastbn._results import finish_backward, finish_forward, test_statistics
 from fastbn._threads import threads_for
-from fastbn._validation import finish_backward, finish_forward, kernel_view, test_statistics
 
 
 def _buffer(out, like):
@@ -17,17 +22,20 @@ def _buffer(out, like):
 def forward(p):
     """Forward pass of any operation on a :class:`~fastbn._validation.Prepared` input."""
     kernels = _backends.kernels()
-    family, view_shape = kernel_view(p)
+    spec = OPS[p.op]
+    family, view_shape = spec.view(p.x.shape, p.layout, p.groups)
     dtype = p.x.dtype
     x = p.x.reshape(view_shape)
     out = _buffer(p.out, x)
     n_threads = threads_for(x.size)
     if family == "rows":
-        R, Cg, L = view_shape
+        R = view_shape[0]
         mean = np.zeros(R, dtype=dtype)
         invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
-        kernels.rows_forward_train(x, p.gamma, p.beta, p.groups, p.eps, out, mean, invstd, n_threads)
-        stat_shape = p.x.shape[:-1] if p.op == "layernorm" else (p.x.shape[0], p.groups)
+        beta = p.beta if spec.beta else np.zeros_like(p.gamma)
+        kernels.rows_forward_train(x, p.gamma, beta, p.groups, p.eps, spec.center, out, mean,
+                                   invstd, n_threads)
+        stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
     if p.mode == "train":
@@ -74,7 +82,8 @@ def backward(dout, cache, out=None):
     """dx, dgamma, dbeta for a checked dout (C-contiguous, computation dtype) and its cache;
     dx is written into `out` when given."""
     kernels = _backends.kernels()
-    family, view_shape = kernel_view(cache)
+    spec = OPS[cache.op]
+    family, view_shape = spec.view(cache.x.shape, cache.layout, cache.groups)
     x = cache.x.reshape(view_shape)
     dy = dout.reshape(view_shape)
     dx = _buffer(out, x)
@@ -85,7 +94,8 @@ def backward(dout, cache, out=None):
     invstd = _flat(cache.invstd, x.dtype)
     n_threads = threads_for(x.size)
     if family == "rows":
-        kernels.rows_backward(x, dy, mean, invstd, cache.gamma, cache.groups, dx, dgamma, dbeta, n_threads)
+        kernels.rows_backward(x, dy, mean, invstd, cache.gamma, cache.groups, spec.center, dx, dgamma,
+                              dbeta, n_threads)
     else:
         run = kernels.cols_backward if family == "cols" else kernels.planes_backward
         run(x, dy, mean, invstd, cache.gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)

@@ -20,29 +20,11 @@ array([-1.2247,  0.    ,  1.2247])
 """
 import numpy as np
 
-from fastbn._validation import (
-    finish_backward,
-    finish_forward,
-    kernel_view,
-    prepare_backward,
-    prepare_batchnorm,
-    prepare_groupnorm,
-    prepare_layernorm,
-    prepare_spatial_batchnorm,
-    test_statistics,
-)
+from fastbn._ops import LAYOUTS, OPS, public_functions
+from fastbn._results import finish_backward, finish_forward, test_statistics
+from fastbn._validation import prepare, prepare_backward
 
-__all__ = [
-    "batchnorm_forward",
-    "batchnorm_backward",
-    "batchnorm_backward_alt",
-    "spatial_batchnorm_forward",
-    "spatial_batchnorm_backward",
-    "layernorm_forward",
-    "layernorm_backward",
-    "spatial_groupnorm_forward",
-    "spatial_groupnorm_backward",
-]
+__all__ = public_functions()
 
 
 def _sum(a, axes):
@@ -73,13 +55,16 @@ def _mean_var(x, axes):
 # Batch statistics per feature/channel: batchnorm and spatial batchnorm
 # ------------------------------------------------------------------------------------------
 
+def _channel_axis(cache_or_prepared):
+    c = cache_or_prepared
+    return LAYOUTS[c.layout].channel_axis % c.x.ndim
+
+
 def _batch_axes(cache_or_prepared):
     """Reduction axes and the broadcast shape of per-channel values."""
-    x = cache_or_prepared.x
-    channel_axis = 1 if cache_or_prepared.layout in ("NC", "NCHW") else x.ndim - 1
-    axes = tuple(a for a in range(x.ndim) if a != channel_axis)
-    shape = tuple(x.shape[a] if a == channel_axis else 1 for a in range(x.ndim))
-    return axes, shape
+    c = cache_or_prepared
+    axis = _channel_axis(c)
+    return tuple(a for a in range(c.x.ndim) if a != axis), OPS[c.op].param_shape(c.x.shape, c.layout)
 
 
 def _batch_forward(p):
@@ -142,102 +127,141 @@ def _batch_backward_closed_form(dout, cache, out=None):
     return finish_backward(cache, dx, dgamma, dbeta, out)
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
-    """Reference batchnorm forward; see :func:`fastbn.batchnorm_forward`."""
-    return _batch_forward(prepare_batchnorm(x, gamma, beta, bn_param, out))
-
-
-def batchnorm_backward(dout, cache, *, out=None):
-    """Reference batchnorm backward (staged graph); see :func:`fastbn.batchnorm_backward`."""
-    dout, out = prepare_backward(dout, cache, "batchnorm", "batchnorm_backward", out)
-    return _batch_backward_staged(dout, cache, out)
-
-
-def batchnorm_backward_alt(dout, cache, *, out=None):
-    """Reference batchnorm backward (closed form); see :func:`fastbn.batchnorm_backward_alt`."""
-    dout, out = prepare_backward(dout, cache, "batchnorm", "batchnorm_backward_alt", out)
-    return _batch_backward_closed_form(dout, cache, out)
-
-
-def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
-    """Reference spatial batchnorm forward; see :func:`fastbn.spatial_batchnorm_forward`."""
-    return _batch_forward(prepare_spatial_batchnorm(x, gamma, beta, bn_param, out))
-
-
-def spatial_batchnorm_backward(dout, cache, *, out=None):
-    """Reference spatial batchnorm backward; see :func:`fastbn.spatial_batchnorm_backward`."""
-    dout, out = prepare_backward(dout, cache, "spatial_batchnorm", "spatial_batchnorm_backward", out)
-    return _batch_backward_staged(dout, cache, out)
-
-
 # ------------------------------------------------------------------------------------------
-# Statistics per row: layernorm (rows of D values) and groupnorm (rows of C/G * H * W values)
+# Statistics per row: layernorm and RMSNorm (rows of D values), groupnorm (rows of C/G * H * W)
 # ------------------------------------------------------------------------------------------
 
 def _rows(cache_or_prepared):
     """The (R, K) view in which every row is normalised on its own."""
-    _, (R, Cg, L) = kernel_view(cache_or_prepared)
-    return cache_or_prepared.x.reshape(R, Cg * L)
+    c = cache_or_prepared
+    _, (R, Cg, L) = OPS[c.op].view(c.x.shape, c.layout, c.groups)
+    return c.x.reshape(R, Cg * L)
 
 
 def _param_shape(cache_or_prepared):
-    x = cache_or_prepared.x
-    if cache_or_prepared.op == "layernorm":
-        return (x.shape[-1],)
-    return (1, x.shape[1], 1, 1)
-
-
-def _stat_shape(cache_or_prepared):
-    x = cache_or_prepared.x
-    if cache_or_prepared.op == "layernorm":
-        return x.shape[:-1]
-    return (x.shape[0], cache_or_prepared.groups)
+    """gamma/beta as they broadcast against x."""
+    c = cache_or_prepared
+    return OPS[c.op].param_shape(c.x.shape, c.layout)
 
 
 def _row_forward(p):
+    """Per row: centred ops normalise with the mean and biased variance, RMSNorm divides by the
+    root mean square (its mean is 0)."""
+    spec = OPS[p.op]
     rows = _rows(p)
-    mean64, var64 = _mean_var(rows, (1,))
+    if spec.center:
+        mean64, var64 = _mean_var(rows, (1,))
+    else:
+        mean64 = np.zeros((rows.shape[0], 1))
+        squares = np.sum(np.square(rows, dtype=np.float64), axis=1, keepdims=True)
+        var64 = squares / max(rows.shape[1], 1)  # the mean square; 0 for empty rows
     mean = mean64.astype(p.x.dtype)
     invstd = (1.0 / np.sqrt(var64 + p.eps)).astype(p.x.dtype)
     xhat = ((rows - mean) * invstd).reshape(p.x.shape)
-    out = xhat * p.gamma.reshape(_param_shape(p)) + p.beta.reshape(_param_shape(p))
-    stat_shape = _stat_shape(p)
+    out = xhat * p.gamma.reshape(_param_shape(p))
+    if spec.beta:
+        out = out + p.beta.reshape(_param_shape(p))
+    stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
     return finish_forward(p, out, mean.reshape(stat_shape), invstd.reshape(stat_shape))
 
 
 def _row_backward(dout, cache, out=None):
-    """dx = invstd / K * (K * g - sum(g) - xhat * sum(g * xhat)) per row, g = dout * gamma."""
+    """dx = invstd / K * (K * g - sum(g) - xhat * sum(g * xhat)) per row of K values,
+    g = dout * gamma; RMSNorm (no centring) has no sum(g) term."""
+    spec = OPS[cache.op]
     param_shape = _param_shape(cache)
     rows = _rows(cache)
     count = rows.shape[1]
     mean = cache.mean.reshape(-1, 1)
     invstd = cache.invstd.reshape(-1, 1)
     xhat = (rows - mean) * invstd
-    sum_axes = tuple(range(cache.x.ndim - 1)) if cache.op == "layernorm" else (0, 2, 3)
+    sum_axes = tuple(a for a in range(cache.x.ndim) if a != _channel_axis(cache))
     dbeta = _sum(dout, sum_axes)
     dgamma = _sum(dout * xhat.reshape(cache.x.shape), sum_axes)
     g = (dout * cache.gamma.reshape(param_shape)).reshape(rows.shape)
-    dx = (invstd / max(count, 1)) * (count * g - _sum(g, (1,)) - xhat * _sum(g * xhat, (1,)))
+    centring = _sum(g, (1,)) if spec.center else 0
+    dx = (invstd / max(count, 1)) * (count * g - centring - xhat * _sum(g * xhat, (1,)))
     return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+
+
+# ------------------------------------------------------------------------------------------
+# The public reference functions: validate, then the computation of the op's family
+# ------------------------------------------------------------------------------------------
+
+def forward_impl(spec):
+    """The reference computation of `spec`'s forward, on a :class:`~fastbn._validation.Prepared`."""
+    return _batch_forward if spec.running_stats else _row_forward
+
+
+def backward_impl(spec, function):
+    """The reference computation of the backward `function` of `spec`: batch statistics ops
+    backpropagate through the graph stage by stage (``*_alt``: the closed form)."""
+    if not spec.running_stats:
+        return _row_backward
+    return _batch_backward_closed_form if function.endswith("_alt") else _batch_backward_staged
+
+
+def _forward(name, x, gamma, beta, param, groups=None, out=None):
+    spec = OPS[name]
+    return forward_impl(spec)(prepare(spec, x, gamma, beta, param, groups, out))
+
+
+def _backward(name, function, dout, cache, out):
+    spec = OPS[name]
+    dout, out = prepare_backward(dout, cache, spec, function, out)
+    return backward_impl(spec, function)(dout, cache, out)
+
+
+def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
+    """Reference batchnorm forward; see :func:`fastbn.batchnorm_forward`."""
+    return _forward("batchnorm", x, gamma, beta, bn_param, out=out)
+
+
+def batchnorm_backward(dout, cache, *, out=None):
+    """Reference batchnorm backward (staged graph); see :func:`fastbn.batchnorm_backward`."""
+    return _backward("batchnorm", "batchnorm_backward", dout, cache, out)
+
+
+def batchnorm_backward_alt(dout, cache, *, out=None):
+    """Reference batchnorm backward (closed form); see :func:`fastbn.batchnorm_backward_alt`."""
+    return _backward("batchnorm", "batchnorm_backward_alt", dout, cache, out)
+
+
+def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
+    """Reference spatial batchnorm forward; see :func:`fastbn.spatial_batchnorm_forward`."""
+    return _forward("spatial_batchnorm", x, gamma, beta, bn_param, out=out)
+
+
+def spatial_batchnorm_backward(dout, cache, *, out=None):
+    """Reference spatial batchnorm backward; see :func:`fastbn.spatial_batchnorm_backward`."""
+    return _backward("spatial_batchnorm", "spatial_batchnorm_backward", dout, cache, out)
 
 
 def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
     """Reference layernorm forward; see :func:`fastbn.layernorm_forward`."""
-    return _row_forward(prepare_layernorm(x, gamma, beta, ln_param, out))
+    return _forward("layernorm", x, gamma, beta, ln_param, out=out)
 
 
 def layernorm_backward(dout, cache, *, out=None):
     """Reference layernorm backward; see :func:`fastbn.layernorm_backward`."""
-    dout, out = prepare_backward(dout, cache, "layernorm", "layernorm_backward", out)
-    return _row_backward(dout, cache, out)
+    return _backward("layernorm", "layernorm_backward", dout, cache, out)
 
 
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, out=None):
     """Reference spatial groupnorm forward; see :func:`fastbn.spatial_groupnorm_forward`."""
-    return _row_forward(prepare_groupnorm(x, gamma, beta, G, gn_param, out))
+    return _forward("groupnorm", x, gamma, beta, gn_param, G, out)
 
 
 def spatial_groupnorm_backward(dout, cache, *, out=None):
     """Reference spatial groupnorm backward; see :func:`fastbn.spatial_groupnorm_backward`."""
-    dout, out = prepare_backward(dout, cache, "groupnorm", "spatial_groupnorm_backward", out)
-    return _row_backward(dout, cache, out)
+    return _backward("groupnorm", "spatial_groupnorm_backward", dout, cache, out)
+
+
+def rmsnorm_forward(x, gamma, ln_param, *, out=None):
+    """Reference RMSNorm forward; see :func:`fastbn.rmsnorm_forward`."""
+    return _forward("rmsnorm", x, gamma, None, ln_param, out=out)
+
+
+def rmsnorm_backward(dout, cache, *, out=None):
+    """Reference RMSNorm backward; see :func:`fastbn.rmsnorm_backward`."""
+    return _backward("rmsnorm", "rmsnorm_backward", dout, cache, out)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import fastbn
+import fastbn._ops
 
 DTYPES = (np.float64, np.float32)
 BACKENDS = ("cython", "numpy")
@@ -19,22 +20,35 @@ RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-5}
 
 @dataclass(frozen=True)
 class Op:
-    """One public operation (with a mode/layout variant) under test."""
+    """One public operation (a row of the op table, :data:`fastbn._ops.OPS`) with a mode/layout
+    variant, under test."""
 
     name: str
     shapes: tuple
-    forward_name: str
-    backward_names: tuple
     mode: str = "train"  # 'train' or 'test' for batch statistics ops; 'train' otherwise
-    layout: str = None  # spatial batchnorm only
-    groups: int = None  # groupnorm only: G as a function of C is chosen in param_shape
+    layout: str = None  # default: the op's first layout
     param_broadcast: bool = False  # give gamma/beta in their broadcast shape ((1, C, 1, 1), ...)
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.layout is None:
+            object.__setattr__(self, "layout", self.spec.layouts[0])
+
+    @property
+    def spec(self):
+        return fastbn._ops.OPS[self.name]
+
+    @property
+    def forward_name(self):
+        return self.spec.forward
+
+    @property
+    def backward_names(self):
+        return self.spec.backward
 
     @property
     def id(self):
         parts = [self.name, self.mode]
-        if self.layout:
+        if len(self.spec.layouts) > 1:
             parts.append(self.layout)
         if self.param_broadcast:
             parts.append("bcast")
@@ -42,33 +56,34 @@ class Op:
 
     @property
     def uses_running_stats(self):
-        return self.name in ("batchnorm", "spatial_batchnorm")
+        return self.spec.running_stats
+
+    def shape(self, role):
+        """This op's shape for a test `role` (ROLE_SHAPES), in its layout (NHWC: channels last)."""
+        shape = ROLE_SHAPES[self.name][role]
+        if self.layout == "NHWC":
+            shape = (shape[0], shape[2], shape[3], shape[1])
+        return shape
+
+    def role_shapes(self, role):
+        """This op's shapes for a role whose entry is a tuple of shapes."""
+        return [(s[0], s[2], s[3], s[1]) if self.layout == "NHWC" else s
+                for s in ROLE_SHAPES[self.name][role]]
 
     def channels(self, shape):
-        if self.name == "batchnorm":
-            return shape[1]
-        if self.name == "spatial_batchnorm":
-            return shape[1] if self.layout == "NCHW" else shape[3]
-        if self.name == "layernorm":
-            return shape[-1]
-        return shape[1]
+        return self.spec.channels(shape, self.layout)
 
     def G(self, shape):
-        """Groups for groupnorm: the largest of (4, 2, 1) that divides C."""
-        C = shape[1]
+        """Groups for grouped ops: the largest of (4, 2, 1) that divides C; None otherwise."""
+        if not self.spec.grouped:
+            return None
+        C = self.channels(shape)
         return next(g for g in (4, 2, 1) if C % g == 0)
 
     def param_shape(self, shape):
-        C = self.channels(shape)
         if not self.param_broadcast:
-            return (C,)
-        if self.name == "batchnorm":
-            return (1, C)
-        if self.name == "layernorm":
-            return (1,) * (len(shape) - 1) + (C,)
-        if self.name == "spatial_batchnorm" and self.layout == "NHWC":
-            return (1, 1, 1, C)
-        return (1, C, 1, 1)
+            return (self.channels(shape),)
+        return self.spec.param_shape(shape, self.layout)
 
     def make(self, shape, dtype=np.float64, seed=0, offset=3.0, scale=2.0):
         """Random valid (x, gamma, beta, param) for this op; test mode gets running stats."""
@@ -77,8 +92,8 @@ class Op:
         pshape = self.param_shape(shape)
         gamma = (1.0 + 0.5 * rng.standard_normal(pshape)).astype(dtype)
         beta = rng.standard_normal(pshape).astype(dtype)
-        param = {"mode": self.mode}
-        if self.layout:
+        param = {"mode": self.mode} if self.spec.running_stats else {"mode": "train"}
+        if len(self.spec.layouts) > 1:
             param["layout"] = self.layout
         if self.mode == "test":
             C = self.channels(shape)
@@ -86,20 +101,22 @@ class Op:
             param["running_var"] = (scale**2 * (1 + 0.1 * rng.random(C))).astype(dtype)
         return x, gamma, beta, param
 
-    def forward(self, x, gamma, beta, param, backend="auto"):
-        fn = getattr(fastbn, self.forward_name)
-        if self.name == "groupnorm":
-            return fn(x, gamma, beta, self.G(x.shape), param, backend=backend)
-        return fn(x, gamma, beta, param, backend=backend)
+    def args(self, x, gamma, beta, param):
+        """Positional arguments of the public forward."""
+        return self.spec.forward_args(x, gamma, beta, param, self.G(x.shape))
 
-    def reference_forward(self, x, gamma, beta, param):
-        fn = getattr(fastbn.reference, self.forward_name)
-        if self.name == "groupnorm":
-            return fn(x, gamma, beta, self.G(x.shape), param)
-        return fn(x, gamma, beta, param)
+    def forward(self, x, gamma, beta, param, backend="auto", **kw):
+        return getattr(fastbn, self.forward_name)(*self.args(x, gamma, beta, param), backend=backend, **kw)
+
+    def reference_forward(self, x, gamma, beta, param, **kw):
+        return getattr(fastbn.reference, self.forward_name)(*self.args(x, gamma, beta, param), **kw)
 
     def backward(self, dout, cache, backend="auto", which=0):
         return getattr(fastbn, self.backward_names[which])(dout, cache, backend=backend)
+
+    def grads(self, results):
+        """Name the gradients a backward returned: dx, dgamma and (ops with beta) dbeta."""
+        return dict(zip(("dx", "dgamma", "dbeta"), results))
 
 
 # (1003, 50), (1200, 64) and NHWC (8, 32, 32, 3): the compiled kernels see few columns as wide
@@ -107,30 +124,49 @@ class Op:
 # wide row, since 16 would make it 4 KiB of float32).
 BN_SHAPES = ((2, 1), (3, 7), (64, 33), (1000, 257), (5, 1024), (127, 3), (1003, 50), (1200, 64))
 SPATIAL_SHAPES = ((2, 3, 4, 5), (1, 2, 3, 3), (8, 16, 7, 7), (3, 5, 1, 1), (2, 8, 13, 11), (8, 32, 32, 3))
-# (5, 16500): rows of more than 64 KiB, which the compiled backward takes by column segments.
-LN_SHAPES = ((1, 1), (3, 7), (64, 33), (2, 3, 17), (300, 257), (4, 1024), (5, 16500))
+# (5, 16500): rows of more than 64 KiB, which the compiled backward takes by column segments;
+# (300, 256) and (40, 128): the four-row and register-resident short-row paths.
+LN_SHAPES = ((1, 1), (3, 7), (64, 33), (2, 3, 17), (300, 257), (4, 1024), (5, 16500), (300, 256),
+             (40, 128))
 GN_SHAPES = ((1, 4, 3, 3), (2, 6, 5, 5), (3, 8, 7, 7), (2, 16, 1, 1), (4, 12, 9, 13))
 
+# Shapes of each op for the roles tests give them (spatial ops in NCHW order; Op.shape puts the
+# channels last for NHWC): "numerics" (oracle comparisons), "grad" (numeric gradient checks),
+# "threads" (concurrency), "small" (10,000-call leak test), "alloc" (allocation test), and
+# "bits" (several shapes: 1 vs 2 threads bit for bit, on the paths large inputs take). Batchnorm:
+# wide rows (3000, 70); column blocks of a large (2048, 2048) and a small (300, 1001) array, and
+# blocks shared by the threads (4100, 528). Rows: short rows held in registers (2000, 64), four
+# at a time (700, 300), column segments of long rows (9, 20000).
+ROLE_SHAPES = {
+    "batchnorm": {"numerics": (64, 33), "grad": (5, 4), "threads": (700, 130), "small": (8, 6),
+                  "alloc": (20000, 16),
+                  "bits": ((3000, 70), (2048, 2048), (300, 1001), (4100, 528))},
+    "spatial_batchnorm": {"numerics": (8, 5, 6, 7), "grad": (3, 2, 3, 2), "threads": (8, 16, 24, 24),
+                          "small": (2, 3, 4, 4), "alloc": (20000, 16, 1, 1),
+                          "bits": ((16, 8, 24, 24),)},
+    "layernorm": {"numerics": (48, 40), "grad": (4, 6), "threads": (500, 160), "small": (4, 10),
+                  "alloc": (20000, 16), "bits": ((2000, 64), (700, 300), (9, 20000))},
+    "groupnorm": {"numerics": (4, 8, 5, 6), "grad": (2, 4, 3, 2), "threads": (8, 16, 24, 24),
+                  "small": (2, 4, 3, 3), "alloc": (5000, 16, 2, 2), "bits": ((16, 8, 24, 24),)},
+    "rmsnorm": {"numerics": (48, 40), "grad": (4, 6), "threads": (500, 160), "small": (4, 10),
+                "alloc": (20000, 16), "bits": ((2000, 64), (700, 300), (9, 20000))},
+}
+
 OPS = (
-    Op("batchnorm", BN_SHAPES, "batchnorm_forward", ("batchnorm_backward", "batchnorm_backward_alt")),
-    Op("batchnorm", BN_SHAPES, "batchnorm_forward", ("batchnorm_backward", "batchnorm_backward_alt"),
-       mode="test"),
-    Op("batchnorm", BN_SHAPES[:3], "batchnorm_forward", ("batchnorm_backward",), param_broadcast=True),
-    Op("spatial_batchnorm", SPATIAL_SHAPES, "spatial_batchnorm_forward",
-       ("spatial_batchnorm_backward",), layout="NCHW"),
-    Op("spatial_batchnorm", SPATIAL_SHAPES, "spatial_batchnorm_forward",
-       ("spatial_batchnorm_backward",), layout="NHWC"),
-    Op("spatial_batchnorm", SPATIAL_SHAPES, "spatial_batchnorm_forward",
-       ("spatial_batchnorm_backward",), mode="test", layout="NCHW"),
-    Op("spatial_batchnorm", SPATIAL_SHAPES, "spatial_batchnorm_forward",
-       ("spatial_batchnorm_backward",), mode="test", layout="NHWC"),
-    Op("spatial_batchnorm", SPATIAL_SHAPES[:3], "spatial_batchnorm_forward",
-       ("spatial_batchnorm_backward",), layout="NCHW", param_broadcast=True),
-    Op("layernorm", LN_SHAPES, "layernorm_forward", ("layernorm_backward",)),
-    Op("layernorm", LN_SHAPES[:3], "layernorm_forward", ("layernorm_backward",), param_broadcast=True),
-    Op("groupnorm", GN_SHAPES, "spatial_groupnorm_forward", ("spatial_groupnorm_backward",)),
-    Op("groupnorm", GN_SHAPES, "spatial_groupnorm_forward", ("spatial_groupnorm_backward",),
-       param_broadcast=True),
+    Op("batchnorm", BN_SHAPES),
+    Op("batchnorm", BN_SHAPES, mode="test"),
+    Op("batchnorm", BN_SHAPES[:3], param_broadcast=True),
+    Op("spatial_batchnorm", SPATIAL_SHAPES, layout="NCHW"),
+    Op("spatial_batchnorm", SPATIAL_SHAPES, layout="NHWC"),
+    Op("spatial_batchnorm", SPATIAL_SHAPES, mode="test", layout="NCHW"),
+    Op("spatial_batchnorm", SPATIAL_SHAPES, mode="test", layout="NHWC"),
+    Op("spatial_batchnorm", SPATIAL_SHAPES[:3], layout="NCHW", param_broadcast=True),
+    Op("layernorm", LN_SHAPES),
+    Op("layernorm", LN_SHAPES[:3], param_broadcast=True),
+    Op("groupnorm", GN_SHAPES),
+    Op("groupnorm", GN_SHAPES, param_broadcast=True),
+    Op("rmsnorm", LN_SHAPES),
+    Op("rmsnorm", LN_SHAPES[:3], param_broadcast=True),
 )
 
 

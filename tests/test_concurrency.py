@@ -19,14 +19,11 @@ pytestmark = pytest.mark.skipif("cython" not in fastbn.available_backends(),
 N_THREADS = 8
 CALLS_PER_THREAD = 3
 # Large enough that the kernels themselves run on several OpenMP threads (> 2 * 32768 values).
-SHAPES = {"batchnorm": (700, 130), "spatial_batchnorm": (8, 16, 24, 24), "layernorm": (500, 160),
-          "groupnorm": (8, 16, 24, 24)}
 OP_IDS = [op.id for op in OPS]
 
 
 def _shape(op):
-    shape = SHAPES[op.name]
-    return (shape[0], shape[2], shape[3], shape[1]) if op.layout == "NHWC" else shape
+    return op.shape("threads")
 
 
 def _job(op, seed):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import fastbn
+import fastbn._ops
 from fastbn import _backends, reference
 from registry import OPS, copy_param
 
@@ -57,6 +58,11 @@ def _ln(x=_KEEP, gamma=_KEEP, beta=_KEEP, param=_KEEP):
             _pick(beta, lambda: np.zeros(5)), _pick(param, dict))
 
 
+def _rms(x=_KEEP, gamma=_KEEP, param=_KEEP):
+    """rmsnorm_forward arguments: x (3, 5)."""
+    return (_pick(x, lambda: _x(3, 5)), _pick(gamma, lambda: np.ones(5)), _pick(param, dict))
+
+
 def _gn(x=_KEEP, gamma=_KEEP, beta=_KEEP, G=2, param=_KEEP):
     """spatial_groupnorm_forward arguments: x (2, 4, 3, 3), G = 2."""
     return (_pick(x, lambda: _x(2, 4, 3, 3)), _pick(gamma, lambda: np.ones(4)),
@@ -68,6 +74,7 @@ _FORWARDS = {
     "spatial_batchnorm": ("spatial_batchnorm_forward", _sbn),
     "layernorm": ("layernorm_forward", _ln),
     "groupnorm": ("spatial_groupnorm_forward", _gn),
+    "rmsnorm": ("rmsnorm_forward", _rms),
 }
 
 
@@ -240,6 +247,22 @@ FORWARD_CASES = [
         r"ln_param\['eps'\] must be a real number, got 'small' of type str"),
     Bad("ln-param-list", "layernorm_forward", lambda: _ln(param=[]), TypeError,
         "ln_param must be a dict, got list"),
+    # --- rmsnorm_forward
+    Bad("rms-x-0d", "rmsnorm_forward", lambda: _rms(x=np.array(2.0)), ValueError,
+        r"x must be an array of at least 1 dimension, shape \(..., D\), got a 0-D array"),
+    Bad("rms-x-list", "rmsnorm_forward", lambda: _rms(x=[1.0, 2.0]), TypeError, "x " + NDARRAY + "list"),
+    Bad("rms-x-complex", "rmsnorm_forward", lambda: _rms(x=_x(3, 5).astype(complex)), TypeError,
+        "x " + DTYPE + "complex128"),
+    Bad("rms-gamma-wrong-D", "rmsnorm_forward", lambda: _rms(gamma=np.ones(4)), ValueError,
+        r"gamma must have shape \(5,\) or \(1, 5\), got shape \(4,\)"),
+    Bad("rms-gamma-none", "rmsnorm_forward", lambda: _rms(gamma=None), TypeError,
+        "gamma " + NDARRAY + "NoneType"),
+    Bad("rms-eps-negative", "rmsnorm_forward", lambda: _rms(param={"eps": -1e-5}), ValueError,
+        r"ln_param\['eps'\] must be a real number finite and >= 0.0, got -1e-05"),
+    Bad("rms-eps-nan", "rmsnorm_forward", lambda: _rms(param={"eps": float("nan")}), ValueError,
+        r"ln_param\['eps'\] must be a real number finite and >= 0.0, got nan"),
+    Bad("rms-param-none", "rmsnorm_forward", lambda: _rms(param=None), TypeError,
+        "ln_param must be a dict, got NoneType"),
     # --- spatial_groupnorm_forward
     Bad("gn-x-2d", "spatial_groupnorm_forward", lambda: _gn(x=_x(2, 4)), ValueError,
         r"x must be a 4-D array of shape \(N, C, H, W\), got a 2-D array of shape \(2, 4\)"),
@@ -294,8 +317,20 @@ BACKWARD_CASES = [
         "batchnorm_forward"),
     Bad("sbn-back-cache-of-groupnorm", "spatial_batchnorm_backward",
         lambda: (_dout("groupnorm"), _cache("groupnorm")), ValueError,
-        "cache comes from groupnorm_forward, but spatial_batchnorm_backward needs the cache of "
+        "cache comes from spatial_groupnorm_forward, but spatial_batchnorm_backward needs the cache of "
         "spatial_batchnorm_forward"),
+    Bad("rms-back-cache-of-layernorm", "rmsnorm_backward",
+        lambda: (_dout("layernorm"), _cache("layernorm")), ValueError,
+        "cache comes from layernorm_forward, but rmsnorm_backward needs the cache of rmsnorm_forward"),
+    Bad("ln-back-cache-of-rmsnorm", "layernorm_backward",
+        lambda: (_dout("rmsnorm"), _cache("rmsnorm")), ValueError,
+        "cache comes from rmsnorm_forward, but layernorm_backward needs the cache of layernorm_forward"),
+    Bad("rms-back-tampered-invstd-size", "rmsnorm_backward",
+        lambda: (_dout("rmsnorm"), _cache("rmsnorm", invstd=np.ones(2))), ValueError,
+        r"cache.invstd must be a float array of 3 values, got size 2"),
+    Bad("rms-back-tampered-beta-shape", "rmsnorm_backward",
+        lambda: (_dout("rmsnorm"), _cache("rmsnorm", beta_shape=(5,))), ValueError,
+        r"cache.beta_shape must be None for rmsnorm \(it has no beta\), got \(5,\)"),
     Bad("ln-back-cache-of-batchnorm", "layernorm_backward",
         lambda: (_dout("batchnorm"), _cache("batchnorm")), ValueError,
         "cache comes from batchnorm_forward, but layernorm_backward needs"),
@@ -581,13 +616,14 @@ EMPTY_CASES = [
     ("gn-N0", "groupnorm", (0, 4, 3, 3), {}),
     ("gn-H0", "groupnorm", (2, 4, 0, 3), {}),
     ("gn-C0", "groupnorm", (2, 0, 3, 3), {}),
+    ("rms-N0", "rmsnorm", (0, 5), {}),
+    ("rms-D0", "rmsnorm", (3, 0), {}),
 ]
 
 
 def _channels(op, shape, param):
-    if op in ("batchnorm", "layernorm") or param.get("layout") == "NHWC":
-        return shape[-1]
-    return shape[1]
+    spec = fastbn._ops.OPS[op]
+    return spec.channels(shape, spec.layout(param))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
@@ -598,14 +634,13 @@ def test_empty_input_gives_empty_output_and_zero_parameter_gradients(case, backe
     param = copy_param(param)
     C = _channels(op, shape, param)
     x = np.zeros(shape, dtype=dtype)
-    name = _FORWARDS[op][0]
-    extra = (1,) if op == "groupnorm" else ()
-    out, cache = getattr(fastbn, name)(x, np.ones(C, dtype), np.zeros(C, dtype), *extra, param,
-                                        backend=backend)
+    spec = fastbn._ops.OPS[op]
+    args = spec.forward_args(x, np.ones(C, dtype), np.zeros(C, dtype), param, 1)
+    out, cache = getattr(fastbn, spec.forward)(*args, backend=backend)
     assert out.shape == shape and out.dtype == dtype
-    backward = name.replace("forward", "backward")
-    dx, dgamma, dbeta = getattr(fastbn, backward)(np.ones(shape, dtype), cache, backend=backend)
+    dx, *param_grads = getattr(fastbn, spec.backward[0])(np.ones(shape, dtype), cache, backend=backend)
     assert dx.shape == shape and dx.dtype == dtype
+    assert len(param_grads) == (2 if spec.beta else 1)
     # dgamma and dbeta sum over every axis but the channel axis: over no values, 0.
-    np.testing.assert_array_equal(dgamma, np.zeros(C, dtype), strict=True)
-    np.testing.assert_array_equal(dbeta, np.zeros(C, dtype), strict=True)
+    for grad in param_grads:
+        np.testing.assert_array_equal(grad, np.zeros(C, dtype), strict=True)

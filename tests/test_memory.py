@@ -20,8 +20,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
 CALLS = 10_000
 WARM_UP = 500
 MAX_GROWTH = 5 * 2**20
-SMALL = {"batchnorm": (8, 6), "spatial_batchnorm": (2, 3, 4, 4), "layernorm": (4, 10),
-         "groupnorm": (2, 4, 3, 3)}
 OP_IDS = [op.id for op in OPS]
 
 
@@ -31,8 +29,7 @@ def _rss():
 
 
 def _small(op):
-    shape = SMALL[op.name]
-    return (shape[0], shape[2], shape[3], shape[1]) if op.layout == "NHWC" else shape
+    return op.shape("small")
 
 
 @pytest.mark.parametrize("backend", fastbn.available_backends())
@@ -70,10 +67,9 @@ def _peak_allocation(f):
     return peak - start, result
 
 
-# Shapes with many rows/planes per feature, where scratch proportional to the number of planes
-# or rows (instead of features) would show: 1x1 planes make NCHW planes one value each.
-ALLOC_SHAPES = {"batchnorm": (20000, 16), "spatial_batchnorm": (20000, 16, 1, 1),
-                "layernorm": (20000, 16), "groupnorm": (5000, 16, 2, 2)}
+# The "alloc" shapes of the registry have many rows/planes per feature, where scratch
+# proportional to the number of planes or rows (instead of features) would show: 1x1 planes make
+# NCHW planes one value each.
 SCRATCH = 2**20  # O(features) scratch and Python objects: generously 1 MB
 
 
@@ -81,9 +77,7 @@ SCRATCH = 2**20  # O(features) scratch and Python objects: generously 1 MB
 @pytest.mark.parametrize("op", [op for op in OPS if not op.param_broadcast],
                          ids=[op.id for op in OPS if not op.param_broadcast])
 def test_compiled_calls_allocate_only_outputs_and_small_scratch(op):
-    shape = ALLOC_SHAPES[op.name]
-    if op.layout == "NHWC":
-        shape = (shape[0], shape[2], shape[3], shape[1])
+    shape = op.shape("alloc")
     x, gamma, beta, param = op.make(shape, np.float32)
     dout = np.ones_like(x)
     forward_peak, (out, cache) = _peak_allocation(

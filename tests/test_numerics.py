@@ -13,18 +13,14 @@ from registry import OPS, assert_close, copy_param
 
 BACKENDS = fastbn.available_backends()
 
-# One op per statistics family, train mode: batch statistics per feature/channel, per row, per group.
-TRAIN_OPS = [op for op in OPS if op.mode == "train" and not op.param_broadcast]
+# One op per statistics family, train mode: batch statistics per feature/channel, per row, per
+# group; centred ops (mean and variance; RMSNorm's statistics are tested at the end of this file).
+TRAIN_OPS = [op for op in OPS if op.mode == "train" and not op.param_broadcast and op.spec.center]
 TRAIN_IDS = [op.id for op in TRAIN_OPS]
-SHAPES = {"batchnorm": (64, 33), "spatial_batchnorm": (8, 5, 6, 7), "layernorm": (48, 40),
-          "groupnorm": (4, 8, 5, 6)}
 
 
 def _shape(op):
-    shape = SHAPES[op.name]
-    if op.layout == "NHWC":
-        shape = (shape[0], shape[2], shape[3], shape[1])
-    return shape
+    return op.shape("numerics")
 
 
 def _fsum_mean(a, axes):
@@ -412,3 +408,62 @@ def test_test_mode_dx_does_not_depend_on_x(op, backend, value, dtype):
     assert np.all(np.isfinite(dx)) and np.all(np.isfinite(dbeta))
     assert_close(dx, dout * (gamma * cache.invstd).reshape(scale_shape), dtype, "dx")
     assert np.sum(~np.isfinite(dgamma)) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSNorm: the mean square in double precision
+# ---------------------------------------------------------------------------------------------
+RMS_OP = next(op for op in OPS if op.name == "rmsnorm" and not op.param_broadcast)
+
+
+def rms_oracle(x, gamma, dout, eps=1e-5):
+    """RMSNorm forward and backward in float64 with exactly rounded mean squares."""
+    x = x.astype(np.float64).reshape(-1, x.shape[-1])
+    ms = np.array([math.fsum(v * v for v in row) / row.size for row in x])[:, None]
+    invstd = 1.0 / np.sqrt(ms + eps)
+    xhat = x * invstd
+    g = dout.astype(np.float64).reshape(x.shape) * gamma.astype(np.float64)
+    dx = invstd * (g - xhat * (g * xhat).mean(axis=1, keepdims=True))
+    return {"out": xhat * gamma, "invstd": invstd.reshape(-1), "dx": dx,
+            "dgamma": (dout.astype(np.float64).reshape(x.shape) * xhat).sum(axis=0)}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(48, 40), (9, 20000), (300, 256), (40, 128)],
+                         ids=["short", "long", "four-rows", "registers"])
+@pytest.mark.parametrize("offset, scale, dtype", [
+    (1e6, 1.0, np.float32), (0.0, 1e30, np.float32), (0.0, 1e-30, np.float32), (3.0, 2.0, np.float64),
+], ids=["offset-1e6-float32", "1e30-float32", "1e-30-float32", "float64"])
+def test_rmsnorm_statistics_are_those_of_exact_arithmetic(backend, shape, offset, scale, dtype):
+    """Mean squares are accumulated in double: float32 values of 1e30 (whose squares overflow
+    float32) or 1e-30 (whose squares underflow it), or at a 1e6 offset, give the exactly rounded
+    statistics; float64 within 1e-12."""
+    rng = np.random.default_rng(7)
+    x = (offset + scale * rng.standard_normal(shape)).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, shape[-1]).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    eps = 0.0 if scale < 1 else 1e-5
+    out, cache = fastbn.rmsnorm_forward(x, gamma, {"eps": eps}, backend=backend)
+    dx, dgamma = fastbn.rmsnorm_backward(dout, cache, backend=backend)
+    want = rms_oracle(x, gamma, dout, eps)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(cache.invstd.reshape(-1), want["invstd"], rtol=rtol)
+    assert np.all(cache.mean == 0)
+    _close(out.reshape(want["out"].shape), want["out"], rtol, "out")
+    _close(dx.reshape(want["dx"].shape), want["dx"], 10 * rtol, "dx")
+    _close(dgamma, want["dgamma"], 10 * rtol, "dgamma")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rmsnorm_of_a_zero_row(backend):
+    """A zero row has mean square 0: with eps > 0 its output and dx are 0; with eps = 0 its invstd
+    is inf and its output NaN (as in PyTorch). Other rows are not affected."""
+    x, gamma, _, _ = RMS_OP.make((4, 6))
+    x[1] = 0.0
+    out, cache = fastbn.rmsnorm_forward(x, gamma, {}, backend=backend)
+    dx, _ = fastbn.rmsnorm_backward(np.ones_like(x), cache, backend=backend)
+    assert np.all(out[1] == 0) and np.all(np.isfinite(dx))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out0, cache0 = fastbn.rmsnorm_forward(x, gamma, {"eps": 0.0}, backend=backend)
+    assert np.isinf(cache0.invstd[1]) and np.all(np.isnan(out0[1]))
+    np.testing.assert_array_equal(np.delete(out0, 1, axis=0) == 0, False)

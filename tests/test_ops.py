@@ -4,13 +4,18 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import fastbn
-from registry import DTYPES, OPS, VALID_CASE_IDS, VALID_CASES, assert_close, copy_param
+from registry import DTYPES, OPS, ROLE_SHAPES, VALID_CASE_IDS, VALID_CASES, assert_close, copy_param
 
 needs_compiled = pytest.mark.skipif(
     "cython" not in fastbn.available_backends(), reason="compiled kernels are not built"
 )
 
 DTYPE_IDS = [np.dtype(d).name for d in DTYPES]
+
+
+def test_every_op_of_the_table_is_registered():
+    """A row added to the op table (fastbn._ops) gets test shapes and cases in the registry."""
+    assert {op.name for op in OPS} == set(fastbn._ops.OPS) == set(ROLE_SHAPES)
 
 
 def _run(op, x, gamma, beta, param, backend, dout_seed=1, which=0):
@@ -33,9 +38,11 @@ def test_compiled_matches_reference(op, shape, dtype):
     assert_close(cache_c.invstd, cache_r.invstd, dtype, "invstd")
     dout = np.random.default_rng(1).standard_normal(shape)
     dx_scale = float(np.max(np.abs(dout)) * np.max(np.abs(gamma)) * np.max(cache_r.invstd))
+    assert len(grads_c) == len(grads_r) == (3 if op.spec.beta else 2)
     assert_close(grads_c[0], grads_r[0], dtype, "dx", scale=dx_scale)
     assert_close(grads_c[1], grads_r[1], dtype, "dgamma")
-    assert_close(grads_c[2], grads_r[2], dtype, "dbeta")
+    if op.spec.beta:
+        assert_close(grads_c[2], grads_r[2], dtype, "dbeta")
     if op.uses_running_stats:
         for key in ("running_mean", "running_var"):
             assert_close(param_c[key], param_r[key], param_r[key].dtype, key)
@@ -89,8 +96,6 @@ def test_backward_alt_matches_backward(op, backend):
 # Numeric gradient checks (centred differences, float64)
 # ---------------------------------------------------------------------------------------------
 
-GRAD_SHAPES = {"batchnorm": (5, 4), "spatial_batchnorm": (3, 2, 3, 2), "layernorm": (4, 6),
-               "groupnorm": (2, 4, 3, 2)}
 
 
 def _numeric_grad(f, a, h=1e-5):
@@ -120,7 +125,7 @@ GRAD_CASES = [(op, which) for op in OPS for which in range(len(op.backward_names
 @pytest.mark.parametrize("op, which", GRAD_CASES,
                          ids=[f"{op.id}-{op.backward_names[w]}" for op, w in GRAD_CASES])
 def test_numeric_gradient(op, which, backend):
-    shape = GRAD_SHAPES[op.name]
+    shape = op.shape("grad")
     _check_numeric_gradient(op, which, backend, shape, np.random.default_rng(5).standard_normal(shape))
 
 
@@ -150,10 +155,12 @@ def _check_numeric_gradient(op, which, backend, shape, dout):
         return float(np.sum(out * dout))
 
     _, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend)
-    dx, dgamma, dbeta = op.backward(dout, cache, backend=backend, which=which)
-    assert _rel_error(dx, _numeric_grad(loss, x)) < 1e-8
-    assert _rel_error(dgamma, _numeric_grad(loss, gamma)) < 1e-9
-    assert _rel_error(dbeta, _numeric_grad(loss, beta)) < 1e-9
+    grads = op.backward(dout, cache, backend=backend, which=which)
+    assert len(grads) == (3 if op.spec.beta else 2)
+    assert _rel_error(grads[0], _numeric_grad(loss, x)) < 1e-8
+    assert _rel_error(grads[1], _numeric_grad(loss, gamma)) < 1e-9
+    if op.spec.beta:
+        assert _rel_error(grads[2], _numeric_grad(loss, beta)) < 1e-9
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,8 +178,8 @@ def test_dtype_rules(op, backend, in_dtype, out_dtype):
     x, gamma, beta, param = op.make(shape)
     x = (x > 3) if in_dtype is np.bool_ else (x * 10).astype(in_dtype)
     out, cache = op.forward(x, gamma, beta, param, backend=backend)
-    dx, dgamma, dbeta = op.backward(np.ones(shape, dtype=in_dtype), cache, backend=backend)
-    assert out.dtype == dx.dtype == dgamma.dtype == dbeta.dtype == np.dtype(out_dtype)
+    grads = op.backward(np.ones(shape, dtype=in_dtype), cache, backend=backend)
+    assert {a.dtype for a in (out, *grads)} == {np.dtype(out_dtype)}
     compute = np.float32 if in_dtype is np.float16 else out_dtype
     assert cache.x.dtype == np.dtype(compute)
     # Same as computing on the input converted to the computation dtype, then casting.
@@ -230,7 +237,7 @@ def test_parameter_layouts_give_same_result(op, backend):
     dout = np.random.default_rng(3).standard_normal(shape)
     expected, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend)
     expected_grads = op.backward(dout, cache, backend=backend)
-    row_ok = gamma.ndim == 1 and (op.name == "batchnorm" or op.name == "layernorm" and x.ndim == 2)
+    row_ok = gamma.ndim == 1 and op.layout in ("NC", "ND") and x.ndim == 2
     for (name, g), (_, b) in zip(_param_variants(gamma, row_ok), _param_variants(beta, row_ok)):
         out, cache = op.forward(x, g, b, copy_param(param), backend=backend)
         np.testing.assert_array_equal(out, expected, err_msg=name)
@@ -260,13 +267,7 @@ def test_inputs_are_not_modified(op, backend):
             assert not np.shares_memory(result, given)
 
 
-# Batchnorm: wide rows (3000, 70); column blocks of a large (2048, 2048) and a small (300, 1001)
-# array, and blocks shared by the threads (4100, 528). Layernorm: short rows (700, 300), column
-# segments of long rows (9, 20000).
-LARGE = {"batchnorm": ((3000, 70), (2048, 2048), (300, 1001), (4100, 528)),
-         "spatial_batchnorm": ((16, 8, 24, 24),), "layernorm": ((700, 300), (9, 20000)),
-         "groupnorm": ((16, 8, 24, 24),)}
-THREAD_CASES = [(op, shape) for op in OPS for shape in LARGE[op.name]]
+THREAD_CASES = [(op, shape) for op in OPS for shape in op.role_shapes("bits")]
 
 
 @needs_compiled
@@ -274,8 +275,6 @@ THREAD_CASES = [(op, shape) for op in OPS for shape in LARGE[op.name]]
 @pytest.mark.parametrize("op, shape", THREAD_CASES,
                          ids=[f"{op.id}-{'x'.join(map(str, shape))}" for op, shape in THREAD_CASES])
 def test_thread_count_does_not_change_bits(op, shape, dtype):
-    if op.layout == "NHWC":
-        shape = (shape[0], shape[2], shape[3], shape[1])
     results = []
     for n in (1, 2):
         x, gamma, beta, param = op.make(shape, dtype)
@@ -297,9 +296,7 @@ def test_out_buffers_are_filled_and_returned(op, backend, dtype):
     dout = np.random.default_rng(1).standard_normal(shape).astype(dtype)
     expected_dx = op.backward(dout, cache, backend=backend)[0]
     out = np.full(shape, np.nan, dtype=dtype)
-    fn = getattr(fastbn, op.forward_name)
-    args = (x, gamma, beta) + ((op.G(shape),) if op.name == "groupnorm" else ()) + (copy_param(param),)
-    result, cache = fn(*args, backend=backend, out=out)
+    result, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend, out=out)
     assert result is out
     np.testing.assert_array_equal(out, expected)
     dx_out = np.full(shape, np.nan, dtype=dtype)

@@ -145,11 +145,11 @@ def test_cs231n_session():
 @pytest.mark.parametrize("family", ["cols", "planes"])
 def test_kernel_running_update_has_the_bits_of_the_numpy_update(family, dtype):
     """Running statistics in the computation dtype are updated inside the kernel; the bits are
-    those of the NumPy update (fastbn._validation.update_running, used for other dtypes and
+    those of the NumPy update (fastbn._results.update_running, used for other dtypes and
     layouts) applied to the same batch statistics."""
     from types import SimpleNamespace
 
-    from fastbn import _kernels, _validation
+    from fastbn import _kernels, _results
 
     rng = np.random.default_rng(3)
     shape = (37, 11) if family == "cols" else (5, 11, 13)
@@ -170,7 +170,7 @@ def test_kernel_running_update_has_the_bits_of_the_numpy_update(family, dtype):
     np.testing.assert_array_equal(run(None, None)[1], var)
     p = SimpleNamespace(momentum=0.7, running_mean=expected_mean, running_var=expected_var,
                         x=x, param={})
-    _validation.update_running(p, mean, var)
+    _results.update_running(p, mean, var)
     np.testing.assert_array_equal(running_mean, expected_mean)
     np.testing.assert_array_equal(running_var, expected_var)
     assert not np.array_equal(running_mean, before)  # (the kernel did update it)

@@ -159,3 +159,26 @@ def test_group_norm_matches_torch(case, backend, dtype_name):
     out, cache = fastbn.spatial_groupnorm_forward(x, gamma, beta, G, {"eps": EPS}, backend=backend)
     dx, dgamma, dbeta = fastbn.spatial_groupnorm_backward(dout, cache, backend=backend)
     _compare((out, dx, dgamma, dbeta), theirs, rtol, gamma, cache.invstd, dout)
+
+
+RMS_SHAPES = [(32, 50), (4, 6, 33), (7, 1), (300, 256), (40, 128), (3, 20000)]
+
+
+@pytest.mark.parametrize("dtype_name", DTYPES)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", RMS_SHAPES, ids=["x".join(map(str, s)) for s in RMS_SHAPES])
+def test_rms_norm_matches_torch(shape, backend, dtype_name):
+    """F.rms_norm over the last axis, with a weight and an explicit eps."""
+    dtype, _, rtol = DTYPES[dtype_name]
+    D = shape[-1]
+    x, gamma, _, dout, _, _ = _data(shape, D, dtype, seed=3)
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(gamma).requires_grad_()
+    out_t = F.rms_norm(xt, (D,), wt, eps=EPS)
+    out_t.backward(torch.from_numpy(dout))
+    out, cache = fastbn.rmsnorm_forward(x, gamma, {"eps": EPS}, backend=backend)
+    dx, dgamma = fastbn.rmsnorm_backward(dout, cache, backend=backend)
+    scale = float(np.max(np.abs(gamma)) * np.max(cache.invstd) * np.max(np.abs(dout)))
+    _close(out, out_t.detach().numpy(), rtol, "out")
+    _close(dx, xt.grad.numpy(), rtol, "dx", scale=scale)
+    _close(dgamma, wt.grad.numpy(), rtol, "dgamma", scale=float(np.max(np.abs(dout))) * x.size / D)

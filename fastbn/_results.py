@@ -1,0 +1,141 @@
+"""What both backends do with their raw results: the cache, running statistics, output dtypes.
+
+The NumPy reference (:mod:`fastbn.reference`) and the compiled glue (:mod:`fastbn._compiled`)
+compute an op's output and statistics their own way; the functions here turn those into what the
+public functions return, the same for both, so that a cache from either backend is accepted by
+the backward of either backend.
+"""
+from typing import NamedTuple
+
+import numpy as np
+
+from fastbn._ops import OPS
+
+__all__ = ["NormCache"]
+
+
+class NormCache(NamedTuple):
+    """What a ``*_forward`` function hands to its ``*_backward``.
+
+    It holds references, not x-sized intermediates. A cache made by either backend is accepted
+    by the backward of either backend.
+
+    Attributes
+    ----------
+    op : str
+        The operation that made it: ``'batchnorm'``, ``'spatial_batchnorm'``, ``'layernorm'``,
+        ``'groupnorm'`` or ``'rmsnorm'`` (the names of :data:`fastbn._ops.OPS`).
+    x : ndarray
+        The input as computed on: C-contiguous, in the computation dtype.
+    gamma : ndarray
+        The scale, flattened to one value per feature/channel, in the computation dtype.
+    mean, invstd : ndarray
+        The statistics the forward normalised with (batch statistics in train mode, running
+        statistics in test mode) and ``1 / sqrt(var + eps)``: one value per feature (batchnorm),
+        channel (spatial batchnorm), row of ``x.reshape(-1, D)`` (layernorm, RMSNorm) or
+        (sample, group) pair, shape (N, G) (groupnorm). RMSNorm's mean is 0 (rows are not
+        centred) and its invstd is ``1 / sqrt(mean(x**2) + eps)``.
+    eps : float
+    mode : str
+        ``'train'`` or ``'test'``; layernorm and groupnorm always use ``'train'`` (batch
+        statistics).
+    layout : str
+        ``'NC'`` (batchnorm), ``'NCHW'`` or ``'NHWC'`` (spatial ops), ``'ND'`` (layernorm,
+        RMSNorm).
+    groups : int
+        G for groupnorm, 1 otherwise.
+    gamma_shape, beta_shape : tuple
+        Shapes of the parameters as given, so that dgamma and dbeta come back alike
+        (``beta_shape`` is None for RMSNorm, which has no beta).
+    dtype : numpy.dtype
+        The dtype of the returned arrays (float16 input is computed in float32).
+    """
+
+    op: str
+    x: np.ndarray
+    gamma: np.ndarray
+    mean: np.ndarray
+    invstd: np.ndarray
+    eps: float
+    mode: str
+    layout: str
+    groups: int
+    gamma_shape: tuple
+    beta_shape: tuple
+    dtype: np.dtype
+
+
+
+
+def test_statistics(p):
+    """mean and invstd (computation dtype, flat) from the running statistics, for test mode.
+
+    Both are new arrays: the cache never aliases the caller's running statistics, which a later
+    train-mode call updates in place.
+    """
+    dtype = p.x.dtype
+    mean = np.array(p.running_mean, dtype=dtype, order="C", copy=True).reshape(-1)
+    var = np.asarray(p.running_var, dtype=np.float64).reshape(-1)
+    invstd = (1.0 / np.sqrt(var + p.eps)).astype(dtype)
+    return mean, invstd
+
+
+def finish_forward(p, out, mean, invstd, batch_var=None, updated=False):
+    """Update running statistics (train-mode batchnorm), build the cache, cast the output.
+
+    Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
+    `updated`: the backend updated running_mean and running_var already.
+    """
+    if p.mode == "train" and OPS[p.op].running_stats:
+        update_running(p, mean, batch_var, updated)
+    # positional: NamedTuple keywords cost a third of this function's time
+    cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
+                      p.gamma_shape, p.beta_shape, p.dtype)
+    return _into(p.out, out, p.dtype), cache
+
+
+def _into(out, result, dtype):
+    """result in `dtype`, written into the caller's `out` array when there is one."""
+    if out is None:
+        return result if result.dtype == dtype else result.astype(dtype)
+    if not np.may_share_memory(result, out):  # else the backend wrote into out already
+        out[...] = result
+    return out
+
+
+def update_running(p, batch_mean, batch_var, updated=False):
+    """running = momentum * running + (1 - momentum) * batch, in place, shapes and dtypes kept;
+    a missing running statistic starts as zeros. Nothing to do when the backend `updated` both.
+
+    Both new values are computed before either is written, so that a running array passed as both
+    statistics ends up with the variance's update of its old values. The compiled kernels repeat
+    this arithmetic, bit for bit, for separate arrays in the computation dtype
+    (``_kernels._update_running``).
+    """
+    if updated:
+        return
+    m = p.momentum
+    new = []
+    for key, current, stat in (
+        ("running_mean", p.running_mean, batch_mean),
+        ("running_var", p.running_var, batch_var),
+    ):
+        if current is None:
+            current = np.zeros(stat.shape, dtype=p.x.dtype)
+            p.param[key] = current
+        new.append((current, m * current + (1.0 - m) * np.reshape(stat, current.shape)))
+    for current, value in new:
+        current[...] = value
+
+
+
+
+def finish_backward(cache, dx, dgamma, dbeta, out=None):
+    """Cast to the output dtype and give dgamma/dbeta the shapes gamma/beta had; ``(dx, dgamma)``
+    for ops without beta (whose cache has no ``beta_shape``)."""
+    dtype = cache.dtype
+    dx = _into(out, dx, dtype)
+    dgamma = _into(None, dgamma.reshape(cache.gamma_shape), dtype)
+    if cache.beta_shape is None:
+        return dx, dgamma
+    return dx, dgamma, _into(None, dbeta.reshape(cache.beta_shape), dtype)
