@@ -144,7 +144,20 @@ def _parser():
     parser.add_argument("--repeat", type=int, default=None, metavar="R",
                         help="timed rounds per call; the median is reported (default 7, quick 5)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    parser.add_argument("--shared-core", action="store_true",
+                        help="instead of the comparison: fastbn on 1 and on 2 threads for every case "
+                             "while another process keeps one core busy (2 threads / 1 thread)")
     return parser
+
+
+def shared_core_table(records):
+    """The --shared-core results: 1- and 2-thread times and their ratio per case and direction."""
+    lines = [f"{'case':46s} {'dir':4s} {'1 thread':>10s} {'2 threads':>10s} {'2t/1t':>6s}"]
+    for r in records:
+        t1, t2 = r["times"]["1 thread"], r["times"]["2 threads"]
+        lines.append(f"{r['case'].name:46s} {DIRECTION_LABELS[r['direction']]:4s} "
+                     f"{_format_time(t1):>10s} {_format_time(t2):>10s} {t2 / t1:6.2f}")
+    return "\n".join(lines)
 
 
 def main(argv=None, cases=None):
@@ -182,6 +195,13 @@ def main(argv=None, cases=None):
               "benchmark. Reinstall with `pip install .`.", file=sys.stderr)
         return 1
 
+    if args.shared_core:
+        cases = cases or (_bench.HEADLINE_CASES if args.quick else _bench.LARGE_CASES)
+        print(f"Timing {len(cases)} cases on 1 and 2 threads beside a busy process:", flush=True)
+        records = _bench.thread_scaling(cases, repeat=args.repeat or 5,
+                                        progress=lambda message: print(f"  {message}", flush=True))
+        print(shared_core_table(records))
+        return 0
     if cases is None:
         cases = _bench.QUICK_CASES if args.quick else _bench.LARGE_CASES + _bench.SMALL_CASES
     repeat = args.repeat or (5 if args.quick else 7)

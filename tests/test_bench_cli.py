@@ -79,3 +79,15 @@ def test_python_dash_m_fastbn_runs(tmp_path):
     result = subprocess.run([sys.executable, "-m", "fastbn", "--threads", "0"], capture_output=True,
                             text=True, env=env, timeout=120)
     assert result.returncode == 2
+
+
+@needs_compiled
+def test_shared_core_mode_times_one_and_two_threads_beside_a_busy_process(capsys):
+    status = cli.main(["--shared-core", "--repeat", "1"], cases=TINY_CASES)
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "2t/1t" in out
+    rows = [line for line in out.splitlines() if line.startswith(tuple(c.name for c in TINY_CASES))]
+    assert len(rows) == sum(len(case.directions) for case in TINY_CASES)
+    assert all(float(line.split()[-1]) > 0 for line in rows)
+    assert subprocess.run(["pgrep", "-f", "while True: pass"], capture_output=True).returncode != 0

@@ -51,6 +51,12 @@ CASES = [
     ("groupnorm-train", (4, 12, 9, 13), "float32"),
     ("groupnorm-train", (16, 32, 67, 65), "float32"),  # streamed
     ("groupnorm-train", (3, 8, 31, 33), "float64"),
+    ("rmsnorm-train", (300, 57), "float32"),  # the rows paths without centring
+    ("rmsnorm-train", (300, 64), "float32"),  # held in registers
+    ("rmsnorm-train", (70, 96), "float64"),
+    ("rmsnorm-train", (300, 256), "float64"),  # backward four rows at a time
+    ("rmsnorm-train", (1100, 2049), "float32"),  # long rows, streamed
+    ("rmsnorm-train", (5, 70001), "float32"),  # backward by column segments
 ]
 
 SCRIPT = r"""
