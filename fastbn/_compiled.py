@@ -26,7 +26,8 @@ def forward(p):
         R, Cg, L = view_shape
         mean = np.zeros(R, dtype=dtype)
         invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
-        kernels.rows_forward_train(x, p.gamma, p.beta, p.groups, p.eps, out, mean, invstd, n_threads)
+        kernels.rows_forward_train(x, p.gamma, p.beta, p.groups, p.eps, 1, out, mean, invstd,
+                                   n_threads)
         stat_shape = p.x.shape[:-1] if p.op == "layernorm" else (p.x.shape[0], p.groups)
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
@@ -85,7 +86,8 @@ def backward(dout, cache, out=None):
     invstd = _flat(cache.invstd, x.dtype)
     n_threads = threads_for(x.size)
     if family == "rows":
-        kernels.rows_backward(x, dy, mean, invstd, cache.gamma, cache.groups, dx, dgamma, dbeta, n_threads)
+        kernels.rows_backward(x, dy, mean, invstd, cache.gamma, cache.groups, 1, dx, dgamma, dbeta,
+                              n_threads)
     else:
         run = kernels.cols_backward if family == "cols" else kernels.planes_backward
         run(x, dy, mean, invstd, cache.gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)

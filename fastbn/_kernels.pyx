@@ -11,7 +11,9 @@ contiguity: nothing is checked. Three families of kernels cover all public opera
     spatial batchnorm.
 ``rows_*``
     x of shape (R, Cg, L), statistics per row of Cg*L values, affine parameters per channel
-    ``(r % G) * Cg + k``: layernorm (G = 1, L = 1) and groupnorm (R = N*G, L = H*W).
+    ``(r % G) * Cg + k``: layernorm (G = 1, L = 1) and groupnorm (R = N*G, L = H*W), centred
+    (``center=1``); RMSNorm without centring (``center=0``: the mean is 0, the variance the mean
+    square), through the same loops.
 
 Determinism: work is cut into chunks whose boundaries depend only on the shape, partial results
 are stored per chunk and combined in chunk order, so the bits do not depend on the thread count.
@@ -19,7 +21,7 @@ are stored per chunk and combined in chunk order, so the bits do not depend on t
 but no column's value depends on which block it is in.)
 Statistics are accumulated in double precision, shifted by a sample of the data (the first value
 of each chunk or plane; the row mean for rows) and merged with Chan's formula: never
-E[x^2] - E[x]^2.
+E[x^2] - E[x]^2 (RMSNorm needs only E[x^2], a sum of squares that cannot cancel).
 
 Speed: the hot loops live in ``_src/loops.h`` (vectorised double sums with fixed lanes, (M, D)
 column sums and sweeps four rows at a time, compiled for AVX2 and for the baseline and picked at
@@ -47,14 +49,21 @@ cdef extern from "loops.h" nogil:
     ctypedef struct fastbn_sums:
         double s1
         double s2
+    ctypedef struct fastbn_dx_coefs:
+        double s3
+        double b
+    fastbn_sums fastbn_moments(fastbn_sums t, double shift, Py_ssize_t n, int center)
+    double fastbn_row_invstd(double m2, Py_ssize_t n, double eps)
+    fastbn_dx_coefs fastbn_row_dx_coefs(double invstd, double sum_g, double sum_gxc, Py_ssize_t n,
+                                        int center)
     void fastbn_simd_init()
     const char* fastbn_simd_name()
     void fastbn_layernorm_rows_f(const float* x, float* out, Py_ssize_t n_rows, Py_ssize_t n,
-                                 const float* gamma, const float* beta, double eps, float* mean,
-                                 float* invstd)
+                                 const float* gamma, const float* beta, double eps, int center,
+                                 float* mean, float* invstd)
     void fastbn_layernorm_rows_d(const double* x, double* out, Py_ssize_t n_rows, Py_ssize_t n,
-                                 const double* gamma, const double* beta, double eps, double* mean,
-                                 double* invstd)
+                                 const double* gamma, const double* beta, double eps, int center,
+                                 double* mean, double* invstd)
     fastbn_sums fastbn_sum_f(const float* x, Py_ssize_t n)
     fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
     fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
@@ -75,10 +84,12 @@ cdef extern from "loops.h" nogil:
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
     void fastbn_layernorm_rows_grad_f(const float* x, const float* dy, float* dx, Py_ssize_t n_rows,
                                       Py_ssize_t n, const float* gamma, const float* mean,
-                                      const float* invstd, double* db, double* dg, int stream)
+                                      const float* invstd, int center, double* db, double* dg,
+                                      int stream)
     void fastbn_layernorm_rows_grad_d(const double* x, const double* dy, double* dx, Py_ssize_t n_rows,
                                       Py_ssize_t n, const double* gamma, const double* mean,
-                                      const double* invstd, double* db, double* dg, int stream)
+                                      const double* invstd, int center, double* db, double* dg,
+                                      int stream)
     void fastbn_rows4_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, const float* gamma,
                                   Py_ssize_t n, const double* mean, const double* invstd, double* db,
                                   double* dg, double* out, int ahead)
@@ -833,18 +844,19 @@ cdef inline void _block_dx(
 # --------------------------------------------------------------------------------------------
 
 cdef inline void _plane_moments(
-    const floating* x, Py_ssize_t n, double* mean, double* m2, const floating* next,
+    const floating* x, Py_ssize_t n, double* mean, double* m2, const floating* next, int center,
 ) noexcept nogil:
     """Mean and sum of squared deviations of n contiguous values, shifted by the first, while
-    the next plane (`next`, or NULL) is prefetched."""
-    cdef double shift = <double>x[0]
+    the next plane (`next`, or NULL) is prefetched; not centred, 0 and the sum of squares."""
+    cdef double shift = <double>x[0] if center else 0.0
     cdef fastbn_sums t
     if floating is float:
         t = fastbn_shifted_sums_pf_f(x, n, shift, next)
     else:
         t = fastbn_shifted_sums_pf_d(x, n, shift, next)
-    mean[0] = shift + t.s1 / n
-    m2[0] = t.s2 - t.s1 * t.s1 / n
+    t = fastbn_moments(t, shift, n, center)
+    mean[0] = t.s1
+    m2[0] = t.s2
 
 
 cdef inline void _affine_plane(
@@ -874,25 +886,27 @@ cdef inline void _chunk_moments(
     """Moments of channel c's planes n0..n1-1, merged in plane order."""
     cdef Py_ssize_t L = x.shape[2], n
     cdef double n_a = <double>L, mean_b, m2_b
-    _plane_moments(&x[n0, c, 0], L, mean, m2, &x[n0 + 1, c, 0] if n0 + 1 < n1 else NULL)
+    _plane_moments(&x[n0, c, 0], L, mean, m2, &x[n0 + 1, c, 0] if n0 + 1 < n1 else NULL, 1)
     for n in range(n0 + 1, n1):
-        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b, &x[n + 1, c, 0] if n + 1 < n1 else NULL)
+        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b, &x[n + 1, c, 0] if n + 1 < n1 else NULL, 1)
         _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
 cdef inline fastbn_sums _segment_moments(
-    const floating* x, Py_ssize_t n, Py_ssize_t seg, const floating* next,
+    const floating* x, Py_ssize_t n, Py_ssize_t seg, const floating* next, int center,
 ) noexcept nogil:
     """Mean (s1) and sum of squared deviations (s2) of n contiguous values: per segment of seg
     values, the sums shifted by its first value (prefetching the same segment of `next`, or
-    NULL), merged over the segments in order. (Returned rather than written through pointers:
-    a caller's prange makes only the variables it assigns thread-private.)"""
+    NULL), merged over the segments in order. Not centred, 0 and the sum of squares (the
+    segments' sums of squares, added in order: the merge of zero means). (Returned rather than
+    written through pointers: a caller's prange makes only the variables it assigns
+    thread-private.)"""
     cdef double count = 0.0, mean = 0.0, m2 = 0.0, mean_b, m2_b
     cdef Py_ssize_t k = 0, w
     cdef fastbn_sums result
     while k < n:
         w = min(seg, n - k)
-        _plane_moments(x + k, w, &mean_b, &m2_b, next + k if next != NULL else NULL)
+        _plane_moments(x + k, w, &mean_b, &m2_b, next + k if next != NULL else NULL, center)
         _chan_merge(&count, &mean, &m2, <double>w, mean_b, m2_b)
         k = k + w
     result.s1 = mean
@@ -1077,16 +1091,19 @@ def rows_forward_train(
     const floating[::1] beta,      # IN (G * Cg,)
     Py_ssize_t groups,             # G: rows r use parameters of group r % G
     double eps,
+    int center,                    # 1: mean and variance (layernorm, groupnorm); 0: RMSNorm
     floating[:, :, ::1] out,       # OUT (R, Cg, L)
-    floating[::1] mean,            # OUT (R,)
+    floating[::1] mean,            # OUT (R,) (0 when not centred)
     floating[::1] invstd,          # OUT (R,)
     int n_threads,
 ):
-    """Each row is read for its statistics and normalised while it is still in cache."""
+    """Each row is read for its statistics and normalised while it is still in cache:
+    out = (x - mean) * gamma * invstd + beta, with invstd = 1/sqrt(var + eps); not centred
+    (RMSNorm), mean = 0 and var = the mean of x^2 (no pass for the mean)."""
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
     cdef int stream = _streams_runs(R * n * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
-    cdef double shift, v, s
+    cdef double shift, s
     cdef fastbn_sums sums
     cdef floating mf
     cdef bint long_rows = _long_rows(Cg, L, groups, sizeof(floating))
@@ -1103,30 +1120,32 @@ def rows_forward_train(
                 r0 = t * rows_per_task
                 if floating is float:
                     fastbn_layernorm_rows_f(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
-                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
+                                            n, &gamma[0], &beta[0], eps, center, &mean[r0],
+                                            &invstd[r0])
                 else:
                     fastbn_layernorm_rows_d(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
-                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
+                                            n, &gamma[0], &beta[0], eps, center, &mean[r0],
+                                            &invstd[r0])
         return
     with nogil:
         for r in prange(R, num_threads=n_threads, schedule='static'):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
             if long_rows:  # one read (see SEGMENT_BYTES)
-                sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL)
-                v = sums.s2 / n
-                mf = <floating>sums.s1
+                sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL, center)
             else:
-                # Two passes over the cached row: the mean (prefetching the next row), then the
-                # sums shifted by it (the corrected two-pass algorithm, accurate for any offset).
-                if floating is float:
-                    shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
-                else:
-                    shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
-                sums = _shifted_sums(xr, n, shift)
-                v = (sums.s2 - sums.s1 * sums.s1 / n) / n
-                mf = <floating>(shift + sums.s1 / n)
-            s = 1.0 / sqrt((0.0 if v < 0 else v) + eps)  # NaN stays NaN
+                # Two passes over the cached row: the mean (prefetching the next row; none when
+                # not centred), then the sums shifted by it (the corrected two-pass algorithm,
+                # accurate for any offset).
+                shift = 0.0
+                if center:
+                    if floating is float:
+                        shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+                    else:
+                        shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+                sums = fastbn_moments(_shifted_sums(xr, n, shift), shift, n, center)
+            s = fastbn_row_invstd(sums.s2, n, eps)
+            mf = <floating>sums.s1
             mean[r] = mf
             invstd[r] = <floating>s
             c0 = (r % groups) * Cg
@@ -1188,6 +1207,7 @@ def rows_backward(
     const floating[::1] invstd,    # IN (R,)
     const floating[::1] gamma,     # IN (G * Cg,)
     Py_ssize_t groups,
+    int center,                    # as in rows_forward_train (0: mean is not read)
     floating[:, :, ::1] dx,        # OUT (R, Cg, L)
     floating[::1] dgamma,          # OUT (G * Cg,)
     floating[::1] dbeta,           # OUT (G * Cg,)
@@ -1195,6 +1215,9 @@ def rows_backward(
 ):
     """Per row: one sweep for the two row sums (and dgamma/dbeta partials), one for dx.
 
+    With g = dy * gamma and xhat = (x - mean) * invstd over the M values of a row,
+    dx = invstd * (g - mean(g) - xhat * mean(g * xhat)); not centred, mean = 0 and the mean(g)
+    term is dropped (see fastbn_row_dx_coefs). dgamma = sum dy * xhat, dbeta = sum dy.
     dgamma/dbeta partials are kept per chunk of samples (G consecutive rows make one sample) and
     added in chunk order.
     """
@@ -1203,8 +1226,9 @@ def rows_backward(
     cdef int stream = _streams_runs(R * Cg * L * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t K, q, n, g, r, k, c, c0, n0, n1
-    cdef double s, m, s3, sum_g, sum_gxc, pdb, pdg, a, b
+    cdef double s, m, sum_g, sum_gxc, pdb, pdg
     cdef fastbn_sums sums
+    cdef fastbn_dx_coefs coefs
     cdef const floating* xr
     cdef const floating* dr
     cdef floating* oxr
@@ -1215,7 +1239,7 @@ def rows_backward(
         dbeta[:] = 0
         return
     if _long_rows(Cg, L, groups, sizeof(floating)):
-        _rows_backward_long(x, dy, mean, invstd, gamma, dx, dgamma, dbeta, n_threads)
+        _rows_backward_long(x, dy, mean, invstd, gamma, center, dx, dgamma, dbeta, n_threads)
         return
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
     # Partials are zeroed by the thread that uses them (np.zeros' fresh pages would be copied on
@@ -1237,27 +1261,27 @@ def rows_backward(
                 # _rows_backward_long), four at a time: their x and dy stay in L2 for the dx sweep
                 while n + 4 <= n1:
                     for k in range(4):
-                        scratch[q, k] = <double>mean[n + k]
+                        scratch[q, k] = <double>mean[n + k] if center else 0.0
                         scratch[q, 4 + k] = <double>invstd[n + k]
                     _rows4_grad_sums(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg, &scratch[q, 0],
                                      &scratch[q, 4], &part_dbeta[q, 0], &part_dgamma[q, 0],
                                      &scratch[q, 8], n + 8 <= n1)
                     for k in range(4):
                         s = scratch[q, 4 + k]
-                        s3 = s * s * s * scratch[q, 9 + 2 * k] / Cg
-                        b = -s * scratch[q, 8 + 2 * k] / Cg
+                        coefs = fastbn_row_dx_coefs(s, scratch[q, 8 + 2 * k],
+                                                    scratch[q, 9 + 2 * k], Cg, center)
                         _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
-                                scratch[q, k], s, &gamma[0], 0.0, s3, b, stream)
+                                scratch[q, k], s, &gamma[0], 0.0, coefs.s3, coefs.b, stream)
                     n = n + 4
             if L == 1 and groups == 1 and n < n1:  # the other layernorm rows, in one C call
                 if floating is float:
                     fastbn_layernorm_rows_grad_f(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
-                                                 &gamma[0], &mean[n], &invstd[n], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], stream)
+                                                 &gamma[0], &mean[n], &invstd[n], center,
+                                                 &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
                 else:
                     fastbn_layernorm_rows_grad_d(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
-                                                 &gamma[0], &mean[n], &invstd[n], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], stream)
+                                                 &gamma[0], &mean[n], &invstd[n], center,
+                                                 &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
                 n = n1
             for n in range(n, n1):
                 for g in range(groups):
@@ -1267,7 +1291,7 @@ def rows_backward(
                     oxr = &dx[r, 0, 0]
                     c0 = g * Cg
                     s = <double>invstd[r]
-                    m = <double>mean[r]
+                    m = <double>mean[r] if center else 0.0
                     if L == 1:
                         sums = _row_grad_sums(xr, dr, &gamma[c0], Cg, m, s,
                                               &part_dbeta[q, c0], &part_dgamma[q, c0])
@@ -1292,14 +1316,13 @@ def rows_backward(
                             sum_g = sum_g + sums.s1 * gamma[c0 + k]
                             sum_gxc = sum_gxc + sums.s2 * gamma[c0 + k]
                     # dx = s * (g - sum_g / M - xc * s^2 * sum_gxc / M), g = dy * gamma
-                    s3 = s * s * s * sum_gxc / (Cg * L)
-                    b = -s * sum_g / (Cg * L)
+                    coefs = fastbn_row_dx_coefs(s, sum_g, sum_gxc, Cg * L, center)
                     if L == 1:
-                        _dx_run(xr, dr, oxr, Cg, m, s, &gamma[c0], 0.0, s3, b, stream)
+                        _dx_run(xr, dr, oxr, Cg, m, s, &gamma[c0], 0.0, coefs.s3, coefs.b, stream)
                     else:
                         for k in range(Cg):
                             _dx_run(xr + k * L, dr + k * L, oxr + k * L, L, m, s, NULL,
-                                    s * gamma[c0 + k], s3, b, stream)
+                                    s * gamma[c0 + k], coefs.s3, coefs.b, stream)
         for c in prange(C, num_threads=n_threads, schedule='static'):
             pdg = 0.0
             pdb = 0.0
@@ -1312,7 +1335,7 @@ def rows_backward(
 
 cdef void _rows_backward_long(
     const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] gamma, floating[:, :, ::1] dx,
+    const floating[::1] invstd, const floating[::1] gamma, int center, floating[:, :, ::1] dx,
     floating[::1] dgamma, floating[::1] dbeta, int n_threads,
 ):
     """rows_backward of (R, n, 1) layernorm rows too long for per-chunk partials: per column
@@ -1324,14 +1347,15 @@ cdef void _rows_backward_long(
     cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating), n_seg = _ceil_div(n, seg)
     cdef Py_ssize_t run = RUN_BYTES // <Py_ssize_t>sizeof(floating), n_runs = _ceil_div(n, run)
     cdef int stream = _streams(R * n * <Py_ssize_t>sizeof(floating))
-    cdef double sum_g, sum_gxc, s
+    cdef double sum_g, sum_gxc
     cdef fastbn_sums sums
+    cdef fastbn_dx_coefs coefs
     cdef double[:, :, ::1] parts = _scratch(1, n)  # dbeta, dgamma sums
     cdef double[::1] col_db = parts[0, 0], col_dg = parts[1, 0]
     cdef double[:, :, ::1] row_sums = np.empty((n_seg, R, 2))  # sum(g dy), sum(g dy (x - mean))
     cdef double[:, ::1] coef = np.empty((4, R))  # per row: mean, invstd, s3, b
     for r in range(R):
-        coef[0, r] = mean[r]
+        coef[0, r] = mean[r] if center else 0.0
         coef[1, r] = invstd[r]
     with nogil:
         for t in prange(n_seg, num_threads=n_threads, schedule='static'):
@@ -1361,9 +1385,9 @@ cdef void _rows_backward_long(
             for t in range(n_seg):
                 sum_g = sum_g + row_sums[t, r, 0]
                 sum_gxc = sum_gxc + row_sums[t, r, 1]
-            s = coef[1, r]
-            coef[2, r] = s * s * s * sum_gxc / n
-            coef[3, r] = -s * sum_g / n
+            coefs = fastbn_row_dx_coefs(coef[1, r], sum_g, sum_gxc, n, center)
+            coef[2, r] = coefs.s3
+            coef[3, r] = coefs.b
         for t in prange(R * n_runs, num_threads=n_threads, schedule='static'):
             r = t // n_runs
             c0 = (t % n_runs) * run
