@@ -16,7 +16,8 @@ contiguity: nothing is checked. Three families of kernels cover all public opera
     square), through the same loops.
 
 Determinism: work is cut into chunks whose boundaries depend only on the shape, partial results
-are stored per chunk and combined in chunk order, so the bits do not depend on the thread count.
+are stored per chunk and combined in chunk order, so the bits do not depend on the thread count
+nor on which thread takes which chunk: chunks are handed out dynamically (see HANDOUT_BYTES).
 (The column blocks of (M, D) arrays depend on the thread count and on the output's address too,
 but no column's value depends on which block it is in.)
 Statistics are accumulated in double precision, shifted by a sample of the data (the first value
@@ -199,6 +200,12 @@ cdef Py_ssize_t SEGMENT_BYTES = 1 << 13
 cdef Py_ssize_t RUN_BYTES = 1 << 16
 # Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
+# Parallel loops hand their iterations out dynamically (a thread takes the next one when it is
+# free, so that a thread whose core is taken by another process delays nobody; every iteration
+# stores its own results, so the bits do not change). Loops over many small items (planes, rows,
+# the columns of a merge) hand out about HANDOUT_BYTES of input at a time: one atomic increment
+# per hand-out, not per item.
+cdef Py_ssize_t HANDOUT_BYTES = 1 << 14
 # Bound on the number of row chunks times columns of per-chunk partials (an array of partials
 # may exceed it by one row of D values, or be D values when D alone exceeds it).
 cdef Py_ssize_t MAX_PARTIALS = 1 << 18
@@ -245,6 +252,12 @@ cdef inline Py_ssize_t _tile_rows(Py_ssize_t row_bytes) noexcept nogil:
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t _handout(Py_ssize_t item_bytes) noexcept nogil:
+    """Iterations per dynamic hand-out of a loop whose iterations read item_bytes each (see
+    HANDOUT_BYTES): a function of the shape only."""
+    return max(1, HANDOUT_BYTES // max(item_bytes, 1))
 
 
 cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t n_chunks) noexcept nogil:
@@ -336,7 +349,7 @@ cdef inline void _merge_and_fold(
         weights[0, k] = counts[k] / n_ab
         weights[1, k] = n_a * counts[k] / n_ab
         n_a = n_ab
-    for d in prange(D, num_threads=n_threads, schedule='static'):
+    for d in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * K)):
         mean_a = part_mean[0, d]
         m2_a = part_m2[0, d]
         for k in range(1, K):
@@ -499,7 +512,7 @@ cdef inline void _cols_sweep(
     cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows)
     if M == 0 or D == 0:
         return
-    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='static'):
+    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='dynamic'):
         r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
         r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
         c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
@@ -603,7 +616,7 @@ cdef void _cols_forward_train(
         counts[cut.P - 1] = cut.rem
     with nogil:
         for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
-                           schedule='static'):
+                           schedule='dynamic'):
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
                 _cols_task_moments(&x[rest, 0], D, cut.rem, D, &part_mean[cut.P - 1, 0],
                                    &part_m2[cut.P - 1, 0])
@@ -644,7 +657,7 @@ cdef void _cols_forward_blocked(
     cdef double[:, ::1] part_m2 = parts[1]
     cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
     with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+        for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             c0 = _block_start(b, D, w, head)
             c1 = _block_start(b + 1, D, w, head)
             _cols_task_moments(&x[0, c0], D, M, c1 - c0, &part_mean[0, c0], &part_m2[0, c0])
@@ -708,8 +721,8 @@ def cols_backward(
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
-    cdef Py_ssize_t p0, stride
-    cdef double[:, :, ::1] parts = _scratch(cut.P, D)
+    cdef Py_ssize_t p0, stride, P = cut.P
+    cdef double[:, :, ::1] parts = _scratch(P, D)
     cdef double[:, ::1] part_dy = parts[0]
     cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
@@ -719,7 +732,7 @@ def cols_backward(
     with nogil:
         _tile(&mean[0], D, k, &tiled[0, 0])
         for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
-                           schedule='static'):
+                           schedule='dynamic'):
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
                 r0, r1, c0, c1, stride, p0 = rest, M, 0, D, D, (cut.P - 1) * D
             else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
@@ -734,7 +747,7 @@ def cols_backward(
             _cols_grad_sums(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
                             r1 - r0, c1 - c0, &tiled[0, 0] + c0, &part_dy[0, 0] + p0 + c0,
                             &part_dyxc[0, 0] + p0 + c0)
-        for c0 in prange(D, num_threads=n_threads, schedule='static'):
+        for c0 in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * P)):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
         _tile(&invstd[0], D, k, &tiled[1, 0])
@@ -784,20 +797,20 @@ cdef void _cols_backward_blocked(
             for b in range(n_blocks):
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
-                for q in prange(K, num_threads=n_threads, schedule='static'):
+                for q in prange(K, num_threads=n_threads, schedule='dynamic'):
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
                     _cols_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
                                     &part_dy[q, c0], &part_dyxc[q, c0])
                 _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                        dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
-                for q in prange(K, num_threads=n_threads, schedule='static'):
+                for q in prange(K, num_threads=n_threads, schedule='dynamic'):
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
                     _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, r0, r1, c0, c1,
                               stream)
         else:
-            for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+            for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
                 _cols_grad_sums(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0], &part_dy[0, c0],
@@ -957,7 +970,8 @@ cdef void _planes_forward_train(
     for q in range(Q):
         counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
     with nogil:
-        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+        for task in prange(C * Q, num_threads=n_threads, schedule='dynamic',
+                           chunksize=_handout(_ceil_div(N, Q) * L * <Py_ssize_t>sizeof(floating))):
             c = task // Q
             q = task % Q
             _chunk_moments(x, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
@@ -979,7 +993,8 @@ cdef inline void _planes_affine(
 ) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
-    for p in prange(N * C, num_threads=n_threads, schedule='static'):
+    for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
+                    chunksize=_handout(L * <Py_ssize_t>sizeof(floating))):
         n = p // C
         c = p % C
         _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
@@ -1046,7 +1061,8 @@ def planes_backward(
     cdef floating[:, ::1] coefs = np.empty((3, C), dtype=dtype)
     cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
     with nogil:
-        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+        for task in prange(C * Q, num_threads=n_threads, schedule='dynamic',
+                           chunksize=_handout(_ceil_div(N, Q) * L * <Py_ssize_t>sizeof(floating))):
             c = task // Q
             q = task % Q
             s1 = 0.0
@@ -1074,7 +1090,8 @@ def planes_backward(
         if Q > 1:
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
                                    dgamma, dbeta, k_dy, k_b, k_g, 0, C)
-            for p in prange(N * C, num_threads=n_threads, schedule='static'):
+            for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
+                            chunksize=_handout(2 * L * <Py_ssize_t>sizeof(floating))):
                 n = p // C
                 c = p % C
                 _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
@@ -1116,7 +1133,7 @@ def rows_forward_train(
     if L == 1 and groups == 1 and n * <Py_ssize_t>sizeof(floating) < 4096:
         # Short layernorm rows: tasks of about 16 KiB of rows, each handled by one C call.
         with nogil:
-            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='static'):
+            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='dynamic'):
                 r0 = t * rows_per_task
                 if floating is float:
                     fastbn_layernorm_rows_f(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
@@ -1128,7 +1145,8 @@ def rows_forward_train(
                                             &invstd[r0])
         return
     with nogil:
-        for r in prange(R, num_threads=n_threads, schedule='static'):
+        for r in prange(R, num_threads=n_threads, schedule='dynamic',
+                        chunksize=_handout(n * <Py_ssize_t>sizeof(floating))):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
             if long_rows:  # one read (see SEGMENT_BYTES)
@@ -1249,7 +1267,7 @@ def rows_backward(
     cdef double[:, ::1] part_dbeta = parts[1]
     cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
     with nogil:
-        for q in prange(K, num_threads=n_threads, schedule='static'):
+        for q in prange(K, num_threads=n_threads, schedule='dynamic'):
             for c in range(C):
                 part_dgamma[q, c] = 0.0
                 part_dbeta[q, c] = 0.0
@@ -1323,7 +1341,7 @@ def rows_backward(
                         for k in range(Cg):
                             _dx_run(xr + k * L, dr + k * L, oxr + k * L, L, m, s, NULL,
                                     s * gamma[c0 + k], coefs.s3, coefs.b, stream)
-        for c in prange(C, num_threads=n_threads, schedule='static'):
+        for c in prange(C, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * K)):
             pdg = 0.0
             pdb = 0.0
             for q in range(K):
@@ -1358,7 +1376,7 @@ cdef void _rows_backward_long(
         coef[0, r] = mean[r] if center else 0.0
         coef[1, r] = invstd[r]
     with nogil:
-        for t in prange(n_seg, num_threads=n_threads, schedule='static'):
+        for t in prange(n_seg, num_threads=n_threads, schedule='dynamic'):
             c0 = t * seg
             w = min(seg, n - c0)
             for j in range(c0, c0 + w):
@@ -1388,7 +1406,7 @@ cdef void _rows_backward_long(
             coefs = fastbn_row_dx_coefs(coef[1, r], sum_g, sum_gxc, n, center)
             coef[2, r] = coefs.s3
             coef[3, r] = coefs.b
-        for t in prange(R * n_runs, num_threads=n_threads, schedule='static'):
+        for t in prange(R * n_runs, num_threads=n_threads, schedule='dynamic'):
             r = t // n_runs
             c0 = (t % n_runs) * run
             _dx_run(&x[r, c0, 0], &dy[r, c0, 0], &dx[r, c0, 0], min(run, n - c0), coef[0, r],
@@ -1400,15 +1418,19 @@ def parallel_read(
     int n_threads,
 ):
     """Sum of x, read in blocks by n_threads threads: the read-only yardstick of the benchmarks
-    (one sweep that reads x and writes nothing, as a statistics pass does)."""
+    (one sweep that reads x and writes nothing, as a statistics pass does). The block sums are
+    added in block order (the same bits for any thread count)."""
     cdef Py_ssize_t n = x.shape[0], block = 1 << 16, n_blocks = _ceil_div(n, block), b
     cdef double total = 0.0
+    cdef double[::1] block_sums = np.empty(n_blocks)
     with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+        for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             if floating is float:
-                total += fastbn_sum_f(&x[b * block], min(block, n - b * block)).s1
+                block_sums[b] = fastbn_sum_f(&x[b * block], min(block, n - b * block)).s1
             else:
-                total += fastbn_sum_d(&x[b * block], min(block, n - b * block)).s1
+                block_sums[b] = fastbn_sum_d(&x[b * block], min(block, n - b * block)).s1
+        for b in range(n_blocks):
+            total = total + block_sums[b]
     return total
 
 
@@ -1420,7 +1442,7 @@ def parallel_copy(
     """Copy src into dst with n_threads threads: the memory-bandwidth yardstick of the benchmarks."""
     cdef Py_ssize_t n = src.shape[0], block = 1 << 16, n_blocks = _ceil_div(n, block), b, j, j1
     with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+        for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             j1 = min((b + 1) * block, n)
             for j in range(b * block, j1):
                 dst[j] = src[j]
