@@ -11,15 +11,18 @@ contiguity: nothing is checked. Three families of kernels cover all public opera
     spatial batchnorm.
 ``rows_*``
     x of shape (R, Cg, L), statistics per row of Cg*L values, affine parameters per channel
-    ``(r % G) * Cg + k``: layernorm (G = 1, L = 1) and groupnorm (R = N*G, L = H*W).
+    ``(r % G) * Cg + k``: layernorm (G = 1, L = 1) and groupnorm (R = N*G, L = H*W), centred
+    (``center=1``); RMSNorm without centring (``center=0``: the mean is 0, the variance the mean
+    square), through the same loops.
 
 Determinism: work is cut into chunks whose boundaries depend only on the shape, partial results
-are stored per chunk and combined in chunk order, so the bits do not depend on the thread count.
+are stored per chunk and combined in chunk order, so the bits do not depend on the thread count
+nor on which thread takes which chunk: chunks are handed out dynamically (see HANDOUT_BYTES).
 (The column blocks of (M, D) arrays depend on the thread count and on the output's address too,
 but no column's value depends on which block it is in.)
 Statistics are accumulated in double precision, shifted by a sample of the data (the first value
 of each chunk or plane; the row mean for rows) and merged with Chan's formula: never
-E[x^2] - E[x]^2.
+E[x^2] - E[x]^2 (RMSNorm needs only E[x^2], a sum of squares that cannot cancel).
 
 Speed: the hot loops live in ``_src/loops.h`` (vectorised double sums with fixed lanes, (M, D)
 column sums and sweeps four rows at a time, compiled for AVX2 and for the baseline and picked at
@@ -47,14 +50,21 @@ cdef extern from "loops.h" nogil:
     ctypedef struct fastbn_sums:
         double s1
         double s2
+    ctypedef struct fastbn_dx_coefs:
+        double s3
+        double b
+    fastbn_sums fastbn_moments(fastbn_sums t, double shift, Py_ssize_t n, int center)
+    double fastbn_row_invstd(double m2, Py_ssize_t n, double eps)
+    fastbn_dx_coefs fastbn_row_dx_coefs(double invstd, double sum_g, double sum_gxc, Py_ssize_t n,
+                                        int center)
     void fastbn_simd_init()
     const char* fastbn_simd_name()
     void fastbn_layernorm_rows_f(const float* x, float* out, Py_ssize_t n_rows, Py_ssize_t n,
-                                 const float* gamma, const float* beta, double eps, float* mean,
-                                 float* invstd)
+                                 const float* gamma, const float* beta, double eps, int center,
+                                 float* mean, float* invstd)
     void fastbn_layernorm_rows_d(const double* x, double* out, Py_ssize_t n_rows, Py_ssize_t n,
-                                 const double* gamma, const double* beta, double eps, double* mean,
-                                 double* invstd)
+                                 const double* gamma, const double* beta, double eps, int center,
+                                 double* mean, double* invstd)
     fastbn_sums fastbn_sum_f(const float* x, Py_ssize_t n)
     fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
     fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
@@ -75,10 +85,12 @@ cdef extern from "loops.h" nogil:
                                        Py_ssize_t n, double mean, double invstd, double* db, double* dg)
     void fastbn_layernorm_rows_grad_f(const float* x, const float* dy, float* dx, Py_ssize_t n_rows,
                                       Py_ssize_t n, const float* gamma, const float* mean,
-                                      const float* invstd, double* db, double* dg, int stream)
+                                      const float* invstd, int center, double* db, double* dg,
+                                      int stream)
     void fastbn_layernorm_rows_grad_d(const double* x, const double* dy, double* dx, Py_ssize_t n_rows,
                                       Py_ssize_t n, const double* gamma, const double* mean,
-                                      const double* invstd, double* db, double* dg, int stream)
+                                      const double* invstd, int center, double* db, double* dg,
+                                      int stream)
     void fastbn_rows4_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, const float* gamma,
                                   Py_ssize_t n, const double* mean, const double* invstd, double* db,
                                   double* dg, double* out, int ahead)
@@ -188,6 +200,12 @@ cdef Py_ssize_t SEGMENT_BYTES = 1 << 13
 cdef Py_ssize_t RUN_BYTES = 1 << 16
 # Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
 cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
+# Parallel loops hand their iterations out dynamically (a thread takes the next one when it is
+# free, so that a thread whose core is taken by another process delays nobody; every iteration
+# stores its own results, so the bits do not change). Loops over many small items (planes, rows,
+# the columns of a merge) hand out about HANDOUT_BYTES of input at a time: one atomic increment
+# per hand-out, not per item.
+cdef Py_ssize_t HANDOUT_BYTES = 1 << 14
 # Bound on the number of row chunks times columns of per-chunk partials (an array of partials
 # may exceed it by one row of D values, or be D values when D alone exceeds it).
 cdef Py_ssize_t MAX_PARTIALS = 1 << 18
@@ -234,6 +252,12 @@ cdef inline Py_ssize_t _tile_rows(Py_ssize_t row_bytes) noexcept nogil:
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t _handout(Py_ssize_t item_bytes) noexcept nogil:
+    """Iterations per dynamic hand-out of a loop whose iterations read item_bytes each (see
+    HANDOUT_BYTES): a function of the shape only."""
+    return max(1, HANDOUT_BYTES // max(item_bytes, 1))
 
 
 cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t n_chunks) noexcept nogil:
@@ -325,7 +349,7 @@ cdef inline void _merge_and_fold(
         weights[0, k] = counts[k] / n_ab
         weights[1, k] = n_a * counts[k] / n_ab
         n_a = n_ab
-    for d in prange(D, num_threads=n_threads, schedule='static'):
+    for d in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * K)):
         mean_a = part_mean[0, d]
         m2_a = part_m2[0, d]
         for k in range(1, K):
@@ -488,7 +512,7 @@ cdef inline void _cols_sweep(
     cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows)
     if M == 0 or D == 0:
         return
-    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='static'):
+    for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='dynamic'):
         r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
         r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
         c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
@@ -592,7 +616,7 @@ cdef void _cols_forward_train(
         counts[cut.P - 1] = cut.rem
     with nogil:
         for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
-                           schedule='static'):
+                           schedule='dynamic'):
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
                 _cols_task_moments(&x[rest, 0], D, cut.rem, D, &part_mean[cut.P - 1, 0],
                                    &part_m2[cut.P - 1, 0])
@@ -633,7 +657,7 @@ cdef void _cols_forward_blocked(
     cdef double[:, ::1] part_m2 = parts[1]
     cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
     with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+        for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             c0 = _block_start(b, D, w, head)
             c1 = _block_start(b + 1, D, w, head)
             _cols_task_moments(&x[0, c0], D, M, c1 - c0, &part_mean[0, c0], &part_m2[0, c0])
@@ -697,8 +721,8 @@ def cols_backward(
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
-    cdef Py_ssize_t p0, stride
-    cdef double[:, :, ::1] parts = _scratch(cut.P, D)
+    cdef Py_ssize_t p0, stride, P = cut.P
+    cdef double[:, :, ::1] parts = _scratch(P, D)
     cdef double[:, ::1] part_dy = parts[0]
     cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
@@ -708,7 +732,7 @@ def cols_backward(
     with nogil:
         _tile(&mean[0], D, k, &tiled[0, 0])
         for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
-                           schedule='static'):
+                           schedule='dynamic'):
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
                 r0, r1, c0, c1, stride, p0 = rest, M, 0, D, D, (cut.P - 1) * D
             else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
@@ -723,7 +747,7 @@ def cols_backward(
             _cols_grad_sums(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
                             r1 - r0, c1 - c0, &tiled[0, 0] + c0, &part_dy[0, 0] + p0 + c0,
                             &part_dyxc[0, 0] + p0 + c0)
-        for c0 in prange(D, num_threads=n_threads, schedule='static'):
+        for c0 in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * P)):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
         _tile(&invstd[0], D, k, &tiled[1, 0])
@@ -773,20 +797,20 @@ cdef void _cols_backward_blocked(
             for b in range(n_blocks):
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
-                for q in prange(K, num_threads=n_threads, schedule='static'):
+                for q in prange(K, num_threads=n_threads, schedule='dynamic'):
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
                     _cols_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
                                     &part_dy[q, c0], &part_dyxc[q, c0])
                 _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                        dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
-                for q in prange(K, num_threads=n_threads, schedule='static'):
+                for q in prange(K, num_threads=n_threads, schedule='dynamic'):
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
                     _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, r0, r1, c0, c1,
                               stream)
         else:
-            for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+            for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
                 _cols_grad_sums(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0], &part_dy[0, c0],
@@ -833,18 +857,19 @@ cdef inline void _block_dx(
 # --------------------------------------------------------------------------------------------
 
 cdef inline void _plane_moments(
-    const floating* x, Py_ssize_t n, double* mean, double* m2, const floating* next,
+    const floating* x, Py_ssize_t n, double* mean, double* m2, const floating* next, int center,
 ) noexcept nogil:
     """Mean and sum of squared deviations of n contiguous values, shifted by the first, while
-    the next plane (`next`, or NULL) is prefetched."""
-    cdef double shift = <double>x[0]
+    the next plane (`next`, or NULL) is prefetched; not centred, 0 and the sum of squares."""
+    cdef double shift = <double>x[0] if center else 0.0
     cdef fastbn_sums t
     if floating is float:
         t = fastbn_shifted_sums_pf_f(x, n, shift, next)
     else:
         t = fastbn_shifted_sums_pf_d(x, n, shift, next)
-    mean[0] = shift + t.s1 / n
-    m2[0] = t.s2 - t.s1 * t.s1 / n
+    t = fastbn_moments(t, shift, n, center)
+    mean[0] = t.s1
+    m2[0] = t.s2
 
 
 cdef inline void _affine_plane(
@@ -874,25 +899,27 @@ cdef inline void _chunk_moments(
     """Moments of channel c's planes n0..n1-1, merged in plane order."""
     cdef Py_ssize_t L = x.shape[2], n
     cdef double n_a = <double>L, mean_b, m2_b
-    _plane_moments(&x[n0, c, 0], L, mean, m2, &x[n0 + 1, c, 0] if n0 + 1 < n1 else NULL)
+    _plane_moments(&x[n0, c, 0], L, mean, m2, &x[n0 + 1, c, 0] if n0 + 1 < n1 else NULL, 1)
     for n in range(n0 + 1, n1):
-        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b, &x[n + 1, c, 0] if n + 1 < n1 else NULL)
+        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b, &x[n + 1, c, 0] if n + 1 < n1 else NULL, 1)
         _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
 cdef inline fastbn_sums _segment_moments(
-    const floating* x, Py_ssize_t n, Py_ssize_t seg, const floating* next,
+    const floating* x, Py_ssize_t n, Py_ssize_t seg, const floating* next, int center,
 ) noexcept nogil:
     """Mean (s1) and sum of squared deviations (s2) of n contiguous values: per segment of seg
     values, the sums shifted by its first value (prefetching the same segment of `next`, or
-    NULL), merged over the segments in order. (Returned rather than written through pointers:
-    a caller's prange makes only the variables it assigns thread-private.)"""
+    NULL), merged over the segments in order. Not centred, 0 and the sum of squares (the
+    segments' sums of squares, added in order: the merge of zero means). (Returned rather than
+    written through pointers: a caller's prange makes only the variables it assigns
+    thread-private.)"""
     cdef double count = 0.0, mean = 0.0, m2 = 0.0, mean_b, m2_b
     cdef Py_ssize_t k = 0, w
     cdef fastbn_sums result
     while k < n:
         w = min(seg, n - k)
-        _plane_moments(x + k, w, &mean_b, &m2_b, next + k if next != NULL else NULL)
+        _plane_moments(x + k, w, &mean_b, &m2_b, next + k if next != NULL else NULL, center)
         _chan_merge(&count, &mean, &m2, <double>w, mean_b, m2_b)
         k = k + w
     result.s1 = mean
@@ -943,7 +970,8 @@ cdef void _planes_forward_train(
     for q in range(Q):
         counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
     with nogil:
-        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+        for task in prange(C * Q, num_threads=n_threads, schedule='dynamic',
+                           chunksize=_handout(_ceil_div(N, Q) * L * <Py_ssize_t>sizeof(floating))):
             c = task // Q
             q = task % Q
             _chunk_moments(x, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
@@ -965,7 +993,8 @@ cdef inline void _planes_affine(
 ) noexcept nogil:
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
-    for p in prange(N * C, num_threads=n_threads, schedule='static'):
+    for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
+                    chunksize=_handout(L * <Py_ssize_t>sizeof(floating))):
         n = p // C
         c = p % C
         _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
@@ -1032,7 +1061,8 @@ def planes_backward(
     cdef floating[:, ::1] coefs = np.empty((3, C), dtype=dtype)
     cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
     with nogil:
-        for task in prange(C * Q, num_threads=n_threads, schedule='static'):
+        for task in prange(C * Q, num_threads=n_threads, schedule='dynamic',
+                           chunksize=_handout(_ceil_div(N, Q) * L * <Py_ssize_t>sizeof(floating))):
             c = task // Q
             q = task % Q
             s1 = 0.0
@@ -1060,7 +1090,8 @@ def planes_backward(
         if Q > 1:
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
                                    dgamma, dbeta, k_dy, k_b, k_g, 0, C)
-            for p in prange(N * C, num_threads=n_threads, schedule='static'):
+            for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
+                            chunksize=_handout(2 * L * <Py_ssize_t>sizeof(floating))):
                 n = p // C
                 c = p % C
                 _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
@@ -1077,16 +1108,19 @@ def rows_forward_train(
     const floating[::1] beta,      # IN (G * Cg,)
     Py_ssize_t groups,             # G: rows r use parameters of group r % G
     double eps,
+    int center,                    # 1: mean and variance (layernorm, groupnorm); 0: RMSNorm
     floating[:, :, ::1] out,       # OUT (R, Cg, L)
-    floating[::1] mean,            # OUT (R,)
+    floating[::1] mean,            # OUT (R,) (0 when not centred)
     floating[::1] invstd,          # OUT (R,)
     int n_threads,
 ):
-    """Each row is read for its statistics and normalised while it is still in cache."""
+    """Each row is read for its statistics and normalised while it is still in cache:
+    out = (x - mean) * gamma * invstd + beta, with invstd = 1/sqrt(var + eps); not centred
+    (RMSNorm), mean = 0 and var = the mean of x^2 (no pass for the mean)."""
     cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
     cdef int stream = _streams_runs(R * n * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
-    cdef double shift, v, s
+    cdef double shift, s
     cdef fastbn_sums sums
     cdef floating mf
     cdef bint long_rows = _long_rows(Cg, L, groups, sizeof(floating))
@@ -1099,34 +1133,37 @@ def rows_forward_train(
     if L == 1 and groups == 1 and n * <Py_ssize_t>sizeof(floating) < 4096:
         # Short layernorm rows: tasks of about 16 KiB of rows, each handled by one C call.
         with nogil:
-            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='static'):
+            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='dynamic'):
                 r0 = t * rows_per_task
                 if floating is float:
                     fastbn_layernorm_rows_f(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
-                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
+                                            n, &gamma[0], &beta[0], eps, center, &mean[r0],
+                                            &invstd[r0])
                 else:
                     fastbn_layernorm_rows_d(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
-                                            n, &gamma[0], &beta[0], eps, &mean[r0], &invstd[r0])
+                                            n, &gamma[0], &beta[0], eps, center, &mean[r0],
+                                            &invstd[r0])
         return
     with nogil:
-        for r in prange(R, num_threads=n_threads, schedule='static'):
+        for r in prange(R, num_threads=n_threads, schedule='dynamic',
+                        chunksize=_handout(n * <Py_ssize_t>sizeof(floating))):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
             if long_rows:  # one read (see SEGMENT_BYTES)
-                sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL)
-                v = sums.s2 / n
-                mf = <floating>sums.s1
+                sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL, center)
             else:
-                # Two passes over the cached row: the mean (prefetching the next row), then the
-                # sums shifted by it (the corrected two-pass algorithm, accurate for any offset).
-                if floating is float:
-                    shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
-                else:
-                    shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
-                sums = _shifted_sums(xr, n, shift)
-                v = (sums.s2 - sums.s1 * sums.s1 / n) / n
-                mf = <floating>(shift + sums.s1 / n)
-            s = 1.0 / sqrt((0.0 if v < 0 else v) + eps)  # NaN stays NaN
+                # Two passes over the cached row: the mean (prefetching the next row; none when
+                # not centred), then the sums shifted by it (the corrected two-pass algorithm,
+                # accurate for any offset).
+                shift = 0.0
+                if center:
+                    if floating is float:
+                        shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+                    else:
+                        shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+                sums = fastbn_moments(_shifted_sums(xr, n, shift), shift, n, center)
+            s = fastbn_row_invstd(sums.s2, n, eps)
+            mf = <floating>sums.s1
             mean[r] = mf
             invstd[r] = <floating>s
             c0 = (r % groups) * Cg
@@ -1188,6 +1225,7 @@ def rows_backward(
     const floating[::1] invstd,    # IN (R,)
     const floating[::1] gamma,     # IN (G * Cg,)
     Py_ssize_t groups,
+    int center,                    # as in rows_forward_train (0: mean is not read)
     floating[:, :, ::1] dx,        # OUT (R, Cg, L)
     floating[::1] dgamma,          # OUT (G * Cg,)
     floating[::1] dbeta,           # OUT (G * Cg,)
@@ -1195,6 +1233,9 @@ def rows_backward(
 ):
     """Per row: one sweep for the two row sums (and dgamma/dbeta partials), one for dx.
 
+    With g = dy * gamma and xhat = (x - mean) * invstd over the M values of a row,
+    dx = invstd * (g - mean(g) - xhat * mean(g * xhat)); not centred, mean = 0 and the mean(g)
+    term is dropped (see fastbn_row_dx_coefs). dgamma = sum dy * xhat, dbeta = sum dy.
     dgamma/dbeta partials are kept per chunk of samples (G consecutive rows make one sample) and
     added in chunk order.
     """
@@ -1203,8 +1244,9 @@ def rows_backward(
     cdef int stream = _streams_runs(R * Cg * L * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t K, q, n, g, r, k, c, c0, n0, n1
-    cdef double s, m, s3, sum_g, sum_gxc, pdb, pdg, a, b
+    cdef double s, m, sum_g, sum_gxc, pdb, pdg
     cdef fastbn_sums sums
+    cdef fastbn_dx_coefs coefs
     cdef const floating* xr
     cdef const floating* dr
     cdef floating* oxr
@@ -1215,7 +1257,7 @@ def rows_backward(
         dbeta[:] = 0
         return
     if _long_rows(Cg, L, groups, sizeof(floating)):
-        _rows_backward_long(x, dy, mean, invstd, gamma, dx, dgamma, dbeta, n_threads)
+        _rows_backward_long(x, dy, mean, invstd, gamma, center, dx, dgamma, dbeta, n_threads)
         return
     K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
     # Partials are zeroed by the thread that uses them (np.zeros' fresh pages would be copied on
@@ -1225,7 +1267,7 @@ def rows_backward(
     cdef double[:, ::1] part_dbeta = parts[1]
     cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
     with nogil:
-        for q in prange(K, num_threads=n_threads, schedule='static'):
+        for q in prange(K, num_threads=n_threads, schedule='dynamic'):
             for c in range(C):
                 part_dgamma[q, c] = 0.0
                 part_dbeta[q, c] = 0.0
@@ -1237,27 +1279,27 @@ def rows_backward(
                 # _rows_backward_long), four at a time: their x and dy stay in L2 for the dx sweep
                 while n + 4 <= n1:
                     for k in range(4):
-                        scratch[q, k] = <double>mean[n + k]
+                        scratch[q, k] = <double>mean[n + k] if center else 0.0
                         scratch[q, 4 + k] = <double>invstd[n + k]
                     _rows4_grad_sums(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg, &scratch[q, 0],
                                      &scratch[q, 4], &part_dbeta[q, 0], &part_dgamma[q, 0],
                                      &scratch[q, 8], n + 8 <= n1)
                     for k in range(4):
                         s = scratch[q, 4 + k]
-                        s3 = s * s * s * scratch[q, 9 + 2 * k] / Cg
-                        b = -s * scratch[q, 8 + 2 * k] / Cg
+                        coefs = fastbn_row_dx_coefs(s, scratch[q, 8 + 2 * k],
+                                                    scratch[q, 9 + 2 * k], Cg, center)
                         _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
-                                scratch[q, k], s, &gamma[0], 0.0, s3, b, stream)
+                                scratch[q, k], s, &gamma[0], 0.0, coefs.s3, coefs.b, stream)
                     n = n + 4
             if L == 1 and groups == 1 and n < n1:  # the other layernorm rows, in one C call
                 if floating is float:
                     fastbn_layernorm_rows_grad_f(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
-                                                 &gamma[0], &mean[n], &invstd[n], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], stream)
+                                                 &gamma[0], &mean[n], &invstd[n], center,
+                                                 &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
                 else:
                     fastbn_layernorm_rows_grad_d(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
-                                                 &gamma[0], &mean[n], &invstd[n], &part_dbeta[q, 0],
-                                                 &part_dgamma[q, 0], stream)
+                                                 &gamma[0], &mean[n], &invstd[n], center,
+                                                 &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
                 n = n1
             for n in range(n, n1):
                 for g in range(groups):
@@ -1267,7 +1309,7 @@ def rows_backward(
                     oxr = &dx[r, 0, 0]
                     c0 = g * Cg
                     s = <double>invstd[r]
-                    m = <double>mean[r]
+                    m = <double>mean[r] if center else 0.0
                     if L == 1:
                         sums = _row_grad_sums(xr, dr, &gamma[c0], Cg, m, s,
                                               &part_dbeta[q, c0], &part_dgamma[q, c0])
@@ -1292,15 +1334,14 @@ def rows_backward(
                             sum_g = sum_g + sums.s1 * gamma[c0 + k]
                             sum_gxc = sum_gxc + sums.s2 * gamma[c0 + k]
                     # dx = s * (g - sum_g / M - xc * s^2 * sum_gxc / M), g = dy * gamma
-                    s3 = s * s * s * sum_gxc / (Cg * L)
-                    b = -s * sum_g / (Cg * L)
+                    coefs = fastbn_row_dx_coefs(s, sum_g, sum_gxc, Cg * L, center)
                     if L == 1:
-                        _dx_run(xr, dr, oxr, Cg, m, s, &gamma[c0], 0.0, s3, b, stream)
+                        _dx_run(xr, dr, oxr, Cg, m, s, &gamma[c0], 0.0, coefs.s3, coefs.b, stream)
                     else:
                         for k in range(Cg):
                             _dx_run(xr + k * L, dr + k * L, oxr + k * L, L, m, s, NULL,
-                                    s * gamma[c0 + k], s3, b, stream)
-        for c in prange(C, num_threads=n_threads, schedule='static'):
+                                    s * gamma[c0 + k], coefs.s3, coefs.b, stream)
+        for c in prange(C, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * K)):
             pdg = 0.0
             pdb = 0.0
             for q in range(K):
@@ -1312,7 +1353,7 @@ def rows_backward(
 
 cdef void _rows_backward_long(
     const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] gamma, floating[:, :, ::1] dx,
+    const floating[::1] invstd, const floating[::1] gamma, int center, floating[:, :, ::1] dx,
     floating[::1] dgamma, floating[::1] dbeta, int n_threads,
 ):
     """rows_backward of (R, n, 1) layernorm rows too long for per-chunk partials: per column
@@ -1324,17 +1365,18 @@ cdef void _rows_backward_long(
     cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating), n_seg = _ceil_div(n, seg)
     cdef Py_ssize_t run = RUN_BYTES // <Py_ssize_t>sizeof(floating), n_runs = _ceil_div(n, run)
     cdef int stream = _streams(R * n * <Py_ssize_t>sizeof(floating))
-    cdef double sum_g, sum_gxc, s
+    cdef double sum_g, sum_gxc
     cdef fastbn_sums sums
+    cdef fastbn_dx_coefs coefs
     cdef double[:, :, ::1] parts = _scratch(1, n)  # dbeta, dgamma sums
     cdef double[::1] col_db = parts[0, 0], col_dg = parts[1, 0]
     cdef double[:, :, ::1] row_sums = np.empty((n_seg, R, 2))  # sum(g dy), sum(g dy (x - mean))
     cdef double[:, ::1] coef = np.empty((4, R))  # per row: mean, invstd, s3, b
     for r in range(R):
-        coef[0, r] = mean[r]
+        coef[0, r] = mean[r] if center else 0.0
         coef[1, r] = invstd[r]
     with nogil:
-        for t in prange(n_seg, num_threads=n_threads, schedule='static'):
+        for t in prange(n_seg, num_threads=n_threads, schedule='dynamic'):
             c0 = t * seg
             w = min(seg, n - c0)
             for j in range(c0, c0 + w):
@@ -1361,10 +1403,10 @@ cdef void _rows_backward_long(
             for t in range(n_seg):
                 sum_g = sum_g + row_sums[t, r, 0]
                 sum_gxc = sum_gxc + row_sums[t, r, 1]
-            s = coef[1, r]
-            coef[2, r] = s * s * s * sum_gxc / n
-            coef[3, r] = -s * sum_g / n
-        for t in prange(R * n_runs, num_threads=n_threads, schedule='static'):
+            coefs = fastbn_row_dx_coefs(coef[1, r], sum_g, sum_gxc, n, center)
+            coef[2, r] = coefs.s3
+            coef[3, r] = coefs.b
+        for t in prange(R * n_runs, num_threads=n_threads, schedule='dynamic'):
             r = t // n_runs
             c0 = (t % n_runs) * run
             _dx_run(&x[r, c0, 0], &dy[r, c0, 0], &dx[r, c0, 0], min(run, n - c0), coef[0, r],
@@ -1376,15 +1418,19 @@ def parallel_read(
     int n_threads,
 ):
     """Sum of x, read in blocks by n_threads threads: the read-only yardstick of the benchmarks
-    (one sweep that reads x and writes nothing, as a statistics pass does)."""
+    (one sweep that reads x and writes nothing, as a statistics pass does). The block sums are
+    added in block order (the same bits for any thread count)."""
     cdef Py_ssize_t n = x.shape[0], block = 1 << 16, n_blocks = _ceil_div(n, block), b
     cdef double total = 0.0
+    cdef double[::1] block_sums = np.empty(n_blocks)
     with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+        for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             if floating is float:
-                total += fastbn_sum_f(&x[b * block], min(block, n - b * block)).s1
+                block_sums[b] = fastbn_sum_f(&x[b * block], min(block, n - b * block)).s1
             else:
-                total += fastbn_sum_d(&x[b * block], min(block, n - b * block)).s1
+                block_sums[b] = fastbn_sum_d(&x[b * block], min(block, n - b * block)).s1
+        for b in range(n_blocks):
+            total = total + block_sums[b]
     return total
 
 
@@ -1396,7 +1442,7 @@ def parallel_copy(
     """Copy src into dst with n_threads threads: the memory-bandwidth yardstick of the benchmarks."""
     cdef Py_ssize_t n = src.shape[0], block = 1 << 16, n_blocks = _ceil_div(n, block), b, j, j1
     with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule='static'):
+        for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             j1 = min((b + 1) * block, n)
             for j in range(b * block, j1):
                 dst[j] = src[j]

@@ -103,6 +103,37 @@ typedef struct { double s1, s2; } fastbn_sums;
 #define FASTBN_AFFINE_FOURS(n, stride, size)                                                       \
     ((n) < (stride) && (n) * (ptrdiff_t)(size) < FASTBN_SHORT_RUN)
 
+/* Rows (layernorm, groupnorm, RMSNorm): the statistics and dx coefficients of one row of n values,
+ * written once for every path of the kernels. `center` = 1 normalises by the row's mean and
+ * variance, 0 by its root mean square (RMSNorm: the mean is a constant 0, and no gradient flows
+ * through it). */
+/* The mean (s1) and the sum of squared deviations from it (s2) of n values from t, their sums
+ * shifted by `shift` (a value near the mean): t.s1 = sum(x - shift), t.s2 = sum((x - shift)^2).
+ * Not centred, the shift is 0 and the result is 0 and the sum of squares t.s2. */
+static inline fastbn_sums fastbn_moments(fastbn_sums t, double shift, ptrdiff_t n, int center) {
+    fastbn_sums m;
+    m.s1 = center ? shift + t.s1 / n : 0.0;
+    m.s2 = center ? t.s2 - t.s1 * t.s1 / n : t.s2;
+    return m;
+}
+/* 1/sqrt(m2 / n + eps) for a sum of squared deviations m2 of n values (rounding may make m2
+ * slightly negative, which is clipped; a NaN stays NaN). */
+static inline double fastbn_row_invstd(double m2, ptrdiff_t n, double eps) {
+    double v = m2 / n;
+    return 1.0 / sqrt((v < 0 ? 0.0 : v) + eps);
+}
+/* dx = invstd * gamma * dy - s3 * (x - mean) + b for a row whose sums are sum_g = sum(gamma * dy)
+ * and sum_gxc = sum(gamma * dy * (x - mean)): s3 = invstd^3 * sum_gxc / n and b =
+ * -invstd * sum_g / n, the mean's gradient (0 when not centred). */
+typedef struct { double s3, b; } fastbn_dx_coefs;
+static inline fastbn_dx_coefs fastbn_row_dx_coefs(double invstd, double sum_g, double sum_gxc,
+                                                  ptrdiff_t n, int center) {
+    fastbn_dx_coefs k;
+    k.s3 = invstd * invstd * invstd * sum_gxc / n;
+    k.b = center ? -invstd * sum_g / n : 0.0;
+    return k;
+}
+
 #include "loops_avx512.h"
 /* Hand a call to the AVX-512 twin of a function when that path is enabled (see
  * loops_avx512.h): VALUE for functions returning a value, VOID for the others. */
@@ -515,24 +546,24 @@ FASTBN_DEFINE_ROWS4(double, d)
 #undef LOAD4
 
 /* Layernorm forward of n_rows consecutive rows of n values (short rows, which are not streamed):
- * per row the mean, the sums shifted by it, then out = (x - mean) * (gamma * invstd) + beta, all
- * in one function so that nothing is called per row. The same arithmetic as the per-row path. */
+ * per row the mean (0 without a pass over the row when not centred), the sums shifted by it,
+ * then out = (x - mean) * (gamma * invstd) + beta, all in one function so that nothing is called
+ * per row. The same arithmetic as the per-row path. */
 #define FASTBN_DEFINE_LAYERNORM(T, SUF)                                                            \
 static FASTBN_HOT void fastbn_layernorm_rows_##SUF(                                                \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, ptrdiff_t n,         \
-        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps, int center,     \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
-    FASTBN_X512_VOID(fastbn_x_layernorm_rows_##SUF(x, out, n_rows, n, gamma, beta, eps, mean,      \
-                                                   invstd))                                        \
+    FASTBN_X512_VOID(fastbn_x_layernorm_rows_##SUF(x, out, n_rows, n, gamma, beta, eps, center,    \
+                                                   mean, invstd))                                  \
     ptrdiff_t r, j;                                                                                \
     for (r = 0; r < n_rows; r++) {                                                                 \
         const T *xr = x + r * n;                                                                   \
         T *yr = out + r * n;                                                                       \
-        double shift = fastbn_sum_inl_##SUF(xr, n).s1 / n;                                         \
-        fastbn_sums t = fastbn_shifted_sums_inl_##SUF(xr, n, shift);                               \
-        double v = (t.s2 - t.s1 * t.s1 / n) / n;                                                   \
-        double s = 1.0 / sqrt((v < 0 ? 0.0 : v) + eps);                                            \
-        T mf = (T)(shift + t.s1 / n), sf = (T)s;                                                   \
+        double shift = center ? fastbn_sum_inl_##SUF(xr, n).s1 / n : 0.0;                          \
+        fastbn_sums m = fastbn_moments(fastbn_shifted_sums_inl_##SUF(xr, n, shift), shift, n,      \
+                                       center);                                                    \
+        T mf = (T)m.s1, sf = (T)fastbn_row_invstd(m.s2, n, eps);                                   \
         mean[r] = mf;                                                                              \
         invstd[r] = sf;                                                                            \
         for (j = 0; j < n; j++) yr[j] = (xr[j] - mf) * (gamma[j] * sf) + beta[j];                  \
@@ -545,22 +576,26 @@ FASTBN_DEFINE_LAYERNORM(double, d)
 /* Layernorm backward of n_rows consecutive rows of n values, mean and invstd per row: per row
  * the two sums s1 = sum(gamma * dy), s2 = sum(gamma * dy * (x - mean)), adding the row's terms of
  * dbeta and dgamma into db and dg, then dx = invstd * gamma * dy - s3 * (x - mean) + b with
- * s3 = invstd^3 * s2 / n and b = -invstd * s1 / n; in one function, so that nothing is called
- * per row (on the AVX-512 path, short rows are kept in registers; the per-row functions called
- * here have AVX-512 twins of their own). */
+ * s3 = invstd^3 * s2 / n and b = -invstd * s1 / n (fastbn_row_dx_coefs; not centred, the mean
+ * array is not read: the mean is 0, and so is b); in one function, so that nothing is called per
+ * row (on the AVX-512 path, short rows are kept in registers; the per-row functions called here
+ * have AVX-512 twins of their own). */
 #define FASTBN_DEFINE_LAYERNORM_GRAD(T, SUF)                                                       \
 static FASTBN_HOT void fastbn_layernorm_rows_grad_##SUF(                                           \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT gamma, const T *mean,              \
-        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg, int stream) {     \
+        const T *invstd, int center, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg,       \
+        int stream) {                                                                              \
     FASTBN_X512_TRY(!stream && fastbn_x_layernorm_rows_grad_reg_##SUF(x, dy, dx, n_rows, n, gamma, \
-                                                                      mean, invstd, db, dg))       \
+                                                                      mean, invstd, center, db,    \
+                                                                      dg))                         \
     ptrdiff_t r;                                                                                   \
     for (r = 0; r < n_rows; r++) {                                                                 \
-        double m = (double)mean[r], s = (double)invstd[r];                                         \
+        double m = center ? (double)mean[r] : 0.0, s = (double)invstd[r];                          \
         fastbn_sums t = fastbn_row_grad_sums_##SUF(x + r * n, dy + r * n, gamma, n, m, s, db, dg); \
-        fastbn_row_dx_##SUF(x + r * n, dy + r * n, dx + r * n, n, m, s, gamma, 0.0,                \
-                            s * s * s * t.s2 / n, -s * t.s1 / n, stream);                          \
+        fastbn_dx_coefs k = fastbn_row_dx_coefs(s, t.s1, t.s2, n, center);                         \
+        fastbn_row_dx_##SUF(x + r * n, dy + r * n, dx + r * n, n, m, s, gamma, 0.0, k.s3, k.b,     \
+                            stream);                                                               \
     }                                                                                              \
 }
 

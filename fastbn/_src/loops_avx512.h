@@ -513,7 +513,7 @@ FASTBN_X512_INLINE void fastbn_x_put2_d(double *p, fastbn_x8d lo, fastbn_x8d hi)
 #define FASTBN_DEFINE_X512_LAYERNORM(T, SUF)                                                       \
 FASTBN_X512_INLINE void fastbn_x_ln_reg_rows_##SUF(                                                \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, const int ROWS, const int NV,          \
-        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps, int center,     \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
     const ptrdiff_t n = 8 * NV;                                                                    \
     const fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
@@ -523,12 +523,15 @@ FASTBN_X512_INLINE void fastbn_x_ln_reg_rows_##SUF(                             
     _Pragma("GCC unroll 2") for (q = 0; q < ROWS; q++) {                                           \
         _Pragma("GCC unroll 16") for (k = 0; k < NV; k++)                                          \
             v[q][k] = fastbn_x_load8_##SUF(x + q * n + 8 * k);                                     \
-        A0[q] = A1[q] = zero;                                                                      \
-        _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2) {                                     \
-            A0[q] += v[q][k];                                                                      \
-            A1[q] += v[q][k + 1];                                                                  \
+        shift[q] = 0.0;                                                                            \
+        if (center) {                                                                              \
+            A0[q] = A1[q] = zero;                                                                  \
+            _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2) {                                 \
+                A0[q] += v[q][k];                                                                  \
+                A1[q] += v[q][k + 1];                                                              \
+            }                                                                                      \
+            shift[q] = fastbn_x_hsum(A0[q] + A1[q]) / n;                                           \
         }                                                                                          \
-        shift[q] = fastbn_x_hsum(A0[q] + A1[q]) / n;                                               \
         A0[q] = A1[q] = B0[q] = B1[q] = zero;                                                      \
         _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2) {                                     \
             t = v[q][k] - shift[q]; A0[q] += t; B0[q] += t * t;                                    \
@@ -536,10 +539,9 @@ FASTBN_X512_INLINE void fastbn_x_ln_reg_rows_##SUF(                             
         }                                                                                          \
     }                                                                                              \
     _Pragma("GCC unroll 2") for (q = 0; q < ROWS; q++) {                                           \
-        double s1 = fastbn_x_hsum(A0[q] + A1[q]), s2 = fastbn_x_hsum(B0[q] + B1[q]);               \
-        double var = (s2 - s1 * s1 / n) / n;                                                       \
-        double s = 1.0 / sqrt((var < 0 ? 0.0 : var) + eps);                                        \
-        T mf = (T)(shift[q] + s1 / n), sf = (T)s;                                                  \
+        fastbn_sums m = {fastbn_x_hsum(A0[q] + A1[q]), fastbn_x_hsum(B0[q] + B1[q])};              \
+        m = fastbn_moments(m, shift[q], n, center);                                                \
+        T mf = (T)m.s1, sf = (T)fastbn_row_invstd(m.s2, n, eps);                                   \
         mean[q] = mf;                                                                              \
         invstd[q] = sf;                                                                            \
         fastbn_x_row_affine_##SUF(x + q * n, out + q * n, n, mf, sf, gamma, beta, 0);              \
@@ -549,33 +551,33 @@ FASTBN_X512_INLINE void fastbn_x_ln_reg_rows_##SUF(                             
  * registers. */                                                                                   \
 FASTBN_X512_INLINE void fastbn_x_ln_reg_##SUF(                                                     \
         const int NV, const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows,        \
-        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps, int center,     \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
     const ptrdiff_t n = 8 * NV;                                                                    \
     ptrdiff_t r = 0;                                                                               \
     if (NV <= 8)                                                                                   \
         for (; r + 2 <= n_rows; r += 2)                                                            \
-            fastbn_x_ln_reg_rows_##SUF(x + r * n, out + r * n, 2, NV, gamma, beta, eps, mean + r,  \
-                                       invstd + r);                                                \
+            fastbn_x_ln_reg_rows_##SUF(x + r * n, out + r * n, 2, NV, gamma, beta, eps, center,    \
+                                       mean + r, invstd + r);                                      \
     for (; r < n_rows; r++)                                                                        \
-        fastbn_x_ln_reg_rows_##SUF(x + r * n, out + r * n, 1, NV, gamma, beta, eps, mean + r,      \
-                                   invstd + r);                                                    \
+        fastbn_x_ln_reg_rows_##SUF(x + r * n, out + r * n, 1, NV, gamma, beta, eps, center,        \
+                                   mean + r, invstd + r);                                          \
 }                                                                                                  \
 /* Short layernorm rows, as fastbn_layernorm_rows_* (same arithmetic). */                         \
 static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                                             \
         const T *FASTBN_RESTRICT x, T *FASTBN_RESTRICT out, ptrdiff_t n_rows, ptrdiff_t n,         \
-        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps,                 \
+        const T *FASTBN_RESTRICT gamma, const T *FASTBN_RESTRICT beta, double eps, int center,     \
         T *FASTBN_RESTRICT mean, T *FASTBN_RESTRICT invstd) {                                      \
     ptrdiff_t r;                                                                                   \
     FASTBN_X_REG_SWITCH(n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0, return,                  \
-                        fastbn_x_ln_reg_##SUF, x, out, n_rows, gamma, beta, eps, mean, invstd)     \
+                        fastbn_x_ln_reg_##SUF, x, out, n_rows, gamma, beta, eps, center, mean,     \
+                        invstd)                                                                    \
     for (r = 0; r < n_rows; r++) {                                                                 \
         const T *xr = x + r * n;                                                                   \
-        double shift = fastbn_x_sum_##SUF(xr, n).s1 / n;                                           \
-        fastbn_sums t = fastbn_x_shifted_sums_##SUF(xr, n, shift);                                 \
-        double v = (t.s2 - t.s1 * t.s1 / n) / n;                                                   \
-        double s = 1.0 / sqrt((v < 0 ? 0.0 : v) + eps);                                            \
-        T mf = (T)(shift + t.s1 / n), sf = (T)s;                                                   \
+        double shift = center ? fastbn_x_sum_##SUF(xr, n).s1 / n : 0.0;                            \
+        fastbn_sums m = fastbn_moments(fastbn_x_shifted_sums_##SUF(xr, n, shift), shift, n,        \
+                                       center);                                                    \
+        T mf = (T)m.s1, sf = (T)fastbn_row_invstd(m.s2, n, eps);                                   \
         mean[r] = mf;                                                                              \
         invstd[r] = sf;                                                                            \
         fastbn_x_row_affine_##SUF(xr, out + r * n, n, mf, sf, gamma, beta, 0);                     \
@@ -587,14 +589,14 @@ static FASTBN_X512 void fastbn_x_layernorm_rows_##SUF(                          
 FASTBN_X512_INLINE void fastbn_x_lng_reg_##SUF(                                                    \
         const int NV, const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy,                     \
         T *FASTBN_RESTRICT dx, ptrdiff_t n_rows, const T *FASTBN_RESTRICT gamma, const T *mean,    \
-        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                 \
+        const T *invstd, int center, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {     \
     const ptrdiff_t n = 8 * NV;                                                                    \
     const fastbn_x8d zero = {0, 0, 0, 0, 0, 0, 0, 0};                                              \
     ptrdiff_t r;                                                                                   \
     int k;                                                                                         \
     for (r = 0; r < n_rows; r++) {                                                                 \
         const T *xr = x + r * n, *yr = dy + r * n;                                                 \
-        double m = (double)mean[r], s = (double)invstd[r];                                         \
+        double m = center ? (double)mean[r] : 0.0, s = (double)invstd[r];                         \
         fastbn_x8d xv[FASTBN_X_REG_MAX / 8], gv[FASTBN_X_REG_MAX / 8], A[2], B[2], g, xc;          \
         A[0] = A[1] = B[0] = B[1] = zero;                                                          \
         _Pragma("GCC unroll 16") for (k = 0; k < NV; k++) {                                        \
@@ -610,14 +612,14 @@ FASTBN_X512_INLINE void fastbn_x_lng_reg_##SUF(                                 
             A[k & 1] += g;                                                                         \
             B[k & 1] += g * xc;                                                                    \
         }                                                                                          \
-        double sum_g = fastbn_x_hsum(A[0] + A[1]), sum_gxc = fastbn_x_hsum(B[0] + B[1]);           \
-        double s3 = s * s * s * sum_gxc / n, b = -s * sum_g / n;                                   \
+        fastbn_dx_coefs c = fastbn_row_dx_coefs(s, fastbn_x_hsum(A[0] + A[1]),                     \
+                                                fastbn_x_hsum(B[0] + B[1]), n, center);            \
         _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2)                                       \
             fastbn_x_put2_##SUF(                                                                   \
                 dx + r * n + 8 * k,                                                                \
-                s * fastbn_x_load8_##SUF(gamma + 8 * k) * gv[k] - s3 * (xv[k] - m) + b,            \
-                s * fastbn_x_load8_##SUF(gamma + 8 * k + 8) * gv[k + 1] - s3 * (xv[k + 1] - m)     \
-                    + b);                                                                          \
+                s * fastbn_x_load8_##SUF(gamma + 8 * k) * gv[k] - c.s3 * (xv[k] - m) + c.b,        \
+                s * fastbn_x_load8_##SUF(gamma + 8 * k + 8) * gv[k + 1]                            \
+                    - c.s3 * (xv[k + 1] - m) + c.b);                                               \
     }                                                                                              \
 }                                                                                                  \
 /* The AVX-512 part of fastbn_layernorm_rows_grad_*: rows short enough for the registers (1), or  \
@@ -625,9 +627,10 @@ FASTBN_X512_INLINE void fastbn_x_lng_reg_##SUF(                                 
 static FASTBN_X512 int fastbn_x_layernorm_rows_grad_reg_##SUF(                                     \
         const T *FASTBN_RESTRICT x, const T *FASTBN_RESTRICT dy, T *FASTBN_RESTRICT dx,            \
         ptrdiff_t n_rows, ptrdiff_t n, const T *FASTBN_RESTRICT gamma, const T *mean,              \
-        const T *invstd, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {                 \
+        const T *invstd, int center, double *FASTBN_RESTRICT db, double *FASTBN_RESTRICT dg) {     \
     FASTBN_X_REG_SWITCH(n % 16 == 0 && n <= FASTBN_X_REG_MAX ? n / 8 : 0, return 1,                \
-                        fastbn_x_lng_reg_##SUF, x, dy, dx, n_rows, gamma, mean, invstd, db, dg)    \
+                        fastbn_x_lng_reg_##SUF, x, dy, dx, n_rows, gamma, mean, invstd, center,    \
+                        db, dg)                                                                    \
     return 0;                                                                                      \
 }
 
