@@ -135,80 +135,69 @@ cdef extern from "loops.h" nogil:
                           const double* k_dy, const double* k_b, const double* k_g, int stream)
 
 
-# Column blocks of the (M, D) grid: a task covers at most COL_BLOCK columns (blocks of balanced
-# widths) of a chunk of rows.
-cdef Py_ssize_t COL_BLOCK = 4096
-# (M, D) with fewer than WIDE_MAX_D columns is seen as (M // k, k * D), k = ceil(WIDE_COLS / D),
-# when that leaves at least MIN_WIDE_ROWS wide rows: k consecutive rows make one wide row, so
-# that the sweeps run over long rows (one set of coefficients per four of them) instead of
-# short ones. Per-column results are combined over the k column groups. (Rows of WIDE_MAX_D
-# values or more are long enough; small calls would only pay for the bookkeeping.)
-cdef Py_ssize_t WIDE_COLS = 1024
-cdef Py_ssize_t WIDE_MAX_D = 128
-# ... except that a wide row of a multiple of WIDE_ALIASED values (4 KiB of float32, 8 KiB of
-# float64: always the case for power-of-two channel counts) takes one row more: the column sums
-# read eight rows (and prefetch eight more) at the same column, and rows a multiple of 4 KiB
-# apart fall into the same L1 cache set. Measured on 32x56x56x64 NHWC float32: the statistics
-# sweep took 0.55 ms with rows of 4096 bytes, 0.40 ms with rows of 3840 or 4352 bytes.
-cdef Py_ssize_t WIDE_ALIASED = 512
-cdef Py_ssize_t MIN_WIDE_ROWS = 16
-# Elementwise sweeps of (M, D) run over tiles of at least AFFINE_ROWS rows (and about
-# AFFINE_TILE_BYTES of output) x AFFINE_COLS columns, so that
-# the per-column coefficients of a tile stay in L1 while its rows stream through.
-cdef Py_ssize_t AFFINE_ROWS = 32
-cdef Py_ssize_t AFFINE_TILE_BYTES = 1 << 18
-cdef Py_ssize_t AFFINE_COLS = 4096
-# NCHW with at least this many channels: a channel's N planes are processed by one task
-# (statistics, then the elementwise sweep while the planes are still in cache).
-cdef Py_ssize_t MIN_CHANNELS_BLOCKED = 8
-# (M, D) arrays are processed in blocks of columns over all rows when they have enough columns
-# (see _block_width): a block's reduction sweep, then its elementwise sweep while it is in cache.
-# Arrays of at least BLOCKED_MIN_BYTES: blocks small enough (BLOCK_BYTES per array) to stay in
-# the last-level cache, so that x (and dy) come from memory once instead of twice; they are whole
-# cache lines wide, at least BLOCK_MIN_LINES of them, start on a line of the output (threads
-# writing parts of the same line would pass it back and forth), rows must be whole lines, and
-# there must be at least BLOCKED_MIN_BLOCKS blocks (else the two sweeps run over the whole array,
-# one after the other). Smaller arrays: at least BLOCKED_MIN_BLOCKS blocks (two per thread), one
-# parallel region and no merge of partials. Each column's results do not depend on the blocks.
-cdef Py_ssize_t BLOCKED_MIN_BYTES = 1 << 23
-cdef Py_ssize_t BLOCK_BYTES = 1 << 22
-cdef Py_ssize_t BLOCK_MIN_LINES = 4
-cdef Py_ssize_t BLOCKED_MIN_BLOCKS = 4
-# The backward of large arrays whose blocks have rows of at most SHARED_MAX_RUN_BYTES takes one
-# block at a time, its rows cut into BLOCK_ROW_CHUNKS chunks shared among the threads, instead of
-# a block per thread: the gradient sums read short runs from memory (4096x4096 float32: runs of
-# 512 bytes, 16 KiB apart), which the threads do faster on one block than on two (backward
-# 12-18% faster in alternating builds, float32 and float64); for longer runs it was 4-12% slower.
-# The chunks do not depend on the thread count.
-cdef Py_ssize_t SHARED_MAX_RUN_BYTES = 512
-cdef Py_ssize_t BLOCK_ROW_CHUNKS = 4
-# Row chunks of the (M, D) grid: at least MIN_CHUNK_ROWS rows each, about TARGET_TASKS tasks.
-cdef Py_ssize_t MIN_CHUNK_ROWS = 64
+# Every path choice and tuning constant of the kernels is a field of `plan`, put in force by
+# fastbn._planner (which says what each governs; why each has its value is in docs/decisions.md).
+# Path fields hold -1 (chosen from the shape) or the index of a path forced by name.
+cdef struct Plan:
+    Py_ssize_t handout_bytes
+    Py_ssize_t col_block
+    Py_ssize_t min_chunk_rows
+    Py_ssize_t target_tasks
+    Py_ssize_t max_partials
+    Py_ssize_t wide_max_d
+    Py_ssize_t wide_cols
+    Py_ssize_t wide_aliased
+    Py_ssize_t min_wide_rows
+    Py_ssize_t blocked_min_bytes
+    Py_ssize_t block_bytes
+    Py_ssize_t block_min_lines
+    Py_ssize_t blocked_min_blocks
+    Py_ssize_t shared_max_run_bytes
+    Py_ssize_t block_row_chunks
+    Py_ssize_t affine_rows
+    Py_ssize_t affine_tile_bytes
+    Py_ssize_t affine_cols
+    Py_ssize_t min_channels_blocked
+    Py_ssize_t short_row_bytes
+    Py_ssize_t row_task_bytes
+    Py_ssize_t rows4_min_values
+    Py_ssize_t long_row_bytes
+    Py_ssize_t segment_bytes
+    Py_ssize_t run_bytes
+    Py_ssize_t stream_min_bytes
+    Py_ssize_t stream_min_run_bytes
+    int cols_path
+    int planes_path
+    int rows_forward_path
+    int rows_backward_path
+    int stream_path
+
+# Indices of the paths in fastbn._planner.PATHS (-1: chosen from the shape).
 cdef enum:
-    TARGET_TASKS = 16
-# Layernorm backward takes rows four at a time up to this many bytes per row (four rows of x and
-# of dy, 512 KiB at most, stay in L2 for the dx sweep); longer rows by column segments (below).
-# Rows are contiguous, so the hardware prefetchers stream them without software prefetches.
-cdef Py_ssize_t ROWS4_MAX_BYTES = 1 << 16
-# Longer layernorm rows (the per-chunk dgamma/dbeta partials of whole rows would no longer fit in
-# L2 beside them) are taken by column segments of SEGMENT_BYTES per row: a segment's gradient
-# sums over all rows, four at a time, with its dgamma/dbeta sums in L1 and final (no partials to
-# merge); then dx in runs of RUN_BYTES. Their forward takes the statistics in one read, per
-# segment of a row shifted by its first value (which bounds the cancellation: the shift is one
-# of the values) and merged over the segments, instead of two sweeps over the whole row.
-cdef Py_ssize_t SEGMENT_BYTES = 1 << 13
-cdef Py_ssize_t RUN_BYTES = 1 << 16
-# Outputs of at least this many bytes are written with streaming (cache-bypassing) stores.
-cdef Py_ssize_t STREAM_MIN_BYTES = 1 << 23
-# Parallel loops hand their iterations out dynamically (a thread takes the next one when it is
-# free, so that a thread whose core is taken by another process delays nobody; every iteration
-# stores its own results, so the bits do not change). Loops over many small items (planes, rows,
-# the columns of a merge) hand out about HANDOUT_BYTES of input at a time: one atomic increment
-# per hand-out, not per item.
-cdef Py_ssize_t HANDOUT_BYTES = 1 << 14
-# Bound on the number of row chunks times columns of per-chunk partials (an array of partials
-# may exceed it by one row of D values, or be D values when D alone exceeds it).
-cdef Py_ssize_t MAX_PARTIALS = 1 << 18
+    AUTO = -1
+cdef enum:
+    COLS_BLOCKED, COLS_SHARED_BLOCKS, COLS_GRID
+cdef enum:
+    PLANES_CHANNELS, PLANES_CHUNKS
+cdef enum:
+    ROWS_FWD_SHORT, ROWS_FWD_SEGMENTS, ROWS_FWD_PER_ROW
+cdef enum:
+    ROWS_BWD_SHORT, ROWS_BWD_FOUR, ROWS_BWD_SEGMENTS, ROWS_BWD_PER_ROW
+cdef enum:
+    STREAM_NEVER, STREAM_ALWAYS
+
+cdef Plan plan
+
+
+def set_plan(dict settings):
+    """Put the plan `settings` (every field of the Plan struct) in force; see fastbn._planner."""
+    global plan
+    plan = settings
+
+
+def get_plan():
+    """The plan in force, as a dict."""
+    return plan
 
 
 fastbn_simd_init()
@@ -236,18 +225,22 @@ def omp_max_threads():
 cdef inline int _streams(Py_ssize_t out_bytes) noexcept nogil:
     """Whether an elementwise sweep writes its output with streaming stores: when it is too large
     to stay in the caches anyway (a function of the shape only; it does not change any value)."""
-    return out_bytes >= STREAM_MIN_BYTES
+    if plan.stream_path != AUTO:
+        return plan.stream_path == STREAM_ALWAYS
+    return out_bytes >= plan.stream_min_bytes
 
 
 cdef inline int _streams_runs(Py_ssize_t out_bytes, Py_ssize_t run_bytes) noexcept nogil:
     """Whether a sweep over contiguous runs of run_bytes streams its output: only large outputs
     written in runs of at least a page (shorter runs would pay a fence each for little gain)."""
-    return out_bytes >= STREAM_MIN_BYTES and run_bytes >= 4096
+    if plan.stream_path != AUTO:
+        return plan.stream_path == STREAM_ALWAYS
+    return out_bytes >= plan.stream_min_bytes and run_bytes >= plan.stream_min_run_bytes
 
 
 cdef inline Py_ssize_t _tile_rows(Py_ssize_t row_bytes) noexcept nogil:
-    """Rows per tile of an elementwise sweep: AFFINE_ROWS, more for narrow rows."""
-    return max(AFFINE_ROWS, AFFINE_TILE_BYTES // max(row_bytes, 1))
+    """Rows per tile of an elementwise sweep: plan.affine_rows, more for narrow rows."""
+    return max(plan.affine_rows, plan.affine_tile_bytes // max(row_bytes, 1))
 
 
 cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
@@ -256,8 +249,8 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 cdef inline Py_ssize_t _handout(Py_ssize_t item_bytes) noexcept nogil:
     """Iterations per dynamic hand-out of a loop whose iterations read item_bytes each (see
-    HANDOUT_BYTES): a function of the shape only."""
-    return max(1, HANDOUT_BYTES // max(item_bytes, 1))
+    plan.handout_bytes): a function of the shape only."""
+    return max(1, plan.handout_bytes // max(item_bytes, 1))
 
 
 cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t n_chunks) noexcept nogil:
@@ -267,10 +260,10 @@ cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t n_chu
 
 cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
     """Row chunks of the (M, D) grid: a function of the shape only."""
-    cdef Py_ssize_t n_col_blocks = _ceil_div(n_cols, COL_BLOCK)
-    cdef Py_ssize_t k = _ceil_div(TARGET_TASKS, n_col_blocks)
-    k = min(k, _ceil_div(n_rows, MIN_CHUNK_ROWS))
-    k = min(k, max(MAX_PARTIALS // max(n_cols, 1), 1))
+    cdef Py_ssize_t n_col_blocks = _ceil_div(n_cols, plan.col_block)
+    cdef Py_ssize_t k = _ceil_div(plan.target_tasks, n_col_blocks)
+    k = min(k, _ceil_div(n_rows, plan.min_chunk_rows))
+    k = min(k, max(plan.max_partials // max(n_cols, 1), 1))
     return max(k, 1)
 
 
@@ -281,13 +274,13 @@ cdef object _scratch(Py_ssize_t rows, Py_ssize_t cols):
     """Two (rows, cols) float64 work arrays, uninitialised, as one (2, rows, cols) array from this
     Python thread's buffer.
 
-    Per-chunk partials can reach MAX_PARTIALS values: allocating them anew for every call would
+    Per-chunk partials can reach plan.max_partials values: allocating them anew for every call would
     map fresh pages from the OS each time (a page fault per 4 KiB, a measurable share of a call),
     so each thread keeps its buffer for the next call (at most 8 MiB, freed with the thread;
     larger requests, which only very wide arrays make, are not kept).
     """
     cdef Py_ssize_t n = 2 * rows * cols
-    if n > 4 * MAX_PARTIALS:
+    if n > 4 * plan.max_partials:
         return np.empty((2, rows, cols))
     buf = getattr(_local, "buf", None)
     if buf is None or buf.shape[0] < n:
@@ -446,14 +439,14 @@ cdef inline void _cols_task_moments(
 
 
 cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
-    """k such that (M, D) is seen as (M // k, k * D) wide rows (see WIDE_COLS), 1 for none."""
+    """k such that (M, D) is seen as (M // k, k * D) wide rows (see plan.wide_cols), 1 for none."""
     cdef Py_ssize_t k
-    if D == 0 or D >= WIDE_MAX_D:
+    if D == 0 or D >= plan.wide_max_d:
         return 1
-    k = _ceil_div(WIDE_COLS, D)
-    if (k * D) % WIDE_ALIASED == 0:
-        k += 1  # see WIDE_ALIASED
-    return k if M // k >= MIN_WIDE_ROWS else 1
+    k = _ceil_div(plan.wide_cols, D)
+    if (k * D) % plan.wide_aliased == 0:
+        k += 1  # see plan.wide_aliased
+    return k if M // k >= plan.min_wide_rows else 1
 
 
 cdef inline Py_ssize_t _block_width(
@@ -462,16 +455,31 @@ cdef inline Py_ssize_t _block_width(
     """Columns per block of the column-blocked (M, D) path for `arrays` input arrays of `size`-byte
     values, or 0 when that path is not taken. Whether it is taken depends on the shape only."""
     cdef Py_ssize_t line = 64 // size, w
-    if M * D * size < BLOCKED_MIN_BYTES:
-        if D < BLOCKED_MIN_BLOCKS * line or M < 2:
+    if M * D * size < plan.blocked_min_bytes:
+        if D < plan.blocked_min_blocks * line or M < 2:
             return 0
-        w = _ceil_div(D, max(BLOCKED_MIN_BLOCKS, 2 * n_threads))
+        w = _ceil_div(D, max(plan.blocked_min_blocks, 2 * n_threads))
         return max(_ceil_div(w, line) * line, line)
     if (D * size) % 64:
         return 0  # rows not all at the same offset within a cache line
-    w = (BLOCK_BYTES // (M * size * arrays)) // line * line
-    if w < BLOCK_MIN_LINES * line or _ceil_div(D, w) < BLOCKED_MIN_BLOCKS:
+    w = (plan.block_bytes // (M * size * arrays)) // line * line
+    if w < plan.block_min_lines * line or _ceil_div(D, w) < plan.blocked_min_blocks:
         return 0
+    return w
+
+
+cdef inline Py_ssize_t _cols_path_width(
+    Py_ssize_t M, Py_ssize_t D, Py_ssize_t size, Py_ssize_t arrays, int n_threads,
+) noexcept nogil:
+    """Columns per block of the blocked (M, D) paths, or 0 for the grid path: from the shape
+    (wide rows go to the grid; see _block_width), or as plan.cols_path forces (a forced blocked
+    path on a shape that would not take it uses about plan.blocked_min_blocks blocks)."""
+    cdef Py_ssize_t line = 64 // size, w
+    if plan.cols_path == COLS_GRID or plan.cols_path == AUTO and _wide_factor(M, D) != 1:
+        return 0
+    w = _block_width(M, D, size, arrays, n_threads)
+    if w == 0 and plan.cols_path != AUTO:
+        w = max(_ceil_div(_ceil_div(D, plan.blocked_min_blocks), line) * line, line)
     return w
 
 
@@ -506,9 +514,9 @@ cdef inline void _cols_sweep(
     with dy, out = c3 * (dy - c4 - (x - c1) * c2 * c5) (dx: mean, invstd, k_dy, k_b, k_g)."""
     cdef Py_ssize_t t, r0, r1, c0, w
     # row tiles of balanced heights (any tiling gives the same values: the sweep is elementwise)
-    cdef Py_ssize_t n_col_tiles = _ceil_div(D, AFFINE_COLS)
+    cdef Py_ssize_t n_col_tiles = _ceil_div(D, plan.affine_cols)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t rows = _tile_rows(min(D, AFFINE_COLS) * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t rows = _tile_rows(min(D, plan.affine_cols) * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows)
     if M == 0 or D == 0:
         return
@@ -562,7 +570,7 @@ cdef class _Wide:
         self.Dw = self.k * D
         self.rem = M - self.Mw * self.k
         self.K = _n_row_chunks(self.Mw, self.Dw)
-        self.n_col_blocks = _ceil_div(self.Dw, COL_BLOCK)
+        self.n_col_blocks = _ceil_div(self.Dw, plan.col_block)
         self.P = self.K * self.k + (1 if self.rem > 0 else 0)
 
 
@@ -593,9 +601,7 @@ cdef void _cols_forward_train(
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
-    cdef Py_ssize_t w = 0
-    if _wide_factor(M, D) == 1:
-        w = _block_width(M, D, sizeof(floating), 1, n_threads)
+    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 1, n_threads)
     if w:
         _cols_forward_blocked(x, gamma, beta, eps, out, mean, invstd, var, w, n_threads)
         return
@@ -650,7 +656,7 @@ cdef void _cols_forward_blocked(
     normalisation while it is still in cache."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, d
     cdef Py_ssize_t head = _line_head(&out[0, 0], sizeof(floating))  # < one line <= w
-    cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
+    cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, :, ::1] parts = _scratch(1, D)
     cdef double[:, ::1] part_mean = parts[0]
@@ -713,9 +719,7 @@ def cols_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    cdef Py_ssize_t w = 0
-    if _wide_factor(M, D) == 1:
-        w = _block_width(M, D, sizeof(floating), 2, n_threads)
+    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 2, n_threads)
     if w:
         _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, w, n_threads)
         return
@@ -776,15 +780,16 @@ cdef void _cols_backward_blocked(
     floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t w, int n_threads,
 ):
     """cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its dx
-    while x and dy are still in cache: a block per thread, or, for arrays of BLOCKED_MIN_BYTES or
+    while x and dy are still in cache: a block per thread, or, for arrays of plan.blocked_min_bytes or
     more with blocks of short rows, one block at a time shared among the threads (see
-    SHARED_MAX_RUN_BYTES)."""
+    plan.shared_max_run_bytes)."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, q, r0, r1
     cdef Py_ssize_t head = _line_head(&dx[0, 0], sizeof(floating))  # < one line <= w
-    cdef Py_ssize_t n_blocks = _ceil_div(D - head, w)
-    cdef bint shared = (M * D * <Py_ssize_t>sizeof(floating) >= BLOCKED_MIN_BYTES
-                        and w * <Py_ssize_t>sizeof(floating) <= SHARED_MAX_RUN_BYTES)
-    cdef Py_ssize_t K = BLOCK_ROW_CHUNKS if shared else 1
+    cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
+    cdef bint shared = plan.cols_path == COLS_SHARED_BLOCKS or (
+        plan.cols_path == AUTO and M * D * <Py_ssize_t>sizeof(floating) >= plan.blocked_min_bytes
+        and w * <Py_ssize_t>sizeof(floating) <= plan.shared_max_run_bytes)
+    cdef Py_ssize_t K = plan.block_row_chunks if shared else 1
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef double[:, :, ::1] parts = _scratch(K, D)
     cdef double[:, ::1] part_dy = parts[0]
@@ -886,10 +891,12 @@ cdef inline void _affine_plane(
 cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):
     """Chunks of the N planes of a channel: 1 with enough channels to keep every thread busy
     (then one task does a whole channel, statistics and elementwise sweep while its planes are in
-    cache), else enough chunks for about TARGET_TASKS tasks. A function of the shape only."""
-    if C >= MIN_CHANNELS_BLOCKED:
+    cache), else enough chunks for about plan.target_tasks tasks. A function of the shape only."""
+    if plan.planes_path == PLANES_CHANNELS or plan.planes_path == AUTO and C >= plan.min_channels_blocked:
         return 1
-    return max(min(N, _ceil_div(TARGET_TASKS, C)), 1)
+    if plan.planes_path == PLANES_CHUNKS:  # at least two chunks where there are two planes
+        return max(min(N, max(2, _ceil_div(plan.target_tasks, C))), 1)
+    return max(min(N, _ceil_div(plan.target_tasks, C)), 1)
 
 
 cdef inline void _chunk_moments(
@@ -1123,14 +1130,15 @@ def rows_forward_train(
     cdef double shift, s
     cdef fastbn_sums sums
     cdef floating mf
-    cdef bint long_rows = _long_rows(Cg, L, groups, sizeof(floating))
-    cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating)
+    cdef Py_ssize_t seg = plan.segment_bytes // <Py_ssize_t>sizeof(floating)
     cdef const floating* xr
     cdef floating* yr
     if R == 0 or Cg == 0 or L == 0:
         return
-    cdef Py_ssize_t rows_per_task = max(1, (1 << 14) // (n * <Py_ssize_t>sizeof(floating))), t, r0
-    if L == 1 and groups == 1 and n * <Py_ssize_t>sizeof(floating) < 4096:
+    cdef Py_ssize_t rows_per_task = max(1, plan.row_task_bytes // (n * <Py_ssize_t>sizeof(floating)))
+    cdef Py_ssize_t t, r0
+    cdef int path = _rows_forward_path(Cg, L, groups, sizeof(floating))
+    if path == ROWS_FWD_SHORT:
         # Short layernorm rows: tasks of about 16 KiB of rows, each handled by one C call.
         with nogil:
             for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='dynamic'):
@@ -1149,7 +1157,7 @@ def rows_forward_train(
                         chunksize=_handout(n * <Py_ssize_t>sizeof(floating))):
             xr = &x[r, 0, 0]
             yr = &out[r, 0, 0]
-            if long_rows:  # one read (see SEGMENT_BYTES)
+            if path == ROWS_FWD_SEGMENTS:  # one read (see plan.segment_bytes)
                 sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL, center)
             else:
                 # Two passes over the cached row: the mean (prefetching the next row; none when
@@ -1178,10 +1186,35 @@ def rows_forward_train(
                                   <floating>(gamma[c0 + k] * s), beta[c0 + k], stream)
 
 
-cdef inline bint _long_rows(Py_ssize_t Cg, Py_ssize_t L, Py_ssize_t groups, Py_ssize_t size) noexcept nogil:
-    """Whether layernorm rows of Cg values of `size` bytes are taken by column segments (see
-    SEGMENT_BYTES); groupnorm rows (L > 1 or several groups) never are."""
-    return L == 1 and groups == 1 and Cg * size > ROWS4_MAX_BYTES
+cdef inline int _rows_forward_path(
+    Py_ssize_t Cg, Py_ssize_t L, Py_ssize_t groups, Py_ssize_t size,
+) noexcept nogil:
+    """The path of the rows forward: rows of layernorm/RMSNorm (one group, L = 1) many per C
+    call when short, by column segments (see plan.segment_bytes) when long, else one at a time;
+    groupnorm rows one at a time. plan.rows_forward_path forces one for layernorm/RMSNorm rows."""
+    if L != 1 or groups != 1:
+        return ROWS_FWD_PER_ROW
+    if plan.rows_forward_path != AUTO:
+        return plan.rows_forward_path
+    if Cg * size < plan.short_row_bytes:
+        return ROWS_FWD_SHORT
+    return ROWS_FWD_SEGMENTS if Cg * size > plan.long_row_bytes else ROWS_FWD_PER_ROW
+
+
+cdef inline int _rows_backward_path(
+    Py_ssize_t Cg, Py_ssize_t L, Py_ssize_t groups, Py_ssize_t size,
+) noexcept nogil:
+    """The path of the rows backward: rows of layernorm/RMSNorm by column segments when long,
+    four at a time from plan.rows4_min_values values (their x and dy stay in L2 for the dx
+    sweep), else many per C call; groupnorm rows one at a time. plan.rows_backward_path forces
+    one for layernorm/RMSNorm rows."""
+    if L != 1 or groups != 1:
+        return ROWS_BWD_PER_ROW
+    if plan.rows_backward_path != AUTO:
+        return plan.rows_backward_path
+    if Cg * size > plan.long_row_bytes:
+        return ROWS_BWD_SEGMENTS
+    return ROWS_BWD_FOUR if Cg >= plan.rows4_min_values else ROWS_BWD_SHORT
 
 
 cdef inline void _rows4_grad_sums(
@@ -1256,10 +1289,11 @@ def rows_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    if _long_rows(Cg, L, groups, sizeof(floating)):
+    cdef int path = _rows_backward_path(Cg, L, groups, sizeof(floating))
+    if path == ROWS_BWD_SEGMENTS:
         _rows_backward_long(x, dy, mean, invstd, gamma, center, dx, dgamma, dbeta, n_threads)
         return
-    K = max(min(N, TARGET_TASKS, MAX_PARTIALS // C), 1)
+    K = max(min(N, plan.target_tasks, plan.max_partials // C), 1)
     # Partials are zeroed by the thread that uses them (np.zeros' fresh pages would be copied on
     # first write, each copy flushing the TLB of every thread of the process).
     cdef double[:, :, ::1] parts = _scratch(K, C)
@@ -1274,9 +1308,7 @@ def rows_backward(
             n0 = _chunk_start(q, N, K)
             n1 = _chunk_start(q + 1, N, K)
             n = n0
-            if L == 1 and groups == 1 and Cg >= 256:
-                # layernorm rows of 256 values up to ROWS4_MAX_BYTES (longer ones went to
-                # _rows_backward_long), four at a time: their x and dy stay in L2 for the dx sweep
+            if path == ROWS_BWD_FOUR:  # four at a time, the rows left over as short rows
                 while n + 4 <= n1:
                     for k in range(4):
                         scratch[q, k] = <double>mean[n + k] if center else 0.0
@@ -1291,7 +1323,7 @@ def rows_backward(
                         _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
                                 scratch[q, k], s, &gamma[0], 0.0, coefs.s3, coefs.b, stream)
                     n = n + 4
-            if L == 1 and groups == 1 and n < n1:  # the other layernorm rows, in one C call
+            if (path == ROWS_BWD_FOUR or path == ROWS_BWD_SHORT) and n < n1:  # the other layernorm rows, in one C call
                 if floating is float:
                     fastbn_layernorm_rows_grad_f(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
                                                  &gamma[0], &mean[n], &invstd[n], center,
@@ -1362,8 +1394,8 @@ cdef void _rows_backward_long(
     partials to merge); each row's sums added over the segments in order; then dx. Every sum's
     grouping depends on the shape only."""
     cdef Py_ssize_t R = x.shape[0], n = x.shape[1], r, j, t, c0, w
-    cdef Py_ssize_t seg = SEGMENT_BYTES // <Py_ssize_t>sizeof(floating), n_seg = _ceil_div(n, seg)
-    cdef Py_ssize_t run = RUN_BYTES // <Py_ssize_t>sizeof(floating), n_runs = _ceil_div(n, run)
+    cdef Py_ssize_t seg = plan.segment_bytes // <Py_ssize_t>sizeof(floating), n_seg = _ceil_div(n, seg)
+    cdef Py_ssize_t run = plan.run_bytes // <Py_ssize_t>sizeof(floating), n_runs = _ceil_div(n, run)
     cdef int stream = _streams(R * n * <Py_ssize_t>sizeof(floating))
     cdef double sum_g, sum_gxc
     cdef fastbn_sums sums

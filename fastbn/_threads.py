@@ -1,14 +1,7 @@
 """Thread-count control for the compiled kernels."""
 import numbers
 
-from fastbn import _backends
-
-# Below this many elements per thread, an extra thread costs more than it saves. Measured on the
-# 2-core CI machine in a NumPy training loop (matmul, batchnorm, ReLU, matmul, and back): with a
-# 200x500 float64 batchnorm (1e5 elements) on 2 threads the step took 15.0 ms, on 1 thread 13.4 ms,
-# although the batchnorm calls alone are faster on 2 threads; NumPy's BLAS threads and fastbn's
-# compete for the two cores. From about 2.5e5 elements on, 2 threads were no slower in the loop.
-MIN_ELEMENTS_PER_THREAD = 1 << 17
+from fastbn import _backends, _planner
 
 _user_threads = None
 
@@ -68,6 +61,7 @@ def get_num_threads():
 
 def threads_for(n_elements):
     """Thread count for an input of n_elements: get_num_threads(), fewer for small inputs."""
-    if n_elements < 2 * MIN_ELEMENTS_PER_THREAD:
+    per_thread = _planner.current().min_elements_per_thread
+    if n_elements < 2 * per_thread:
         return 1
-    return max(1, min(get_num_threads(), n_elements // MIN_ELEMENTS_PER_THREAD))
+    return max(1, min(get_num_threads(), n_elements // per_thread))

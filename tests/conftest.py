@@ -1,7 +1,7 @@
 """Settings for the whole test suite."""
 import pytest
 
-from fastbn import _threads
+from fastbn import _planner
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -10,7 +10,5 @@ def threads_on_moderate_inputs():
     default of 131072, so that the suite's moderate shapes exercise the multithreaded paths
     (chunking, merges, column blocks split between threads); the default heuristic itself is
     tested in a fresh interpreter (test_build.py)."""
-    saved = _threads.MIN_ELEMENTS_PER_THREAD
-    _threads.MIN_ELEMENTS_PER_THREAD = 1 << 13
-    yield
-    _threads.MIN_ELEMENTS_PER_THREAD = saved
+    with _planner.override(min_elements_per_thread=1 << 13):
+        yield

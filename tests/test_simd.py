@@ -64,8 +64,8 @@ import hashlib, json, sys
 import numpy as np
 sys.path.insert(0, sys.argv[1])
 from registry import OPS
-from fastbn import _kernels, _threads
-_threads.MIN_ELEMENTS_PER_THREAD = 1 << 13  # as in the test suite (conftest.py): shapes use threads
+from fastbn import _kernels, _planner
+_planner.use(_planner.Plan(min_elements_per_thread=1 << 13))  # as in conftest.py: shapes use threads
 ops = {op.id: op for op in OPS}
 digests = {"simd": _kernels.simd()}
 for op_id, shape, dtype in json.loads(sys.argv[2]):

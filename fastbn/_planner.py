@@ -1,0 +1,148 @@
+"""The planner: every path choice and tuning constant of the compiled kernels, in one place.
+
+A :class:`Plan` holds each constant with a line on what it governs, and for each family of
+kernels a ``*_path`` field that forces one of its paths by name (``"auto"``: the shape decides).
+The kernels (:mod:`fastbn._kernels`) read the plan in force, which :func:`use` hands them; tests
+force every path with :func:`override`. Why a constant has its value -- the measurements -- is in
+``docs/decisions.md``, not here.
+
+Paths (``PATHS``) and where a forced one applies (elsewhere the shape still decides):
+
+``cols_path`` -- (M, D) arrays (batchnorm, NHWC)
+    ``"blocked"``: blocks of columns over all rows, statistics then sweep while in cache (one
+    read of x); ``"shared_blocks"``: the backward takes one block at a time, its rows shared by
+    the threads (the forward as ``"blocked"``); ``"grid"``: a grid of row chunks x column blocks
+    of partials merged in chunk order, then a separate sweep (x read twice; rows of fewer than
+    ``wide_max_d`` values seen as wide rows).
+``planes_path`` -- NCHW spatial batchnorm
+    ``"channels"``: a task per channel, statistics then sweep while its planes are in cache;
+    ``"chunks"``: chunks of planes per channel, merged, then a separate sweep.
+``rows_forward_path`` / ``rows_backward_path`` -- layernorm, RMSNorm, groupnorm
+    ``"short_rows"``: many rows per C call (forward: rows held in registers on AVX-512 when they
+    fit); ``"four_rows"`` (backward): rows four at a time, their dgamma/dbeta partials added
+    once per four rows; ``"segments"``: long rows by column segments; ``"per_row"``: a row (or a
+    group's planes) at a time. ``short_rows``, ``four_rows`` and ``segments`` apply to rows of
+    layernorm/RMSNorm (one group, contiguous values).
+``stream_path``
+    ``"always"`` / ``"never"``: write large outputs with streaming stores or not (no value
+    changes).
+
+Every path computes with chunks fixed by the shape (and the plan): results do not depend on the
+thread count. Different paths may differ in the last bits (they sum in other orders).
+
+Examples
+--------
+>>> from fastbn import _planner
+>>> _planner.current().stream_min_bytes
+8388608
+>>> with _planner.override(rows_forward_path="per_row"):
+...     _planner.current().rows_forward_path
+'per_row'
+"""
+import dataclasses
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from fastbn import _backends
+
+PATHS = {
+    "cols_path": ("blocked", "shared_blocks", "grid"),
+    "planes_path": ("channels", "chunks"),
+    "rows_forward_path": ("short_rows", "segments", "per_row"),
+    "rows_backward_path": ("short_rows", "four_rows", "segments", "per_row"),
+    "stream_path": ("never", "always"),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Tuning constants and forced paths of the kernels (sizes in bytes or values, as named)."""
+
+    # --- threads
+    min_elements_per_thread: int = 1 << 17  # inputs under 2x this run on one thread; else a thread per this many
+    handout_bytes: int = 1 << 14  # dynamic loops over small items hand out about this much input at a time
+    # --- (M, D): statistics per column
+    col_block: int = 4096  # columns per task of the grid path, at most
+    min_chunk_rows: int = 64  # rows per row chunk of the grid path, at least
+    target_tasks: int = 16  # about this many tasks per grid (and planes, rows) pass
+    max_partials: int = 1 << 18  # per-chunk partial values kept, at most (row chunks x columns)
+    wide_max_d: int = 128  # rows of fewer values are seen as wide rows of several rows (grid path)
+    wide_cols: int = 1024  # values per wide row, at least
+    wide_aliased: int = 512  # a wide row of a multiple of this many values takes one row more
+    min_wide_rows: int = 16  # wide rows needed, at least, to use them
+    blocked_min_bytes: int = 1 << 23  # arrays this large are blocked only with whole-line rows, blocks sized by block_bytes
+    block_bytes: int = 1 << 22  # bytes of x (and dy) per column block of a large array
+    block_min_lines: int = 4  # cache lines per block row of a large array, at least
+    blocked_min_blocks: int = 4  # column blocks needed, at least (small arrays: also two per thread)
+    shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
+    block_row_chunks: int = 4  # row chunks of a shared block
+    affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least
+    affine_tile_bytes: int = 1 << 18  # output bytes per tile of those sweeps, about
+    affine_cols: int = 4096  # columns per tile of those sweeps, at most
+    # --- (N, C, L): statistics per channel over planes
+    min_channels_blocked: int = 8  # channels for the per-channel path, at least
+    # --- rows: layernorm, RMSNorm, groupnorm
+    short_row_bytes: int = 4096  # layernorm rows shorter than this go many per C call
+    row_task_bytes: int = 1 << 14  # bytes of rows per task of those calls
+    rows4_min_values: int = 256  # layernorm backward takes rows of at least this many values four at a time
+    long_row_bytes: int = 1 << 16  # layernorm rows longer than this go by column segments (forward and backward)
+    segment_bytes: int = 1 << 13  # bytes per row of a column segment of long rows
+    run_bytes: int = 1 << 16  # bytes per run of the long rows' dx sweep
+    # --- output stores
+    stream_min_bytes: int = 1 << 23  # outputs this large are written with streaming stores
+    stream_min_run_bytes: int = 4096  # ... when written in contiguous runs of at least this
+    # --- forced paths ("auto": chosen from the shape)
+    cols_path: str = "auto"
+    planes_path: str = "auto"
+    rows_forward_path: str = "auto"
+    rows_backward_path: str = "auto"
+    stream_path: str = "auto"
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name in PATHS:
+                allowed = ("auto", *PATHS[field.name])
+                if value not in allowed:
+                    raise ValueError(f"{field.name} must be one of {list(allowed)}, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+
+    def kernel_settings(self):
+        """The plan as the kernels take it: paths as indices into PATHS (-1 for "auto")."""
+        settings = dataclasses.asdict(self)
+        for name, paths in PATHS.items():
+            settings[name] = -1 if settings[name] == "auto" else paths.index(settings[name])
+        del settings["min_elements_per_thread"]  # read by fastbn._threads
+        return settings
+
+
+_current = Plan()
+
+
+def current():
+    """The plan in force."""
+    return _current
+
+
+def use(plan):
+    """Put `plan` (a :class:`Plan`) in force for every later call."""
+    global _current
+    kernels = _backends.kernels()
+    if kernels is not None:
+        kernels.set_plan(plan.kernel_settings())
+    _current = plan
+
+
+@contextmanager
+def override(**changes):
+    """Within the block, the plan in force with `changes` (fields of :class:`Plan`)."""
+    previous = _current
+    use(dataclasses.replace(previous, **changes))
+    try:
+        yield _current
+    finally:
+        use(previous)
+
+
+use(_current)

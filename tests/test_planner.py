@@ -1,0 +1,116 @@
+"""The planner: every kernel path, forced by name, matches the reference and keeps its bits for any
+thread count; forcing a path takes effect; bad settings raise naming the field."""
+import numpy as np
+import pytest
+from threadpoolctl import threadpool_limits
+
+import fastbn
+from fastbn import _planner
+from registry import OPS, assert_close
+
+needs_compiled = pytest.mark.skipif("cython" not in fastbn.available_backends(),
+                                    reason="compiled kernels are not built")
+
+
+def _op(name, mode="train", layout=None):
+    return next(op for op in OPS if op.name == name and op.mode == mode and not op.param_broadcast
+                and (layout is None or op.layout == layout))
+
+
+# The ops and shapes each path setting governs: shapes that would take another path from the
+# shape alone, odd sizes, and (for the rows) short, four-row and long rows.
+COLS_CASES = [(_op("batchnorm"), s) for s in ((64, 33), (1003, 50), (300, 1001), (2, 5))] + [
+    (_op("batchnorm", "test"), (300, 1001)),
+    (_op("spatial_batchnorm", layout="NHWC"), (4, 9, 7, 33)),
+]
+PLANES_CASES = [(_op("spatial_batchnorm", layout="NCHW"), s) for s in ((8, 16, 7, 7), (5, 3, 4, 5), (1, 9, 3, 3))]
+ROWS_CASES = [(_op(name), s) for name in ("layernorm", "rmsnorm")
+              for s in ((64, 33), (300, 256), (3, 16500), (7, 128), (2, 3, 17))] + [
+    (_op("groupnorm"), (3, 8, 7, 7)),
+]
+STREAM_CASES = [(_op("batchnorm"), (300, 1001)), (_op("spatial_batchnorm", layout="NCHW"), (4, 6, 45, 47)),
+                (_op("layernorm"), (40, 1100)), (_op("groupnorm"), (2, 8, 9, 11))]
+GOVERNS = {"cols_path": COLS_CASES, "planes_path": PLANES_CASES, "rows_forward_path": ROWS_CASES,
+           "rows_backward_path": ROWS_CASES, "stream_path": STREAM_CASES}
+CASES = [(field, path, op, shape) for field, paths in _planner.PATHS.items() for path in paths
+         for op, shape in GOVERNS[field]]
+IDS = [f"{field}={path}-{op.id}-{'x'.join(map(str, shape))}" for field, path, op, shape in CASES]
+
+
+def _run(op, shape, dtype, backend):
+    x, gamma, beta, param = op.make(shape, dtype)
+    out, cache = op.forward(x, gamma, beta, param, backend=backend)
+    dout = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    return [out, cache.mean, cache.invstd, *op.backward(dout, cache, backend=backend)], dout, gamma
+
+
+def test_every_path_setting_has_cases():
+    assert set(GOVERNS) == set(_planner.PATHS)
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("field, path, op, shape", CASES, ids=IDS)
+def test_forced_path_matches_reference_and_keeps_bits_for_any_thread_count(field, path, op, shape, dtype):
+    want, dout, gamma = _run(op, shape, dtype, "numpy")
+    with _planner.override(**{field: path}):
+        runs = []
+        for n in (1, 2):
+            with threadpool_limits(n, user_api="openmp"):
+                runs.append(_run(op, shape, dtype, "cython")[0])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+    got = runs[0]
+    dx_scale = float(np.max(np.abs(dout)) * np.max(np.abs(gamma)) * np.max(want[2], initial=0))
+    for name, a, b in zip(("out", "mean", "invstd", "dx", "dgamma", "dbeta"), got, want):
+        assert_close(a, b, dtype, name, scale=dx_scale if name == "dx" else 0.0)
+
+
+# Paths that sum in another order than the one the shape chooses: forcing them changes the last
+# bits of some result, which shows that the setting reaches the kernels.
+DIFFERENT = [
+    ("cols_path", "grid", _op("batchnorm"), (300, 1001)),
+    ("cols_path", "blocked", _op("batchnorm"), (1003, 50)),
+    ("planes_path", "chunks", _op("spatial_batchnorm", layout="NCHW"), (8, 16, 7, 7)),
+    ("planes_path", "channels", _op("spatial_batchnorm", layout="NCHW"), (20, 3, 4, 5)),
+    ("rows_forward_path", "segments", _op("layernorm"), (64, 33)),
+    ("rows_backward_path", "short_rows", _op("layernorm"), (300, 256)),
+    ("rows_backward_path", "segments", _op("rmsnorm"), (300, 256)),
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize("field, path, op, shape", DIFFERENT,
+                         ids=[f"{f}={p}-{op.id}" for f, p, op, _ in DIFFERENT])
+def test_forcing_a_path_reaches_the_kernels(field, path, op, shape):
+    auto, _, _ = _run(op, shape, np.float64, "cython")
+    with _planner.override(**{field: path}):
+        forced, _, _ = _run(op, shape, np.float64, "cython")
+    assert any(not np.array_equal(a, b) for a, b in zip(auto, forced))
+
+
+def test_override_restores_the_plan():
+    before = _planner.current()
+    with pytest.raises(RuntimeError):
+        with _planner.override(cols_path="grid", col_block=64):
+            assert _planner.current().col_block == 64
+            raise RuntimeError
+    assert _planner.current() == before
+    if "cython" in fastbn.available_backends():
+        from fastbn import _kernels
+        assert _kernels.get_plan() == before.kernel_settings()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"cols_path": "columns"}, r"cols_path must be one of \['auto', 'blocked', 'shared_blocks', 'grid'\], got 'columns'"),
+    ({"rows_backward_path": None}, r"rows_backward_path must be one of .*, got None"),
+    ({"col_block": 0}, "col_block must be a positive integer, got 0"),
+    ({"segment_bytes": 8.5}, "segment_bytes must be a positive integer, got 8.5"),
+    ({"stream_min_bytes": True}, "stream_min_bytes must be a positive integer, got True"),
+])
+def test_bad_settings_raise_naming_the_field(changes, message):
+    before = _planner.current()
+    with pytest.raises(ValueError, match=message):
+        with _planner.override(**changes):
+            pass
+    assert _planner.current() == before
