@@ -177,7 +177,8 @@ def main(argv=None, cases=None):
     torch = None if args.no_torch else _bench.torch_module()
     available = fastbn.get_num_threads()  # what OpenMP allows; --threads can only lower it
     threads = min(args.threads, available) if args.threads else available
-    print(f"fastbn {fastbn.__version__} | backends: {', '.join(fastbn.available_backends())} | "
+    print(f"fastbn {fastbn.__version__} | CPU: {_bench.cpu_model()} | "
+          f"backends: {', '.join(fastbn.available_backends())} | "
           f"threads: {threads} | numpy {np.__version__} | "
           f"PyTorch: {torch.__version__ if torch is not None else 'not installed (skipped)'}")
 

@@ -139,6 +139,23 @@ CHECK_CASES = (
 SMOKE_SHAPES = {"NC": (64, 48), "NCHW": (4, 8, 6, 6), "NHWC": (4, 6, 6, 8), "ND": (32, 40)}
 
 
+def cpu_model():
+    """The CPU's model name with its family and model numbers (Linux: /proc/cpuinfo; VMs often
+    name only the vendor), else what the platform module says."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if "model name" in fields:
+        return f"{fields['model name']} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def torch_module():
     """PyTorch when it is importable, else None."""
     try:

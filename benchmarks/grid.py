@@ -1,0 +1,102 @@
+"""Which path of each kernel family wins, over a grid of shapes wider than the benchmark cases.
+
+For every shape of the grid and every path the planner can force (``fastbn._planner.PATHS``),
+fastbn's forward + backward (train mode, ``out=`` buffers, the default thread count) is timed in
+interleaved rounds (each round runs every path once; the median over rounds is kept), and the
+time of each path is printed relative to the path the planner chooses from the shape ("auto").
+A path earns its place where it is the fastest; the results go into ``docs/decisions.md``.
+
+Usage::
+
+    python benchmarks/grid.py                  # the whole grid (tens of minutes on 2 cores)
+    python benchmarks/grid.py --family rows    # one family: cols, nhwc, planes or rows
+    python benchmarks/grid.py --json grid.json --repeat 5
+"""
+import argparse
+import dataclasses
+import json
+import platform
+import time
+
+import numpy as np
+
+import fastbn
+from fastbn import _bench, _planner
+
+MAX_BYTES = 1 << 28  # shapes whose x exceeds this are left out (x, out, dy and dx must fit)
+M_GRID = (64, 1000, 4096, 65536)
+D_GRID = (3, 64, 500, 1024, 4099, 65536)
+FAMILIES = {
+    "cols": ("cols_path", [("batchnorm", (M, D), "NC") for M in M_GRID for D in D_GRID]),
+    "nhwc": ("cols_path", [("spatial_batchnorm", (N, HW, HW, C), "NHWC")
+                           for N in (8, 32) for C in (3, 16, 64, 256) for HW in (7, 28, 56)]),
+    "planes": ("planes_path", [("spatial_batchnorm", (N, C, HW, HW), "NCHW")
+                               for N in (8, 32) for C in (3, 16, 64, 256) for HW in (7, 28, 56)]),
+    "rows": ("rows_backward_path", [("layernorm", (M, D), "ND") for M in M_GRID for D in D_GRID]),
+    "rows_forward": ("rows_forward_path", [("layernorm", (M, D), "ND") for M in M_GRID for D in D_GRID]),
+}
+
+
+def _cases(family, dtype):
+    field, shapes = FAMILIES[family]
+    for op, shape, layout in shapes:
+        if np.prod(shape) * np.dtype(dtype).itemsize <= MAX_BYTES:
+            yield field, _bench.Case(op, shape, dtype, layout=layout)
+
+
+def time_paths(case, field, repeat):
+    """Median seconds of forward + backward per path of `field` (and "auto") for `case`."""
+    calls = _bench.implementations(case)
+    forward, backward = calls["forward"]["fastbn"], calls["backward"]["fastbn"]
+    base = _planner.current()
+    plans = {"auto": base, **{p: dataclasses.replace(base, **{field: p}) for p in _planner.PATHS[field]}}
+    times = {name: [] for name in plans}
+    inner = 1
+    try:
+        for name, plan in plans.items():  # warm-up, and calls per timed run for small shapes
+            _planner.use(plan)
+            start = time.perf_counter()
+            forward()
+            backward()
+            inner = max(inner, min(int(0.002 / max(time.perf_counter() - start, 1e-7)) + 1, 1000))
+        for _ in range(repeat):
+            for name, plan in plans.items():
+                _planner.use(plan)
+                start = time.perf_counter()
+                for _ in range(inner):
+                    forward()
+                    backward()
+                times[name].append((time.perf_counter() - start) / inner)
+    finally:
+        _planner.use(base)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python benchmarks/grid.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(FAMILIES), action="append",
+                        help="families to run (default: all)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args(argv)
+    print(f"fastbn {fastbn.__version__} | CPU {_bench.cpu_model()} | threads {fastbn.get_num_threads()} "
+          f"| {args.dtype} | forward + backward, median of {args.repeat} interleaved rounds")
+    records = []
+    for family in args.family or list(FAMILIES):
+        print(f"\n{family}: time of each path / time of the planner's choice (auto)")
+        for field, case in _cases(family, args.dtype):
+            t = time_paths(case, field, args.repeat)
+            best = min((p for p in t if p != "auto"), key=t.get)
+            ratios = "  ".join(f"{p}={t[p] / t['auto']:.2f}" for p in t if p != "auto")
+            print(f"  {case.name:44s} auto {t['auto'] * 1e3:9.3f} ms  {ratios}  best: {best}", flush=True)
+            records.append({"family": family, "field": field, "case": case.id, "seconds": t,
+                            "best": best})
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cpu": _bench.cpu_model(), "machine": platform.machine(), "dtype": args.dtype,
+                       "threads": fastbn.get_num_threads(), "results": records}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
