@@ -6,6 +6,11 @@ FASTBN_NO_OPENMP=1
     Build the kernels serially, without probing for OpenMP.
 FASTBN_DEBUG=1
     Turn Cython's bounds, wraparound and initialisation checks back on and build with ``-O0 -g``.
+FASTBN_SANITIZE=address,undefined (or thread, ...)
+    Instrument the kernels with these GCC/Clang sanitizers (``-fsanitize=...
+    -fno-omit-frame-pointer -fno-sanitize-recover=all -g``, and ``-fno-wrapv`` over Python's
+    ``-fwrapv`` so that signed overflow is checked too); undefined behaviour then aborts.
+    A non-instrumented Python must preload the sanitizer runtime (see the README).
 """
 import os
 import subprocess
@@ -72,6 +77,11 @@ class BuildExt(build_ext):
             # no fused multiply-add contraction: every instruction-set path of the kernels
             # computes the same bits (see fastbn/_src/loops_avx512.h)
             base_args = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"]
+        sanitize = os.environ.get("FASTBN_SANITIZE", "").strip()
+        sanitize_args = []
+        if sanitize and self.compiler.compiler_type != "msvc":
+            sanitize_args = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer",
+                             "-fno-sanitize-recover=all", "-fno-wrapv", "-g"]
         omp = None
         if _flag_enabled("FASTBN_NO_OPENMP"):
             reason = "FASTBN_NO_OPENMP is set"
@@ -88,13 +98,14 @@ class BuildExt(build_ext):
         else:
             compile_args, link_args = omp
         for ext in self.extensions:
-            ext.extra_compile_args = base_args + compile_args
-            ext.extra_link_args = link_args
+            ext.extra_compile_args = base_args + sanitize_args + compile_args
+            ext.extra_link_args = sanitize_args[:1] + link_args
         self._write_build_info(
             openmp=omp is not None,
-            compile_args=base_args + compile_args,
-            link_args=link_args,
+            compile_args=base_args + sanitize_args + compile_args,
+            link_args=sanitize_args[:1] + link_args,
             debug=debug,
+            sanitize=sanitize if sanitize_args else "",
         )
         super().build_extensions()
 

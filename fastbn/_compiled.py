@@ -11,10 +11,17 @@ from fastbn._results import finish_backward, finish_forward, test_statistics
 from fastbn._threads import threads_for
 
 
+def _aligned(a):
+    """`a`, or a copy of it when it does not start on a multiple of its element size (an array
+    from ``np.frombuffer(..., offset=1)``): the kernels load and store through ``float*`` and
+    ``double*``, and an unaligned one is undefined behaviour in C (UBSan reports it)."""
+    return a if a.flags.aligned else a.copy()
+
+
 def _buffer(out, like):
     """The caller's ``out=`` array seen in like's shape when the kernel can write into it (same
-    dtype), else a new array like `like`."""
-    if out is not None and out.dtype == like.dtype:
+    dtype, aligned), else a new array like `like` (finish_* then copy it into `out`)."""
+    if out is not None and out.dtype == like.dtype and out.flags.aligned:
         return out.reshape(like.shape)
     return np.empty_like(like)
 
@@ -25,15 +32,16 @@ def forward(p):
     spec = OPS[p.op]
     family, view_shape = spec.view(p.x.shape, p.layout, p.groups)
     dtype = p.x.dtype
-    x = p.x.reshape(view_shape)
+    x = _aligned(p.x).reshape(view_shape)
+    gamma = _aligned(p.gamma)
+    beta = _aligned(p.beta) if spec.beta else np.zeros_like(gamma)
     out = _buffer(p.out, x)
     n_threads = threads_for(x.size)
     if family == "rows":
         R = view_shape[0]
         mean = np.zeros(R, dtype=dtype)
         invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
-        beta = p.beta if spec.beta else np.zeros_like(p.gamma)
-        kernels.rows_forward_train(x, p.gamma, beta, p.groups, p.eps, spec.center, out, mean,
+        kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
         stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
@@ -44,7 +52,7 @@ def forward(p):
         batch_var = np.empty(C)
         running = _in_place(p, dtype)
         train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
-        train(x, p.gamma, p.beta, p.eps, out, mean, invstd, batch_var, *running, p.momentum,
+        train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, *running, p.momentum,
               n_threads)
         updated = running[0] is not None
     else:
@@ -52,7 +60,7 @@ def forward(p):
         batch_var = None
         updated = False
         affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
-        affine(x, mean, p.gamma * invstd, p.beta, out, n_threads)
+        affine(x, mean, gamma * invstd, beta, out, n_threads)
     return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated)
 
 
@@ -60,22 +68,23 @@ def _in_place(p, dtype):
     """The running statistics as the flat views the kernel updates in place (the same bits as
     the NumPy update, see _kernels._update_running), or (None, None): then finish_forward updates
     them. The kernel takes them only when both exist (a first call creates them, in
-    finish_forward, after the kernel succeeded), are C-contiguous, in the computation dtype, and
-    separate arrays (one array passed as both must get the update of its old values)."""
+    finish_forward, after the kernel succeeded), are C-contiguous and aligned, in the computation
+    dtype, and separate arrays (one array passed as both must get the update of its old values)."""
     rm, rv = p.running_mean, p.running_var
     if (rm is not None and rv is not None and rm.dtype == dtype and rv.dtype == dtype
             and rm.flags.c_contiguous and rv.flags.c_contiguous
+            and rm.flags.aligned and rv.flags.aligned
             and not np.may_share_memory(rm, rv)):
         return rm.reshape(-1), rv.reshape(-1)
     return None, None
 
 
 def _flat(a, dtype):
-    """`a` as a flat C-contiguous array of `dtype`: `a` itself when it is one, else a view or
-    a copy."""
-    if a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous:
+    """`a` as a flat, aligned, C-contiguous array of `dtype`: `a` itself when it is one, else
+    a view or a copy."""
+    if a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
         return a
-    return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+    return _aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
 
 
 def backward(dout, cache, out=None):
@@ -84,19 +93,20 @@ def backward(dout, cache, out=None):
     kernels = _backends.kernels()
     spec = OPS[cache.op]
     family, view_shape = spec.view(cache.x.shape, cache.layout, cache.groups)
-    x = cache.x.reshape(view_shape)
-    dy = dout.reshape(view_shape)
+    x = _aligned(cache.x).reshape(view_shape)
+    dy = _aligned(dout).reshape(view_shape)
     dx = _buffer(out, x)
-    C = cache.gamma.size
+    gamma = _aligned(cache.gamma)
+    C = gamma.size
     dgamma = np.empty(C, dtype=x.dtype)
     dbeta = np.empty(C, dtype=x.dtype)
     mean = _flat(cache.mean, x.dtype)
     invstd = _flat(cache.invstd, x.dtype)
     n_threads = threads_for(x.size)
     if family == "rows":
-        kernels.rows_backward(x, dy, mean, invstd, cache.gamma, cache.groups, spec.center, dx, dgamma,
+        kernels.rows_backward(x, dy, mean, invstd, gamma, cache.groups, spec.center, dx, dgamma,
                               dbeta, n_threads)
     else:
         run = kernels.cols_backward if family == "cols" else kernels.planes_backward
-        run(x, dy, mean, invstd, cache.gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
+        run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
     return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)

@@ -67,6 +67,13 @@ def _batch_axes(cache_or_prepared):
     return tuple(a for a in range(c.x.ndim) if a != axis), OPS[c.op].param_shape(c.x.shape, c.layout)
 
 
+def _statistics(cache):
+    """cache.mean and cache.invstd in the computation dtype, as the compiled backend takes them
+    (a cache edited by hand may hold float16 ones, which NumPy would keep dividing in float16)."""
+    dtype = cache.x.dtype
+    return cache.mean.astype(dtype, copy=False), cache.invstd.astype(dtype, copy=False)
+
+
 def _batch_forward(p):
     axes, shape = _batch_axes(p)
     dtype = p.x.dtype
@@ -88,8 +95,7 @@ def _batch_backward_staged(dout, cache, out=None):
     axes, shape = _batch_axes(cache)
     x = cache.x
     count = x.size // max(cache.gamma.size, 1)
-    mean = cache.mean.reshape(shape)
-    invstd = cache.invstd.reshape(shape)
+    mean, invstd = (stat.reshape(shape) for stat in _statistics(cache))
     # forward graph: xc = x - mean; xhat = xc * invstd; out = gamma * xhat + beta
     xc = x - mean
     xhat = xc * invstd
@@ -115,8 +121,8 @@ def _batch_backward_closed_form(dout, cache, out=None):
     axes, shape = _batch_axes(cache)
     x = cache.x
     count = x.size // max(cache.gamma.size, 1)
-    invstd = cache.invstd.reshape(shape)
-    xhat = (x - cache.mean.reshape(shape)) * invstd
+    mean, invstd = (stat.reshape(shape) for stat in _statistics(cache))
+    xhat = (x - mean) * invstd
     dbeta = _sum(dout, axes)
     dgamma = _sum(dout * xhat, axes)
     scale = cache.gamma.reshape(shape) * invstd
@@ -172,8 +178,7 @@ def _row_backward(dout, cache, out=None):
     param_shape = _param_shape(cache)
     rows = _rows(cache)
     count = rows.shape[1]
-    mean = cache.mean.reshape(-1, 1)
-    invstd = cache.invstd.reshape(-1, 1)
+    mean, invstd = (stat.reshape(-1, 1) for stat in _statistics(cache))
     xhat = (rows - mean) * invstd
     sum_axes = tuple(a for a in range(cache.x.ndim) if a != _channel_axis(cache))
     dbeta = _sum(dout, sum_axes)
