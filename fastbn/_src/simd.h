@@ -56,12 +56,6 @@ FASTBN_INLINE double fastbn_hsum(fastbn_vd a) {
 FASTBN_INLINE fastbn_vd FASTBN_ISA(load8_f)(const float *p) {
 #if FASTBN_ISA_LEVEL >= 2
     return (fastbn_vd)_mm512_cvtps_pd(_mm256_loadu_ps(p));
-#elif FASTBN_ISA_LEVEL >= 1
-    __m256d lo = _mm256_cvtps_pd(_mm_loadu_ps(p)), hi = _mm256_cvtps_pd(_mm_loadu_ps(p + 4));
-    fastbn_vd v;
-    memcpy(&v, &lo, 32);
-    memcpy((char *)&v + 32, &hi, 32);
-    return v;
 #else
     fastbn_vf8 v;
     memcpy(&v, p, sizeof v);
@@ -81,10 +75,7 @@ FASTBN_INLINE fastbn_vf FASTBN_ISA(narrow16)(fastbn_vd lo, fastbn_vd hi) {
     return (fastbn_vf)_mm512_insertf32x8(_mm512_castps256_ps512(l), h, 1);
 #else
     fastbn_vf8 l = __builtin_convertvector(lo, fastbn_vf8), h = __builtin_convertvector(hi, fastbn_vf8);
-    fastbn_vf v;
-    memcpy(&v, &l, 32);
-    memcpy((char *)&v + 32, &h, 32);
-    return v;
+    return __builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #endif
 }
 
@@ -94,11 +85,8 @@ FASTBN_INLINE void FASTBN_ISA(stream_f)(float *p, fastbn_vf v) {
 #if FASTBN_ISA_LEVEL >= 2
     _mm512_stream_ps(p, (__m512)v);
 #elif FASTBN_ISA_LEVEL >= 1
-    __m256 a, b;
-    memcpy(&a, &v, 32);
-    memcpy(&b, (const char *)&v + 32, 32);
-    _mm256_stream_ps(p, a);
-    _mm256_stream_ps(p + 8, b);
+    _mm256_stream_ps(p, (__m256)__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_stream_ps(p + 8, (__m256)__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
 #elif defined(__SSE2__)
     __m128 a[4];
     int k;
@@ -112,11 +100,8 @@ FASTBN_INLINE void FASTBN_ISA(stream_d)(double *p, fastbn_vd v) {
 #if FASTBN_ISA_LEVEL >= 2
     _mm512_stream_pd(p, (__m512d)v);
 #elif FASTBN_ISA_LEVEL >= 1
-    __m256d a, b;
-    memcpy(&a, &v, 32);
-    memcpy(&b, (const char *)&v + 32, 32);
-    _mm256_stream_pd(p, a);
-    _mm256_stream_pd(p + 4, b);
+    _mm256_stream_pd(p, (__m256d)__builtin_shufflevector(v, v, 0, 1, 2, 3));
+    _mm256_stream_pd(p + 4, (__m256d)__builtin_shufflevector(v, v, 4, 5, 6, 7));
 #elif defined(__SSE2__)
     __m128d a[4];
     int k;
