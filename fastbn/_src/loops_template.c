@@ -230,23 +230,31 @@ FASTBN_INLINE T FN(row_dx1)(const T *x, const T *dy, const T *gamma, ptrdiff_t j
     return (T)((gamma ? invstd * (double)gamma[j] * (double)dy[j] : a * (double)dy[j])
                - s3 * ((double)x[j] - mean) + b);
 }
-static void FN(row_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx, ptrdiff_t n,
-                       double mean, double invstd, const T *RESTRICT gamma, double a, double s3,
-                       double b, int stream) {
+FASTBN_INLINE void FN(row_dx_run)(const int has_gamma, const T *RESTRICT x, const T *RESTRICT dy,
+                                  T *RESTRICT dx, ptrdiff_t n, double mean, double invstd,
+                                  const T *RESTRICT gamma, double a, double s3, double b,
+                                  int stream) {
     ptrdiff_t j = 0;
     int k;
     if (stream)
         for (; j < n && ((uintptr_t)(dx + j) & 63); j++)
-            dx[j] = FN(row_dx1)(x, dy, gamma, j, mean, invstd, a, s3, b);
+            dx[j] = FN(row_dx1)(x, dy, has_gamma ? gamma : NULL, j, mean, invstd, a, s3, b);
     for (; j + N <= n; j += N) {
         fastbn_vd h[N / 8];
         for (k = 0; k < N / 8; k++)
-            h[k] = FN(row_dx8)(x + j + 8 * k, dy + j + 8 * k, gamma ? gamma + j + 8 * k : NULL,
+            h[k] = FN(row_dx8)(x + j + 8 * k, dy + j + 8 * k, has_gamma ? gamma + j + 8 * k : NULL,
                                mean, invstd, a, s3, b);
         FN(put)(dx + j, PACK(h), stream);
     }
-    for (; j < n; j++) dx[j] = FN(row_dx1)(x, dy, gamma, j, mean, invstd, a, s3, b);
+    for (; j < n; j++)
+        dx[j] = FN(row_dx1)(x, dy, has_gamma ? gamma : NULL, j, mean, invstd, a, s3, b);
     if (stream) FASTBN_ISA(sfence)();
+}
+static void FN(row_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx, ptrdiff_t n,
+                       double mean, double invstd, const T *RESTRICT gamma, double a, double s3,
+                       double b, int stream) {
+    if (gamma) FN(row_dx_run)(1, x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream);
+    else FN(row_dx_run)(0, x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream);
 }
 
 /* (M, D) column sums: n_rows rows of w columns, row stride `stride`. Rows i..i+7 in two groups of
@@ -270,12 +278,17 @@ static void FN(cols_shifted_sums)(const T *RESTRICT x, ptrdiff_t stride, ptrdiff
             fastbn_vd h = LOAD8(shift + j), a = FASTBN_ISA(load8_d)(s1 + j),
                       b = FASTBN_ISA(load8_d)(s2 + j), t0, t1, t2, t3;
             if (ahead) FN(prefetch_rows)(x0, stride, j);
-            for (r = 0; r < (two ? 8 : 4); r += 4) {
-                const T *xr = x0 + r * stride + j;
-                t0 = LOAD8(xr) - h;
-                t1 = LOAD8(xr + stride) - h;
-                t2 = LOAD8(xr + 2 * stride) - h;
-                t3 = LOAD8(xr + 3 * stride) - h;
+            t0 = LOAD8(x0 + j) - h;
+            t1 = LOAD8(x0 + stride + j) - h;
+            t2 = LOAD8(x0 + 2 * stride + j) - h;
+            t3 = LOAD8(x0 + 3 * stride + j) - h;
+            a += (t0 + t1) + (t2 + t3);
+            b += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+            if (two) {
+                t0 = LOAD8(x0 + 4 * stride + j) - h;
+                t1 = LOAD8(x0 + 5 * stride + j) - h;
+                t2 = LOAD8(x0 + 6 * stride + j) - h;
+                t3 = LOAD8(x0 + 7 * stride + j) - h;
                 a += (t0 + t1) + (t2 + t3);
                 b += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
             }
@@ -362,7 +375,7 @@ FASTBN_INLINE void FN(affine4)(const int masked, unsigned count, const T *x0, T 
     VT s = masked ? LOADM(scale + j, count) : FN(loadv)(scale + j);
     VT b = masked ? LOADM(beta + j, count) : FN(loadv)(beta + j);
     int r;
-    for (r = 0; r < 4; r++) {
+    _Pragma("GCC unroll 4") for (r = 0; r < 4; r++) {
         const T *p = x0 + r * stride + j;
         VT v = ((masked ? LOADM(p, count) : FN(loadv)(p)) - m) * s + b;
         if (masked) STOREM(o0 + r * stride + j, count, v);
@@ -419,7 +432,7 @@ FASTBN_INLINE void FN(dx4)(const int masked, unsigned count, const T *x0, const 
     VT b = masked ? LOADM(k_b + j, count) : FN(loadv)(k_b + j);
     VT g = masked ? LOADM(k_g + j, count) : FN(loadv)(k_g + j);
     int r;
-    for (r = 0; r < 4; r++) {
+    _Pragma("GCC unroll 4") for (r = 0; r < 4; r++) {
         const T *p = g0 + r * stride + j, *q = x0 + r * stride + j;
         VT gv = masked ? LOADM(p, count) : FN(loadv)(p);
         VT v = a * (gv - b - ((masked ? LOADM(q, count) : FN(loadv)(q)) - m) * s * g);
