@@ -75,7 +75,7 @@ class BuildExt(build_ext):
             base_args = ["/Od"] if debug else ["/O2"]
         else:
             # no fused multiply-add contraction: every instruction-set path of the kernels
-            # computes the same bits (see fastbn/_src/loops_avx512.h)
+            # computes the same bits (see fastbn/_src/simd.h)
             base_args = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"]
         sanitize = os.environ.get("FASTBN_SANITIZE", "").strip()
         sanitize_args = []
@@ -135,7 +135,12 @@ extensions = [
     Extension(
         "fastbn._kernels",
         sources=["fastbn/_kernels.pyx"],
-        depends=["fastbn/_src/loops.h", "fastbn/_src/loops_avx512.h", "fastbn/_src/omp_shim.h"],
+        depends=[
+            "fastbn/_src/loops.h",
+            "fastbn/_src/loops_template.c",
+            "fastbn/_src/simd.h",
+            "fastbn/_src/omp_shim.h",
+        ],
         include_dirs=[np.get_include(), "fastbn/_src"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )

@@ -16,6 +16,7 @@ so the ratios between them are meaningful even on a noisy machine.
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -366,33 +367,42 @@ def run(cases, repeat=7, threads=None, torch=None, progress=None):
     return records
 
 
+@contextmanager
+def busy_core():
+    """A process that keeps one core busy while the block runs (what a shared machine looks
+    like); yields its ``Popen``, killed and reaped on exit."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield spinner
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def thread_scaling(cases, repeat=5, busy=True, progress=None):
     """fastbn's time on 1 and on 2 threads for every case and direction, with (`busy`) another
-    process keeping one core busy all along, as on a shared machine; one record per case and
+    process keeping one core busy all along (:func:`busy_core`); one record per case and
     direction with ``times`` {``'1 thread'``, ``'2 threads'``} measured in interleaved rounds."""
     previous = _threads._user_threads
-    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     records = []
-    try:
-        for i, case in enumerate(cases):
-            if progress is not None:
-                progress(f"[{i + 1}/{len(cases)}] {case.name}")
-            calls = implementations(case)
-            for direction in case.directions:
-                call = calls[direction]["fastbn"]
+    with busy_core() if busy else nullcontext():
+        try:
+            for i, case in enumerate(cases):
+                if progress is not None:
+                    progress(f"[{i + 1}/{len(cases)}] {case.name}")
+                calls = implementations(case)
+                for direction in case.directions:
+                    call = calls[direction]["fastbn"]
 
-                def on(n, call=call):
-                    fastbn.set_num_threads(n)
-                    return call()
+                    def on(n, call=call):
+                        fastbn.set_num_threads(n)
+                        return call()
 
-                times = time_calls({"1 thread": lambda: on(1), "2 threads": lambda: on(2)},
-                                   repeat=repeat, min_time=0.002, max_time=1.0)
-                records.append({"case": case, "direction": direction, "times": times})
-    finally:
-        fastbn.set_num_threads(previous)
-        if spinner is not None:
-            spinner.kill()
-            spinner.wait()
+                    times = time_calls({"1 thread": lambda: on(1), "2 threads": lambda: on(2)},
+                                       repeat=repeat, min_time=0.002, max_time=1.0)
+                    records.append({"case": case, "direction": direction, "times": times})
+        finally:
+            fastbn.set_num_threads(previous)
     return records
 
 

@@ -24,15 +24,15 @@ Statistics are accumulated in double precision, shifted by a sample of the data 
 of each chunk or plane; the row mean for rows) and merged with Chan's formula: never
 E[x^2] - E[x]^2 (RMSNorm needs only E[x^2], a sum of squares that cannot cancel).
 
-Speed: the hot loops live in ``_src/loops.h`` (vectorised double sums with fixed lanes, (M, D)
-column sums and sweeps four rows at a time, compiled for AVX2 and for the baseline and picked at
-load time) and their AVX-512 twins in ``_src/loops_avx512.h`` (the same bits; chosen at import
-when the CPU has AVX-512, see :func:`simd`). The elementwise sweeps of outputs of 8 MiB or more
-use streaming stores (no read-for-ownership of the output). NCHW with enough channels, layernorm,
-groupnorm and (M, D) arrays with enough columns read x from memory once: a channel's planes (a
-row, a block of columns) are normalised right after their statistics, while they are in cache.
-(M, D) with few columns is swept as wide rows of several rows. Every choice of path depends on
-the shape only.
+Speed: the hot loops live in ``_src/loops_template.c``, written once (vectorised double sums with
+fixed lanes, (M, D) column sums eight rows per pass and sweeps four rows at a time, contiguous
+runs) and compiled by ``_src/loops.h`` for the baseline, AVX2 and AVX-512, which give the same
+bits (``_src/simd.h``); the version is chosen once, at import, from the CPU (see :func:`simd`).
+The elementwise sweeps of outputs of 8 MiB or more use streaming stores (no read-for-ownership of
+the output). NCHW with enough channels, layernorm, groupnorm and (M, D) arrays with enough
+columns read x from memory once: a channel's planes (a row, a block of columns) are normalised
+right after their statistics, while they are in cache. (M, D) with few columns is swept as wide
+rows of several rows. Every choice of path depends on the shape only.
 """
 import threading
 
@@ -59,80 +59,45 @@ cdef extern from "loops.h" nogil:
                                         int center)
     void fastbn_simd_init()
     const char* fastbn_simd_name()
-    void fastbn_layernorm_rows_f(const float* x, float* out, Py_ssize_t n_rows, Py_ssize_t n,
-                                 const float* gamma, const float* beta, double eps, int center,
-                                 float* mean, float* invstd)
-    void fastbn_layernorm_rows_d(const double* x, double* out, Py_ssize_t n_rows, Py_ssize_t n,
-                                 const double* gamma, const double* beta, double eps, int center,
-                                 double* mean, double* invstd)
-    fastbn_sums fastbn_sum_f(const float* x, Py_ssize_t n)
-    fastbn_sums fastbn_sum_d(const double* x, Py_ssize_t n)
-    fastbn_sums fastbn_shifted_sums_f(const float* x, Py_ssize_t n, double shift)
-    fastbn_sums fastbn_shifted_sums_d(const double* x, Py_ssize_t n, double shift)
-    fastbn_sums fastbn_sum_pf_f(const float* x, Py_ssize_t n, const float* next)
-    fastbn_sums fastbn_sum_pf_d(const double* x, Py_ssize_t n, const double* next)
-    fastbn_sums fastbn_shifted_sums_pf_f(const float* x, Py_ssize_t n, double shift, const float* next)
-    fastbn_sums fastbn_shifted_sums_pf_d(const double* x, Py_ssize_t n, double shift, const double* next)
-    fastbn_sums fastbn_grad_sums_pf_f(const float* x, const float* dy, Py_ssize_t n, double mean,
-                                      const float* next_x, const float* next_dy)
-    fastbn_sums fastbn_grad_sums_pf_d(const double* x, const double* dy, Py_ssize_t n, double mean,
-                                      const double* next_x, const double* next_dy)
-    fastbn_sums fastbn_grad_sums_f(const float* x, const float* dy, Py_ssize_t n, double mean)
-    fastbn_sums fastbn_grad_sums_d(const double* x, const double* dy, Py_ssize_t n, double mean)
-    fastbn_sums fastbn_row_grad_sums_f(const float* x, const float* dy, const float* gamma,
-                                       Py_ssize_t n, double mean, double invstd, double* db, double* dg)
-    fastbn_sums fastbn_row_grad_sums_d(const double* x, const double* dy, const double* gamma,
-                                       Py_ssize_t n, double mean, double invstd, double* db, double* dg)
-    void fastbn_layernorm_rows_grad_f(const float* x, const float* dy, float* dx, Py_ssize_t n_rows,
-                                      Py_ssize_t n, const float* gamma, const float* mean,
-                                      const float* invstd, int center, double* db, double* dg,
-                                      int stream)
-    void fastbn_layernorm_rows_grad_d(const double* x, const double* dy, double* dx, Py_ssize_t n_rows,
-                                      Py_ssize_t n, const double* gamma, const double* mean,
-                                      const double* invstd, int center, double* db, double* dg,
-                                      int stream)
-    void fastbn_rows4_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, const float* gamma,
-                                  Py_ssize_t n, const double* mean, const double* invstd, double* db,
-                                  double* dg, double* out, int ahead)
-    void fastbn_rows4_grad_sums_d(const double* x, const double* dy, Py_ssize_t stride,
-                                  const double* gamma, Py_ssize_t n, const double* mean,
-                                  const double* invstd, double* db, double* dg, double* out, int ahead)
-    void fastbn_plane_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float scale,
-                               float beta, int stream)
-    void fastbn_plane_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double scale,
-                               double beta, int stream)
-    void fastbn_plane_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t n, float mean,
-                           float invstd, float k_dy, float k_b, float k_g, int stream)
-    void fastbn_plane_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean,
-                           double invstd, double k_dy, double k_b, double k_g, int stream)
-    void fastbn_row_affine_f(const float* x, float* out, Py_ssize_t n, float mean, float invstd,
-                             const float* gamma, const float* beta, int stream)
-    void fastbn_row_affine_d(const double* x, double* out, Py_ssize_t n, double mean, double invstd,
-                             const double* gamma, const double* beta, int stream)
-    void fastbn_row_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t n, double mean,
-                         double invstd, const float* gamma, double a, double s3, double b, int stream)
-    void fastbn_row_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t n, double mean,
-                         double invstd, const double* gamma, double a, double s3, double b, int stream)
-    void fastbn_cols_shifted_sums_f(const float* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
-                                    const float* shift, double* s1, double* s2)
-    void fastbn_cols_shifted_sums_d(const double* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
-                                    const double* shift, double* s1, double* s2)
-    void fastbn_cols_grad_sums_f(const float* x, const float* dy, Py_ssize_t stride, Py_ssize_t n_rows,
-                                 Py_ssize_t w, const float* mean, double* s1, double* s2)
-    void fastbn_cols_grad_sums_d(const double* x, const double* dy, Py_ssize_t stride, Py_ssize_t n_rows,
-                                 Py_ssize_t w, const double* mean, double* s1, double* s2)
-    void fastbn_cols_affine_f(const float* x, float* out, Py_ssize_t stride, Py_ssize_t n_rows,
-                              Py_ssize_t w, const float* mean, const float* scale, const float* beta,
-                              int stream)
-    void fastbn_cols_affine_d(const double* x, double* out, Py_ssize_t stride, Py_ssize_t n_rows,
-                              Py_ssize_t w, const double* mean, const double* scale, const double* beta,
-                              int stream)
-    void fastbn_cols_dx_f(const float* x, const float* dy, float* dx, Py_ssize_t stride,
-                          Py_ssize_t n_rows, Py_ssize_t w, const float* mean, const float* invstd,
-                          const float* k_dy, const float* k_b, const float* k_g, int stream)
-    void fastbn_cols_dx_d(const double* x, const double* dy, double* dx, Py_ssize_t stride,
-                          Py_ssize_t n_rows, Py_ssize_t w, const double* mean, const double* invstd,
-                          const double* k_dy, const double* k_b, const double* k_g, int stream)
+    # Each loop takes float or double arrays (see loops.h: a _Generic macro on the first pointer
+    # picks the version for its type at compile time; the pointers are declared void here).
+    fastbn_sums fastbn_sum(const void* x, Py_ssize_t n)
+    fastbn_sums fastbn_shifted_sums(const void* x, Py_ssize_t n, double shift)
+    fastbn_sums fastbn_sum_pf(const void* x, Py_ssize_t n, const void* next)
+    fastbn_sums fastbn_shifted_sums_pf(const void* x, Py_ssize_t n, double shift, const void* next)
+    fastbn_sums fastbn_grad_sums_pf(const void* x, const void* dy, Py_ssize_t n, double mean,
+                                    const void* next_x, const void* next_dy)
+    fastbn_sums fastbn_row_grad_sums(const void* x, const void* dy, const void* gamma, Py_ssize_t n,
+                                     double mean, double invstd, double* db, double* dg)
+    void fastbn_rows4_grad_sums(const void* x, const void* dy, Py_ssize_t stride, const void* gamma,
+                                Py_ssize_t n, const double* mean, const double* invstd, double* db,
+                                double* dg, double* out, int ahead)
+    void fastbn_layernorm_rows(const void* x, void* out, Py_ssize_t n_rows, Py_ssize_t n,
+                               const void* gamma, const void* beta, double eps, int center,
+                               void* mean, void* invstd)
+    void fastbn_layernorm_rows_grad(const void* x, const void* dy, void* dx, Py_ssize_t n_rows,
+                                    Py_ssize_t n, const void* gamma, const void* mean,
+                                    const void* invstd, int center, double* db, double* dg,
+                                    int stream)
+    # (scalars of the element type are declared double: a float is passed exactly)
+    void fastbn_plane_affine(const void* x, void* out, Py_ssize_t n, double mean, double scale,
+                             double beta, int stream)
+    void fastbn_plane_dx(const void* x, const void* dy, void* dx, Py_ssize_t n, double mean,
+                         double invstd, double k_dy, double k_b, double k_g, int stream)
+    void fastbn_row_affine(const void* x, void* out, Py_ssize_t n, double mean, double invstd,
+                           const void* gamma, const void* beta, int stream)
+    void fastbn_row_dx(const void* x, const void* dy, void* dx, Py_ssize_t n, double mean,
+                       double invstd, const void* gamma, double a, double s3, double b, int stream)
+    void fastbn_cols_shifted_sums(const void* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
+                                  const void* shift, double* s1, double* s2)
+    void fastbn_cols_grad_sums(const void* x, const void* dy, Py_ssize_t stride, Py_ssize_t n_rows,
+                               Py_ssize_t w, const void* mean, double* s1, double* s2)
+    void fastbn_cols_affine(const void* x, void* out, Py_ssize_t stride, Py_ssize_t n_rows,
+                            Py_ssize_t w, const void* mean, const void* scale, const void* beta,
+                            int stream)
+    void fastbn_cols_dx(const void* x, const void* dy, void* dx, Py_ssize_t stride,
+                        Py_ssize_t n_rows, Py_ssize_t w, const void* mean, const void* invstd,
+                        const void* k_dy, const void* k_b, const void* k_g, int stream)
 
 
 # Every path choice and tuning constant of the kernels is a field of `plan`, put in force by
@@ -206,8 +171,8 @@ fastbn_simd_init()
 def simd():
     """Return the instruction set of the hot loops: 'avx512', 'avx2' or 'baseline'.
 
-    AVX-512 is chosen at import on CPUs that have it, unless the environment variable
-    FASTBN_DISABLE_AVX512 is set (to anything but 0); both paths give the same bits.
+    The best of the three is chosen at import from the CPU; the environment variable
+    FASTBN_DISABLE_AVX512 (set to anything but 0) stops at AVX2. Every path gives the same bits.
     """
     return fastbn_simd_name().decode()
 
@@ -290,10 +255,7 @@ cdef object _scratch(Py_ssize_t rows, Py_ssize_t cols):
 
 cdef inline fastbn_sums _shifted_sums(const floating* x, Py_ssize_t n, double shift) noexcept nogil:
     """sum(x - shift), sum((x - shift)^2) over n contiguous values."""
-    if floating is float:
-        return fastbn_shifted_sums_f(x, n, shift)
-    else:
-        return fastbn_shifted_sums_d(x, n, shift)
+    return fastbn_shifted_sums(x, n, shift)
 
 
 cdef inline void _chan_merge(
@@ -428,10 +390,7 @@ cdef inline void _cols_task_moments(
     for j in range(width):
         mean[j] = 0.0
         m2[j] = 0.0
-    if floating is float:
-        fastbn_cols_shifted_sums_f(x + stride, stride, n_rows - 1, width, x, mean, m2)
-    else:
-        fastbn_cols_shifted_sums_d(x + stride, stride, n_rows - 1, width, x, mean, m2)
+    fastbn_cols_shifted_sums(x + stride, stride, n_rows - 1, width, x, mean, m2)
     for j in range(width):
         t = mean[j]
         mean[j] = <double>x[j] + t / n
@@ -537,14 +496,9 @@ cdef inline void _cols_block(
 ) noexcept nogil:
     """The sweep of _cols_sweep over n_rows x w values (row stride `stride`)."""
     if dy == NULL:
-        if floating is float:
-            fastbn_cols_affine_f(x, out, stride, n_rows, w, c1, c2, c3, stream)
-        else:
-            fastbn_cols_affine_d(x, out, stride, n_rows, w, c1, c2, c3, stream)
-    elif floating is float:
-        fastbn_cols_dx_f(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream)
+        fastbn_cols_affine(x, out, stride, n_rows, w, c1, c2, c3, stream)
     else:
-        fastbn_cols_dx_d(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream)
+        fastbn_cols_dx(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream)
 
 
 cdef inline object _np_dtype(floating zero):
@@ -835,10 +789,7 @@ cdef inline void _cols_grad_sums(
     for j in range(w):
         s1[j] = 0.0
         s2[j] = 0.0
-    if floating is float:
-        fastbn_cols_grad_sums_f(x, dy, stride, n_rows, w, mean, s1, s2)
-    else:
-        fastbn_cols_grad_sums_d(x, dy, stride, n_rows, w, mean, s1, s2)
+    fastbn_cols_grad_sums(x, dy, stride, n_rows, w, mean, s1, s2)
 
 
 cdef inline void _block_dx(
@@ -868,10 +819,7 @@ cdef inline void _plane_moments(
     the next plane (`next`, or NULL) is prefetched; not centred, 0 and the sum of squares."""
     cdef double shift = <double>x[0] if center else 0.0
     cdef fastbn_sums t
-    if floating is float:
-        t = fastbn_shifted_sums_pf_f(x, n, shift, next)
-    else:
-        t = fastbn_shifted_sums_pf_d(x, n, shift, next)
+    t = fastbn_shifted_sums_pf(x, n, shift, next)
     t = fastbn_moments(t, shift, n, center)
     mean[0] = t.s1
     m2[0] = t.s2
@@ -882,10 +830,7 @@ cdef inline void _affine_plane(
     int stream,
 ) noexcept nogil:
     """out = (x - mean) * scale + beta over n contiguous values."""
-    if floating is float:
-        fastbn_plane_affine_f(x, out, n, mean, scale, beta, stream)
-    else:
-        fastbn_plane_affine_d(x, out, n, mean, scale, beta, stream)
+    fastbn_plane_affine(x, out, n, mean, scale, beta, stream)
 
 
 cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):
@@ -1030,10 +975,8 @@ cdef inline void _dx_plane(
     mode dx = k_dy * dy, which does not read x (a NaN or Inf in x must not leak in)."""
     if not train:
         _affine_plane(dy, dx, n, 0, k_dy, 0, stream)
-    elif floating is float:
-        fastbn_plane_dx_f(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
     else:
-        fastbn_plane_dx_d(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
+        fastbn_plane_dx(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
 
 
 def planes_backward(
@@ -1076,14 +1019,9 @@ def planes_backward(
             s2 = 0.0
             n1 = _chunk_start(q + 1, N, Q)
             for n in range(_chunk_start(q, N, Q), n1):
-                if floating is float:
-                    sums = fastbn_grad_sums_pf_f(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
-                                                 &x[n + 1, c, 0] if n + 1 < n1 else NULL,
-                                                 &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
-                else:
-                    sums = fastbn_grad_sums_pf_d(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
-                                                 &x[n + 1, c, 0] if n + 1 < n1 else NULL,
-                                                 &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
+                sums = fastbn_grad_sums_pf(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
+                                           &x[n + 1, c, 0] if n + 1 < n1 else NULL,
+                                           &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
                 s1 = s1 + sums.s1
                 s2 = s2 + sums.s2
             part_dy[q, c] = s1
@@ -1143,14 +1081,8 @@ def rows_forward_train(
         with nogil:
             for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='dynamic'):
                 r0 = t * rows_per_task
-                if floating is float:
-                    fastbn_layernorm_rows_f(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
-                                            n, &gamma[0], &beta[0], eps, center, &mean[r0],
-                                            &invstd[r0])
-                else:
-                    fastbn_layernorm_rows_d(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0),
-                                            n, &gamma[0], &beta[0], eps, center, &mean[r0],
-                                            &invstd[r0])
+                fastbn_layernorm_rows(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0), n,
+                                      &gamma[0], &beta[0], eps, center, &mean[r0], &invstd[r0])
         return
     with nogil:
         for r in prange(R, num_threads=n_threads, schedule='dynamic',
@@ -1165,10 +1097,7 @@ def rows_forward_train(
                 # accurate for any offset).
                 shift = 0.0
                 if center:
-                    if floating is float:
-                        shift = fastbn_sum_pf_f(xr, n, xr + n if r + 1 < R else NULL).s1 / n
-                    else:
-                        shift = fastbn_sum_pf_d(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+                    shift = fastbn_sum_pf(xr, n, xr + n if r + 1 < R else NULL).s1 / n
                 sums = fastbn_moments(_shifted_sums(xr, n, shift), shift, n, center)
             s = fastbn_row_invstd(sums.s2, n, eps)
             mf = <floating>sums.s1
@@ -1176,10 +1105,7 @@ def rows_forward_train(
             invstd[r] = <floating>s
             c0 = (r % groups) * Cg
             if L == 1:
-                if floating is float:
-                    fastbn_row_affine_f(xr, yr, Cg, mf, <float>s, &gamma[c0], &beta[c0], stream)
-                else:
-                    fastbn_row_affine_d(xr, yr, Cg, mf, s, &gamma[c0], &beta[c0], stream)
+                fastbn_row_affine(xr, yr, Cg, mf, <floating>s, &gamma[c0], &beta[c0], stream)
             else:
                 for k in range(Cg):
                     _affine_plane(xr + k * L, yr + k * L, L, mf,
@@ -1221,11 +1147,8 @@ cdef inline void _rows4_grad_sums(
     const floating* x, const floating* dy, Py_ssize_t stride, const floating* gamma, Py_ssize_t n,
     const double* mean, const double* invstd, double* db, double* dg, double* out, int ahead,
 ) noexcept nogil:
-    """fastbn_rows4_grad_sums_* of four rows `stride` values apart (see loops.h)."""
-    if floating is float:
-        fastbn_rows4_grad_sums_f(x, dy, stride, gamma, n, mean, invstd, db, dg, out, ahead)
-    else:
-        fastbn_rows4_grad_sums_d(x, dy, stride, gamma, n, mean, invstd, db, dg, out, ahead)
+    """fastbn_rows4_grad_sums of four rows `stride` values apart (see loops.h)."""
+    fastbn_rows4_grad_sums(x, dy, stride, gamma, n, mean, invstd, db, dg, out, ahead)
 
 
 cdef inline fastbn_sums _row_grad_sums(
@@ -1233,10 +1156,7 @@ cdef inline fastbn_sums _row_grad_sums(
     double invstd, double* db, double* dg,
 ) noexcept nogil:
     """db += dy, dg += dy * (x - mean) * invstd; returns sum(gamma * dy), sum(gamma * dy * xc)."""
-    if floating is float:
-        return fastbn_row_grad_sums_f(x, dy, gamma, n, mean, invstd, db, dg)
-    else:
-        return fastbn_row_grad_sums_d(x, dy, gamma, n, mean, invstd, db, dg)
+    return fastbn_row_grad_sums(x, dy, gamma, n, mean, invstd, db, dg)
 
 
 cdef inline void _dx_run(
@@ -1245,10 +1165,7 @@ cdef inline void _dx_run(
 ) noexcept nogil:
     """dx = a * dy - s3 * (x - mean) + b in double over n contiguous values, with
     a = invstd * gamma[j] when gamma is not NULL."""
-    if floating is float:
-        fastbn_row_dx_f(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream)
-    else:
-        fastbn_row_dx_d(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream)
+    fastbn_row_dx(x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream)
 
 
 def rows_backward(
@@ -1323,15 +1240,10 @@ def rows_backward(
                         _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
                                 scratch[q, k], s, &gamma[0], 0.0, coefs.s3, coefs.b, stream)
                     n = n + 4
-            if (path == ROWS_BWD_FOUR or path == ROWS_BWD_SHORT) and n < n1:  # the other layernorm rows, in one C call
-                if floating is float:
-                    fastbn_layernorm_rows_grad_f(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
-                                                 &gamma[0], &mean[n], &invstd[n], center,
-                                                 &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
-                else:
-                    fastbn_layernorm_rows_grad_d(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
-                                                 &gamma[0], &mean[n], &invstd[n], center,
-                                                 &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
+            if (path == ROWS_BWD_FOUR or path == ROWS_BWD_SHORT) and n < n1:  # the rest, in one C call
+                fastbn_layernorm_rows_grad(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
+                                           &gamma[0], &mean[n], &invstd[n], center,
+                                           &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
                 n = n1
             for n in range(n, n1):
                 for g in range(groups):
@@ -1351,16 +1263,10 @@ def rows_backward(
                         sum_g = 0.0
                         sum_gxc = 0.0
                         for k in range(Cg):  # prefetching the next plane (or row)
-                            if floating is float:
-                                sums = fastbn_grad_sums_pf_f(
-                                    xr + k * L, dr + k * L, L, m,
-                                    xr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL,
-                                    dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL)
-                            else:
-                                sums = fastbn_grad_sums_pf_d(
-                                    xr + k * L, dr + k * L, L, m,
-                                    xr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL,
-                                    dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL)
+                            sums = fastbn_grad_sums_pf(
+                                xr + k * L, dr + k * L, L, m,
+                                xr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL,
+                                dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL)
                             part_dbeta[q, c0 + k] += sums.s1
                             part_dgamma[q, c0 + k] += sums.s2 * s
                             sum_g = sum_g + sums.s1 * gamma[c0 + k]
@@ -1457,10 +1363,7 @@ def parallel_read(
     cdef double[::1] block_sums = np.empty(n_blocks)
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
-            if floating is float:
-                block_sums[b] = fastbn_sum_f(&x[b * block], min(block, n - b * block)).s1
-            else:
-                block_sums[b] = fastbn_sum_d(&x[b * block], min(block, n - b * block)).s1
+            block_sums[b] = fastbn_sum(&x[b * block], min(block, n - b * block)).s1
         for b in range(n_blocks):
             total = total + block_sums[b]
     return total

@@ -90,4 +90,9 @@ def test_shared_core_mode_times_one_and_two_threads_beside_a_busy_process(capsys
     rows = [line for line in out.splitlines() if line.startswith(tuple(c.name for c in TINY_CASES))]
     assert len(rows) == sum(len(case.directions) for case in TINY_CASES)
     assert all(float(line.split()[-1]) > 0 for line in rows)
-    assert subprocess.run(["pgrep", "-f", "while True: pass"], capture_output=True).returncode != 0
+
+
+def test_busy_core_runs_a_spinning_process_only_within_the_block():
+    with _bench.busy_core() as spinner:
+        assert spinner.poll() is None
+    assert spinner.poll() is not None

@@ -1,0 +1,697 @@
+/* fastbn's hot loops, written once. loops.h includes this file once per instruction set and
+ * element type (T = float or double), under that instruction set's target pragma; FN(name) names
+ * each copy (fastbn_<name>_<isa>_<f|d>), and the helpers of simd.h give the few operations vector
+ * extensions cannot express. Determinism contract: see simd.h.
+ *
+ * In this file: T, the element type; VT, a vector of N values of T (64 bytes); fastbn_vd, 8
+ * doubles. LOADV/STOREV: a vector of T at any address; LOAD8: 8 values of T as doubles; LOADM and
+ * STOREM: the first `count` lanes of a vector; STREAM: a streaming store to a 64-byte aligned
+ * address; PACK(h): the N / 8 vectors of doubles h[] rounded to a vector of T.
+ *
+ * The contiguous-run reductions read n values (n may be 0) and return their two sums by value, so
+ * that a caller inside an OpenMP loop keeps them in private variables. RESTRICT: outputs never
+ * alias inputs. Streamed outputs (the caller's `stream`): the lines wholly inside a run get
+ * streaming stores straight from registers, the partial lines at either end ordinary stores (the
+ * neighbouring run may share them); the function fences at its end.
+ */
+
+#if FASTBN_FLOAT
+#define T float
+#define VT fastbn_vf
+#define N 16
+#define FN(name) FASTBN_CAT4(fastbn, name, FASTBN_ISA_SUFFIX, f)
+#define FN_TABLE fastbn_loops_f
+#define LOAD8 FASTBN_ISA(load8_f)
+#define LOADM FASTBN_ISA(loadm_f)
+#define STOREM FASTBN_ISA(storem_f)
+#define STREAM FASTBN_ISA(stream_f)
+#define PACK(h) FASTBN_ISA(narrow16)((h)[0], (h)[1])
+#else
+#define T double
+#define VT fastbn_vd
+#define N 8
+#define FN(name) FASTBN_CAT4(fastbn, name, FASTBN_ISA_SUFFIX, d)
+#define FN_TABLE fastbn_loops_d
+#define LOAD8 FASTBN_ISA(load8_d)
+#define LOADM FASTBN_ISA(loadm_d)
+#define STOREM FASTBN_ISA(storem_d)
+#define STREAM FASTBN_ISA(stream_d)
+#define PACK(h) (h)[0]
+#endif
+
+#if FASTBN_ISA_LEVEL == 0 /* the first instruction set: the table's type, once per T */
+typedef struct {
+    fastbn_sums (*sum)(const T *, ptrdiff_t);
+    fastbn_sums (*shifted_sums)(const T *, ptrdiff_t, double);
+    fastbn_sums (*sum_pf)(const T *, ptrdiff_t, const T *);
+    fastbn_sums (*shifted_sums_pf)(const T *, ptrdiff_t, double, const T *);
+    fastbn_sums (*grad_sums_pf)(const T *, const T *, ptrdiff_t, double, const T *, const T *);
+    fastbn_sums (*row_grad_sums)(const T *, const T *, const T *, ptrdiff_t, double, double,
+                                 double *, double *);
+    void (*rows4_grad_sums)(const T *, const T *, ptrdiff_t, const T *, ptrdiff_t, const double *,
+                            const double *, double *, double *, double *, int);
+    void (*plane_affine)(const T *, T *, ptrdiff_t, T, T, T, int);
+    void (*plane_dx)(const T *, const T *, T *, ptrdiff_t, T, T, T, T, T, int);
+    void (*row_affine)(const T *, T *, ptrdiff_t, T, T, const T *, const T *, int);
+    void (*row_dx)(const T *, const T *, T *, ptrdiff_t, double, double, const T *, double, double,
+                   double, int);
+    void (*cols_shifted_sums)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, double *,
+                              double *);
+    void (*cols_grad_sums)(const T *, const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
+                           double *, double *);
+    void (*cols_affine)(const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, const T *,
+                        const T *, int);
+    void (*cols_dx)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
+                    const T *, const T *, const T *, const T *, int);
+    void (*layernorm_rows)(const T *, T *, ptrdiff_t, ptrdiff_t, const T *, const T *, double, int,
+                           T *, T *);
+    void (*layernorm_rows_grad)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, const T *,
+                                const T *, const T *, int, double *, double *, int);
+} FN_TABLE;
+#endif
+
+FASTBN_INLINE VT FN(loadv)(const T *p) {
+    VT v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+FASTBN_INLINE void FN(storev)(T *p, VT v) { memcpy(p, &v, sizeof v); }
+FASTBN_INLINE void FN(put)(T *p, VT v, int stream) {
+    if (stream) STREAM(p, v);
+    else FN(storev)(p, v);
+}
+
+/* Double sums of n contiguous values, element j in lane j % 16 (see simd.h). With `pf`, the
+ * matching lines of the next run(s) at next_x, next_dy are prefetched, interleaved with the loads
+ * (NCHW planes are far apart in memory, and each would otherwise start by waiting for the hardware
+ * prefetcher; a burst of prefetches up front would stall on the fill buffers). kind 0: s1 =
+ * sum(x) (s2 = 0); 1: s1 = sum(x - c), s2 = sum((x - c)^2); 2: s1 = sum(dy), s2 = sum(dy * (x - c)).
+ * Called with constant kind and pf. */
+FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RESTRICT x,
+                                       const T *RESTRICT dy, ptrdiff_t n, double c,
+                                       const T *next_x, const T *next_dy) {
+    const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    fastbn_vd A0 = zero, A1 = zero, B0 = zero, B1 = zero, t, g;
+    ptrdiff_t j = 0;
+    int h;
+    for (; j + 16 <= n; j += 16)
+        for (h = 0; h < 16; h += 8) {
+            if (pf && !((h * sizeof(T)) & 63)) {
+                __builtin_prefetch(next_x + j + h, 0, 3);
+                if (kind == 2) __builtin_prefetch(next_dy + j + h, 0, 3);
+            }
+            if (kind == 0) {
+                t = LOAD8(x + j + h);
+                if (h) A1 += t; else A0 += t;
+            } else if (kind == 1) {
+                t = LOAD8(x + j + h) - c;
+                if (h) A1 += t, B1 += t * t; else A0 += t, B0 += t * t;
+            } else {
+                g = LOAD8(dy + j + h);
+                t = g * (LOAD8(x + j + h) - c);
+                if (h) A1 += g, B1 += t; else A0 += g, B0 += t;
+            }
+        }
+    fastbn_sums s = {fastbn_hsum(A0 + A1), fastbn_hsum(B0 + B1)};
+    for (; j < n; j++) {
+        if (kind == 0) {
+            s.s1 += (double)x[j];
+        } else if (kind == 1) {
+            double u = (double)x[j] - c;
+            s.s1 += u;
+            s.s2 += u * u;
+        } else {
+            double u = (double)dy[j];
+            s.s1 += u;
+            s.s2 += u * ((double)x[j] - c);
+        }
+    }
+    return s;
+}
+static fastbn_sums FN(sum)(const T *RESTRICT x, ptrdiff_t n) {
+    return FN(run_sums)(0, 0, x, NULL, n, 0.0, NULL, NULL);
+}
+static fastbn_sums FN(shifted_sums)(const T *RESTRICT x, ptrdiff_t n, double shift) {
+    return FN(run_sums)(1, 0, x, NULL, n, shift, NULL, NULL);
+}
+/* The same while the next run (n values at next, next_x, next_dy; or NULL) is brought into the
+ * cache. */
+static fastbn_sums FN(sum_pf)(const T *RESTRICT x, ptrdiff_t n, const T *next) {
+    return FN(run_sums)(0, 1, x, NULL, n, 0.0, next ? next : x, NULL);
+}
+static fastbn_sums FN(shifted_sums_pf)(const T *RESTRICT x, ptrdiff_t n, double shift,
+                                       const T *next) {
+    return FN(run_sums)(1, 1, x, NULL, n, shift, next ? next : x, NULL);
+}
+static fastbn_sums FN(grad_sums_pf)(const T *RESTRICT x, const T *RESTRICT dy, ptrdiff_t n,
+                                    double mean, const T *next_x, const T *next_dy) {
+    if (!next_x) next_x = x, next_dy = dy;
+    return FN(run_sums)(2, 1, x, dy, n, mean, next_x, next_dy);
+}
+
+/* Layernorm backward, one row: per column j, db[j] += dy, dg[j] += dy * (x - mean) * invstd;
+ * returns s1 = sum(gamma * dy), s2 = sum(gamma * dy * (x - mean)) (16 lanes). */
+static fastbn_sums FN(row_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy,
+                                     const T *RESTRICT gamma, ptrdiff_t n, double mean,
+                                     double invstd, double *RESTRICT db, double *RESTRICT dg) {
+    const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    fastbn_vd A[2] = {zero, zero}, B[2] = {zero, zero};
+    ptrdiff_t j = 0;
+    int h;
+    for (; j + 16 <= n; j += 16)
+        for (h = 0; h < 2; h++) {
+            ptrdiff_t k = j + 8 * h;
+            fastbn_vd g = LOAD8(dy + k), xc = LOAD8(x + k) - mean;
+            FASTBN_ISA(storev_d)(db + k, FASTBN_ISA(load8_d)(db + k) + g);
+            FASTBN_ISA(storev_d)(dg + k, FASTBN_ISA(load8_d)(dg + k) + g * xc * invstd);
+            g *= LOAD8(gamma + k);
+            A[h] += g;
+            B[h] += g * xc;
+        }
+    fastbn_sums s = {fastbn_hsum(A[0] + A[1]), fastbn_hsum(B[0] + B[1])};
+    for (; j < n; j++) {
+        double g = (double)dy[j], xc = (double)x[j] - mean;
+        db[j] += g;
+        dg[j] += g * xc * invstd;
+        g *= (double)gamma[j];
+        s.s1 += g;
+        s.s2 += g * xc;
+    }
+    return s;
+}
+
+/* Contiguous runs (NCHW planes, rows), in T. out = (x - mean) * scale + beta. */
+static void FN(plane_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T scale,
+                             T beta, int stream) {
+    ptrdiff_t j = 0;
+    if (stream)
+        for (; j < n && ((uintptr_t)(out + j) & 63); j++) out[j] = (x[j] - mean) * scale + beta;
+    for (; j + N <= n; j += N) FN(put)(out + j, (FN(loadv)(x + j) - mean) * scale + beta, stream);
+    for (; j < n; j++) out[j] = (x[j] - mean) * scale + beta;
+    if (stream) FASTBN_ISA(sfence)();
+}
+/* dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g). */
+static void FN(plane_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx, ptrdiff_t n,
+                         T mean, T invstd, T k_dy, T k_b, T k_g, int stream) {
+    ptrdiff_t j = 0;
+    if (stream)
+        for (; j < n && ((uintptr_t)(dx + j) & 63); j++)
+            dx[j] = k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g);
+    for (; j + N <= n; j += N)
+        FN(put)(dx + j,
+                k_dy * (FN(loadv)(dy + j) - k_b - (FN(loadv)(x + j) - mean) * invstd * k_g),
+                stream);
+    for (; j < n; j++) dx[j] = k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g);
+    if (stream) FASTBN_ISA(sfence)();
+}
+/* out = (x - mean) * (gamma * invstd) + beta with gamma, beta per value. */
+static void FN(row_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T invstd,
+                           const T *RESTRICT gamma, const T *RESTRICT beta, int stream) {
+    ptrdiff_t j = 0;
+    if (stream)
+        for (; j < n && ((uintptr_t)(out + j) & 63); j++)
+            out[j] = (x[j] - mean) * (gamma[j] * invstd) + beta[j];
+    for (; j + N <= n; j += N)
+        FN(put)(out + j,
+                (FN(loadv)(x + j) - mean) * (FN(loadv)(gamma + j) * invstd) + FN(loadv)(beta + j),
+                stream);
+    for (; j < n; j++) out[j] = (x[j] - mean) * (gamma[j] * invstd) + beta[j];
+    if (stream) FASTBN_ISA(sfence)();
+}
+/* Layernorm/groupnorm dx in double, rounded to T: dx = invstd * gamma * dy - s3 * (x - mean) + b,
+ * or a * dy - s3 * (x - mean) + b without gamma (NULL). */
+FASTBN_INLINE fastbn_vd FN(row_dx8)(const T *x, const T *dy, const T *gamma, double mean,
+                                    double invstd, double a, double s3, double b) {
+    fastbn_vd c = gamma ? invstd * LOAD8(gamma) : (fastbn_vd){a, a, a, a, a, a, a, a};
+    return c * LOAD8(dy) - s3 * (LOAD8(x) - mean) + b;
+}
+FASTBN_INLINE T FN(row_dx1)(const T *x, const T *dy, const T *gamma, ptrdiff_t j, double mean,
+                            double invstd, double a, double s3, double b) {
+    return (T)((gamma ? invstd * (double)gamma[j] * (double)dy[j] : a * (double)dy[j])
+               - s3 * ((double)x[j] - mean) + b);
+}
+FASTBN_INLINE void FN(row_dx_run)(const int has_gamma, const T *RESTRICT x, const T *RESTRICT dy,
+                                  T *RESTRICT dx, ptrdiff_t n, double mean, double invstd,
+                                  const T *RESTRICT gamma, double a, double s3, double b,
+                                  int stream) {
+    ptrdiff_t j = 0;
+    int k;
+    if (stream)
+        for (; j < n && ((uintptr_t)(dx + j) & 63); j++)
+            dx[j] = FN(row_dx1)(x, dy, has_gamma ? gamma : NULL, j, mean, invstd, a, s3, b);
+    for (; j + N <= n; j += N) {
+        fastbn_vd h[N / 8];
+        for (k = 0; k < N / 8; k++)
+            h[k] = FN(row_dx8)(x + j + 8 * k, dy + j + 8 * k, has_gamma ? gamma + j + 8 * k : NULL,
+                               mean, invstd, a, s3, b);
+        FN(put)(dx + j, PACK(h), stream);
+    }
+    for (; j < n; j++)
+        dx[j] = FN(row_dx1)(x, dy, has_gamma ? gamma : NULL, j, mean, invstd, a, s3, b);
+    if (stream) FASTBN_ISA(sfence)();
+}
+static void FN(row_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx, ptrdiff_t n,
+                       double mean, double invstd, const T *RESTRICT gamma, double a, double s3,
+                       double b, int stream) {
+    if (gamma) FN(row_dx_run)(1, x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream);
+    else FN(row_dx_run)(0, x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream);
+}
+
+/* (M, D) column sums: n_rows rows of w columns, row stride `stride`. Rows i..i+7 in two groups of
+ * four, then one group of four, then single rows (the grouping depends on n_rows only); per group
+ * of four rows, per column, s1[j] += (t0 + t1) + (t2 + t3) and likewise for s2. A pass over eight
+ * rows loads and stores each column's accumulators once, and prefetches the next eight rows. */
+FASTBN_INLINE void FN(prefetch_rows)(const T *p, ptrdiff_t stride, ptrdiff_t j) {
+    int r;
+    if (!(j & (64 / (ptrdiff_t)sizeof(T) - 1)))
+        for (r = 8; r < 16; r++) __builtin_prefetch(p + r * stride + j, 0, 3);
+}
+/* s1[j] += sum_i (x[i, j] - shift[j]), s2[j] += sum_i (x[i, j] - shift[j])^2. */
+static void FN(cols_shifted_sums)(const T *RESTRICT x, ptrdiff_t stride, ptrdiff_t n_rows,
+                                  ptrdiff_t w, const T *RESTRICT shift, double *RESTRICT s1,
+                                  double *RESTRICT s2) {
+    ptrdiff_t i = 0, j, r;
+    for (; i + 4 <= n_rows; i += 8) {
+        const T *x0 = x + i * stride;
+        int two = i + 8 <= n_rows, ahead = i + 16 <= n_rows;
+        for (j = 0; j + 8 <= w; j += 8) {
+            fastbn_vd h = LOAD8(shift + j), a = FASTBN_ISA(load8_d)(s1 + j),
+                      b = FASTBN_ISA(load8_d)(s2 + j), t0, t1, t2, t3;
+            if (ahead) FN(prefetch_rows)(x0, stride, j);
+            t0 = LOAD8(x0 + j) - h;
+            t1 = LOAD8(x0 + stride + j) - h;
+            t2 = LOAD8(x0 + 2 * stride + j) - h;
+            t3 = LOAD8(x0 + 3 * stride + j) - h;
+            a += (t0 + t1) + (t2 + t3);
+            b += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+            if (two) {
+                t0 = LOAD8(x0 + 4 * stride + j) - h;
+                t1 = LOAD8(x0 + 5 * stride + j) - h;
+                t2 = LOAD8(x0 + 6 * stride + j) - h;
+                t3 = LOAD8(x0 + 7 * stride + j) - h;
+                a += (t0 + t1) + (t2 + t3);
+                b += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+            }
+            FASTBN_ISA(storev_d)(s1 + j, a);
+            FASTBN_ISA(storev_d)(s2 + j, b);
+        }
+        for (; j < w; j++)
+            for (r = 0; r < (two ? 8 : 4); r += 4) {
+                const T *xr = x0 + r * stride + j;
+                double h = (double)shift[j], t0 = (double)xr[0] - h, t1 = (double)xr[stride] - h,
+                       t2 = (double)xr[2 * stride] - h, t3 = (double)xr[3 * stride] - h;
+                s1[j] += (t0 + t1) + (t2 + t3);
+                s2[j] += (t0 * t0 + t1 * t1) + (t2 * t2 + t3 * t3);
+            }
+        if (!two) i -= 4;
+    }
+    for (; i < n_rows; i++)
+        for (j = 0; j < w; j++) {
+            double t = (double)x[i * stride + j] - (double)shift[j];
+            s1[j] += t;
+            s2[j] += t * t;
+        }
+}
+/* s1[j] += sum_i dy[i, j], s2[j] += sum_i dy[i, j] * (x[i, j] - mean[j]). */
+static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdiff_t stride,
+                               ptrdiff_t n_rows, ptrdiff_t w, const T *RESTRICT mean,
+                               double *RESTRICT s1, double *RESTRICT s2) {
+    ptrdiff_t i = 0, j, r;
+    for (; i + 4 <= n_rows; i += 8) {
+        const T *x0 = x + i * stride, *y0 = dy + i * stride;
+        int two = i + 8 <= n_rows, ahead = i + 16 <= n_rows;
+        for (j = 0; j + 8 <= w; j += 8) {
+            fastbn_vd m = LOAD8(mean + j), a = FASTBN_ISA(load8_d)(s1 + j),
+                      b = FASTBN_ISA(load8_d)(s2 + j), g0, g1, g2, g3;
+            if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))
+                for (r = 8; r < 16; r++) {
+                    __builtin_prefetch(x0 + r * stride + j, 0, 3);
+                    __builtin_prefetch(y0 + r * stride + j, 0, 3);
+                }
+            for (r = 0; r < (two ? 8 : 4); r += 4) {
+                const T *xr = x0 + r * stride + j, *yr = y0 + r * stride + j;
+                g0 = LOAD8(yr);
+                g1 = LOAD8(yr + stride);
+                g2 = LOAD8(yr + 2 * stride);
+                g3 = LOAD8(yr + 3 * stride);
+                a += (g0 + g1) + (g2 + g3);
+                b += (g0 * (LOAD8(xr) - m) + g1 * (LOAD8(xr + stride) - m))
+                   + (g2 * (LOAD8(xr + 2 * stride) - m) + g3 * (LOAD8(xr + 3 * stride) - m));
+            }
+            FASTBN_ISA(storev_d)(s1 + j, a);
+            FASTBN_ISA(storev_d)(s2 + j, b);
+        }
+        for (; j < w; j++)
+            for (r = 0; r < (two ? 8 : 4); r += 4) {
+                const T *xr = x0 + r * stride + j, *yr = y0 + r * stride + j;
+                double m = (double)mean[j], g0 = yr[0], g1 = yr[stride], g2 = yr[2 * stride],
+                       g3 = yr[3 * stride];
+                s1[j] += (g0 + g1) + (g2 + g3);
+                s2[j] += (g0 * ((double)xr[0] - m) + g1 * ((double)xr[stride] - m))
+                       + (g2 * ((double)xr[2 * stride] - m) + g3 * ((double)xr[3 * stride] - m));
+            }
+        if (!two) i -= 4;
+    }
+    for (; i < n_rows; i++)
+        for (j = 0; j < w; j++) {
+            double g = dy[i * stride + j];
+            s1[j] += g;
+            s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);
+        }
+}
+
+/* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time, so
+ * that each column's coefficients are loaded once per four rows -- when streamed, only if every
+ * row starts at the same offset within a cache line; otherwise one row at a time. An affine sweep
+ * that is not streamed goes four at a time only over short runs (FASTBN_AFFINE_FOURS). Streamed
+ * sweeps of long runs prefetch the inputs FASTBN_AHEAD bytes (four rows) or twice that (one row)
+ * ahead: they read one line per vector per row from memory, and the hardware prefetchers alone
+ * fall behind. */
+/* Columns j.. (a vector, or `count` values when masked) of four rows. */
+FASTBN_INLINE void FN(affine4)(const int masked, unsigned count, const T *x0, T *o0,
+                               ptrdiff_t stride, ptrdiff_t j, const T *mean, const T *scale,
+                               const T *beta, int stream) {
+    VT m = masked ? LOADM(mean + j, count) : FN(loadv)(mean + j);
+    VT s = masked ? LOADM(scale + j, count) : FN(loadv)(scale + j);
+    VT b = masked ? LOADM(beta + j, count) : FN(loadv)(beta + j);
+    int r;
+    _Pragma("GCC unroll 4") for (r = 0; r < 4; r++) {
+        const T *p = x0 + r * stride + j;
+        VT v = ((masked ? LOADM(p, count) : FN(loadv)(p)) - m) * s + b;
+        if (masked) STOREM(o0 + r * stride + j, count, v);
+        else FN(put)(o0 + r * stride + j, v, stream);
+    }
+}
+static void FN(cols_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t stride,
+                            ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
+                            const T *RESTRICT scale, const T *RESTRICT beta, int stream) {
+    ptrdiff_t i = 0, j, r, head;
+    stream = fastbn_streamable(out, sizeof(T), stream);
+    head = fastbn_head(out, n, sizeof(T), stream);
+    ptrdiff_t near = FASTBN_AHEAD / (ptrdiff_t)sizeof(T), far = 2 * near;
+    /* runs of a block of columns: the prefetches would fetch another block's columns */
+    int ahead = stream && n >= 4 * near;
+    if (stream ? !((stride * (ptrdiff_t)sizeof(T)) & 63) : FASTBN_AFFINE_FOURS(n, stride, sizeof(T)))
+        for (; i + 4 <= n_rows; i += 4) {
+            const T *x0 = x + i * stride;
+            T *o0 = out + i * stride;
+            if (head) /* the values before the first line boundary: masked ordinary stores */
+                FN(affine4)(1, head, x0, o0, stride, 0, mean, scale, beta, 0);
+            for (j = head; j + N <= n; j += N) {
+                if (ahead)
+                    for (r = 0; r < 4; r++) __builtin_prefetch(x0 + r * stride + j + near, 0, 3);
+                FN(affine4)(0, 0, x0, o0, stride, j, mean, scale, beta, stream);
+            }
+            if (j < n) FN(affine4)(1, n - j, x0, o0, stride, j, mean, scale, beta, 0);
+        }
+    for (; i < n_rows; i++) {
+        const T *xi = x + i * stride;
+        T *oi = out + i * stride;
+        j = 0;
+        if (stream)
+            for (; j < n && ((uintptr_t)(oi + j) & 63); j++)
+                oi[j] = (xi[j] - mean[j]) * scale[j] + beta[j];
+        for (; j + N <= n; j += N) {
+            if (ahead) __builtin_prefetch(xi + j + far, 0, 3);
+            FN(put)(oi + j,
+                    (FN(loadv)(xi + j) - FN(loadv)(mean + j)) * FN(loadv)(scale + j)
+                        + FN(loadv)(beta + j),
+                    stream);
+        }
+        for (; j < n; j++) oi[j] = (xi[j] - mean[j]) * scale[j] + beta[j];
+    }
+    if (stream) FASTBN_ISA(sfence)();
+}
+/* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T. */
+FASTBN_INLINE void FN(dx4)(const int masked, unsigned count, const T *x0, const T *g0, T *o0,
+                           ptrdiff_t stride, ptrdiff_t j, const T *mean, const T *invstd,
+                           const T *k_dy, const T *k_b, const T *k_g, int stream) {
+    VT m = masked ? LOADM(mean + j, count) : FN(loadv)(mean + j);
+    VT s = masked ? LOADM(invstd + j, count) : FN(loadv)(invstd + j);
+    VT a = masked ? LOADM(k_dy + j, count) : FN(loadv)(k_dy + j);
+    VT b = masked ? LOADM(k_b + j, count) : FN(loadv)(k_b + j);
+    VT g = masked ? LOADM(k_g + j, count) : FN(loadv)(k_g + j);
+    int r;
+    _Pragma("GCC unroll 4") for (r = 0; r < 4; r++) {
+        const T *p = g0 + r * stride + j, *q = x0 + r * stride + j;
+        VT gv = masked ? LOADM(p, count) : FN(loadv)(p);
+        VT v = a * (gv - b - ((masked ? LOADM(q, count) : FN(loadv)(q)) - m) * s * g);
+        if (masked) STOREM(o0 + r * stride + j, count, v);
+        else FN(put)(o0 + r * stride + j, v, stream);
+    }
+}
+static void FN(cols_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx,
+                        ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
+                        const T *RESTRICT invstd, const T *RESTRICT k_dy, const T *RESTRICT k_b,
+                        const T *RESTRICT k_g, int stream) {
+    ptrdiff_t i = 0, j, head;
+    stream = fastbn_streamable(dx, sizeof(T), stream);
+    head = fastbn_head(dx, n, sizeof(T), stream);
+    ptrdiff_t far = 2 * FASTBN_AHEAD / (ptrdiff_t)sizeof(T);
+    int ahead = stream && n >= 2 * far; /* (as in cols_affine) */
+    if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))
+        for (; i + 4 <= n_rows; i += 4) {
+            const T *x0 = x + i * stride, *g0 = dy + i * stride;
+            T *o0 = dx + i * stride;
+            if (head) FN(dx4)(1, head, x0, g0, o0, stride, 0, mean, invstd, k_dy, k_b, k_g, 0);
+            for (j = head; j + N <= n; j += N)
+                FN(dx4)(0, 0, x0, g0, o0, stride, j, mean, invstd, k_dy, k_b, k_g, stream);
+            if (j < n) FN(dx4)(1, n - j, x0, g0, o0, stride, j, mean, invstd, k_dy, k_b, k_g, 0);
+        }
+    for (; i < n_rows; i++) {
+        const T *x0 = x + i * stride, *g0 = dy + i * stride;
+        T *oi = dx + i * stride;
+        j = 0;
+        if (stream)
+            for (; j < n && ((uintptr_t)(oi + j) & 63); j++)
+                oi[j] = k_dy[j] * (g0[j] - k_b[j] - (x0[j] - mean[j]) * invstd[j] * k_g[j]);
+        for (; j + N <= n; j += N) {
+            if (ahead) {
+                __builtin_prefetch(x0 + j + far, 0, 3);
+                __builtin_prefetch(g0 + j + far, 0, 3);
+            }
+            FN(put)(oi + j,
+                    FN(loadv)(k_dy + j)
+                        * (FN(loadv)(g0 + j) - FN(loadv)(k_b + j)
+                           - (FN(loadv)(x0 + j) - FN(loadv)(mean + j)) * FN(loadv)(invstd + j)
+                                 * FN(loadv)(k_g + j)),
+                    stream);
+        }
+        for (; j < n; j++)
+            oi[j] = k_dy[j] * (g0[j] - k_b[j] - (x0[j] - mean[j]) * invstd[j] * k_g[j]);
+    }
+    if (stream) FASTBN_ISA(sfence)();
+}
+
+/* Layernorm backward, four rows at once (row r at x + r * stride): per column j,
+ * db[j] += sum_r dy_r, dg[j] += sum_r dy_r * (x_r - mean[r]) * invstd[r], so each column's
+ * partials are loaded and stored once per four rows; per row r, out[2r] = sum gamma * dy_r and
+ * out[2r+1] = sum gamma * dy_r * (x_r - mean[r]), element j in lane j % 8 (eight lanes, unlike the
+ * sixteen of the other sums, so a row summed here and one summed alone may differ in the last
+ * bits; which rows go four at a time depends on the shape only). mean, invstd, out: the caller's
+ * (thread-private) arrays of 4, 4 and 8 values; ahead: whether the next four rows follow (they
+ * are prefetched). */
+static void FN(rows4_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdiff_t stride,
+                                const T *RESTRICT gamma, ptrdiff_t n, const double *mean,
+                                const double *invstd, double *RESTRICT db, double *RESTRICT dg,
+                                double *out, int ahead) {
+    const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    fastbn_vd A[4] = {zero, zero, zero, zero}, B[4] = {zero, zero, zero, zero};
+    double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};
+    ptrdiff_t j = 0, r;
+    for (; j + 8 <= n; j += 8) {
+        fastbn_vd gm = LOAD8(gamma + j), sdb = zero, sdg = zero;
+        if (ahead && !(j & (64 / (ptrdiff_t)sizeof(T) - 1)))
+            for (r = 4; r < 8; r++) {
+                __builtin_prefetch(x + r * stride + j, 0, 3);
+                __builtin_prefetch(dy + r * stride + j, 0, 3);
+            }
+        for (r = 0; r < 4; r++) {
+            fastbn_vd g = LOAD8(dy + r * stride + j), xc = LOAD8(x + r * stride + j) - mean[r];
+            sdb += g;
+            sdg += g * xc * invstd[r];
+            g *= gm;
+            A[r] += g;
+            B[r] += g * xc;
+        }
+        FASTBN_ISA(storev_d)(db + j, FASTBN_ISA(load8_d)(db + j) + sdb);
+        FASTBN_ISA(storev_d)(dg + j, FASTBN_ISA(load8_d)(dg + j) + sdg);
+    }
+    for (; j < n; j++)
+        for (r = 0; r < 4; r++) {
+            double g = (double)dy[r * stride + j], xc = (double)x[r * stride + j] - mean[r];
+            db[j] += g;
+            dg[j] += g * xc * invstd[r];
+            g *= (double)gamma[j];
+            sa[r] += g;
+            sb[r] += g * xc;
+        }
+    for (r = 0; r < 4; r++) {
+        out[2 * r] = fastbn_hsum(A[r]) + sa[r];
+        out[2 * r + 1] = fastbn_hsum(B[r]) + sb[r];
+    }
+}
+
+/* Short rows of n = 8 * NV values (NV even, at most FASTBN_REG_MAX / 8), each held in NV
+ * registers as doubles: a row is loaded and converted once for both of its sums (and, in the
+ * backward, for dx too) instead of once per sweep, which is what bounds rows this short. The
+ * arithmetic is that of the per-row functions, operation for operation: element j in lane j % 16
+ * (even k: lanes 0-7, odd k: lanes 8-15), the tree of fastbn_hsum, the same scalar steps. Called
+ * with constant ROWS and NV, so that the loops unroll and v[] lives in registers; used only where
+ * there are enough registers (FASTBN_REG_ROWS: AVX-512's 32 zmm), the per-row path elsewhere. */
+FASTBN_INLINE void FN(ln_reg_rows)(const T *RESTRICT x, T *RESTRICT out, const int ROWS,
+                                   const int NV, const T *RESTRICT gamma, const T *RESTRICT beta,
+                                   double eps, int center, T *RESTRICT mean, T *RESTRICT invstd) {
+    const ptrdiff_t n = 8 * NV;
+    const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    fastbn_vd v[2][FASTBN_REG_MAX / 8], A0[2], A1[2], B0[2], B1[2], t;
+    double shift[2];
+    int k, q;
+    _Pragma("GCC unroll 2") for (q = 0; q < ROWS; q++) {
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k++) v[q][k] = LOAD8(x + q * n + 8 * k);
+        shift[q] = 0.0;
+        if (center) {
+            A0[q] = A1[q] = zero;
+            _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2) {
+                A0[q] += v[q][k];
+                A1[q] += v[q][k + 1];
+            }
+            shift[q] = fastbn_hsum(A0[q] + A1[q]) / n;
+        }
+        A0[q] = A1[q] = B0[q] = B1[q] = zero;
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k += 2) {
+            t = v[q][k] - shift[q];
+            A0[q] += t;
+            B0[q] += t * t;
+            t = v[q][k + 1] - shift[q];
+            A1[q] += t;
+            B1[q] += t * t;
+        }
+    }
+    _Pragma("GCC unroll 2") for (q = 0; q < ROWS; q++) {
+        fastbn_sums m = {fastbn_hsum(A0[q] + A1[q]), fastbn_hsum(B0[q] + B1[q])};
+        m = fastbn_moments(m, shift[q], n, center);
+        T mf = (T)m.s1, sf = (T)fastbn_row_invstd(m.s2, n, eps);
+        mean[q] = mf;
+        invstd[q] = sf;
+        FN(row_affine)(x + q * n, out + q * n, n, mf, sf, gamma, beta, 0);
+    }
+}
+/* Rows of 8 * NV values, two at a time (their instructions interleave) when both fit in the
+ * registers. */
+FASTBN_INLINE void FN(ln_reg)(const int NV, const T *RESTRICT x, T *RESTRICT out,
+                              ptrdiff_t n_rows, const T *RESTRICT gamma, const T *RESTRICT beta,
+                              double eps, int center, T *RESTRICT mean, T *RESTRICT invstd) {
+    const ptrdiff_t n = 8 * NV;
+    ptrdiff_t r = 0;
+    if (NV <= 8)
+        for (; r + 2 <= n_rows; r += 2)
+            FN(ln_reg_rows)(x + r * n, out + r * n, 2, NV, gamma, beta, eps, center, mean + r,
+                            invstd + r);
+    for (; r < n_rows; r++)
+        FN(ln_reg_rows)(x + r * n, out + r * n, 1, NV, gamma, beta, eps, center, mean + r,
+                        invstd + r);
+}
+/* Layernorm forward of n_rows consecutive rows of n values (short rows, which are not streamed):
+ * per row the mean (0 without a pass over the row when not centred), the sums shifted by it,
+ * then out = (x - mean) * (gamma * invstd) + beta, all in one function so that nothing is called
+ * per row. */
+static void FN(layernorm_rows)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n_rows,
+                               ptrdiff_t n, const T *RESTRICT gamma, const T *RESTRICT beta,
+                               double eps, int center, T *RESTRICT mean, T *RESTRICT invstd) {
+    ptrdiff_t r;
+    switch (FASTBN_REG_ROWS && n % 16 == 0 && n <= FASTBN_REG_MAX ? n / 8 : 0) {
+#define FASTBN_REG_CASE(NV) case NV: FN(ln_reg)(NV, x, out, n_rows, gamma, beta, eps, center, mean, invstd); return;
+    FASTBN_REG_CASES
+#undef FASTBN_REG_CASE
+    }
+    for (r = 0; r < n_rows; r++) {
+        const T *xr = x + r * n;
+        double shift = center ? FN(sum)(xr, n).s1 / n : 0.0;
+        fastbn_sums m = fastbn_moments(FN(shifted_sums)(xr, n, shift), shift, n, center);
+        T mf = (T)m.s1, sf = (T)fastbn_row_invstd(m.s2, n, eps);
+        mean[r] = mf;
+        invstd[r] = sf;
+        FN(row_affine)(xr, out + r * n, n, mf, sf, gamma, beta, 0);
+    }
+}
+/* Layernorm backward of short rows, x and dy in registers: the steps of row_grad_sums (adding the
+ * row's dbeta/dgamma terms into db/dg), the coefficients, then dx with gamma as row_dx computes
+ * it, from the same registers. */
+FASTBN_INLINE void FN(lng_reg)(const int NV, const T *RESTRICT x, const T *RESTRICT dy,
+                               T *RESTRICT dx, ptrdiff_t n_rows, const T *RESTRICT gamma,
+                               const T *mean, const T *invstd, int center, double *RESTRICT db,
+                               double *RESTRICT dg) {
+    const ptrdiff_t n = 8 * NV;
+    const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
+    ptrdiff_t r;
+    int k, q;
+    for (r = 0; r < n_rows; r++) {
+        const T *xr = x + r * n, *yr = dy + r * n;
+        double m = center ? (double)mean[r] : 0.0, s = (double)invstd[r];
+        fastbn_vd xv[FASTBN_REG_MAX / 8], gv[FASTBN_REG_MAX / 8], A[2], B[2], g, xc;
+        A[0] = A[1] = B[0] = B[1] = zero;
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k++) {
+            xv[k] = LOAD8(xr + 8 * k);
+            gv[k] = LOAD8(yr + 8 * k);
+        }
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k++) {
+            g = gv[k];
+            xc = xv[k] - m;
+            FASTBN_ISA(storev_d)(db + 8 * k, FASTBN_ISA(load8_d)(db + 8 * k) + g);
+            FASTBN_ISA(storev_d)(dg + 8 * k, FASTBN_ISA(load8_d)(dg + 8 * k) + g * xc * s);
+            g *= LOAD8(gamma + 8 * k);
+            A[k & 1] += g;
+            B[k & 1] += g * xc;
+        }
+        fastbn_dx_coefs c = fastbn_row_dx_coefs(s, fastbn_hsum(A[0] + A[1]),
+                                                fastbn_hsum(B[0] + B[1]), n, center);
+        _Pragma("GCC unroll 16") for (k = 0; k < NV; k += N / 8) {
+            fastbn_vd h[N / 8];
+            for (q = 0; q < N / 8; q++)
+                h[q] = s * LOAD8(gamma + 8 * (k + q)) * gv[k + q] - c.s3 * (xv[k + q] - m) + c.b;
+            FN(storev)(dx + r * n + 8 * k, PACK(h));
+        }
+    }
+}
+/* Layernorm backward of n_rows consecutive rows of n values, mean and invstd per row: per row
+ * the two sums s1 = sum(gamma * dy), s2 = sum(gamma * dy * (x - mean)), adding the row's terms of
+ * dbeta and dgamma into db and dg, then dx = invstd * gamma * dy - s3 * (x - mean) + b
+ * (fastbn_row_dx_coefs; not centred, the mean array is not read: the mean is 0, and so is b); in
+ * one function, so that nothing is called per row. */
+static void FN(layernorm_rows_grad)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx,
+                                    ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT gamma,
+                                    const T *mean, const T *invstd, int center,
+                                    double *RESTRICT db, double *RESTRICT dg, int stream) {
+    ptrdiff_t r;
+    switch (FASTBN_REG_ROWS && !stream && n % 16 == 0 && n <= FASTBN_REG_MAX ? n / 8 : 0) {
+#define FASTBN_REG_CASE(NV) case NV: FN(lng_reg)(NV, x, dy, dx, n_rows, gamma, mean, invstd, center, db, dg); return;
+    FASTBN_REG_CASES
+#undef FASTBN_REG_CASE
+    }
+    for (r = 0; r < n_rows; r++) {
+        double m = center ? (double)mean[r] : 0.0, s = (double)invstd[r];
+        fastbn_sums t = FN(row_grad_sums)(x + r * n, dy + r * n, gamma, n, m, s, db, dg);
+        fastbn_dx_coefs k = fastbn_row_dx_coefs(s, t.s1, t.s2, n, center);
+        FN(row_dx)(x + r * n, dy + r * n, dx + r * n, n, m, s, gamma, 0.0, k.s3, k.b, stream);
+    }
+}
+
+/* This instruction set's table of the loops for T. */
+static const FN_TABLE FN(table) = {
+    FN(sum), FN(shifted_sums), FN(sum_pf), FN(shifted_sums_pf), FN(grad_sums_pf),
+    FN(row_grad_sums), FN(rows4_grad_sums), FN(plane_affine), FN(plane_dx), FN(row_affine),
+    FN(row_dx), FN(cols_shifted_sums), FN(cols_grad_sums), FN(cols_affine), FN(cols_dx),
+    FN(layernorm_rows), FN(layernorm_rows_grad),
+};
+
+#undef T
+#undef VT
+#undef N
+#undef FN
+#undef FN_TABLE
+#undef LOAD8
+#undef LOADM
+#undef STOREM
+#undef STREAM
+#undef PACK

@@ -1,0 +1,153 @@
+/* The vector layer of fastbn's hot loops: fixed-width vector types and the few operations that GCC
+ * vector extensions cannot express. Every intrinsic of the kernels is in this file.
+ *
+ * Determinism contract (every instruction set computes the same bits):
+ * - A loop is written once (loops_template.c) over 64-byte vectors: fastbn_vd (8 doubles) and
+ *   fastbn_vf (16 floats). GCC lowers each vector operation to 1 zmm, 2 ymm or 4 xmm instructions
+ *   per instruction set; lane for lane the operations are the same IEEE operations.
+ * - Double sums of a contiguous run use 16 fixed lanes: element j goes to lane j % 16 (lanes 0-7 in
+ *   one fastbn_vd, 8-15 in another), the two vectors are added (lanes l and l + 8 first), then the
+ *   eight lanes by fastbn_hsum's fixed tree, then the n % 16 last elements one by one. The order
+ *   depends on n only: never on the thread count, the address of the data or the instruction set.
+ * - Combine orders are written out in the loops (parentheses), never left to the compiler.
+ * - No fused multiply-add: the build passes -ffp-contract=off (AVX2 and AVX-512 have FMA; a
+ *   contracted a * b + c rounds once instead of twice).
+ * - Partial vectors are read and written with masked loads and stores (emulated through a small
+ *   buffer below AVX-512): lanes past the end are neither read nor written.
+ *
+ * This header is included once per instruction set (see loops.h): the types once, the functions
+ * each time, named by FASTBN_ISA(name) and compiled under that instruction set's target pragma.
+ * FASTBN_ISA_LEVEL: 0 baseline (SSE2 on x86-64, or any CPU), 1 AVX2, 2 AVX-512 (F, DQ, VL, BW).
+ */
+#ifndef FASTBN_SIMD_TYPES
+#define FASTBN_SIMD_TYPES
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* 64-byte vectors only pass between inlined helpers */
+#endif
+
+#define FASTBN_INLINE static inline __attribute__((always_inline))
+typedef double fastbn_vd __attribute__((vector_size(64))); /* 8 doubles */
+typedef float fastbn_vf __attribute__((vector_size(64)));  /* 16 floats */
+typedef float fastbn_vf8 __attribute__((vector_size(32))); /* 8 floats */
+
+/* The eight lanes of a, added in a fixed order: ((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7)). */
+FASTBN_INLINE double fastbn_hsum(fastbn_vd a) {
+    double s0 = a[0] + a[4], s1 = a[1] + a[5], s2 = a[2] + a[6], s3 = a[3] + a[7];
+    return (s0 + s1) + (s2 + s3);
+}
+/* fastbn_<name>_<suffix>: the names of one instruction set's copies. */
+#define FASTBN_CAT3_(a, b, c) a##_##b##_##c
+#define FASTBN_CAT3(a, b, c) FASTBN_CAT3_(a, b, c)
+#define FASTBN_CAT4_(a, b, c, d) a##_##b##_##c##_##d
+#define FASTBN_CAT4(a, b, c, d) FASTBN_CAT4_(a, b, c, d)
+#define FASTBN_ISA(name) FASTBN_CAT3(fastbn, name, FASTBN_ISA_SUFFIX)
+#endif /* FASTBN_SIMD_TYPES */
+
+
+/* Eight floats (or doubles) at p as doubles. */
+FASTBN_INLINE fastbn_vd FASTBN_ISA(load8_f)(const float *p) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vd)_mm512_cvtps_pd(_mm256_loadu_ps(p));
+#else
+    fastbn_vf8 v;
+    memcpy(&v, p, sizeof v);
+    return __builtin_convertvector(v, fastbn_vd);
+#endif
+}
+FASTBN_INLINE fastbn_vd FASTBN_ISA(load8_d)(const double *p) {
+    fastbn_vd v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+FASTBN_INLINE void FASTBN_ISA(storev_d)(double *p, fastbn_vd v) { memcpy(p, &v, sizeof v); }
+/* 16 doubles (lo: values 0-7, hi: 8-15) rounded to floats. */
+FASTBN_INLINE fastbn_vf FASTBN_ISA(narrow16)(fastbn_vd lo, fastbn_vd hi) {
+#if FASTBN_ISA_LEVEL >= 2
+    __m256 l = _mm512_cvtpd_ps((__m512d)lo), h = _mm512_cvtpd_ps((__m512d)hi);
+    return (fastbn_vf)_mm512_insertf32x8(_mm512_castps256_ps512(l), h, 1);
+#else
+    fastbn_vf8 l = __builtin_convertvector(lo, fastbn_vf8), h = __builtin_convertvector(hi, fastbn_vf8);
+    return __builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#endif
+}
+
+/* Streaming (non-temporal) store of one 64-byte vector at a 64-byte aligned p: the line is written
+ * without being read first. */
+FASTBN_INLINE void FASTBN_ISA(stream_f)(float *p, fastbn_vf v) {
+#if FASTBN_ISA_LEVEL >= 2
+    _mm512_stream_ps(p, (__m512)v);
+#elif FASTBN_ISA_LEVEL >= 1
+    _mm256_stream_ps(p, (__m256)__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_stream_ps(p + 8, (__m256)__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+#elif defined(__SSE2__)
+    __m128 a[4];
+    int k;
+    memcpy(a, &v, 64);
+    for (k = 0; k < 4; k++) _mm_stream_ps(p + 4 * k, a[k]);
+#else
+    memcpy(p, &v, sizeof v);
+#endif
+}
+FASTBN_INLINE void FASTBN_ISA(stream_d)(double *p, fastbn_vd v) {
+#if FASTBN_ISA_LEVEL >= 2
+    _mm512_stream_pd(p, (__m512d)v);
+#elif FASTBN_ISA_LEVEL >= 1
+    _mm256_stream_pd(p, (__m256d)__builtin_shufflevector(v, v, 0, 1, 2, 3));
+    _mm256_stream_pd(p + 4, (__m256d)__builtin_shufflevector(v, v, 4, 5, 6, 7));
+#elif defined(__SSE2__)
+    __m128d a[4];
+    int k;
+    memcpy(a, &v, 64);
+    for (k = 0; k < 4; k++) _mm_stream_pd(p + 2 * k, a[k]);
+#else
+    memcpy(p, &v, sizeof v);
+#endif
+}
+/* Orders the streamed stores before what the thread does next (once at the end of a sweep). */
+FASTBN_INLINE void FASTBN_ISA(sfence)(void) {
+#if defined(__SSE__) || FASTBN_ISA_LEVEL >= 1
+    _mm_sfence();
+#endif
+}
+
+/* The first `count` (< lanes) values at p, zeros after them; and their store. */
+FASTBN_INLINE fastbn_vf FASTBN_ISA(loadm_f)(const float *p, unsigned count) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vf)_mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), p);
+#else
+    fastbn_vf v = {0};
+    memcpy(&v, p, count * sizeof *p);
+    return v;
+#endif
+}
+FASTBN_INLINE fastbn_vd FASTBN_ISA(loadm_d)(const double *p, unsigned count) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vd)_mm512_maskz_loadu_pd((__mmask8)((1u << count) - 1), p);
+#else
+    fastbn_vd v = {0};
+    memcpy(&v, p, count * sizeof *p);
+    return v;
+#endif
+}
+FASTBN_INLINE void FASTBN_ISA(storem_f)(float *p, unsigned count, fastbn_vf v) {
+#if FASTBN_ISA_LEVEL >= 2
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << count) - 1), (__m512)v);
+#else
+    memcpy(p, &v, count * sizeof *p);
+#endif
+}
+FASTBN_INLINE void FASTBN_ISA(storem_d)(double *p, unsigned count, fastbn_vd v) {
+#if FASTBN_ISA_LEVEL >= 2
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << count) - 1), (__m512d)v);
+#else
+    memcpy(p, &v, count * sizeof *p);
+#endif
+}
