@@ -1079,7 +1079,7 @@ def rows_forward_train(
     if path == ROWS_FWD_SHORT:
         # Short layernorm rows: tasks of about 16 KiB of rows, each handled by one C call.
         with nogil:
-            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='dynamic'):
+            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='static'):
                 r0 = t * rows_per_task
                 fastbn_layernorm_rows(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0), n,
                                       &gamma[0], &beta[0], eps, center, &mean[r0], &invstd[r0])

@@ -60,7 +60,8 @@ class Plan:
 
     # --- threads
     min_elements_per_thread: int = 1 << 17  # inputs under 2x this run on one thread; else a thread per this many
-    handout_bytes: int = 1 << 14  # dynamic loops over small items hand out about this much input at a time
+    load_check_ms: int = 20  # large calls leave cores to other running processes, counted this often (0: never)
+    handout_bytes: int = 1 << 18  # dynamic loops over small items hand out about this much input at a time
     # --- (M, D): statistics per column
     col_block: int = 4096  # columns per task of the grid path, at most
     min_chunk_rows: int = 64  # rows per row chunk of the grid path, at least
@@ -83,7 +84,7 @@ class Plan:
     min_channels_blocked: int = 8  # channels for the per-channel path, at least
     # --- rows: layernorm, RMSNorm, groupnorm
     short_row_bytes: int = 4096  # layernorm rows shorter than this go many per C call
-    row_task_bytes: int = 1 << 14  # bytes of rows per task of those calls
+    row_task_bytes: int = 1 << 18  # bytes of rows per task of those calls
     rows4_min_values: int = 256  # layernorm backward takes rows of at least this many values four at a time
     long_row_bytes: int = 1 << 16  # layernorm rows longer than this go by column segments (forward and backward)
     segment_bytes: int = 1 << 13  # bytes per row of a column segment of long rows
@@ -105,15 +106,17 @@ class Plan:
                 allowed = ("auto", *PATHS[field.name])
                 if value not in allowed:
                     raise ValueError(f"{field.name} must be one of {list(allowed)}, got {value!r}")
-            elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{field.name} must be a positive integer, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int) or value < (
+                    0 if field.name == "load_check_ms" else 1):
+                what = "an integer >= 0" if field.name == "load_check_ms" else "a positive integer"
+                raise ValueError(f"{field.name} must be {what}, got {value!r}")
 
     def kernel_settings(self):
         """The plan as the kernels take it: paths as indices into PATHS (-1 for "auto")."""
         settings = dataclasses.asdict(self)
         for name, paths in PATHS.items():
             settings[name] = -1 if settings[name] == "auto" else paths.index(settings[name])
-        del settings["min_elements_per_thread"]  # read by fastbn._threads
+        del settings["min_elements_per_thread"], settings["load_check_ms"]  # read by fastbn._threads
         return settings
 
 

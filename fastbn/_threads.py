@@ -1,9 +1,12 @@
 """Thread-count control for the compiled kernels."""
 import numbers
+import os
+import time
 
 from fastbn import _backends, _planner
 
 _user_threads = None
+_load = {"checked": -1.0, "free": None}  # when the cores were last counted, and how many were free
 
 
 def set_num_threads(n):
@@ -60,8 +63,43 @@ def get_num_threads():
 
 
 def threads_for(n_elements):
-    """Thread count for an input of n_elements: get_num_threads(), fewer for small inputs."""
-    per_thread = _planner.current().min_elements_per_thread
-    if n_elements < 2 * per_thread:
+    """Thread count for an input of n_elements: get_num_threads(), fewer for small inputs, and
+    no more than the cores other processes leave free (see :func:`free_cores`)."""
+    plan = _planner.current()
+    if n_elements < 2 * plan.min_elements_per_thread:
         return 1
-    return max(1, min(get_num_threads(), n_elements // per_thread))
+    n = max(1, min(get_num_threads(), n_elements // plan.min_elements_per_thread))
+    if n > 1 and plan.load_check_ms:
+        free = free_cores(plan.load_check_ms / 1000.0)
+        if free is not None:
+            n = max(1, min(n, free))
+    return n
+
+
+def free_cores(max_age=0.0):
+    """Cores not taken by other processes' running threads, or None where that cannot be read.
+
+    A thread of another process that is running (or waiting to run) on a core we would use makes
+    a parallel call wait for whichever of our threads the OS put aside, at every barrier: on the
+    2-core CI machine with one busy process beside, 2-thread calls took up to 1.8x their 1-thread
+    time. So a call with several threads counts the runnable threads of the machine (Linux:
+    ``procs_running`` of /proc/stat) less this process's own (its OpenMP workers spin for a while
+    after each call), and leaves the others their cores. The count is kept for `max_age` seconds.
+    """
+    now = time.monotonic()
+    if now - _load["checked"] <= max_age:
+        return _load["free"]
+    _load["checked"] = now
+    try:
+        with open("/proc/stat", "rb") as f:
+            running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+        own = 0
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+                own += f.read().rpartition(b")")[2].split()[0] == b"R"
+        cores = len(os.sched_getaffinity(0))
+    except (OSError, StopIteration, ValueError, AttributeError):
+        _load["free"] = None
+        return None
+    _load["free"] = max(1, cores - max(0, running - own))
+    return _load["free"]

@@ -1,6 +1,7 @@
 """Build configuration, backends and thread control."""
 import io
 import os
+import time
 
 import pytest
 from threadpoolctl import threadpool_limits
@@ -115,6 +116,24 @@ def test_idle_openmp_threads_sleep_soon_unless_the_user_asks_otherwise():
 def test_small_inputs_run_on_one_thread_by_default():
     """The default heuristic (this suite lowers it to exercise threads on moderate shapes): a
     cs231n-sized batch of 1e5 values runs on one thread, 2**18 values on two."""
-    out = _fresh_python("from fastbn._threads import threads_for; "
+    out = _fresh_python("from fastbn import _planner; from fastbn._threads import threads_for; "
+                        "_planner.use(_planner.Plan(load_check_ms=0)); "
                         "print(threads_for(200 * 500), threads_for(1 << 18))")
     assert out.split() == ["1", "2"]
+
+
+@pytest.mark.skipif(not (_backends.kernels() and _backends.kernels().omp_max_threads() >= 2)
+                    or not os.path.exists("/proc/stat"), reason="needs two OpenMP threads and Linux")
+def test_large_calls_leave_a_busy_core_to_the_process_running_on_it():
+    """With another process spinning, free_cores counts one core fewer, and a large call takes one
+    thread fewer (with the check off, as many as OpenMP allows)."""
+    from fastbn import _bench, _planner, _threads
+    cores = len(os.sched_getaffinity(0))
+    with _bench.busy_core():
+        time.sleep(0.3)  # until it runs
+        assert _threads.free_cores() <= cores - 1
+        with _planner.override(load_check_ms=1):
+            time.sleep(0.01)
+            assert _threads.threads_for(1 << 24) <= max(1, cores - 1)
+        with _planner.override(load_check_ms=0):
+            assert _threads.threads_for(1 << 24) == fastbn.get_num_threads()

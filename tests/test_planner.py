@@ -107,6 +107,7 @@ def test_override_restores_the_plan():
     ({"col_block": 0}, "col_block must be a positive integer, got 0"),
     ({"segment_bytes": 8.5}, "segment_bytes must be a positive integer, got 8.5"),
     ({"stream_min_bytes": True}, "stream_min_bytes must be a positive integer, got True"),
+    ({"load_check_ms": -1}, "load_check_ms must be an integer >= 0, got -1"),
 ])
 def test_bad_settings_raise_naming_the_field(changes, message):
     before = _planner.current()

@@ -204,9 +204,11 @@ static void FN(plane_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT 
     for (; j < n; j++) dx[j] = k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g);
     if (stream) FASTBN_ISA(sfence)();
 }
-/* out = (x - mean) * (gamma * invstd) + beta with gamma, beta per value. */
-static void FN(row_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T invstd,
-                           const T *RESTRICT gamma, const T *RESTRICT beta, int stream) {
+/* out = (x - mean) * (gamma * invstd) + beta with gamma, beta per value (inlined where the
+ * short rows call it, with stream a constant 0). */
+FASTBN_INLINE void FN(row_affine_run)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean,
+                                      T invstd, const T *RESTRICT gamma, const T *RESTRICT beta,
+                                      const int stream) {
     ptrdiff_t j = 0;
     if (stream)
         for (; j < n && ((uintptr_t)(out + j) & 63); j++)
@@ -217,6 +219,10 @@ static void FN(row_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T 
                 stream);
     for (; j < n; j++) out[j] = (x[j] - mean) * (gamma[j] * invstd) + beta[j];
     if (stream) FASTBN_ISA(sfence)();
+}
+static void FN(row_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T invstd,
+                           const T *RESTRICT gamma, const T *RESTRICT beta, int stream) {
+    FN(row_affine_run)(x, out, n, mean, invstd, gamma, beta, stream);
 }
 /* Layernorm/groupnorm dx in double, rounded to T: dx = invstd * gamma * dy - s3 * (x - mean) + b,
  * or a * dy - s3 * (x - mean) + b without gamma (NULL). */
@@ -574,7 +580,7 @@ FASTBN_INLINE void FN(ln_reg_rows)(const T *RESTRICT x, T *RESTRICT out, const i
         T mf = (T)m.s1, sf = (T)fastbn_row_invstd(m.s2, n, eps);
         mean[q] = mf;
         invstd[q] = sf;
-        FN(row_affine)(x + q * n, out + q * n, n, mf, sf, gamma, beta, 0);
+        FN(row_affine_run)(x + q * n, out + q * n, n, mf, sf, gamma, beta, 0);
     }
 }
 /* Rows of 8 * NV values, two at a time (their instructions interleave) when both fit in the
@@ -601,7 +607,7 @@ static void FN(layernorm_rows)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n
                                double eps, int center, T *RESTRICT mean, T *RESTRICT invstd) {
     ptrdiff_t r;
     switch (FASTBN_REG_ROWS && n % 16 == 0 && n <= FASTBN_REG_MAX ? n / 8 : 0) {
-#define FASTBN_REG_CASE(NV) case NV: FN(ln_reg)(NV, x, out, n_rows, gamma, beta, eps, center, mean, invstd); return;
+#define FASTBN_REG_CASE(NV) case NV: if (center) FN(ln_reg)(NV, x, out, n_rows, gamma, beta, eps, 1, mean, invstd); else FN(ln_reg)(NV, x, out, n_rows, gamma, beta, eps, 0, mean, invstd); return;
     FASTBN_REG_CASES
 #undef FASTBN_REG_CASE
     }
