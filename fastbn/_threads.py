@@ -76,6 +76,16 @@ def threads_for(n_elements):
     return n
 
 
+def _own_running():
+    """This process's threads that are running or runnable (Linux), e.g. OpenMP workers still
+    spinning after the previous call."""
+    own = 0
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
+            own += f.read().rpartition(b")")[2].split()[0] == b"R"
+    return own
+
+
 def free_cores(max_age=0.0):
     """Cores not taken by other processes' running threads, or None where that cannot be read.
 
@@ -83,12 +93,28 @@ def free_cores(max_age=0.0):
     a parallel call wait for whichever of our threads the OS put aside, at every barrier: on the
     2-core CI machine with one busy process beside, 2-thread calls took up to 1.8x their 1-thread
     time. So a call with several threads counts the runnable threads of the machine (Linux:
-    ``procs_running`` of /proc/stat) less this process's own (its OpenMP workers spin for a while
-    after each call), and leaves the others their cores. The count is kept for `max_age` seconds.
+    ``procs_running`` of /proc/stat) less this process's own, counted just before and just after
+    (its OpenMP workers spin for a while after each call, and may stop while we read), and
+    leaves the others their cores -- once two counts in a row, at least `max_age` seconds apart,
+    have seen them (a process that merely passes by is no reason to give up a core). The count
+    is kept for `max_age` seconds.
     """
     now = time.monotonic()
     if now - _load["checked"] <= max_age:
         return _load["free"]
+    try:
+        own = _own_running()
+        with open("/proc/stat", "rb") as f:
+            running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
+        own = max(own, _own_running())
+        cores = len(os.sched_getaffinity(0))
+    except (OSError, StopIteration, ValueError, AttributeError):
+        _load.update(checked=now, free=None, seen=None)
+        return None
+    seen = max(1, cores - max(0, running - own))
+    previous = _load.get("seen") if now - _load["checked"] <= 10 * max(max_age, 0.001) else None
+    _load.update(checked=now, seen=seen, free=max(seen, previous or cores))
+    return _load["free"]
     _load["checked"] = now
     try:
         with open("/proc/stat", "rb") as f:
