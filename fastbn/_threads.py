@@ -1,12 +1,15 @@
 """Thread-count control for the compiled kernels."""
 import numbers
 import os
+import resource
 import time
 
 from fastbn import _backends, _planner
 
 _user_threads = None
-_load = {"checked": -1.0, "free": None}  # when the cores were last counted, and how many were free
+_load = {"checked": -1.0, "free": None, "since": None}  # last count, its result, the window's start
+LOAD_WINDOW = 0.1  # seconds over which other processes' CPU time is measured, at least
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 def set_num_threads(n):
@@ -76,32 +79,46 @@ def threads_for(n_elements):
     return n
 
 
-def _own_running():
-    """This process's threads that are running or runnable (Linux), e.g. OpenMP workers still
-    spinning after the previous call."""
-    own = 0
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-            own += f.read().rpartition(b")")[2].split()[0] == b"R"
-    return own
+def _cpu_seconds():
+    """(CPU seconds the whole machine has run anything (Linux /proc/stat: user, nice, system, irq,
+    softirq and steal time of all cores), CPU seconds of this process)."""
+    with open("/proc/stat", "rb") as f:
+        fields = f.readline().split()
+    user, nice, system, _, _, irq, softirq, steal = (int(v) for v in fields[1:9])
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return ((user + nice + system + irq + softirq + steal) / _CLOCK_TICKS,
+            usage.ru_utime + usage.ru_stime)
 
 
 def free_cores(max_age=0.0):
-    """Cores not taken by other processes' running threads, or None where that cannot be read.
+    """Cores that other processes leave free, or None where that cannot be read.
 
-    A thread of another process that is running (or waiting to run) on a core we would use makes
-    a parallel call wait for whichever of our threads the OS put aside, at every barrier: on the
-    2-core CI machine with one busy process beside, 2-thread calls took up to 1.8x their 1-thread
-    time. So a call with several threads counts the runnable threads of the machine (Linux:
-    ``procs_running`` of /proc/stat) less this process's own, counted just before and just after
-    (its OpenMP workers spin for a while after each call, and may stop while we read), and
-    leaves the others their cores -- once two counts in a row, at least `max_age` seconds apart,
-    have seen them (a process that merely passes by is no reason to give up a core). The count
-    is kept for `max_age` seconds.
+    A process that keeps a core busy makes a parallel call wait, at every barrier, for whichever
+    of our threads the OS put aside: on the 2-core CI machine with one busy process beside,
+    2-thread calls took up to 1.8x their 1-thread time. So a call with several threads looks at
+    how much CPU time the machine spent outside this process over the last window of at least
+    LOAD_WINDOW seconds (Linux /proc/stat against getrusage; steal time, which the hypervisor
+    gives other machines, counts as busy) and leaves a core to every 0.6 core of it (a kernel
+    thread that runs for a moment is no reason to give up a core). Counted again after `max_age`
+    seconds.
     """
     now = time.monotonic()
     if now - _load["checked"] <= max_age:
         return _load["free"]
+    _load["checked"] = now
+    try:
+        machine, own = _cpu_seconds()
+        cores = len(os.sched_getaffinity(0))
+    except (OSError, ValueError, AttributeError):
+        _load.update(free=None, since=None)
+        return None
+    since = _load.get("since")
+    if since is None:
+        _load.update(since=(now, machine, own), free=cores)
+    elif now - since[0] >= LOAD_WINDOW:
+        others = ((machine - since[1]) - (own - since[2])) / (now - since[0])
+        _load.update(since=(now, machine, own), free=max(1, cores - int(others + 0.4)))
+    return _load["free"]
     try:
         own = _own_running()
         with open("/proc/stat", "rb") as f:
