@@ -137,6 +137,7 @@ extensions = [
         sources=["fastbn/_kernels.pyx"],
         depends=[
             "fastbn/_src/loops.h",
+            "fastbn/_src/loops_isa.h",
             "fastbn/_src/loops_template.c",
             "fastbn/_src/simd.h",
             "fastbn/_src/omp_shim.h",

@@ -104,16 +104,7 @@ static inline int fastbn_streamable(const void *p, size_t size, int stream) {
 #define FASTBN_ISA_LEVEL 0
 #define FASTBN_ISA_SUFFIX baseline
 #define FASTBN_REG_ROWS 0 /* 16 xmm: the register-resident rows would spill */
-#include "simd.h"
-#define FASTBN_FLOAT 1
-#include "loops_template.c"
-#undef FASTBN_FLOAT
-#define FASTBN_FLOAT 0
-#include "loops_template.c"
-#undef FASTBN_FLOAT
-#undef FASTBN_REG_ROWS
-#undef FASTBN_ISA_SUFFIX
-#undef FASTBN_ISA_LEVEL
+#include "loops_isa.h"
 
 #if FASTBN_MULTI_ISA
 /* AVX2 (no FMA: -ffp-contract=off would not contract anyway). */
@@ -125,16 +116,7 @@ static inline int fastbn_streamable(const void *p, size_t size, int stream) {
 #define FASTBN_ISA_LEVEL 1
 #define FASTBN_ISA_SUFFIX avx2
 #define FASTBN_REG_ROWS 0 /* 16 ymm */
-#include "simd.h"
-#define FASTBN_FLOAT 1
-#include "loops_template.c"
-#undef FASTBN_FLOAT
-#define FASTBN_FLOAT 0
-#include "loops_template.c"
-#undef FASTBN_FLOAT
-#undef FASTBN_REG_ROWS
-#undef FASTBN_ISA_SUFFIX
-#undef FASTBN_ISA_LEVEL
+#include "loops_isa.h"
 #pragma GCC pop_options
 
 /* AVX-512 F, DQ, VL, BW. */
@@ -146,16 +128,7 @@ static inline int fastbn_streamable(const void *p, size_t size, int stream) {
 #define FASTBN_ISA_LEVEL 2
 #define FASTBN_ISA_SUFFIX avx512
 #define FASTBN_REG_ROWS 1 /* 32 zmm: rows of up to FASTBN_REG_MAX values stay in registers */
-#include "simd.h"
-#define FASTBN_FLOAT 1
-#include "loops_template.c"
-#undef FASTBN_FLOAT
-#define FASTBN_FLOAT 0
-#include "loops_template.c"
-#undef FASTBN_FLOAT
-#undef FASTBN_REG_ROWS
-#undef FASTBN_ISA_SUFFIX
-#undef FASTBN_ISA_LEVEL
+#include "loops_isa.h"
 #pragma GCC pop_options
 #endif
 
