@@ -94,10 +94,9 @@ def free_cores(max_age=0.0):
     """Cores that other processes leave free, or None where that cannot be read.
 
     A process that keeps a core busy makes a parallel call wait, at every barrier, for whichever
-    of our threads the OS put aside: on the 2-core CI machine with one busy process beside,
-    2-thread calls took up to 1.8x their 1-thread time. So a call with several threads looks at
-    how much CPU time the machine spent outside this process over the last window of at least
-    LOAD_WINDOW seconds (Linux /proc/stat against getrusage; steal time, which the hypervisor
+    of our threads the OS put aside (docs/decisions.md has the measurements). So a call with
+    several threads looks at how much CPU time the machine spent outside this process over the
+    last window of at least LOAD_WINDOW seconds (Linux /proc/stat against getrusage; steal time, which the hypervisor
     gives other machines, counts as busy) and leaves a core to every 0.6 core of it (a kernel
     thread that runs for a moment is no reason to give up a core). Counted again after `max_age`
     seconds.

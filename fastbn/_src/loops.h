@@ -67,11 +67,8 @@ static inline fastbn_dx_coefs fastbn_row_dx_coefs(double invstd, double sum_g, d
 
 /* The affine sweep of an (M, D) output that is not streamed (its data come from and stay in the
  * caches) takes rows four at a time -- each column's coefficients loaded once per four rows --
- * only over short runs: parts of rows of fewer than FASTBN_SHORT_RUN bytes. Over whole rows or
- * long runs it goes one row at a time, which was faster there (AVX-512 loops, one thread: test
- * mode of 200x500 float64 60 us by fours, 36 us by single rows; 1000x100 83 and 37 us; with the
- * baseline loops 47 and 33 us, 70 and 43 us), while the forward's column blocks of 512x512
- * float32 (runs of 512 bytes) took 89 us by fours and 99 us by single rows. */
+ * only over short runs: parts of rows of fewer than FASTBN_SHORT_RUN bytes; over whole rows or
+ * long runs one row at a time (the measurements are in docs/decisions.md). */
 #define FASTBN_SHORT_RUN 2048
 #define FASTBN_AFFINE_FOURS(n, stride, size) ((n) < (stride) && (n) * (ptrdiff_t)(size) < FASTBN_SHORT_RUN)
 /* Software prefetch distance of the streamed (M, D) sweeps, in bytes (see cols_affine). */
