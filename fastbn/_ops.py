@@ -26,7 +26,7 @@ column, ``planes`` as (N, C, L) with statistics per channel over N contiguous pl
 import math
 from dataclasses import dataclass
 
-__all__ = ["OpSpec", "OPS", "LAYOUTS", "op", "public_functions"]
+__all__ = ["OpSpec", "OPS", "LAYOUTS", "public_functions"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ class Layout:
     ndim: object
     channel_axis: int
     text: str
+
+    def axis(self, ndim):
+        """The channel axis of an x of `ndim` dimensions, counted from 0."""
+        return self.channel_axis % ndim
 
     def describe(self):
         if self.ndim is None:
@@ -123,11 +127,11 @@ class OpSpec:
 
     def channels(self, shape, layout):
         """The number of channels (features) of an x of `shape`."""
-        return shape[LAYOUTS[layout].channel_axis]
+        return shape[LAYOUTS[layout].axis(len(shape))]
 
     def param_shape(self, shape, layout):
         """The shape of gamma/beta that broadcasts against x ((C,) is accepted too)."""
-        axis = LAYOUTS[layout].channel_axis % len(shape)
+        axis = LAYOUTS[layout].axis(len(shape))
         return tuple(n if a == axis else 1 for a, n in enumerate(shape))
 
     def view(self, shape, layout, groups=1):
@@ -135,7 +139,7 @@ class OpSpec:
         process: ``cols`` (M, C), ``planes`` (N, C, L), ``rows`` (N * G, C // G, L), where N is
         the product of the axes before the channel axis and L of those after it."""
         family = self.family(layout)
-        axis = LAYOUTS[layout].channel_axis % len(shape)
+        axis = LAYOUTS[layout].axis(len(shape))
         C = shape[axis]
         before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
         if family == "cols":
@@ -149,12 +153,12 @@ class OpSpec:
         before the channel axis, then G for grouped ops."""
         if self.running_stats:
             return (self.channels(shape, layout),)
-        axis = LAYOUTS[layout].channel_axis % len(shape)
+        axis = LAYOUTS[layout].axis(len(shape))
         return tuple(shape[:axis]) + ((groups,) if self.grouped else ())
 
     def per_channel(self, shape, layout):
         """Values per channel: the count M of the batch statistics."""
-        axis = LAYOUTS[layout].channel_axis % len(shape)
+        axis = LAYOUTS[layout].axis(len(shape))
         return math.prod(n for a, n in enumerate(shape) if a != axis)
 
 
@@ -173,11 +177,6 @@ OPS = {
                center=False, beta=False, torch="rms_norm"),
     )
 }
-
-
-def op(name):
-    """The :class:`OpSpec` called `name`."""
-    return OPS[name]
 
 
 def public_functions():

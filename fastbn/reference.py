@@ -57,7 +57,7 @@ def _mean_var(x, axes):
 
 def _channel_axis(cache_or_prepared):
     c = cache_or_prepared
-    return LAYOUTS[c.layout].channel_axis % c.x.ndim
+    return LAYOUTS[c.layout].axis(c.x.ndim)
 
 
 def _batch_axes(cache_or_prepared):
