@@ -285,18 +285,34 @@ cdef inline void _fold_one(
     scale[d] = <floating>(gamma[d] * invstd)
 
 
+cdef inline void _fold(
+    const double[:, ::1] moments, double count, const floating[::1] gamma, double eps,
+    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale, double[::1] var,
+    Py_ssize_t c_start, Py_ssize_t c_stop,
+) noexcept nogil:
+    """The biased variance and the folded affine constants of channels c_start..c_stop-1 from
+    their mean (moments[0]) and sum of squared deviations (moments[1]) over `count` values."""
+    cdef Py_ssize_t d
+    for d in range(c_start, c_stop):
+        var[d] = _variance(moments[1, d], count)
+        _fold_one(moments[0, d], var[d], gamma, eps, d, mean_out, invstd_out, scale)
+
+
 cdef inline void _merge_and_fold(
     const double[:, ::1] part_mean,  # IN (K, D) per-chunk means
     const double[:, ::1] part_m2,    # IN (K, D) per-chunk sums of squared deviations
     const double[::1] counts,        # IN (K,) values per chunk and column
+    double[:, ::1] moments,          # OUT (2, D) mean and sum of squared deviations
+    bint fold,                       # also the outputs below (else they are not touched)
     const floating[::1] gamma, double eps,
     floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,  # OUT (D,)
     double[::1] var,                 # OUT (D,) biased variance
     double[:, ::1] weights,          # SCRATCH (2, K)
     int n_threads,
 ) noexcept nogil:
-    """Chan's pairwise merge of chunk moments, in chunk order, then the folded affine constants,
-    for every column. The merge weights depend on the chunk only and are computed once."""
+    """Chan's pairwise merge of chunk moments, in chunk order, then (`fold`) the folded affine
+    constants, for every column. The merge weights depend on the chunk only and are computed
+    once."""
     cdef Py_ssize_t K = part_mean.shape[0], D = part_mean.shape[1], k, d
     cdef double n_a = counts[0], n_ab, mean_a, m2_a, delta
     for k in range(1, K):
@@ -311,8 +327,58 @@ cdef inline void _merge_and_fold(
             delta = part_mean[k, d] - mean_a
             mean_a = mean_a + delta * weights[0, k]
             m2_a = m2_a + part_m2[k, d] + delta * delta * weights[1, k]
-        var[d] = _variance(m2_a, n_a)
-        _fold_one(mean_a, var[d], gamma, eps, d, mean_out, invstd_out, scale)
+        moments[0, d] = mean_a
+        moments[1, d] = m2_a
+        if fold:
+            _fold(moments, n_a, gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
+
+
+def fold_moments(
+    const double[::1] count,       # IN (C,) values per channel
+    const double[::1] mean,        # IN (C,)
+    const double[::1] m2,          # IN (C,) sums of squared deviations
+    const floating[::1] gamma,     # IN (C,)
+    double eps,
+    floating[::1] mean_out,        # OUT (C,) mean in the computation dtype
+    floating[::1] invstd_out,      # OUT (C,) 1/sqrt(var + eps)
+    floating[::1] scale,           # OUT (C,) gamma * invstd
+    double[::1] var,               # OUT (C,) biased variance
+):
+    """What a train-mode forward derives from its statistics, from given ones: the forward fed
+    moments (fastbn.batchnorm_moments, fastbn.merge_moments) runs this, then the affine sweep of
+    its family (cols_affine, planes_affine) with mean_out, scale and beta."""
+    cdef Py_ssize_t d
+    for d in range(mean.shape[0]):
+        var[d] = _variance(m2[d], count[d])
+        _fold_one(mean[d], var[d], gamma, eps, d, mean_out, invstd_out, scale)
+
+
+cdef inline fastbn_sums _partial_sums(
+    const double[:, ::1] part_dy, const double[:, ::1] part_dyxc, Py_ssize_t c,
+) noexcept nogil:
+    """Column c's per-chunk gradient sums added in chunk order: sum dy, sum dy * (x - mean)."""
+    cdef Py_ssize_t k
+    cdef fastbn_sums sums
+    sums.s1 = 0.0
+    sums.s2 = 0.0
+    for k in range(part_dy.shape[0]):
+        sums.s1 = sums.s1 + part_dy[k, c]
+        sums.s2 = sums.s2 + part_dyxc[k, c]
+    return sums
+
+
+cdef inline void _store_sums(
+    const double[:, ::1] part_dy, const double[:, ::1] part_dyxc, double[:, ::1] sums,
+    Py_ssize_t c_start, Py_ssize_t c_stop,
+) noexcept nogil:
+    """sums[0, c], sums[1, c] = _partial_sums of columns c_start..c_stop-1 (the gradient-sums
+    entries, which stop where the backward would fold them into dx coefficients)."""
+    cdef Py_ssize_t c
+    cdef fastbn_sums t
+    for c in range(c_start, c_stop):
+        t = _partial_sums(part_dy, part_dyxc, c)
+        sums[0, c] = t.s1
+        sums[1, c] = t.s2
 
 
 cdef inline void _backward_coefficients(
@@ -329,14 +395,13 @@ cdef inline void _backward_coefficients(
     orders of magnitude of the data, so float32 neither overflows nor underflows where the
     result itself is representable (products like invstd**2 would, for tiny or huge variances).
     """
-    cdef Py_ssize_t K = part_dy.shape[0], k, c
+    cdef Py_ssize_t c
     cdef double sum_dy, sum_dyxc, dg
+    cdef fastbn_sums sums
     for c in range(c_start, c_stop):
-        sum_dy = 0.0
-        sum_dyxc = 0.0
-        for k in range(K):
-            sum_dy = sum_dy + part_dy[k, c]
-            sum_dyxc = sum_dyxc + part_dyxc[k, c]
+        sums = _partial_sums(part_dy, part_dyxc, c)
+        sum_dy = sums.s1
+        sum_dyxc = sums.s2
         dg = sum_dyxc * invstd[c]
         dgamma[c] = <floating>dg
         dbeta[c] = <floating>sum_dy
@@ -544,20 +609,39 @@ def cols_forward_train(
 ):
     """Batch statistics per column, then out = (x - mean) * gamma * invstd + beta; then the
     running statistics that are given are updated."""
-    _cols_forward_train(x, gamma, beta, eps, out, mean, invstd, var, n_threads)
+    cdef double[:, ::1] moments = np.empty((2, x.shape[1]))
+    _cols_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads)
     _update_running(mean, var, running_mean, running_var, momentum)
+
+
+def cols_moments(
+    const floating[:, ::1] x,      # IN (M, D)
+    double[:, ::1] moments,        # OUT (2, D) per column: mean, sum of squared deviations
+    int n_threads,
+):
+    """The statistics pass of cols_forward_train alone (the same paths, chunks and merge, so the
+    same bits as the statistics the forward normalises with); x is read once."""
+    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
+    cdef floating[:, ::1] no_out = None
+    cdef double[::1] no_var = None
+    _cols_forward_train(x, unused, unused, 0.0, no_out, unused, unused, no_var, moments, False,
+                        n_threads)
 
 
 cdef void _cols_forward_train(
     const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
-    floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var, int n_threads,
+    floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
+    double[:, ::1] moments, bint sweep, int n_threads,
 ):
+    """The statistics of every column into `moments`; with `sweep`, also the folded constants
+    (mean, invstd, var) and the normalised output (without it those arguments may be None)."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
     cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 1, n_threads)
     if w:
-        _cols_forward_blocked(x, gamma, beta, eps, out, mean, invstd, var, w, n_threads)
+        _cols_forward_blocked(x, gamma, beta, eps, out, mean, invstd, var, moments, sweep, w,
+                              n_threads)
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
@@ -567,8 +651,8 @@ cdef void _cols_forward_train(
     cdef double[::1] counts = np.empty(cut.P)
     cdef double[:, ::1] weights = np.empty((2, cut.P))
     dtype = _np_dtype(<floating>0)
-    cdef floating[::1] scale = np.empty(D, dtype=dtype)
-    cdef floating[:, ::1] tiled = np.empty((3, Dw), dtype=dtype)
+    cdef floating[::1] scale = np.empty(D if sweep else 0, dtype=dtype)
+    cdef floating[:, ::1] tiled = np.empty((3, Dw if sweep else 0), dtype=dtype)
     for q in range(cut.K):
         for g in range(k):
             counts[q * k + g] = _chunk_start(q + 1, Mw, cut.K) - _chunk_start(q, Mw, cut.K)
@@ -589,8 +673,10 @@ cdef void _cols_forward_train(
                 c1 = _chunk_start(b + 1, Dw, cut.n_col_blocks)
                 _cols_task_moments(&x[0, 0] + r0 * Dw + c0, Dw, r1 - r0, c1 - c0,
                                    &part_mean[0, 0] + q * Dw + c0, &part_m2[0, 0] + q * Dw + c0)
-        _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var, weights,
-                        n_threads)
+        _merge_and_fold(part_mean, part_m2, counts, moments, sweep, gamma, eps, mean, invstd,
+                        scale, var, weights, n_threads)
+        if not sweep:
+            return
         _tile(&mean[0], D, k, &tiled[0, 0])
         _tile(&scale[0], D, k, &tiled[1, 0])
         _tile(&beta[0], D, k, &tiled[2, 0])
@@ -604,28 +690,25 @@ cdef void _cols_forward_train(
 cdef void _cols_forward_blocked(
     const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
     floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    Py_ssize_t w, int n_threads,
+    double[:, ::1] moments, bint sweep, Py_ssize_t w, int n_threads,
 ):
-    """cols_forward_train by blocks of w columns: a block's statistics over all M rows, then its
-    normalisation while it is still in cache."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, d
-    cdef Py_ssize_t head = _line_head(&out[0, 0], sizeof(floating))  # < one line <= w
+    """_cols_forward_train by blocks of w columns: a block's statistics over all M rows, then
+    its normalisation while it is still in cache. The blocks start at the output's first cache
+    line boundary (x's without a sweep: no column's value depends on its block)."""
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1
+    cdef Py_ssize_t head = _line_head(&out[0, 0] if sweep else &x[0, 0], sizeof(floating))
     cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef double[:, :, ::1] parts = _scratch(1, D)
-    cdef double[:, ::1] part_mean = parts[0]
-    cdef double[:, ::1] part_m2 = parts[1]
-    cdef floating[::1] scale = np.empty(D, dtype=_np_dtype(<floating>0))
+    cdef floating[::1] scale = np.empty(D if sweep else 0, dtype=_np_dtype(<floating>0))
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             c0 = _block_start(b, D, w, head)
             c1 = _block_start(b + 1, D, w, head)
-            _cols_task_moments(&x[0, c0], D, M, c1 - c0, &part_mean[0, c0], &part_m2[0, c0])
-            for d in range(c0, c1):
-                var[d] = _variance(part_m2[0, d], <double>M)
-                _fold_one(part_mean[0, d], var[d], gamma, eps, d, mean, invstd, scale)
-            _cols_block(&x[0, c0], NULL, &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
-                        &beta[c0], NULL, NULL, stream)
+            _cols_task_moments(&x[0, c0], D, M, c1 - c0, &moments[0, c0], &moments[1, c0])
+            if sweep:
+                _fold(moments, <double>M, gamma, eps, mean, invstd, scale, var, c0, c1)
+                _cols_block(&x[0, c0], NULL, &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
+                            &beta[c0], NULL, NULL, stream)
 
 
 def cols_affine(
@@ -666,16 +749,76 @@ def cols_backward(
     int n_threads,
 ):
     """One reduction sweep (sum dy, sum dy*(x - mean)) and one elementwise sweep for dx."""
+    cdef double[:, ::1] no_sums = None
+    _cols_backward(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, no_sums, True, n_threads)
+
+
+def cols_grad_sums(
+    const floating[:, ::1] x,      # IN (M, D) forward input
+    const floating[:, ::1] dy,     # IN (M, D) upstream gradient
+    const floating[::1] mean,      # IN (D,) mean used in the forward
+    double[:, ::1] sums,           # OUT (2, D) per column: sum dy, sum dy * (x - mean)
+    int n_threads,
+):
+    """The reduction sweep of cols_backward alone (the same paths and chunks, so the same bits as
+    the sums that cols_backward folds into its dx coefficients)."""
+    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
+    cdef floating[:, ::1] no_dx = None
+    _cols_backward(x, dy, mean, unused, unused, True, no_dx, unused, unused, sums, False,
+                   n_threads)
+
+
+def cols_backward_given(
+    const floating[:, ::1] x,      # IN (M, D) forward input
+    const floating[:, ::1] dy,     # IN (M, D) upstream gradient
+    const floating[::1] mean,      # IN (D,)
+    const floating[::1] invstd,    # IN (D,)
+    const floating[::1] gamma,     # IN (D,)
+    bint train,
+    const double[:, ::1] sums,     # IN (2, D) sum dy, sum dy * (x - mean) over the whole batch
+    double count,                  # rows of the whole batch
+    floating[:, ::1] dx,           # OUT (M, D)
+    floating[::1] dgamma,          # OUT (D,)
+    floating[::1] dbeta,           # OUT (D,)
+    int n_threads,
+):
+    """The dx sweep of cols_backward (its grid path) with given gradient sums: x and dy are one
+    part of a batch of `count` rows whose sums (cols_grad_sums, added over the parts) are
+    `sums`; dgamma and dbeta are the whole batch's."""
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+    if D == 0:
+        return
+    dtype = _np_dtype(<floating>0)
+    cdef floating[:, ::1] coefs = np.empty((3, D), dtype=dtype)
+    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
+    with nogil:
+        _backward_coefficients(sums[0:1], sums[1:2], invstd, gamma, count, train, dgamma, dbeta,
+                               k_dy, k_b, k_g, 0, D)
+    if M:
+        _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+
+
+cdef void _cols_backward(
+    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
+    const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, ::1] dx,
+    floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, int n_threads,
+):
+    """With `sweep`, dx, dgamma and dbeta (`sums` is None); without, only the column sums into
+    `sums` (invstd, gamma, dx, dgamma and dbeta may be None)."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if D == 0:
         return
     if M == 0:
-        dgamma[:] = 0
-        dbeta[:] = 0
+        if sweep:
+            dgamma[:] = 0
+            dbeta[:] = 0
+        else:
+            sums[:, :] = 0
         return
     cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 2, n_threads)
     if w:
-        _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, w, n_threads)
+        _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, sums, sweep,
+                               w, n_threads)
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
@@ -684,11 +827,11 @@ def cols_backward(
     cdef double[:, ::1] part_dy = parts[0]
     cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, D), dtype=dtype)
+    cdef floating[:, ::1] coefs = np.empty((3, D if sweep else 0), dtype=dtype)
     cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
-    cdef floating[:, ::1] tiled = np.empty((5, Dw), dtype=dtype)  # mean, invstd, k_dy, k_b, k_g
+    cdef floating[::1] tiled_mean = np.empty(Dw, dtype=dtype)
     with nogil:
-        _tile(&mean[0], D, k, &tiled[0, 0])
+        _tile(&mean[0], D, k, &tiled_mean[0])
         for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
                            schedule='dynamic'):
             if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
@@ -703,11 +846,29 @@ def cols_backward(
                 c1 = _chunk_start(b + 1, Dw, cut.n_col_blocks)
                 p0 = q * Dw
             _cols_grad_sums(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
-                            r1 - r0, c1 - c0, &tiled[0, 0] + c0, &part_dy[0, 0] + p0 + c0,
+                            r1 - r0, c1 - c0, &tiled_mean[0] + c0, &part_dy[0, 0] + p0 + c0,
                             &part_dyxc[0, 0] + p0 + c0)
+        if not sweep:
+            _store_sums(part_dy, part_dyxc, sums, 0, D)
+            return
         for c0 in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * P)):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
+    _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+
+
+cdef void _cols_dx_sweep(
+    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
+    const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
+    const floating[::1] k_g, bint train, floating[:, ::1] dx, int n_threads,
+):
+    """dx of an (M, D) array (M > 0) from the coefficients of _backward_coefficients, swept as
+    wide rows (see _Wide)."""
+    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t k = _wide_factor(M, D), Mw = M // k, Dw = k * D, rest = Mw * k
+    cdef floating[:, ::1] tiled = np.empty((5, Dw), dtype=_np_dtype(<floating>0))
+    with nogil:
+        _tile(&mean[0], D, k, &tiled[0, 0])  # mean, invstd, k_dy, k_b, k_g
         _tile(&invstd[0], D, k, &tiled[1, 0])
         _tile(&k_dy[0], D, k, &tiled[2, 0])
         _tile(&k_b[0], D, k, &tiled[3, 0])
@@ -715,30 +876,31 @@ def cols_backward(
         if not train:
             # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in);
             # k_b is 0 in test mode, and serves as the zero mean and beta
-            _cols_sweep(&dy[0, 0], NULL, &dx[0, 0], Mw, cut.Dw, &tiled[3, 0], &tiled[2, 0],
+            _cols_sweep(&dy[0, 0], NULL, &dx[0, 0], Mw, Dw, &tiled[3, 0], &tiled[2, 0],
                         &tiled[3, 0], NULL, NULL, n_threads)
-            if cut.rem:
-                _cols_sweep(&dy[rest, 0], NULL, &dx[rest, 0], cut.rem, D, &k_b[0], &k_dy[0],
+            if rest < M:
+                _cols_sweep(&dy[rest, 0], NULL, &dx[rest, 0], M - rest, D, &k_b[0], &k_dy[0],
                             &k_b[0], NULL, NULL, 1)
         else:
-            _cols_sweep(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, cut.Dw, &tiled[0, 0], &tiled[1, 0],
+            _cols_sweep(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0],
                         &tiled[2, 0], &tiled[3, 0], &tiled[4, 0], n_threads)
-            if cut.rem:
-                _cols_sweep(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], cut.rem, D, &mean[0],
+            if rest < M:
+                _cols_sweep(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], M - rest, D, &mean[0],
                             &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1)
 
 
 cdef void _cols_backward_blocked(
     const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
     const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, ::1] dx,
-    floating[::1] dgamma, floating[::1] dbeta, Py_ssize_t w, int n_threads,
+    floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, Py_ssize_t w,
+    int n_threads,
 ):
-    """cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its dx
-    while x and dy are still in cache: a block per thread, or, for arrays of plan.blocked_min_bytes or
-    more with blocks of short rows, one block at a time shared among the threads (see
-    plan.shared_max_run_bytes)."""
+    """_cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its
+    dx while x and dy are still in cache: a block per thread, or, for arrays of
+    plan.blocked_min_bytes or more with blocks of short rows, one block at a time shared among the
+    threads (see plan.shared_max_run_bytes). Without `sweep`, the block's sums go to `sums`."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, q, r0, r1
-    cdef Py_ssize_t head = _line_head(&dx[0, 0], sizeof(floating))  # < one line <= w
+    cdef Py_ssize_t head = _line_head(&dx[0, 0] if sweep else &x[0, 0], sizeof(floating))
     cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef bint shared = plan.cols_path == COLS_SHARED_BLOCKS or (
         plan.cols_path == AUTO and M * D * <Py_ssize_t>sizeof(floating) >= plan.blocked_min_bytes
@@ -749,7 +911,7 @@ cdef void _cols_backward_blocked(
     cdef double[:, ::1] part_dy = parts[0]
     cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, D), dtype=dtype)
+    cdef floating[:, ::1] coefs = np.empty((3, D if sweep else 0), dtype=dtype)
     cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
     with nogil:
         if shared:
@@ -761,6 +923,9 @@ cdef void _cols_backward_blocked(
                     r1 = _chunk_start(q + 1, M, K)
                     _cols_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
                                     &part_dy[q, c0], &part_dyxc[q, c0])
+                if not sweep:
+                    _store_sums(part_dy, part_dyxc, sums, c0, c1)
+                    continue
                 _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                        dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
                 for q in prange(K, num_threads=n_threads, schedule='dynamic'):
@@ -774,9 +939,13 @@ cdef void _cols_backward_blocked(
                 c1 = _block_start(b + 1, D, w, head)
                 _cols_grad_sums(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0], &part_dy[0, c0],
                                 &part_dyxc[0, c0])
-                _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
-                                       dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
-                _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, 0, M, c0, c1, stream)
+                if not sweep:
+                    _store_sums(part_dy, part_dyxc, sums, c0, c1)
+                else:
+                    _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
+                                           dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
+                    _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, 0, M, c0, c1,
+                              stream)
 
 
 cdef inline void _cols_grad_sums(
@@ -894,16 +1063,32 @@ def planes_forward_train(
     int n_threads,
 ):
     """As _planes_forward_train; then the running statistics that are given are updated."""
-    _planes_forward_train(x, gamma, beta, eps, out, mean, invstd, var, n_threads)
+    cdef double[:, ::1] moments = np.empty((2, x.shape[1]))
+    _planes_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads)
     _update_running(mean, var, running_mean, running_var, momentum)
+
+
+def planes_moments(
+    const floating[:, :, ::1] x,   # IN (N, C, L)
+    double[:, ::1] moments,        # OUT (2, C) per channel: mean, sum of squared deviations
+    int n_threads,
+):
+    """The statistics pass of planes_forward_train alone (the same tasks and merge, so the same
+    bits as the statistics the forward normalises with); x is read once."""
+    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
+    cdef floating[:, :, ::1] no_out = None
+    cdef double[::1] no_var = None
+    _planes_forward_train(x, unused, unused, 0.0, no_out, unused, unused, no_var, moments, False,
+                          n_threads)
 
 
 cdef void _planes_forward_train(
     const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
     floating[:, :, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    int n_threads,
+    double[:, ::1] moments, bint sweep, int n_threads,
 ):
-    """Per-plane moments merged per channel in plane order, then the normalising sweep.
+    """Per-plane moments merged per channel in plane order into `moments`; with `sweep`, then
+    the folded constants and the normalising sweep (without it those arguments may be None).
 
     A task covers one chunk of a channel's planes (see ``_n_plane_chunks``). With one chunk per
     channel the task also normalises the channel while it is in cache: x is read from memory once.
@@ -918,7 +1103,7 @@ cdef void _planes_forward_train(
     cdef double[:, ::1] part_m2 = parts[1]
     cdef double[::1] counts = np.empty(Q)
     cdef double[:, ::1] weights = np.empty((2, Q))
-    cdef floating[::1] scale = np.empty(C, dtype=_np_dtype(<floating>0))
+    cdef floating[::1] scale = np.empty(C if sweep else 0, dtype=_np_dtype(<floating>0))
     for q in range(Q):
         counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
     with nogil:
@@ -929,14 +1114,18 @@ cdef void _planes_forward_train(
             _chunk_moments(x, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
                            &part_mean[q, c], &part_m2[q, c])
             if Q == 1:
-                var[c] = _variance(part_m2[0, c], counts[0])
-                _fold_one(part_mean[0, c], var[c], gamma, eps, c, mean, invstd, scale)
-                for n in range(N):
-                    _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
+                moments[0, c] = part_mean[0, c]
+                moments[1, c] = part_m2[0, c]
+                if sweep:
+                    _fold(moments, counts[0], gamma, eps, mean, invstd, scale, var, c, c + 1)
+                    for n in range(N):
+                        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c],
+                                      stream)
         if Q > 1:
-            _merge_and_fold(part_mean, part_m2, counts, gamma, eps, mean, invstd, scale, var,
-                            weights, n_threads)
-            _planes_affine(x, mean, scale, beta, out, n_threads)
+            _merge_and_fold(part_mean, part_m2, counts, moments, sweep, gamma, eps, mean, invstd,
+                            scale, var, weights, n_threads)
+            if sweep:
+                _planes_affine(x, mean, scale, beta, out, n_threads)
 
 
 cdef inline void _planes_affine(
@@ -993,14 +1182,73 @@ def planes_backward(
 ):
     """Per-plane gradient sums, added per channel in plane order, then the dx sweep; tasks as in
     :func:`planes_forward_train` (one chunk per channel: dx while the planes are in cache)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, p, n, n1, c
+    cdef double[:, ::1] no_sums = None
+    _planes_backward(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, no_sums, True,
+                     n_threads)
+
+
+def planes_grad_sums(
+    const floating[:, :, ::1] x,   # IN (N, C, L)
+    const floating[:, :, ::1] dy,  # IN (N, C, L)
+    const floating[::1] mean,      # IN (C,)
+    double[:, ::1] sums,           # OUT (2, C) per channel: sum dy, sum dy * (x - mean)
+    int n_threads,
+):
+    """The reduction sweep of planes_backward alone (the same tasks, so the same bits as the sums
+    that planes_backward folds into its dx coefficients)."""
+    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
+    cdef floating[:, :, ::1] no_dx = None
+    _planes_backward(x, dy, mean, unused, unused, True, no_dx, unused, unused, sums, False,
+                     n_threads)
+
+
+def planes_backward_given(
+    const floating[:, :, ::1] x,   # IN (N, C, L)
+    const floating[:, :, ::1] dy,  # IN (N, C, L)
+    const floating[::1] mean,      # IN (C,)
+    const floating[::1] invstd,    # IN (C,)
+    const floating[::1] gamma,     # IN (C,)
+    bint train,
+    const double[:, ::1] sums,     # IN (2, C) sum dy, sum dy * (x - mean) over the whole batch
+    double count,                  # values per channel of the whole batch
+    floating[:, :, ::1] dx,        # OUT (N, C, L)
+    floating[::1] dgamma,          # OUT (C,)
+    floating[::1] dbeta,           # OUT (C,)
+    int n_threads,
+):
+    """The dx sweep of planes_backward with given gradient sums: x and dy are one part of a batch
+    of `count` values per channel whose sums (planes_grad_sums, added over the parts) are `sums`;
+    dgamma and dbeta are the whole batch's."""
+    cdef Py_ssize_t C = x.shape[1]
+    if C == 0:
+        return
+    dtype = _np_dtype(<floating>0)
+    cdef floating[:, ::1] coefs = np.empty((3, C), dtype=dtype)
+    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
+    with nogil:
+        _backward_coefficients(sums[0:1], sums[1:2], invstd, gamma, count, train, dgamma, dbeta,
+                               k_dy, k_b, k_g, 0, C)
+        _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+
+
+cdef void _planes_backward(
+    const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
+    const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, :, ::1] dx,
+    floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, int n_threads,
+):
+    """With `sweep`, dx, dgamma and dbeta (`sums` is None); without, only the channel sums into
+    `sums` (invstd, gamma, dx, dgamma and dbeta may be None)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, n, n1, c
     cdef double s1, s2
-    cdef fastbn_sums sums
+    cdef fastbn_sums t
     if C == 0:
         return
     if N == 0 or L == 0:
-        dgamma[:] = 0
-        dbeta[:] = 0
+        if sweep:
+            dgamma[:] = 0
+            dbeta[:] = 0
+        else:
+            sums[:, :] = 0
         return
     Q = _n_plane_chunks(N, C)
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
@@ -1008,7 +1256,7 @@ def planes_backward(
     cdef double[:, ::1] part_dy = parts[0]
     cdef double[:, ::1] part_dyxc = parts[1]
     dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, C), dtype=dtype)
+    cdef floating[:, ::1] coefs = np.empty((3, C if sweep else 0), dtype=dtype)
     cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
     with nogil:
         for task in prange(C * Q, num_threads=n_threads, schedule='dynamic',
@@ -1019,28 +1267,41 @@ def planes_backward(
             s2 = 0.0
             n1 = _chunk_start(q + 1, N, Q)
             for n in range(_chunk_start(q, N, Q), n1):
-                sums = fastbn_grad_sums_pf(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
-                                           &x[n + 1, c, 0] if n + 1 < n1 else NULL,
-                                           &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
-                s1 = s1 + sums.s1
-                s2 = s2 + sums.s2
+                t = fastbn_grad_sums_pf(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
+                                        &x[n + 1, c, 0] if n + 1 < n1 else NULL,
+                                        &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
+                s1 = s1 + t.s1
+                s2 = s2 + t.s2
             part_dy[q, c] = s1
             part_dyxc[q, c] = s2
-            if Q == 1:
+            if Q == 1 and sweep:
                 _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
                                        dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
                 for n in range(N):
                     _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
                               k_dy[c], k_b[c], k_g[c], train, stream)
-        if Q > 1:
+        if not sweep:
+            _store_sums(part_dy, part_dyxc, sums, 0, C)
+        elif Q > 1:
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
                                    dgamma, dbeta, k_dy, k_b, k_g, 0, C)
-            for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
-                            chunksize=_handout(2 * L * <Py_ssize_t>sizeof(floating))):
-                n = p // C
-                c = p % C
-                _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                          k_dy[c], k_b[c], k_g[c], train, stream)
+            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+
+
+cdef inline void _planes_dx(
+    const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
+    const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
+    const floating[::1] k_g, bint train, floating[:, :, ::1] dx, int n_threads,
+) noexcept nogil:
+    """dx of every plane from the coefficients of _backward_coefficients."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
+    for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
+                    chunksize=_handout(2 * L * <Py_ssize_t>sizeof(floating))):
+        n = p // C
+        c = p % C
+        _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
+                  k_dy[c], k_b[c], k_g[c], train, stream)
 
 
 # --------------------------------------------------------------------------------------------
