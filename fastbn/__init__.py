@@ -12,16 +12,19 @@ from fastbn import _api
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends
 from fastbn._config import show_config
+from fastbn._moments import Moments, merge_moments
 from fastbn._results import NormCache
 from fastbn._threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
 __all__ = [
-    *_api.__all__,  # the public functions of every op in the op table (fastbn._ops)
+    *_api.__all__,  # the public functions of every op in the op table (fastbn._ops), batchnorm_moments
+    "Moments",
     "NormCache",
     "available_backends",
     "get_num_threads",
+    "merge_moments",
     "set_num_threads",
     "show_config",
 ]

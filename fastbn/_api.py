@@ -4,10 +4,11 @@ Each function is a documented one-line call of :func:`_forward` or :func:`_backw
 op's name; what the op takes and computes is its row of the op table (:mod:`fastbn._ops`).
 """
 from fastbn import _backends, _compiled, reference
+from fastbn._moments import check_forward_moments, prepare_moments
 from fastbn._ops import OPS, public_functions
 from fastbn._validation import prepare, prepare_backward
 
-__all__ = public_functions()
+__all__ = [*public_functions(), "batchnorm_moments"]
 
 _BN_PARAM_DOC = """bn_param : dict
         Updated in place. Keys:
@@ -23,13 +24,56 @@ _BN_PARAM_DOC = """bn_param : dict
         Other keys are ignored."""
 
 
-def _forward(name, x, gamma, beta, param, groups=None, *, backend, out):
-    """Validate the arguments of op `name`'s forward, then run it on `backend`."""
+def _forward(name, x, gamma, beta, param, groups=None, *, backend, out, moments=None):
+    """Validate the arguments of op `name`'s forward, then run it on `backend` (batchnorm ops:
+    with the given `moments`, when there are)."""
     spec = OPS[name]
-    prepared = prepare(spec, x, gamma, beta, param, groups, out)
-    if _backends.resolve(backend) == "numpy":
-        return reference.forward_impl(spec)(prepared)
-    return _compiled.forward(prepared)
+    prepared = prepare(spec, x, gamma, beta, param, groups, out, whole_batch=moments is None)
+    if moments is not None:
+        moments = check_forward_moments(moments, prepared)
+    return run_forward(spec, prepared, backend, moments)
+
+
+def run_forward(spec, prepared, backend, moments=None):
+    """Run `spec`'s forward on a Prepared input on `backend`, with checked `moments` or None:
+    the one place where the local and the distributed forward (fastbn.distributed) compute."""
+    run = reference.forward_impl(spec) if _backends.resolve(backend) == "numpy" else _compiled.forward
+    return run(prepared) if moments is None else run(prepared, moments)
+
+
+def batchnorm_moments(x, *, layout="NCHW", backend="auto"):
+    """Per-feature or per-channel batch statistics: the moments a train-mode forward uses.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, D), or (N, C, H, W), or (N, H, W, C) with ``layout='NHWC'``
+        dtypes as in :func:`batchnorm_forward`.
+    layout : {'NCHW', 'NHWC'}, default 'NCHW'
+        Where the channels of a 4-D x are; a 2-D x has its features on axis 1.
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+        The compiled backend runs the statistics pass of the forward alone (x read once), so
+        feeding the result back (``batchnorm_forward(..., moments=m)``) gives the bits of the
+        plain forward.
+
+    Returns
+    -------
+    Moments
+        ``(count, mean, m2)``, float64 arrays of shape (D,) or (C,): values per channel, their
+        mean and their sum of squared deviations from it (0, 0 and 0 for an empty batch).
+        Moments of parts of a batch merge with :func:`merge_moments`.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(64, 4))
+    >>> m = fastbn.merge_moments([fastbn.batchnorm_moments(x[:40]), fastbn.batchnorm_moments(x[40:])])
+    >>> out, cache = fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"}, moments=m)
+    >>> np.allclose(out, fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"})[0])
+    True
+    """
+    spec, x, layout = prepare_moments(x, layout)
+    impl = reference.moments if _backends.resolve(backend) == "numpy" else _compiled.moments
+    return impl(spec, x, layout)
 
 
 def _backward(name, function, dout, cache, *, backend, out):
@@ -41,7 +85,7 @@ def _backward(name, function, dout, cache, *, backend, out):
     return _compiled.backward(dout, cache, out)
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
+def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, moments=None):
     """Batch normalization of an (N, D) array, cs231n style.
 
     Parameters
@@ -57,6 +101,11 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
     out : ndarray, optional
         A C-contiguous array of x's shape and the output dtype to write the result into
         (reusing a buffer across calls); it must not overlap the inputs.
+    moments : Moments, optional
+        Train mode only: normalise with these statistics (of a batch x is part of, see
+        :func:`merge_moments`) instead of x's own; x may then have any number of rows, and
+        the running statistics are updated with these. Fed ``batchnorm_moments(x)``, the
+        result has the bits of the plain call.
 
     Returns
     -------
@@ -100,7 +149,7 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
     >>> sorted(bn_param)
     ['mode', 'running_mean', 'running_var']
     """
-    return _forward("batchnorm", x, gamma, beta, bn_param, backend=backend, out=out)
+    return _forward("batchnorm", x, gamma, beta, bn_param, backend=backend, out=out, moments=moments)
 
 
 def batchnorm_backward(dout, cache, *, backend="auto", out=None):
@@ -161,7 +210,7 @@ def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
     return _backward("batchnorm", "batchnorm_backward_alt", dout, cache, backend=backend, out=out)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
+def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, moments=None):
     """Batch normalization per channel of an image batch.
 
     Parameters
@@ -174,6 +223,9 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=N
     backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
     out : ndarray, optional
         Output buffer, as in :func:`batchnorm_forward`.
+    moments : Moments, optional
+        Given statistics, as in :func:`batchnorm_forward` (from
+        ``batchnorm_moments(x, layout=...)``).
 
     Returns
     -------
@@ -209,7 +261,7 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=N
     >>> np.allclose(out_nhwc, out.transpose(0, 2, 3, 1))
     True
     """
-    return _forward("spatial_batchnorm", x, gamma, beta, bn_param, backend=backend, out=out)
+    return _forward("spatial_batchnorm", x, gamma, beta, bn_param, backend=backend, out=out, moments=moments)
 
 
 def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):

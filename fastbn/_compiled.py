@@ -6,6 +6,7 @@ free reshape (``OpSpec.view``), and whether rows are centred.
 import numpy as np
 
 from fastbn import _backends
+from fastbn._moments import Moments
 from fastbn._ops import OPS
 from fastbn._results import finish_backward, finish_forward, test_statistics
 from fastbn._threads import threads_for
@@ -26,8 +27,9 @@ def _buffer(out, like):
     return np.empty_like(like)
 
 
-def forward(p):
-    """Forward pass of any operation on a :class:`~fastbn._validation.Prepared` input."""
+def forward(p, moments=None):
+    """Forward pass of any operation on a :class:`~fastbn._validation.Prepared` input; a
+    train-mode batchnorm normalises with given `moments` (a checked Moments) when there are."""
     kernels = _backends.kernels()
     spec = OPS[p.op]
     family, view_shape = spec.view(p.x.shape, p.layout, p.groups)
@@ -46,7 +48,16 @@ def forward(p):
         stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
-    if p.mode == "train":
+    affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
+    if p.mode == "train" and moments is not None:
+        mean = np.empty(C, dtype=dtype)
+        invstd = np.empty(C, dtype=dtype)
+        scale = np.empty(C, dtype=dtype)
+        batch_var = np.empty(C)
+        kernels.fold_moments(*moments, gamma, p.eps, mean, invstd, scale, batch_var)
+        affine(x, mean, scale, beta, out, n_threads)
+        updated = False
+    elif p.mode == "train":
         mean = np.empty(C, dtype=dtype)
         invstd = np.empty(C, dtype=dtype)
         batch_var = np.empty(C)
@@ -59,7 +70,6 @@ def forward(p):
         mean, invstd = test_statistics(p)
         batch_var = None
         updated = False
-        affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
         affine(x, mean, gamma * invstd, beta, out, n_threads)
     return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated)
 
@@ -109,4 +119,49 @@ def backward(dout, cache, out=None):
     else:
         run = kernels.cols_backward if family == "cols" else kernels.planes_backward
         run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
+    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+
+
+def moments(spec, x, layout):
+    """The :class:`~fastbn._moments.Moments` of a checked x (C-contiguous, computation dtype) of
+    batchnorm op `spec` in `layout`: the statistics pass of its forward, x read once."""
+    kernels = _backends.kernels()
+    family, view_shape = spec.view(x.shape, layout)
+    C = spec.channels(x.shape, layout)
+    result = np.zeros((2, C))  # mean and m2 stay 0 when there are no values
+    run = kernels.cols_moments if family == "cols" else kernels.planes_moments
+    run(_aligned(x).reshape(view_shape), result, threads_for(x.size))
+    return Moments(np.full(C, float(spec.per_channel(x.shape, layout))), result[0], result[1])
+
+
+def grad_sums(dout, cache):
+    """The (2, C) float64 sums ``sum(dout)``, ``sum(dout * (x - mean))`` of a batchnorm backward
+    (its reduction pass alone) for a checked dout and its cache."""
+    kernels = _backends.kernels()
+    spec = OPS[cache.op]
+    family, view_shape = spec.view(cache.x.shape, cache.layout)
+    sums = np.zeros((2, cache.gamma.size))
+    run = kernels.cols_grad_sums if family == "cols" else kernels.planes_grad_sums
+    run(_aligned(cache.x).reshape(view_shape), _aligned(dout).reshape(view_shape),
+        _flat(cache.mean, cache.x.dtype), sums, threads_for(cache.x.size))
+    return sums
+
+
+def backward_given(dout, cache, sums, count, out=None):
+    """The batchnorm backward of a part of a batch of `count` values per channel whose
+    :func:`grad_sums`, added over the parts, are `sums`: its dx sweep (dx of this part) and the
+    whole batch's dgamma and dbeta."""
+    kernels = _backends.kernels()
+    spec = OPS[cache.op]
+    family, view_shape = spec.view(cache.x.shape, cache.layout)
+    x = _aligned(cache.x).reshape(view_shape)
+    dx = _buffer(out, x)
+    C = cache.gamma.size
+    dgamma = np.empty(C, dtype=x.dtype)
+    dbeta = np.empty(C, dtype=x.dtype)
+    run = kernels.cols_backward_given if family == "cols" else kernels.planes_backward_given
+    run(x, _aligned(dout).reshape(view_shape), _flat(cache.mean, x.dtype),
+        _flat(cache.invstd, x.dtype), _aligned(cache.gamma), cache.mode == "train",
+        np.ascontiguousarray(sums, dtype=np.float64), float(count), dx, dgamma, dbeta,
+        threads_for(x.size))
     return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)

@@ -1228,7 +1228,8 @@ def planes_backward_given(
     with nogil:
         _backward_coefficients(sums[0:1], sums[1:2], invstd, gamma, count, train, dgamma, dbeta,
                                k_dy, k_b, k_g, 0, C)
-        _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+        if x.shape[0] and x.shape[2]:
+            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
 
 
 cdef void _planes_backward(

@@ -161,10 +161,12 @@ def check_x(x, name, ndim, description):
     return compute_dtype(x, name)
 
 
-def prepare(spec, x, gamma, beta, param, groups=None, out=None):
+def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=True):
     """Validate the arguments of `spec`'s forward and return them as a :class:`Prepared` record.
 
     `beta` is ignored by ops without a shift (``spec.beta`` false), `groups` by ungrouped ops.
+    ``whole_batch=False``: x is one part of a batch whose statistics are given (moments, other
+    ranks), so its own count per channel is not checked; the caller checks the batch's.
     """
     name = spec.param_name
     check_param_dict(param, name)
@@ -188,7 +190,7 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None):
         running_mean = check_running(param, name, "running_mean", channels, broadcast_shape, mode)
         running_var = check_running(param, name, "running_var", channels, broadcast_shape, mode)
         per_channel = spec.per_channel(x.shape, layout)
-        if mode == "train" and per_channel < 2:
+        if whole_batch and mode == "train" and per_channel < 2:
             why = ("an empty batch has no statistics" if per_channel == 0 else
                    "with one value the output would be beta for every input")
             raise ValueError(

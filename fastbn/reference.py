@@ -20,11 +20,12 @@ array([-1.2247,  0.    ,  1.2247])
 """
 import numpy as np
 
+from fastbn._moments import Moments, prepare_moments
 from fastbn._ops import LAYOUTS, OPS, public_functions
 from fastbn._results import finish_backward, finish_forward, test_statistics
 from fastbn._validation import prepare, prepare_backward
 
-__all__ = public_functions()
+__all__ = [*public_functions(), "batchnorm_moments"]
 
 
 def _sum(a, axes):
@@ -32,23 +33,30 @@ def _sum(a, axes):
     return np.sum(a, axis=axes, dtype=np.float64, keepdims=True).astype(a.dtype)
 
 
-def _mean_var(x, axes):
-    """float64 mean and biased variance over `axes` (kept); an empty reduction gives 0 and 0.
+def _moments(x, axes):
+    """Count, float64 mean and sum of squared deviations over `axes` (kept); an empty reduction
+    gives 0, 0 and 0.
 
     The values are first shifted by the first value of their unit (feature, channel, row or
     group), as the compiled kernels do: the sums stay small for any mean offset, and a constant
-    unit gets exactly its value as mean and exactly 0 as variance.
+    unit gets exactly its value as mean and exactly 0 as m2.
     """
     count = np.prod([x.shape[a] for a in axes], dtype=np.int64)
     if count == 0:
         shape = [1 if a in axes else n for a, n in enumerate(x.shape)]
-        return np.zeros(shape), np.zeros(shape)
+        return count, np.zeros(shape), np.zeros(shape)
     first = tuple(slice(0, 1) if a in axes else slice(None) for a in range(x.ndim))
     shift = x[first].astype(np.float64)
     shifted = x - shift
     shifted_mean = np.mean(shifted, axis=axes, keepdims=True)
-    var = np.mean(np.square(shifted - shifted_mean), axis=axes, keepdims=True)
-    return shift + shifted_mean, var
+    m2 = np.sum(np.square(shifted - shifted_mean), axis=axes, keepdims=True)
+    return count, shift + shifted_mean, m2
+
+
+def _mean_var(x, axes):
+    """float64 mean and biased variance over `axes` (kept); an empty reduction gives 0 and 0."""
+    count, mean, m2 = _moments(x, axes)
+    return mean, m2 / max(count, 1)
 
 
 # ------------------------------------------------------------------------------------------
@@ -74,11 +82,16 @@ def _statistics(cache):
     return cache.mean.astype(dtype, copy=False), cache.invstd.astype(dtype, copy=False)
 
 
-def _batch_forward(p):
+def _batch_forward(p, moments=None):
+    """The forward; in train mode with the statistics of x, or the given `moments` (of a batch
+    x is part of: see fastbn.merge_moments)."""
     axes, shape = _batch_axes(p)
     dtype = p.x.dtype
     if p.mode == "train":
-        mean64, var64 = _mean_var(p.x, axes)
+        if moments is None:
+            mean64, var64 = _mean_var(p.x, axes)
+        else:  # (rounding may leave a merged m2 just below 0)
+            mean64, var64 = moments.mean, np.maximum(moments.m2, 0.0) / moments.count
         mean = mean64.astype(dtype).reshape(-1)
         invstd = (1.0 / np.sqrt(var64 + p.eps)).astype(dtype).reshape(-1)
         batch_var = var64.reshape(-1)
@@ -131,6 +144,34 @@ def _batch_backward_closed_form(dout, cache, out=None):
     else:
         dx = (scale / count) * (count * dout - dbeta - xhat * dgamma)
     return finish_backward(cache, dx, dgamma, dbeta, out)
+
+
+def grad_sums(dout, cache):
+    """The two per-channel sums of a batchnorm backward, in float64: ``sum(dout)`` and
+    ``sum(dout * (x - mean))``, as a (2, C) array (what ranks exchange, see fastbn.distributed)."""
+    axes, shape = _batch_axes(cache)
+    mean = cache.mean.astype(np.float64).reshape(shape)
+    dy = dout.astype(np.float64)
+    return np.stack([np.sum(dy, axis=axes).reshape(-1),
+                     np.sum(dy * (cache.x - mean), axis=axes).reshape(-1)])
+
+
+def backward_given(dout, cache, sums, count, out=None):
+    """The closed-form backward of a part of a batch of `count` values per channel whose
+    :func:`grad_sums` (added over all parts) are `sums`: dx of this part, and the whole batch's
+    dgamma = sums[1] * invstd and dbeta = sums[0]."""
+    axes, shape = _batch_axes(cache)
+    mean, invstd = (stat.reshape(shape) for stat in _statistics(cache))
+    dtype = cache.x.dtype
+    dbeta = sums[0].astype(dtype)
+    dgamma = (sums[1] * invstd.reshape(-1)).astype(dtype)
+    scale = cache.gamma.reshape(shape) * invstd
+    if cache.mode == "test":
+        dx = scale * dout
+    else:
+        xhat = (cache.x - mean) * invstd
+        dx = (scale / count) * (count * dout - dbeta.reshape(shape) - xhat * dgamma.reshape(shape))
+    return finish_backward(cache, dx.astype(dtype, copy=False), dgamma, dbeta, out)
 
 
 # ------------------------------------------------------------------------------------------
@@ -215,6 +256,19 @@ def _backward(name, function, dout, cache, out):
     spec = OPS[name]
     dout, out = prepare_backward(dout, cache, spec, function, out)
     return backward_impl(spec, function)(dout, cache, out)
+
+
+def moments(spec, x, layout):
+    """The :class:`~fastbn._moments.Moments` of a checked x of batchnorm op `spec` in `layout`."""
+    axis = LAYOUTS[layout].axis(x.ndim)
+    count, mean, m2 = _moments(x, tuple(a for a in range(x.ndim) if a != axis))
+    channels = x.shape[axis]
+    return Moments(np.full(channels, float(count)), mean.reshape(channels), m2.reshape(channels))
+
+
+def batchnorm_moments(x, *, layout="NCHW"):
+    """Reference batch statistics; see :func:`fastbn.batchnorm_moments`."""
+    return moments(*prepare_moments(x, layout))
 
 
 def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
