@@ -64,8 +64,8 @@ _AGREE = {  # header field: how the error message names it, and how it shows a v
     "dtype": ("the computation dtype", lambda v: f"float{8 * int(v)}"),
     "mode": ("bn_param['mode'] (cache.mode)", lambda v: repr(_MODES[int(v)])),
     "layout": ("the layout", lambda v: repr(_LAYOUTS[int(v)])),
-    "eps": ("eps", repr),
-    "momentum": ("momentum", repr),
+    "eps": ("eps", lambda v: repr(float(v))),
+    "momentum": ("momentum", lambda v: repr(float(v))),
 }
 _SPIN_SECONDS = 2e-3  # a collective is polled without pause this long, then every _POLL_SECONDS
 _POLL_SECONDS = 2e-4
