@@ -234,14 +234,18 @@ def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
         error = None
     except (TypeError, ValueError, ImportError) as e:
         header, error = _error_header(), e
-    headers = _allgather(comm, header, timeout, f"{function}: the exchange of arguments")
+    def statistics():  # this rank's, while the arguments are exchanged
+        if error is None and p.mode == "train":
+            return (reference.moments if numpy else _compiled.moments)(spec, p.x, p.layout)
+
+    headers, local = _allgather(comm, header, timeout, f"{function}: the exchange of arguments",
+                                statistics)
     _check_agreement(headers, error, comm)
     if p.mode == "test":
         return run_forward(spec, p, backend)
-    local = (reference.moments if numpy else _compiled.moments)(spec, p.x, p.layout)
     C = p.gamma.size
-    gathered = _allgather(comm, np.concatenate([local.mean, local.m2]), timeout,
-                          f"{function}: the exchange of batch statistics")
+    gathered, _ = _allgather(comm, np.concatenate([local.mean, local.m2]), timeout,
+                             f"{function}: the exchange of batch statistics")
     counts = headers[:, _HEADER.index("count")]
     moments = merge_moments([Moments(np.full(C, counts[r]), gathered[r, :C], gathered[r, C:])
                              for r in range(comm.size)])
@@ -259,11 +263,15 @@ def _backward(function, dout, cache, comm, backend, out, timeout):
         error = None
     except (TypeError, ValueError, ImportError) as e:
         header, error = _error_header(), e
-    headers = _allgather(comm, header, timeout, f"{function}: the exchange of arguments")
+    def sums():  # this rank's, while the arguments are exchanged
+        if error is None:
+            return (reference.grad_sums if numpy else _compiled.grad_sums)(dout, cache)
+
+    headers, local = _allgather(comm, header, timeout, f"{function}: the exchange of arguments",
+                                sums)
     _check_agreement(headers, error, comm)
-    local = (reference.grad_sums if numpy else _compiled.grad_sums)(dout, cache)
-    gathered = _allgather(comm, local.reshape(-1), timeout,
-                          f"{function}: the exchange of gradient sums")
+    gathered, _ = _allgather(comm, local.reshape(-1), timeout,
+                             f"{function}: the exchange of gradient sums")
     sums = gathered[0].copy()
     for r in range(1, comm.size):  # in rank order: the same bits on every rank
         sums += gathered[r]
@@ -324,13 +332,16 @@ def _check_agreement(headers, error, comm):
                          f"{[int(n) for n in counts]})")
 
 
-def _allgather(comm, send, timeout, what):
+def _allgather(comm, send, timeout, what, meanwhile=None):
     """Every rank's `send` (equal-sized float64 vectors) as a (size, n) array, in rank order,
-    or CollectiveTimeout when the other ranks do not join within `timeout` seconds."""
+    or CollectiveTimeout when the other ranks do not join within `timeout` seconds (counted
+    from the start). ``meanwhile()``, if given, runs while the exchange is in flight (a rank that
+    arrives first computes instead of waiting); returns (the array, what meanwhile returned)."""
     send = np.ascontiguousarray(send, dtype=np.float64)
     received = np.empty((comm.size, send.size))
-    request = comm.Iallgather(send, received)
     start = time.monotonic()
+    request = comm.Iallgather(send, received)
+    result = meanwhile() if meanwhile is not None else None
     while not request.Test():
         waited = time.monotonic() - start
         if waited > timeout:
@@ -342,4 +353,4 @@ def _allgather(comm, send, timeout, what):
             )
         if waited > _SPIN_SECONDS:
             time.sleep(_POLL_SECONDS)
-    return received
+    return received, result
