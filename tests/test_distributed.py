@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +32,14 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "distributed_dig
 
 
 def mpiexec():
-    """The mpiexec of this Python's environment (where the mpich wheel puts it), else on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    """The mpiexec of this Python's environment (where the mpich wheel puts it: pip's scripts
+    directory, or the user one after ``pip install --user``), else the one on PATH."""
+    places = [Path(sys.executable).parent, Path(sysconfig.get_path("scripts")),
+              Path(sysconfig.get_path("scripts", f"{os.name}_user"))]
+    found = [str(p / "mpiexec") for p in places if (p / "mpiexec").is_file()]
+    found = found[0] if found else shutil.which("mpiexec")
     if found is None:
-        pytest.fail("mpi4py is installed but there is no mpiexec beside the Python executable or "
+        pytest.fail("mpi4py is installed but there is no mpiexec in pip's scripts directories or "
                     "on PATH: pip install mpich")
     return found
 
