@@ -4,7 +4,9 @@ Each function is a documented one-line call of :func:`_forward` or :func:`_backw
 op's name; what the op takes and computes is its row of the op table (:mod:`fastbn._ops`).
 """
 from fastbn import _backends, _compiled, reference
-from fastbn._moments import check_forward_moments, prepare_moments
+import numpy as np
+
+from fastbn._moments import Moments, check_forward_moments, prepare_moments
 from fastbn._ops import OPS, public_functions
 from fastbn._validation import prepare, prepare_backward
 
@@ -37,11 +39,12 @@ def _forward(name, x, gamma, beta, param, groups=None, *, backend, out, moments=
 def run_forward(spec, prepared, backend, moments=None):
     """Run `spec`'s forward on a Prepared input on `backend`, with checked `moments` or None:
     the one place where the local and the distributed forward (fastbn.distributed) compute."""
-    run = reference.forward_impl(spec) if _backends.resolve(backend) == "numpy" else _compiled.forward
+    numpy = _backends.resolve(backend) == "numpy"
+    run = reference.forward_impl(spec) if numpy else _compiled.forward
     return run(prepared) if moments is None else run(prepared, moments)
 
 
-def batchnorm_moments(x, *, layout="NCHW", backend="auto"):
+def batchnorm_moments(x: np.ndarray, *, layout: str = "NCHW", backend: str = "auto") -> Moments:
     """Per-feature or per-channel batch statistics: the moments a train-mode forward uses.
 
     Parameters
@@ -66,9 +69,11 @@ def batchnorm_moments(x, *, layout="NCHW", backend="auto"):
     --------
     >>> import numpy as np, fastbn
     >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(64, 4))
-    >>> m = fastbn.merge_moments([fastbn.batchnorm_moments(x[:40]), fastbn.batchnorm_moments(x[40:])])
-    >>> out, cache = fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"}, moments=m)
-    >>> np.allclose(out, fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"})[0])
+    >>> parts = [fastbn.batchnorm_moments(x[:40]), fastbn.batchnorm_moments(x[40:])]
+    >>> m = fastbn.merge_moments(parts)
+    >>> gamma, beta = np.ones(4), np.zeros(4)
+    >>> out, cache = fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"}, moments=m)
+    >>> np.allclose(out, fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"})[0])
     True
     """
     spec, x, layout = prepare_moments(x, layout)
@@ -149,7 +154,8 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, mom
     >>> sorted(bn_param)
     ['mode', 'running_mean', 'running_var']
     """
-    return _forward("batchnorm", x, gamma, beta, bn_param, backend=backend, out=out, moments=moments)
+    return _forward("batchnorm", x, gamma, beta, bn_param, backend=backend, out=out,
+                    moments=moments)
 
 
 def batchnorm_backward(dout, cache, *, backend="auto", out=None):
@@ -261,7 +267,8 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=N
     >>> np.allclose(out_nhwc, out.transpose(0, 2, 3, 1))
     True
     """
-    return _forward("spatial_batchnorm", x, gamma, beta, bn_param, backend=backend, out=out, moments=moments)
+    return _forward("spatial_batchnorm", x, gamma, beta, bn_param, backend=backend, out=out,
+                    moments=moments)
 
 
 def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):

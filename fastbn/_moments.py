@@ -8,6 +8,7 @@ forward fed the merged moments normalises with the whole batch's statistics. Thi
 :mod:`fastbn.distributed` synchronizes batchnorm across processes: ranks exchange moments, never
 ``(mean, invstd)``, from which the variance could only be recovered with a loss of precision.
 """
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
@@ -57,11 +58,6 @@ def prepare_moments(x, layout):
     return spec, np.ascontiguousarray(x, dtype=dtype), layout
 
 
-def empty_moments(channels):
-    """The moments of no values: count 0, mean 0, m2 0 (the identity of the merge)."""
-    return Moments(np.zeros(channels), np.zeros(channels), np.zeros(channels))
-
-
 def check_moments(moments, name, channels=None):
     """`moments` as a :class:`Moments` of three C-contiguous float64 arrays of one shape (C,)
     (C = `channels` when given) with counts >= 0; raises TypeError or ValueError naming `name`."""
@@ -71,8 +67,8 @@ def check_moments(moments, name, channels=None):
     fields = []
     for field, value in zip(Moments._fields, moments):
         if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu" or value.ndim != 1:
-            what = (f"a {value.ndim}-D array of dtype {value.dtype}" if isinstance(value, np.ndarray)
-                    else type(value).__name__)
+            what = (f"a {value.ndim}-D array of dtype {value.dtype}"
+                    if isinstance(value, np.ndarray) else type(value).__name__)
             raise TypeError(f"{name}.{field} must be a 1-D real array, got {what}")
         fields.append(np.ascontiguousarray(value, dtype=np.float64))
     shapes = {a.shape for a in fields}
@@ -98,7 +94,7 @@ def check_forward_moments(moments, prepared):
     return moments
 
 
-def merge_moments(moments_sequence):
+def merge_moments(moments_sequence: Iterable[Moments]) -> Moments:
     """Merge the moments of parts of a batch into the moments of the whole batch.
 
     Chan et al.'s pairwise formula, applied from left to right in the order given, so that the

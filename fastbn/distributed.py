@@ -40,6 +40,7 @@ from fastbn import _backends, _compiled, reference
 from fastbn._api import run_forward
 from fastbn._moments import Moments, merge_moments
 from fastbn._ops import OPS
+from fastbn._results import NormCache
 from fastbn._validation import prepare, prepare_backward
 
 __all__ = [
@@ -83,8 +84,9 @@ class CollectiveTimeout(TimeoutError):
     """
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, comm, *, backend="auto", out=None,
-                      timeout=DEFAULT_TIMEOUT):
+def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, bn_param: dict,
+                      comm: MPI.Intracomm, *, backend: str = "auto", out: np.ndarray | None = None,
+                      timeout: float = DEFAULT_TIMEOUT) -> tuple[np.ndarray, NormCache]:
     """Batchnorm of an (N, D) array that is one rank's part of a batch spread over `comm`.
 
     Parameters
@@ -135,7 +137,10 @@ def batchnorm_forward(x, gamma, beta, bn_param, comm, *, backend="auto", out=Non
     return _forward("batchnorm_forward", x, gamma, beta, bn_param, comm, backend, out, timeout)
 
 
-def batchnorm_backward(dout, cache, comm, *, backend="auto", out=None, timeout=DEFAULT_TIMEOUT):
+def batchnorm_backward(dout: np.ndarray, cache: NormCache, comm: MPI.Intracomm, *,
+                       backend: str = "auto", out: np.ndarray | None = None,
+                       timeout: float = DEFAULT_TIMEOUT,
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`batchnorm_forward`: this rank's dx, the whole batch's dgamma and dbeta.
 
     Parameters
@@ -174,8 +179,10 @@ def batchnorm_backward(dout, cache, comm, *, backend="auto", out=None, timeout=D
     return _backward("batchnorm_backward", dout, cache, comm, backend, out, timeout)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param, comm, *, backend="auto", out=None,
-                              timeout=DEFAULT_TIMEOUT):
+def spatial_batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, bn_param: dict,
+                              comm: MPI.Intracomm, *, backend: str = "auto",
+                              out: np.ndarray | None = None, timeout: float = DEFAULT_TIMEOUT,
+                              ) -> tuple[np.ndarray, NormCache]:
     """Spatial batchnorm of an image batch spread over the ranks of `comm`.
 
     Parameters, returns and errors are those of :func:`batchnorm_forward`, with x of shape
@@ -197,8 +204,10 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, comm, *, backend="auto",
                     timeout)
 
 
-def spatial_batchnorm_backward(dout, cache, comm, *, backend="auto", out=None,
-                               timeout=DEFAULT_TIMEOUT):
+def spatial_batchnorm_backward(dout: np.ndarray, cache: NormCache, comm: MPI.Intracomm, *,
+                               backend: str = "auto", out: np.ndarray | None = None,
+                               timeout: float = DEFAULT_TIMEOUT,
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`spatial_batchnorm_forward`; as :func:`batchnorm_backward`.
 
     Examples
@@ -321,9 +330,9 @@ def _check_agreement(headers, error, comm):
         differ = np.flatnonzero(values != values[0])
         if differ.size:
             r = differ[0]
-            raise ValueError(f"the ranks disagree on {what}: rank 0 has {show(values[0])}, rank {r} "
-                             f"has {show(values[r])}; every rank of the communicator must make the "
-                             "same call")
+            raise ValueError(f"the ranks disagree on {what}: rank 0 has {show(values[0])}, "
+                             f"rank {r} has {show(values[r])}; every rank of the communicator "
+                             "must make the same call")
     counts = headers[:, _HEADER.index("count")]
     total = int(sum(counts))
     if _MODES[int(headers[0, _HEADER.index("mode")])] == "train" and total < 2:

@@ -63,7 +63,8 @@ def make_case(name, size):
     """The whole batch of case `name` for `size` ranks: (x, dout, gamma, beta, bn_param, rows
     per rank, op, layout, mode, backend). bn_param holds running statistics to update."""
     geometry, split, dtype, mode, backend = CASES[name]
-    op, layout, row_shape, scale = LARGE[geometry] if geometry in LARGE else (*GEOMETRIES[geometry], 1)
+    op, layout, row_shape, scale = (LARGE[geometry] if geometry in LARGE
+                                    else (*GEOMETRIES[geometry], 1))
     rows = [n * scale for n in SPLITS[split][size]]
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     channels = row_shape[-1] if layout == "NHWC" else row_shape[0]

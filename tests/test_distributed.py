@@ -48,8 +48,8 @@ def run_mpi(n, *args, timeout=60):
     """Run ``mpiexec -n n python *args`` with this fastbn, one OpenMP thread per rank; return its
     output (the test fails if it takes longer than `timeout` seconds)."""
     package_root = str(Path(fastbn.__file__).resolve().parent.parent)
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])))
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     # a session of its own, so that a launch that hangs is ended with all its processes
     with subprocess.Popen([mpiexec(), "-n", str(n), sys.executable, *map(str, args)], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
