@@ -112,8 +112,9 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, bn_par
     out : ndarray of shape (N, D)
         This rank's part of the output of batchnorm on the whole batch.
     cache : NormCache
-        For :func:`batchnorm_backward`: ``cache.mean`` and ``cache.invstd`` are the whole
-        batch's, identical on every rank.
+        For :func:`batchnorm_backward` of this module (the local
+        :func:`fastbn.batchnorm_backward` would take this rank's rows for the whole batch):
+        ``cache.mean`` and ``cache.invstd`` are the whole batch's, identical on every rank.
 
     Raises
     ------
@@ -234,15 +235,16 @@ def _op(function):
 
 def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
     spec = _op(function)
-    comm, timeout = _check_comm(comm), _check_timeout(timeout)
+    comm = _check_comm(comm)
     try:
+        timeout = _check_timeout(timeout)
         numpy = _backends.resolve(backend) == "numpy"
         p = prepare(spec, x, gamma, beta, param, out=out, whole_batch=False)
         header = _header(function, p.gamma.size, p.x.dtype, p.mode, p.layout, p.eps, p.momentum,
                          spec.per_channel(p.x.shape, p.layout))
         error = None
     except (TypeError, ValueError, ImportError) as e:
-        header, error = _error_header(), e
+        header, error, timeout = _error_header(), e, _valid_timeout(timeout)
     def statistics():  # this rank's, while the arguments are exchanged
         if error is None and p.mode == "train":
             return (reference.moments if numpy else _compiled.moments)(spec, p.x, p.layout)
@@ -263,15 +265,16 @@ def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
 
 def _backward(function, dout, cache, comm, backend, out, timeout):
     spec = _op(function)
-    comm, timeout = _check_comm(comm), _check_timeout(timeout)
+    comm = _check_comm(comm)
     try:
+        timeout = _check_timeout(timeout)
         numpy = _backends.resolve(backend) == "numpy"
         dout, out = prepare_backward(dout, cache, spec, function, out)
         header = _header(function, cache.gamma.size, cache.x.dtype, cache.mode, cache.layout,
                          cache.eps, 0.0, spec.per_channel(cache.x.shape, cache.layout))
         error = None
     except (TypeError, ValueError, ImportError) as e:
-        header, error = _error_header(), e
+        header, error, timeout = _error_header(), e, _valid_timeout(timeout)
     def sums():  # this rank's, while the arguments are exchanged
         if error is None:
             return (reference.grad_sums if numpy else _compiled.grad_sums)(dout, cache)
@@ -299,9 +302,19 @@ def _check_comm(comm):
 
 
 def _check_timeout(timeout):
+    """`timeout` as a float: a positive number of seconds (checked with the other arguments: a
+    rank with an invalid one takes part in the exchange of arguments with DEFAULT_TIMEOUT)."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
+
+
+def _valid_timeout(timeout):
+    """`timeout` when it is valid, else DEFAULT_TIMEOUT."""
+    try:
+        return _check_timeout(timeout)
+    except ValueError:
+        return DEFAULT_TIMEOUT
 
 
 def _header(function, channels, dtype, mode, layout, eps, momentum, count):

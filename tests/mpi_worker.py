@@ -88,8 +88,9 @@ def part(a, rows, rank):
 
 # Calls that must raise on every rank (see _error_call).
 ERRORS = ["channels", "dtype", "mode", "layout", "eps", "function", "one_value", "no_values",
-          "backward_mode", "invalid_gamma", "invalid_dout"]
-INVALID = {"invalid_gamma": "gamma must have shape", "invalid_dout": "dout must have the shape"}
+          "backward_mode", "invalid_gamma", "invalid_dout", "invalid_timeout"]
+INVALID = {"invalid_gamma": "gamma must have shape", "invalid_dout": "dout must have the shape",
+           "invalid_timeout": "timeout must be a positive number"}  # the last rank's own error
 
 
 def _error_call(name, comm, distributed, param):
@@ -133,6 +134,8 @@ def _error_call(name, comm, distributed, param):
             _, cache = fastbn_local().batchnorm_forward(
                 x, ones, zeros, {"mode": "test", "running_mean": zeros, "running_var": ones})
         distributed.batchnorm_backward(x, cache, comm)
+    elif name == "invalid_timeout":
+        distributed.batchnorm_forward(x, ones, zeros, param, comm, timeout=-1.0 if last else 10.0)
     elif name == "invalid_dout":
         _, cache = distributed.batchnorm_forward(x, ones, zeros, {"mode": "train"}, comm)
         distributed.batchnorm_backward(x[:, :2] if last else x, cache, comm)
