@@ -54,7 +54,8 @@ def forward(p, moments=None):
         invstd = np.empty(C, dtype=dtype)
         scale = np.empty(C, dtype=dtype)
         batch_var = np.empty(C)
-        kernels.fold_moments(*moments, gamma, p.eps, mean, invstd, scale, batch_var)
+        kernels.fold_moments(moments.count, np.stack([moments.mean, moments.m2]), gamma, p.eps,
+                             mean, invstd, scale, batch_var)
         affine(x, mean, scale, beta, out, n_threads)
         updated = False
     elif p.mode == "train":

@@ -15,6 +15,13 @@ contiguity: nothing is checked. Three families of kernels cover all public opera
     (``center=1``); RMSNorm without centring (``center=0``: the mean is 0, the variance the mean
     square), through the same loops.
 
+Statistics as values: ``cols_moments`` and ``planes_moments`` run the statistics pass of the
+train-mode forward alone (per channel the mean and sum of squared deviations, in float64), and
+``fold_moments`` with the affine sweeps normalises with given ones; ``cols_grad_sums`` and
+``planes_grad_sums`` run the reduction pass of the backward alone, and ``*_backward_given`` its
+dx sweep from given sums. Fed what the passes compute, they give the bits of the fused kernels
+(fastbn.batchnorm_moments, fastbn.distributed).
+
 Determinism: work is cut into chunks whose boundaries depend only on the shape, partial results
 are stored per chunk and combined in chunk order, so the bits do not depend on the thread count
 nor on which thread takes which chunk: chunks are handed out dynamically (see HANDOUT_BYTES).
@@ -335,8 +342,7 @@ cdef inline void _merge_and_fold(
 
 def fold_moments(
     const double[::1] count,       # IN (C,) values per channel
-    const double[::1] mean,        # IN (C,)
-    const double[::1] m2,          # IN (C,) sums of squared deviations
+    const double[:, ::1] moments,  # IN (2, C) mean, sum of squared deviations
     const floating[::1] gamma,     # IN (C,)
     double eps,
     floating[::1] mean_out,        # OUT (C,) mean in the computation dtype
@@ -348,9 +354,8 @@ def fold_moments(
     moments (fastbn.batchnorm_moments, fastbn.merge_moments) runs this, then the affine sweep of
     its family (cols_affine, planes_affine) with mean_out, scale and beta."""
     cdef Py_ssize_t d
-    for d in range(mean.shape[0]):
-        var[d] = _variance(m2[d], count[d])
-        _fold_one(mean[d], var[d], gamma, eps, d, mean_out, invstd_out, scale)
+    for d in range(count.shape[0]):
+        _fold(moments, count[d], gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
 
 
 cdef inline fastbn_sums _partial_sums(
