@@ -234,6 +234,8 @@ def _op(function):
 
 
 def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
+    """Exchange the arguments (computing this rank's moments meanwhile), check them on every
+    rank, exchange the moments, merge them in rank order and run the local forward with them."""
     spec = _op(function)
     comm = _check_comm(comm)
     try:
@@ -245,6 +247,7 @@ def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
         error = None
     except (TypeError, ValueError, ImportError) as e:
         header, error, timeout = _error_header(), e, _valid_timeout(timeout)
+
     def statistics():  # this rank's, while the arguments are exchanged
         if error is None and p.mode == "train":
             return (reference.moments if numpy else _compiled.moments)(spec, p.x, p.layout)
@@ -264,6 +267,8 @@ def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
 
 
 def _backward(function, dout, cache, comm, backend, out, timeout):
+    """Exchange the arguments (computing this rank's gradient sums meanwhile), check them on every
+    rank, exchange the sums, add them in rank order and run the dx sweep with them."""
     spec = _op(function)
     comm = _check_comm(comm)
     try:
@@ -275,12 +280,13 @@ def _backward(function, dout, cache, comm, backend, out, timeout):
         error = None
     except (TypeError, ValueError, ImportError) as e:
         header, error, timeout = _error_header(), e, _valid_timeout(timeout)
-    def sums():  # this rank's, while the arguments are exchanged
+
+    def gradient_sums():  # this rank's, while the arguments are exchanged
         if error is None:
             return (reference.grad_sums if numpy else _compiled.grad_sums)(dout, cache)
 
     headers, local = _allgather(comm, header, timeout, f"{function}: the exchange of arguments",
-                                sums)
+                                gradient_sums)
     _check_agreement(headers, error, comm)
     gathered, _ = _allgather(comm, local.reshape(-1), timeout,
                              f"{function}: the exchange of gradient sums")
