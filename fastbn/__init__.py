@@ -12,6 +12,7 @@ from fastbn import _api
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends
 from fastbn._config import show_config
+from fastbn._memory import buffer_cache_info, set_buffer_cache
 from fastbn._results import NormCache
 from fastbn._threads import get_num_threads, set_num_threads
 
@@ -21,7 +22,9 @@ __all__ = [
     *_api.__all__,  # the public functions of every op in the op table (fastbn._ops)
     "NormCache",
     "available_backends",
+    "buffer_cache_info",
     "get_num_threads",
+    "set_buffer_cache",
     "set_num_threads",
     "show_config",
 ]

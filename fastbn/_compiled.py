@@ -5,7 +5,7 @@ free reshape (``OpSpec.view``), and whether rows are centred.
 """
 import numpy as np
 
-from fastbn import _backends
+from fastbn import _backends, _memory
 from fastbn._ops import OPS
 from fastbn._results import finish_backward, finish_forward, test_statistics
 from fastbn._threads import threads_for
@@ -20,10 +20,11 @@ def _aligned(a):
 
 def _buffer(out, like):
     """The caller's ``out=`` array seen in like's shape when the kernel can write into it (same
-    dtype, aligned), else a new array like `like` (finish_* then copy it into `out`)."""
+    dtype, aligned), else a new array like `like` from the buffer cache (finish_* then copy it
+    into `out`)."""
     if out is not None and out.dtype == like.dtype and out.flags.aligned:
         return out.reshape(like.shape)
-    return np.empty_like(like)
+    return _memory.empty_like(like)
 
 
 def forward(p):
