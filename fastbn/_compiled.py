@@ -31,7 +31,8 @@ def forward(p):
     """Forward pass of any operation on a :class:`~fastbn._validation.Prepared` input."""
     kernels = _backends.kernels()
     spec = OPS[p.op]
-    family, view_shape = spec.view(p.x.shape, p.layout, p.groups)
+    geometry = spec.geometry(p.x.shape, p.layout, p.groups)
+    family, view_shape = geometry.family, geometry.view_shape
     dtype = p.x.dtype
     x = _aligned(p.x).reshape(view_shape)
     gamma = _aligned(p.gamma)
@@ -44,7 +45,7 @@ def forward(p):
         invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
-        stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
+        stat_shape = geometry.stat_shape
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
     if p.mode == "train":
@@ -93,7 +94,8 @@ def backward(dout, cache, out=None):
     dx is written into `out` when given."""
     kernels = _backends.kernels()
     spec = OPS[cache.op]
-    family, view_shape = spec.view(cache.x.shape, cache.layout, cache.groups)
+    geometry = spec.geometry(cache.x.shape, cache.layout, cache.groups)
+    family, view_shape = geometry.family, geometry.view_shape
     x = _aligned(cache.x).reshape(view_shape)
     dy = _aligned(dout).reshape(view_shape)
     dx = _buffer(out, x)
