@@ -144,7 +144,16 @@ extensions = [
         ],
         include_dirs=[np.get_include(), "fastbn/_src"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
-    )
+    ),
+    Extension(
+        "fastbn._buffers",
+        sources=["fastbn/_buffers.pyx"],
+        depends=["fastbn/_src/buffer_pool.h"],
+        include_dirs=[np.get_include(), "fastbn/_src"],
+        # the memory-handler API of NEP 49 is NumPy 1.22's
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"),
+                       ("NPY_TARGET_VERSION", "NPY_1_22_API_VERSION")],
+    ),
 ]
 
 setup(

@@ -47,7 +47,7 @@ def _cases(family, dtype):
 def time_paths(case, field, repeat):
     """Median seconds of forward + backward per path of `field` (and "auto") for `case`."""
     calls = _bench.implementations(case)
-    forward, backward = calls["forward"]["fastbn"], calls["backward"]["fastbn"]
+    forward, backward = calls["forward"]["fastbn out="], calls["backward"]["fastbn out="]
     base = _planner.current()
     plans = {"auto": base, **{p: dataclasses.replace(base, **{field: p}) for p in _planner.PATHS[field]}}
     times = {name: [] for name in plans}

@@ -12,6 +12,7 @@ from fastbn import _api
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends
 from fastbn._config import show_config
+from fastbn._memory import buffer_cache_info, set_buffer_cache
 from fastbn._moments import Moments, merge_moments
 from fastbn._results import NormCache
 from fastbn._threads import get_num_threads, set_num_threads
@@ -23,8 +24,10 @@ __all__ = [
     "Moments",
     "NormCache",
     "available_backends",
+    "buffer_cache_info",
     "get_num_threads",
     "merge_moments",
+    "set_buffer_cache",
     "set_num_threads",
     "show_config",
 ]

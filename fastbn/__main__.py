@@ -43,23 +43,26 @@ def _ratio(a, b):
 def table(records):
     """The results as a text table: times, and ratios measured in the same run.
 
-    ``/memcpy`` is fastbn's time over an OpenMP copy (same thread count) of x into a preallocated array (the
-    bandwidth yardstick), ``ref/fastbn`` the reference's time over fastbn's (speed-up),
+    ``fastbn`` is the plain call (a new output each call, the last one dropped) and ``/memcpy``
+    its time over an OpenMP copy (same thread count) of x into a preallocated array (the
+    bandwidth yardstick); ``out=/memcpy`` the same ratio for calls that write into a
+    preallocated ``out=`` array; ``ref/fastbn`` the reference's time over fastbn's (speed-up),
     ``/torch`` fastbn's time over PyTorch's, ``GB/s`` the least traffic of the call (x and the
     output, plus dout in the backward) over fastbn's time. ``read/memcpy`` is the time of a sweep
     that only reads x over the memcpy's: with r = read/memcpy, an algorithm that reads x twice and
     writes once needs about 1 + r memcpys (see the README's Benchmarks section).
     """
-    header = ("case", "dir", "fastbn", "/memcpy", "reference", "ref/fastbn", "torch", "/torch",
-              "torch/memcpy", "memcpy", "read/memcpy", "GB/s")
+    header = ("case", "dir", "fastbn", "/memcpy", "out=/memcpy", "reference", "ref/fastbn", "torch",
+              "/torch", "torch/memcpy", "memcpy", "read/memcpy", "GB/s")
     rows = [header]
     for r in records:
         t = r["times"]
         fb, memcpy, ref, torch = t.get("fastbn"), t.get("memcpy"), t.get("reference"), t.get("torch")
+        reused = t.get("fastbn out=")
         read = t.get("read")
         gbps = _bench.bytes_moved(r["case"], r["direction"]) / fb / 1e9
         rows.append((r["case"].name, DIRECTION_LABELS[r["direction"]], _format_time(fb),
-                     _ratio(fb, memcpy), _format_time(ref), _ratio(ref, fb), _format_time(torch),
+                     _ratio(fb, memcpy), _ratio(reused, memcpy), _format_time(ref), _ratio(ref, fb), _format_time(torch),
                      _ratio(fb, torch), _ratio(torch, memcpy), _format_time(memcpy),
                      _ratio(read, memcpy), f"{gbps:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

@@ -258,17 +258,19 @@ def _torch_calls(torch, case, inputs):
 def implementations(case, torch=None, n_threads=None):
     """Zero-argument callables for a case: ``{direction: {implementation: call}}``.
 
-    Implementations: ``'fastbn'`` (writing into preallocated ``out=`` arrays, as the memcpy
-    yardstick does), ``'reference'``, ``'torch'`` (when `torch` is given; it allocates its
-    outputs), and the yardsticks ``'memcpy'`` (fastbn's OpenMP ``parallel_copy`` of x into a
+    Implementations: ``'fastbn'`` (the plain call, as users make it: a new output each call,
+    the previous one dropped, as in a training loop), ``'fastbn out='`` (writing into
+    preallocated ``out=`` arrays, as the memcpy yardstick does), ``'reference'``, ``'torch'``
+    (when `torch` is given; it allocates its outputs), and the yardsticks ``'memcpy'`` (fastbn's OpenMP ``parallel_copy`` of x into a
     preallocated array on `n_threads` threads), ``'read'`` (a sum of x on `n_threads` threads:
     what reading x once costs, without writing) and ``'torch copy_'``, under every direction.
     """
     inputs = make_inputs(case)
     x = inputs[0]
     calls = {d: {} for d in case.directions}
-    for name, module in (("fastbn", fastbn), ("reference", reference)):
-        for direction, call in _numpy_calls(module, case, inputs, module is fastbn).items():
+    for name, module, reuse_output in (("fastbn", fastbn, False), ("fastbn out=", fastbn, True),
+                                       ("reference", reference, False)):
+        for direction, call in _numpy_calls(module, case, inputs, reuse_output).items():
             calls[direction][name] = call
     if torch is not None:
         for direction, call in _torch_calls(torch, case, inputs).items():
@@ -392,7 +394,7 @@ def thread_scaling(cases, repeat=5, busy=True, progress=None):
                     progress(f"[{i + 1}/{len(cases)}] {case.name}")
                 calls = implementations(case)
                 for direction in case.directions:
-                    call = calls[direction]["fastbn"]
+                    call = calls[direction]["fastbn out="]
 
                     def on(n, call=call):
                         fastbn.set_num_threads(n)

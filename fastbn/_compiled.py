@@ -5,7 +5,7 @@ free reshape (``OpSpec.view``), and whether rows are centred.
 """
 import numpy as np
 
-from fastbn import _backends
+from fastbn import _backends, _memory
 from fastbn._moments import Moments
 from fastbn._ops import OPS
 from fastbn._results import finish_backward, finish_forward, test_statistics
@@ -21,10 +21,11 @@ def _aligned(a):
 
 def _buffer(out, like):
     """The caller's ``out=`` array seen in like's shape when the kernel can write into it (same
-    dtype, aligned), else a new array like `like` (finish_* then copy it into `out`)."""
+    dtype, aligned), else a new array like `like` from the buffer cache (finish_* then copy it
+    into `out`)."""
     if out is not None and out.dtype == like.dtype and out.flags.aligned:
         return out.reshape(like.shape)
-    return np.empty_like(like)
+    return _memory.empty_like(like)
 
 
 def forward(p, moments=None):
@@ -32,7 +33,8 @@ def forward(p, moments=None):
     train-mode batchnorm normalises with given `moments` (a checked Moments) when there are."""
     kernels = _backends.kernels()
     spec = OPS[p.op]
-    family, view_shape = spec.view(p.x.shape, p.layout, p.groups)
+    geometry = spec.geometry(p.x.shape, p.layout, p.groups)
+    family, view_shape = geometry.family, geometry.view_shape
     dtype = p.x.dtype
     x = _aligned(p.x).reshape(view_shape)
     gamma = _aligned(p.gamma)
@@ -45,7 +47,7 @@ def forward(p, moments=None):
         invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
-        stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
+        stat_shape = geometry.stat_shape
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
     affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
@@ -103,7 +105,8 @@ def backward(dout, cache, out=None):
     dx is written into `out` when given."""
     kernels = _backends.kernels()
     spec = OPS[cache.op]
-    family, view_shape = spec.view(cache.x.shape, cache.layout, cache.groups)
+    geometry = spec.geometry(cache.x.shape, cache.layout, cache.groups)
+    family, view_shape = geometry.family, geometry.view_shape
     x = _aligned(cache.x).reshape(view_shape)
     dy = _aligned(dout).reshape(view_shape)
     dx = _buffer(out, x)

@@ -16,6 +16,17 @@ def build_info():
     return dict(BUILD_INFO)
 
 
+def _buffer_cache_line():
+    from fastbn._memory import buffer_cache_info
+
+    info = buffer_cache_info()
+    if not info["max_bytes"]:
+        return "buffer cache: off (fastbn.set_buffer_cache, FASTBN_BUFFER_CACHE)"
+    return (f"buffer cache: up to {info['max_bytes'] / 2**20:.0f} MiB, holding "
+            f"{info['cached_bytes'] / 2**20:.1f} MiB in {info['blocks']} blocks; "
+            f"{info['hits']} reuses, {info['misses']} new")
+
+
 def show_config(file=None):
     """Print fastbn's version, backends, OpenMP status, thread count, SIMD path and compile flags.
 
@@ -44,6 +55,7 @@ def show_config(file=None):
         f"OpenMP idle wait: {_backends.OPENMP_WAIT}",
         f"SIMD: {kernels.simd() if kernels is not None else 'none'}"
         " (FASTBN_DISABLE_AVX512=1 turns the AVX-512 loops off; results are the same bits)",
+        _buffer_cache_line(),
     ]
     if info:
         lines += [

@@ -25,6 +25,7 @@ column, ``planes`` as (N, C, L) with statistics per channel over N contiguous pl
 """
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["OpSpec", "OPS", "LAYOUTS", "public_functions"]
 
@@ -160,6 +161,35 @@ class OpSpec:
         """Values per channel: the count M of the batch statistics."""
         axis = LAYOUTS[layout].axis(len(shape))
         return math.prod(n for a, n in enumerate(shape) if a != axis)
+
+    def geometry(self, shape, layout, groups=1):
+        """All of the above for one x shape, as a :class:`Geometry`; remembered, since a
+        training loop calls an op with the same few shapes again and again."""
+        key = (self.name, shape, layout, groups)
+        found = _GEOMETRIES.get(key)
+        if found is None:
+            if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
+                _GEOMETRIES.clear()
+            family, view_shape = self.view(shape, layout, groups)
+            found = _GEOMETRIES[key] = Geometry(
+                family, view_shape, self.channels(shape, layout), self.param_shape(shape, layout),
+                self.stat_shape(shape, layout, groups), self.per_channel(shape, layout))
+        return found
+
+
+class Geometry(NamedTuple):
+    """What an op does with an x of one shape (see the :class:`OpSpec` methods of these names)."""
+
+    family: str
+    view_shape: tuple
+    channels: int
+    param_shape: tuple
+    stat_shape: tuple
+    per_channel: int
+
+
+_GEOMETRIES = {}
+_MAX_GEOMETRIES = 4096
 
 
 OPS = {

@@ -62,6 +62,8 @@ class Plan:
     min_elements_per_thread: int = 1 << 17  # inputs under 2x this run on one thread; else a thread per this many
     load_check_ms: int = 20  # large calls leave cores to other running processes, counted this often (0: never)
     handout_bytes: int = 1 << 18  # dynamic loops over small items hand out about this much input at a time
+    # --- memory
+    buffer_min_bytes: int = 1 << 20  # outputs this large come from the buffer cache (fastbn._memory)
     # --- (M, D): statistics per column
     col_block: int = 4096  # columns per task of the grid path, at most
     min_chunk_rows: int = 64  # rows per row chunk of the grid path, at least
@@ -116,7 +118,8 @@ class Plan:
         settings = dataclasses.asdict(self)
         for name, paths in PATHS.items():
             settings[name] = -1 if settings[name] == "auto" else paths.index(settings[name])
-        del settings["min_elements_per_thread"], settings["load_check_ms"]  # read by fastbn._threads
+        # read by fastbn._threads and fastbn._memory
+        del settings["min_elements_per_thread"], settings["load_check_ms"], settings["buffer_min_bytes"]
         return settings
 
 

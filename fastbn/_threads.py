@@ -118,30 +118,3 @@ def free_cores(max_age=0.0):
         others = ((machine - since[1]) - (own - since[2])) / (now - since[0])
         _load.update(since=(now, machine, own), free=max(1, cores - int(others + 0.4)))
     return _load["free"]
-    try:
-        own = _own_running()
-        with open("/proc/stat", "rb") as f:
-            running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
-        own = max(own, _own_running())
-        cores = len(os.sched_getaffinity(0))
-    except (OSError, StopIteration, ValueError, AttributeError):
-        _load.update(checked=now, free=None, seen=None)
-        return None
-    seen = max(1, cores - max(0, running - own))
-    previous = _load.get("seen") if now - _load["checked"] <= 10 * max(max_age, 0.001) else None
-    _load.update(checked=now, seen=seen, free=max(seen, previous or cores))
-    return _load["free"]
-    _load["checked"] = now
-    try:
-        with open("/proc/stat", "rb") as f:
-            running = next(int(line.split()[1]) for line in f if line.startswith(b"procs_running"))
-        own = 0
-        for tid in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{tid}/stat", "rb") as f:
-                own += f.read().rpartition(b")")[2].split()[0] == b"R"
-        cores = len(os.sched_getaffinity(0))
-    except (OSError, StopIteration, ValueError, AttributeError):
-        _load["free"] = None
-        return None
-    _load["free"] = max(1, cores - max(0, running - own))
-    return _load["free"]

@@ -153,11 +153,13 @@ def check_running(param, name, key, channels, broadcast_shape, mode):
     return value
 
 
-def check_x(x, name, ndim, description):
-    """x must be an ndarray with `ndim` dimensions (None: at least one); returns its dtypes."""
+def check_x(x, name, layout):
+    """x must be an ndarray with the dimensions of `layout` (a :class:`~fastbn._ops.Layout`);
+    returns its dtypes."""
     check_ndarray(x, name)
+    ndim = layout.ndim
     if (x.ndim < 1) if ndim is None else (x.ndim != ndim):
-        raise ValueError(f"{name} must be {description}, got {_shape_text(x)}")
+        raise ValueError(f"{name} must be {layout.describe()}, got {_shape_text(x)}")
     return compute_dtype(x, name)
 
 
@@ -171,17 +173,16 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=T
     name = spec.param_name
     check_param_dict(param, name)
     layout = check_layout(param, name, spec.layouts) if "NCHW" in spec.layouts else spec.layouts[0]
-    geometry = LAYOUTS[layout]
-    dtype, out_dtype = check_x(x, "x", geometry.ndim, geometry.describe())
+    dtype, out_dtype = check_x(x, "x", LAYOUTS[layout])
     if spec.running_stats:
         mode = check_mode(param, name)
         eps = check_eps(param, name)
         momentum = _check_real(param.get("momentum"), f"{name}['momentum']", 0.0, 1.0, DEFAULT_MOMENTUM)
     else:
         mode, eps, momentum = "train", check_eps(param, name), 0.0
-    channels = spec.channels(x.shape, layout)
-    G = check_groups(groups, channels) if spec.grouped else 1
-    broadcast_shape = spec.param_shape(x.shape, layout)
+    G = check_groups(groups, spec.channels(x.shape, layout)) if spec.grouped else 1
+    geometry = spec.geometry(x.shape, layout, G)
+    channels, broadcast_shape = geometry.channels, geometry.param_shape
     gamma_flat, gamma_shape = check_affine(gamma, "gamma", channels, broadcast_shape, dtype)
     beta_flat, beta_shape = (check_affine(beta, "beta", channels, broadcast_shape, dtype)
                              if spec.beta else (None, None))
@@ -189,7 +190,7 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=T
     if spec.running_stats:
         running_mean = check_running(param, name, "running_mean", channels, broadcast_shape, mode)
         running_var = check_running(param, name, "running_var", channels, broadcast_shape, mode)
-        per_channel = spec.per_channel(x.shape, layout)
+        per_channel = geometry.per_channel
         if whole_batch and mode == "train" and per_channel < 2:
             why = ("an empty batch has no statistics" if per_channel == 0 else
                    "with one value the output would be beta for every input")
@@ -268,12 +269,12 @@ def check_cache(cache, spec, function):
     modes = ("train", "test") if spec.running_stats else ("train",)
     if mode not in modes:
         raise ValueError(f"cache.mode must be one of {list(modes)}, got {mode!r}")
-    channels = spec.channels(x.shape, layout)
     if spec.grouped:
-        check_groups(groups, channels)
+        check_groups(groups, spec.channels(x.shape, layout))
     elif groups != 1:
         raise ValueError(f"cache.groups must be 1 for {spec.name}, got {groups!r}")
-    n_stats = math.prod(spec.stat_shape(x.shape, layout, groups))
+    geometry = spec.geometry(x.shape, layout, groups)
+    channels, n_stats = geometry.channels, math.prod(geometry.stat_shape)
     if not (isinstance(gamma, np.ndarray) and gamma.shape == (channels,) and gamma.dtype == x.dtype
             and gamma.flags.c_contiguous):
         got = (f"shape {gamma.shape}, dtype {gamma.dtype}" if isinstance(gamma, np.ndarray)

@@ -1,0 +1,60 @@
+"""The compiled side of fastbn's buffer cache (see ``_src/buffer_pool.h`` and
+:mod:`fastbn._memory`): NumPy arrays whose memory goes back to a bounded pool when they are freed.
+"""
+cimport numpy as cnp
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from "buffer_pool.h":
+    ctypedef struct fastbn_pool_stats:
+        size_t max_bytes
+        size_t cached_bytes
+        size_t live_bytes
+        int blocks
+        unsigned long long hits
+        unsigned long long misses
+    object fastbn_pool_capsule()
+    void fastbn_pool_set_max(size_t max_bytes) noexcept nogil
+    void fastbn_pool_set_offset(size_t offset) noexcept nogil
+    fastbn_pool_stats fastbn_pool_info() noexcept nogil
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+cdef object _handler = fastbn_pool_capsule()
+cdef bint _enabled = False
+
+
+def empty(shape, dtype, size_t offset=0):
+    """``np.empty(shape, dtype)`` with its memory from the pool (when the pool is on), its data
+    `offset` bytes (mod 64) past a 64-byte boundary.
+
+    The handler is set in the calling thread's context only for this one allocation; the array
+    records it, so that its memory returns to the pool whenever and wherever it is freed.
+    """
+    if not _enabled:
+        return np.empty(shape, dtype)
+    fastbn_pool_set_offset(offset)
+    previous = PyDataMem_SetHandler(_handler)
+    try:
+        return np.empty(shape, dtype)
+    finally:
+        PyDataMem_SetHandler(previous)
+
+
+def set_max_bytes(size_t max_bytes):
+    """Keep at most `max_bytes` of freed blocks (0: none, and :func:`empty` uses NumPy's own
+    allocator); blocks beyond it are unmapped, oldest first."""
+    global _enabled
+    fastbn_pool_set_max(max_bytes)
+    _enabled = max_bytes > 0
+
+
+def info():
+    """The pool's limit, the bytes it holds free and handed out, its blocks, hits and misses."""
+    cdef fastbn_pool_stats s = fastbn_pool_info()
+    return {"max_bytes": s.max_bytes, "cached_bytes": s.cached_bytes,
+            "live_bytes": s.live_bytes, "blocks": s.blocks, "hits": s.hits,
+            "misses": s.misses}

@@ -1,0 +1,246 @@
+/* The buffer cache behind fastbn's returned arrays: a NumPy memory handler (NEP 49).
+ *
+ * fastbn sets this handler only around its own allocation of an output or dx array (see
+ * fastbn/_buffers.pyx), so that the array NumPy makes is an ordinary array that owns its data,
+ * with this handler recorded in it. When the array (or the last view of it) goes, NumPy hands the
+ * memory back here, and it is kept, up to a byte limit, for the next output of a size it fits:
+ * its pages are already mapped, so the next call does not page-fault the whole output again
+ * (glibc serves such sizes with fresh mmaps and unmaps them on free).
+ *
+ * Every block is one anonymous mapping, page-aligned; the data starts 64 bytes plus a requested
+ * offset (below 64) into it, so that an output can sit at the same offset within a cache line as
+ * its input (the kernels' vector loops then load and store along the same line boundaries), and
+ * the 16 bytes before the data record the mapping. Mappings of 2 MiB or more are 2 MiB-aligned
+ * and advised MADV_HUGEPAGE. The pool is a short list of free mappings, oldest
+ * first, taken best-fit (at most twice the size asked for) and evicted oldest-first; a mutex
+ * guards it, since NumPy may free an array from any thread.
+ */
+#ifndef FASTBN_BUFFER_POOL_H
+#define FASTBN_BUFFER_POOL_H
+
+#include <Python.h>
+#include <numpy/arrayobject.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define FASTBN_POOL_HEADER 64
+#define FASTBN_POOL_SLOTS 32
+#define FASTBN_HUGE_PAGE ((size_t)2 << 20)
+
+typedef struct {
+    void *base;    /* of the mapping */
+    size_t length; /* of the whole mapping, header included */
+} fastbn_block_header;
+
+/* The offset within a 64-byte line of the next block's data: set by the caller of np.empty in
+ * the same thread (fastbn/_buffers.pyx), so per thread. */
+static __thread size_t fastbn_pool_offset = 0;
+
+typedef struct {
+    void *base;
+    size_t length;
+} fastbn_free_block;
+
+static pthread_mutex_t fastbn_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static fastbn_free_block fastbn_pool[FASTBN_POOL_SLOTS];
+static int fastbn_pool_count = 0;
+static size_t fastbn_pool_bytes = 0;     /* held in the pool, free */
+static size_t fastbn_pool_max = 0;       /* the limit on fastbn_pool_bytes */
+static uint64_t fastbn_pool_hits = 0, fastbn_pool_misses = 0;
+static size_t fastbn_pool_live = 0;      /* handed out and not yet returned */
+
+static size_t fastbn_round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+/* A fresh mapping of `length` bytes (a multiple of the page size; of 2 MiB when huge), or NULL. */
+static void *fastbn_map(size_t length)
+{
+    if (length < FASTBN_HUGE_PAGE) {
+        void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
+    }
+    /* map 2 MiB more, keep the 2 MiB-aligned part: transparent huge pages need the alignment */
+    char *p = mmap(NULL, length + FASTBN_HUGE_PAGE, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    char *aligned = (char *)fastbn_round_up((uintptr_t)p, FASTBN_HUGE_PAGE);
+    size_t head = (size_t)(aligned - p), tail = FASTBN_HUGE_PAGE - head;
+    if (head)
+        munmap(p, head);
+    if (tail)
+        munmap(aligned + length, tail);
+#ifdef MADV_HUGEPAGE
+    madvise(aligned, length, MADV_HUGEPAGE);
+#endif
+    return aligned;
+}
+
+/* Drop free blocks, oldest first, until the pool holds at most `limit` bytes; lock held. */
+static void fastbn_pool_trim(size_t limit)
+{
+    int drop = 0;
+    while (drop < fastbn_pool_count && fastbn_pool_bytes > limit) {
+        munmap(fastbn_pool[drop].base, fastbn_pool[drop].length);
+        fastbn_pool_bytes -= fastbn_pool[drop].length;
+        drop++;
+    }
+    if (drop) {
+        memmove(fastbn_pool, fastbn_pool + drop, (size_t)(fastbn_pool_count - drop) * sizeof *fastbn_pool);
+        fastbn_pool_count -= drop;
+    }
+}
+
+/* The data pointer of a block for `size` bytes; *fresh says whether its pages are new (zero). */
+static void *fastbn_pool_take(size_t size, int *fresh)
+{
+    size_t length = size + FASTBN_POOL_HEADER + fastbn_pool_offset;
+    if (length < size)
+        return NULL;
+    length = fastbn_round_up(length, length >= FASTBN_HUGE_PAGE ? FASTBN_HUGE_PAGE
+                                                                : (size_t)sysconf(_SC_PAGESIZE));
+    void *base = NULL;
+    pthread_mutex_lock(&fastbn_pool_lock);
+    int best = -1;
+    for (int i = 0; i < fastbn_pool_count; i++) {
+        size_t have = fastbn_pool[i].length;
+        if (have >= length && have / 2 <= length && (best < 0 || have < fastbn_pool[best].length))
+            best = i;
+    }
+    if (best >= 0) {
+        base = fastbn_pool[best].base;
+        length = fastbn_pool[best].length;
+        fastbn_pool_bytes -= length;
+        memmove(fastbn_pool + best, fastbn_pool + best + 1,
+                (size_t)(fastbn_pool_count - best - 1) * sizeof *fastbn_pool);
+        fastbn_pool_count--;
+        fastbn_pool_hits++;
+    } else {
+        fastbn_pool_misses++;
+    }
+    pthread_mutex_unlock(&fastbn_pool_lock);
+    *fresh = base == NULL;
+    if (base == NULL && (base = fastbn_map(length)) == NULL)
+        return NULL;
+    char *data = (char *)base + FASTBN_POOL_HEADER + fastbn_pool_offset;
+    fastbn_block_header *h = (fastbn_block_header *)data - 1;
+    h->base = base;
+    h->length = length;
+    pthread_mutex_lock(&fastbn_pool_lock);
+    fastbn_pool_live += length;
+    pthread_mutex_unlock(&fastbn_pool_lock);
+    return data;
+}
+
+static void fastbn_pool_give(void *ptr)
+{
+    if (ptr == NULL)
+        return;
+    fastbn_block_header *h = (fastbn_block_header *)ptr - 1;
+    void *base = h->base;
+    size_t length = h->length;
+    pthread_mutex_lock(&fastbn_pool_lock);
+    fastbn_pool_live -= length;
+    if (length > fastbn_pool_max) {
+        pthread_mutex_unlock(&fastbn_pool_lock);
+        munmap(base, length);
+        return;
+    }
+    fastbn_pool_trim(fastbn_pool_max - length);
+    if (fastbn_pool_count == FASTBN_POOL_SLOTS)
+        fastbn_pool_trim(fastbn_pool_bytes - fastbn_pool[0].length);
+    fastbn_pool[fastbn_pool_count].base = base;
+    fastbn_pool[fastbn_pool_count].length = length;
+    fastbn_pool_count++;
+    fastbn_pool_bytes += length;
+    pthread_mutex_unlock(&fastbn_pool_lock);
+}
+
+/* The NEP 49 allocator functions. */
+static void *fastbn_handler_malloc(void *ctx, size_t size)
+{
+    int fresh;
+    (void)ctx;
+    return fastbn_pool_take(size, &fresh);
+}
+
+static void *fastbn_handler_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    int fresh;
+    (void)ctx;
+    if (elsize && nelem > SIZE_MAX / elsize)
+        return NULL;
+    void *p = fastbn_pool_take(nelem * elsize, &fresh);
+    if (p != NULL && !fresh)
+        memset(p, 0, nelem * elsize);
+    return p;
+}
+
+static void fastbn_handler_free(void *ctx, void *ptr, size_t size)
+{
+    (void)ctx;
+    (void)size;
+    fastbn_pool_give(ptr);
+}
+
+static void *fastbn_handler_realloc(void *ctx, void *ptr, size_t new_size)
+{
+    if (ptr == NULL)
+        return fastbn_handler_malloc(ctx, new_size);
+    fastbn_block_header *h = (fastbn_block_header *)ptr - 1;
+    size_t capacity = h->length - (size_t)((char *)ptr - (char *)h->base);
+    if (new_size <= capacity)
+        return ptr;
+    void *p = fastbn_handler_malloc(ctx, new_size);
+    if (p != NULL) {
+        memcpy(p, ptr, capacity);
+        fastbn_pool_give(ptr);
+    }
+    return p;
+}
+
+static PyDataMem_Handler fastbn_handler = {
+    "fastbn_buffer_cache",
+    1,
+    {NULL, fastbn_handler_malloc, fastbn_handler_calloc, fastbn_handler_realloc,
+     fastbn_handler_free},
+};
+
+static void fastbn_pool_set_offset(size_t offset) { fastbn_pool_offset = offset % 64; }
+
+static PyObject *fastbn_pool_capsule(void)
+{
+    return PyCapsule_New(&fastbn_handler, "mem_handler", NULL);
+}
+
+static void fastbn_pool_set_max(size_t max_bytes)
+{
+    pthread_mutex_lock(&fastbn_pool_lock);
+    fastbn_pool_max = max_bytes;
+    fastbn_pool_trim(max_bytes);
+    pthread_mutex_unlock(&fastbn_pool_lock);
+}
+
+typedef struct {
+    size_t max_bytes, cached_bytes, live_bytes;
+    int blocks;
+    uint64_t hits, misses;
+} fastbn_pool_stats;
+
+static fastbn_pool_stats fastbn_pool_info(void)
+{
+    fastbn_pool_stats s;
+    pthread_mutex_lock(&fastbn_pool_lock);
+    s.max_bytes = fastbn_pool_max;
+    s.cached_bytes = fastbn_pool_bytes;
+    s.live_bytes = fastbn_pool_live;
+    s.blocks = fastbn_pool_count;
+    s.hits = fastbn_pool_hits;
+    s.misses = fastbn_pool_misses;
+    pthread_mutex_unlock(&fastbn_pool_lock);
+    return s;
+}
+
+#endif

@@ -1,0 +1,227 @@
+"""The buffer cache: large outputs reuse the memory of dropped ones, and are ordinary arrays.
+
+Outputs and dx arrays of the compiled backend of at least ``Plan.buffer_min_bytes`` come from a
+NumPy memory handler whose freed blocks go to a bounded pool (``fastbn/_memory.py``).
+"""
+import gc
+import os
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import fastbn
+from fastbn import _memory, _planner
+from registry import OPS, copy_param
+
+pytestmark = pytest.mark.skipif(_memory._buffers is None, reason="compiled kernels are not built")
+
+LARGE = (1024, 512)  # 2 MiB in float32, 4 MiB in float64: over buffer_min_bytes
+OP_IDS = [op.id for op in OPS]
+
+
+def _handler_name(a):
+    """The NumPy memory handler of the array that owns a's data."""
+    from numpy._core.multiarray import get_handler_name
+
+    while a.base is not None:
+        a = a.base
+    return get_handler_name(a)
+
+
+@pytest.fixture
+def cache_on():
+    """A buffer cache of 64 MiB, emptied before the test, and the setting restored after."""
+    before = fastbn.buffer_cache_info()["max_bytes"]
+    fastbn.set_buffer_cache(0)
+    fastbn.set_buffer_cache(64 << 20)
+    yield
+    gc.collect()
+    fastbn.set_buffer_cache(before)
+
+
+def _large_inputs(op, dtype=np.float32):
+    """Inputs of 2 MiB (float32) for `op`: (1024, 512), or (64, 8, 32, 32) in its layout."""
+    shape = LARGE if len(op.shape("numerics")) == 2 else (64, 8, 32, 32)
+    if op.layout == "NHWC":
+        shape = (shape[0], shape[2], shape[3], shape[1])
+    return op.make(shape, dtype)
+
+
+@pytest.mark.parametrize("op", OPS, ids=OP_IDS)
+def test_a_dropped_output_is_reused_by_the_next_call(op, cache_on):
+    x, gamma, beta, param = _large_inputs(op)
+    out, cache = op.forward(x, gamma, beta, copy_param(param), backend="cython")
+    assert _handler_name(out) == "fastbn_buffer_cache"
+    dx = op.backward(np.ones_like(x), cache, backend="cython")[0]
+    assert _handler_name(dx) == "fastbn_buffer_cache"
+    expected = out.copy()
+    del out, cache, dx
+    hits = fastbn.buffer_cache_info()["hits"]
+    again, _ = op.forward(x, gamma, beta, copy_param(param), backend="cython")
+    assert fastbn.buffer_cache_info()["hits"] == hits + 1
+    np.testing.assert_array_equal(again, expected, strict=True)
+
+
+def test_small_outputs_and_a_cache_of_zero_use_numpys_allocator(cache_on):
+    op = OPS[0]
+    x, gamma, beta, param = op.make((8, 6), np.float32)
+    out, _ = op.forward(x, gamma, beta, param, backend="cython")
+    assert _handler_name(out) == "default_allocator"
+    fastbn.set_buffer_cache(0)
+    x, gamma, beta, param = _large_inputs(op)
+    out, _ = op.forward(x, gamma, beta, param, backend="cython")
+    assert _handler_name(out) == "default_allocator"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outputs_start_at_the_offset_of_x_within_a_cache_line(dtype, cache_on):
+    op = OPS[0]
+    x, gamma, beta, param = _large_inputs(op, dtype)
+    for shift in (0, 1, 3):
+        shifted = np.empty(x.size + 8, dtype)[shift:shift + x.size].reshape(x.shape)
+        shifted[...] = x
+        out, cache = op.forward(shifted, gamma, beta, copy_param(param), backend="cython")
+        assert out.ctypes.data % 64 == shifted.ctypes.data % 64
+        dx = op.backward(np.ones_like(x), cache, backend="cython")[0]
+        assert dx.ctypes.data % 64 == shifted.ctypes.data % 64
+
+
+def test_returned_arrays_behave_as_ordinary_arrays(cache_on):
+    op = OPS[0]
+    x, gamma, beta, param = _large_inputs(op)
+    out, _ = op.forward(x, gamma, beta, param, backend="cython")
+    expected = out.copy()
+    # pickling
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(out)), expected, strict=True)
+    # a view that outlives the array keeps its memory: the next output does not get it
+    view = out[10:20]
+    assert np.shares_memory(view, out)
+    del out
+    gc.collect()
+    nxt, _ = op.forward(x, gamma, beta, param, backend="cython")
+    assert not np.shares_memory(view, nxt)
+    np.testing.assert_array_equal(view, expected[10:20], strict=True)
+    # writable, resizable like any array that owns its data
+    owner = nxt.base if nxt.base is not None else nxt
+    owner[...] = 1
+    grown = owner.copy()
+    owner.resize(owner.size * 2, refcheck=False)  # the handler's realloc
+    np.testing.assert_array_equal(owner[: grown.size].reshape(grown.shape), grown)
+
+
+def test_arrays_freed_in_another_thread_or_after_the_setting_changed(cache_on):
+    op = OPS[0]
+    x, gamma, beta, param = _large_inputs(op)
+    arrays = [op.forward(x, gamma, beta, param, backend="cython")[0] for _ in range(3)]
+    cached = fastbn.buffer_cache_info()["cached_bytes"]
+
+    def drop():
+        arrays.pop()
+        gc.collect()
+
+    thread = threading.Thread(target=drop)
+    thread.start()
+    thread.join()
+    assert fastbn.buffer_cache_info()["cached_bytes"] > cached
+    fastbn.set_buffer_cache(0)  # the next freed block is unmapped, not kept
+    assert fastbn.buffer_cache_info()["cached_bytes"] == 0
+    arrays.pop()
+    gc.collect()
+    assert fastbn.buffer_cache_info()["cached_bytes"] == 0
+    fastbn.set_buffer_cache(64 << 20)
+    arrays.pop()
+    gc.collect()
+    assert fastbn.buffer_cache_info()["cached_bytes"] > 0
+
+
+def test_concurrent_calls_from_threads_get_separate_buffers_and_the_same_bits(cache_on):
+    op = OPS[0]
+    x, gamma, beta, param = _large_inputs(op)
+    expected, _ = op.forward(x, gamma, beta, copy_param(param), backend="numpy")
+    expected_compiled, _ = op.forward(x, gamma, beta, copy_param(param), backend="cython")
+    failures = []
+
+    def work():
+        for _ in range(5):
+            out, _ = op.forward(x, gamma, beta, copy_param(param), backend="cython")
+            if not np.array_equal(out, expected_compiled):
+                failures.append("bits differ")
+            del out
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    np.testing.assert_allclose(expected_compiled, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_cache_is_bounded(cache_on):
+    fastbn.set_buffer_cache(8 << 20)
+    op = OPS[0]
+    arrays = []
+    for rows in (1024, 1100, 1200, 1300, 1400):
+        x, gamma, beta, param = op.make((rows, 512), np.float32)
+        arrays.append(op.forward(x, gamma, beta, param, backend="cython")[0])
+    del arrays
+    gc.collect()
+    info = fastbn.buffer_cache_info()
+    assert 0 < info["cached_bytes"] <= 8 << 20
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc/self/statm")
+def test_rss_does_not_grow_over_10000_calls_with_varying_shapes(cache_on):
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    fastbn.set_buffer_cache(16 << 20)
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((1400, 512)).astype(np.float32)
+    gamma = np.ones(512, np.float32)
+    beta = np.zeros(512, np.float32)
+    rows = rng.integers(512, 1400, size=10_500)  # 1 to 2.7 MiB outputs
+    for i, n in enumerate(rows):
+        if i == 500:
+            gc.collect()
+            before = rss()
+        fastbn.layernorm_forward(base[:n], gamma, beta, {}, backend="cython")
+    gc.collect()
+    growth = rss() - before
+    assert growth < 4 << 20, f"RSS grew by {growth / 2**20:.1f} MiB over 10,000 calls"
+
+
+@pytest.mark.parametrize("text, expected", [("0", 0), ("1048576", 1 << 20), ("256M", 256 << 20),
+                                             ("64k", 64 << 10), ("2G", 2 << 30), ("512MiB", 512 << 20)])
+def test_the_environment_variable_takes_bytes_with_a_unit(text, expected):
+    assert _memory._parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "-1", "lots", "1.5G"])
+def test_a_bad_environment_variable_names_itself(text):
+    with pytest.raises(ValueError, match="FASTBN_BUFFER_CACHE"):
+        _memory._parse(text)
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, "64M", True, None])
+def test_set_buffer_cache_rejects_what_is_not_a_byte_count(value):
+    before = fastbn.buffer_cache_info()["max_bytes"]
+    with pytest.raises(ValueError, match="max_bytes must be an integer >= 0"):
+        fastbn.set_buffer_cache(value)
+    assert fastbn.buffer_cache_info()["max_bytes"] == before
+
+
+def test_show_config_reports_the_cache(cache_on, capsys):
+    fastbn.show_config()
+    assert "buffer cache: up to 64 MiB" in capsys.readouterr().out
+
+
+def test_buffer_min_bytes_is_a_planner_setting(cache_on):
+    op = OPS[0]
+    x, gamma, beta, param = op.make((64, 64), np.float32)  # 16 KiB
+    with _planner.override(buffer_min_bytes=4096):
+        out, _ = op.forward(x, gamma, beta, param, backend="cython")
+    assert _handler_name(out) == "fastbn_buffer_cache"
