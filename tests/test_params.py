@@ -169,7 +169,7 @@ def test_kernel_running_update_has_the_bits_of_the_numpy_update(family, dtype):
     mean, var = run(running_mean, running_var)
     np.testing.assert_array_equal(run(None, None)[1], var)
     p = SimpleNamespace(momentum=0.7, running_mean=expected_mean, running_var=expected_var,
-                        x=x, param={})
+                        x=x, param={}, unbiased=False, batches=None)
     _results.update_running(p, mean, var)
     np.testing.assert_array_equal(running_mean, expected_mean)
     np.testing.assert_array_equal(running_var, expected_var)
