@@ -220,6 +220,10 @@ FORWARD_CASES = [
     Bad("sbn-num-batches-float", "spatial_batchnorm_forward",
         lambda: _sbn(param=_train(num_batches_tracked=2.0)), TypeError,
         r"bn_param\['num_batches_tracked'\] must be an integer >= 0, got 2.0"),
+    Bad("sbn-beta-wrong-with-batch-count", "spatial_batchnorm_forward",
+        lambda: _sbn(beta=np.zeros(2), param=_train(momentum=None, num_batches_tracked=3,
+                                                    unbiased=True)), ValueError,
+        r"beta must have shape \(3,\) or \(1, 3, 1, 1\)"),
     Bad("sbn-momentum-string", "spatial_batchnorm_forward",
         lambda: _sbn(param=_train(momentum="none")), TypeError,
         r"bn_param\['momentum'\] must be a real number, got 'none' of type str"),
@@ -533,10 +537,14 @@ def _fail(*args, **kwargs):
     raise MemoryError("simulated allocation failure half way through the call")
 
 
+CONVENTIONS = {"cs231n": {}, "torch": {"momentum": None, "unbiased": True, "num_batches_tracked": 5}}
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", BATCH_TRAIN_OPS, ids=[op.id for op in BATCH_TRAIN_OPS])
-def test_backend_failure_leaves_running_stats_untouched(op, backend, monkeypatch):
-    """Running statistics are written only after the backend succeeded."""
+def test_backend_failure_leaves_running_stats_untouched(op, backend, convention, monkeypatch):
+    """Running statistics (and the batch count) are written only after the backend succeeded."""
     if backend == "cython":
         for name in ("cols_forward_train", "planes_forward_train"):
             monkeypatch.setattr(_backends.kernels(), name, _fail)
@@ -545,7 +553,7 @@ def test_backend_failure_leaves_running_stats_untouched(op, backend, monkeypatch
     x, gamma, beta, param = op.make(op.shapes[2])
     C = op.channels(x.shape)
     running_mean, running_var = np.full(C, 0.5), np.full(C, 2.0)
-    param.update(running_mean=running_mean, running_var=running_var)
+    param.update(running_mean=running_mean, running_var=running_var, **CONVENTIONS[convention])
     snapshot = _snapshot((x, gamma, beta, param))
     with pytest.raises(MemoryError):
         op.forward(x, gamma, beta, param, backend=backend)
