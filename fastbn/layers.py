@@ -35,9 +35,9 @@ __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm"]
 
 def _to_numpy(value, name):
     """A new NumPy array of `value`: an array, or a tensor read by duck typing (``.detach()``,
-    ``.cpu()``, as torch.Tensor has them)."""
+    ``.cpu()``, ``.numpy()``, as torch.Tensor has them)."""
     if not isinstance(value, np.ndarray):
-        for method in ("detach", "cpu"):
+        for method in ("detach", "cpu", "numpy"):
             if callable(getattr(value, method, None)):
                 value = getattr(value, method)()
     try:
