@@ -150,7 +150,7 @@ class OpSpec:
     def ndim_range(self, layout):
         """``(fewest, most)`` dimensions of x in `layout` (most None: no limit)."""
         geometry = LAYOUTS[layout]
-        return min(self.min_ndim or geometry.min_ndim, geometry.min_ndim), geometry.max_ndim
+        return self.min_ndim or geometry.min_ndim, geometry.max_ndim
 
     def family(self, layout):
         """The kernel family that processes this op in `layout`."""
@@ -163,26 +163,32 @@ class OpSpec:
         ``range(first, stop)``: the layout's channel axis, or, for a ``trailing`` layout, every
         axis from `axis` (validated; None: the last axis) on."""
         geometry = LAYOUTS[layout]
-        ndim = len(shape)
-        if geometry.trailing and axis is not None:
-            return axis % ndim, ndim
-        first = geometry.axis(ndim)
+        if axis is not None and geometry.trailing:
+            return axis % len(shape), len(shape)
+        first = geometry.channel_axis % len(shape)
         return first, first + 1
 
     def split(self, shape, layout, axis=None):
         """``(before, C, after)``: the products of the axes before the channel axes, of the
         channel axes (the channel count) and of the axes after them."""
+        return self.geometry(shape, layout, axis)[:3]
+
+    def geometry(self, shape, layout, axis=None):
+        """``(before, C, after, param_shape)``: :meth:`split` and :meth:`param_shape` at once."""
         first, stop = self.feature_axes(shape, layout, axis)
-        return math.prod(shape[:first]), math.prod(shape[first:stop]), math.prod(shape[stop:])
+        channels = shape[first] if stop == first + 1 else math.prod(shape[first:stop])
+        param_shape = (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
+        return math.prod(shape[:first]), channels, math.prod(shape[stop:]), param_shape
 
     def channels(self, shape, layout, axis=None):
         """The number of channels (features) of an x of `shape`."""
-        return self.split(shape, layout, axis)[1]
+        first, stop = self.feature_axes(shape, layout, axis)
+        return shape[first] if stop == first + 1 else math.prod(shape[first:stop])
 
     def param_shape(self, shape, layout, axis=None):
         """The shape of gamma/beta that broadcasts against x ((C,) is accepted too)."""
         first, stop = self.feature_axes(shape, layout, axis)
-        return tuple(n if first <= a < stop else 1 for a, n in enumerate(shape))
+        return (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
 
     def view(self, shape, layout, groups=1, axis=None):
         """``(family, view_shape)``: the free reshape of x that the kernels and the reference

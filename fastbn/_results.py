@@ -53,8 +53,9 @@ class NormCache(NamedTuple):
     dtype : numpy.dtype
         The dtype of the returned arrays (float16 input is computed in float32).
     axis : int or None
-        Layernorm and RMSNorm: the first normalized axis (``ln_param['axis']`` counted from 0);
-        None for the other ops, whose channel axis is the layout's.
+        Layernorm and RMSNorm over several trailing axes: the first normalized axis
+        (``ln_param['axis']`` counted from 0). None for the last axis and for the other ops,
+        whose channel axis is the layout's.
     """
 
     op: str
@@ -147,7 +148,7 @@ def _param_grad(grad, shape, dtype):
     channel) reshaped, or summed when the parameter was one value broadcast to every channel."""
     if shape is None:
         return None
-    if math.prod(shape) != grad.size:
+    if shape != grad.shape and math.prod(shape) != grad.size:
         grad = np.sum(grad, dtype=np.float64)
     return _into(None, np.reshape(grad, shape), dtype)
 

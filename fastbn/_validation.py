@@ -41,7 +41,7 @@ class Prepared(NamedTuple):
     out: object = None  # the caller's output array (``out=``), or None
     unbiased: bool = False  # update running_var with the unbiased batch variance (PyTorch)
     batches: object = None  # num_batches_tracked before this call, or None: not counted
-    axis: object = None  # layernorm/RMSNorm: the first normalized axis, from 0; else None
+    axis: object = None  # layernorm/RMSNorm: the first normalized axis, from 0; None: the last
 
 
 def _type_name(value):
@@ -133,16 +133,17 @@ def _integer(value):
 
 def check_axis(param, name, ndim):
     """``param['axis']`` (default -1): the first of the trailing axes to normalize, an integer
-    in [-ndim, ndim - 1]; returned counted from 0."""
+    in [-ndim, ndim - 1]; returned counted from 0, or None for the last axis (the layout's own
+    channel axis)."""
     value = param.get("axis", -1)
-    axis = _integer(value)
+    axis = value if type(value) is int else _integer(value)
     if axis is None:
         raise TypeError(f"{name}['axis'] must be an integer, got {value!r} of type {_type_name(value)}")
     if not -ndim <= axis < ndim:
         raise ValueError(
             f"{name}['axis'] must be in [{-ndim}, {ndim - 1}] for x of {ndim} dimensions, got {axis}"
         )
-    return axis % ndim
+    return None if axis in (-1, ndim - 1) else axis % ndim
 
 
 def check_flag(param, name, key):
@@ -234,13 +235,13 @@ def check_running(param, name, key, channels, broadcast_shape, mode):
     return value
 
 
-def check_x(x, name, ndim_range, description):
+def check_x(x, name, ndim_range, layout):
     """x must be an ndarray with ``ndim_range = (fewest, most)`` dimensions (most None: no
-    limit); returns its dtypes."""
+    limit), as `layout` (a :class:`~fastbn._ops.Layout`) describes; returns its dtypes."""
     check_ndarray(x, name)
     low, high = ndim_range
     if x.ndim < low or (high is not None and x.ndim > high):
-        raise ValueError(f"{name} must be {description}, got {_shape_text(x)}")
+        raise ValueError(f"{name} must be {layout.describe(low)}, got {_shape_text(x)}")
     return compute_dtype(x, name)
 
 
@@ -253,7 +254,7 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None):
     check_param_dict(param, name)
     layout = check_layout(param, name, spec.layouts) if "NCHW" in spec.layouts else spec.layouts[0]
     ndim_range = spec.ndim_range(layout)
-    dtype, out_dtype = check_x(x, "x", ndim_range, LAYOUTS[layout].describe(ndim_range[0]))
+    dtype, out_dtype = check_x(x, "x", ndim_range, LAYOUTS[layout])
     axis = check_axis(param, name, x.ndim) if LAYOUTS[layout].trailing else None
     unbiased, batches = False, None
     if spec.running_stats:
@@ -266,9 +267,8 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None):
             momentum = batches / (batches + 1)
     else:
         mode, eps, momentum = "train", check_eps(param, name), 0.0
-    channels = spec.channels(x.shape, layout, axis)
+    before, channels, after, broadcast_shape = spec.geometry(x.shape, layout, axis)
     G = check_groups(groups, channels) if spec.grouped else 1
-    broadcast_shape = spec.param_shape(x.shape, layout, axis)
     gamma_flat, gamma_shape = check_affine(gamma, "gamma", channels, broadcast_shape, dtype)
     beta_flat, beta_shape = (check_affine(beta, "beta", channels, broadcast_shape, dtype)
                              if spec.beta else (None, None))
@@ -276,7 +276,7 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None):
     if spec.running_stats:
         running_mean = check_running(param, name, "running_mean", channels, broadcast_shape, mode)
         running_var = check_running(param, name, "running_var", channels, broadcast_shape, mode)
-        per_channel = spec.per_channel(x.shape, layout)
+        per_channel = before * after
         if mode == "train" and per_channel < 2:
             why = ("an empty batch has no statistics" if per_channel == 0 else
                    "with one value the output would be beta for every input")
@@ -284,16 +284,15 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None):
                 f"train mode needs at least 2 values per {'feature' if layout == 'NC' else 'channel'} "
                 f"to compute batch statistics, got {per_channel} (x has shape {x.shape}); {why}"
             )
-    if gamma_flat is None:
-        gamma_flat = np.ones(channels, dtype=dtype)
-    if beta_flat is None and spec.beta:
-        beta_flat = np.zeros(channels, dtype=dtype)
+    if gamma_flat is None or beta_flat is None:  # missing parameters (or an op without beta)
+        gamma_flat = np.ones(channels, dtype=dtype) if gamma_flat is None else gamma_flat
+        beta_flat = np.zeros(channels, dtype=dtype) if beta_flat is None and spec.beta else beta_flat
     return Prepared(
         op=spec.name, x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
         eps=eps, mode=mode, momentum=momentum, running_mean=running_mean,
         running_var=running_var, param=param, layout=layout, groups=G,
         gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
-        out=check_out(out, "out", x, out_dtype, *(a for a in (gamma, beta) if a is not None)),
+        out=check_out(out, "out", x, out_dtype, gamma, beta),
         unbiased=unbiased, batches=batches if mode == "train" else None, axis=axis,
     )
 
