@@ -27,7 +27,7 @@ from numbers import Integral
 import numpy as np
 
 from fastbn import _api
-from fastbn._ops import LAYOUT_SYNONYMS
+from fastbn._ops import LAYOUT_SYNONYMS, OPS
 from fastbn._validation import _check_real, compute_dtype
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm"]
@@ -145,7 +145,7 @@ class _Layer:
         """
         if self._cache is None:
             raise RuntimeError("backward needs a forward call first")
-        grads = getattr(_api, _api.OPS[self._cache.op].backward[0])(dout, self._cache,
+        grads = getattr(_api, OPS[self._cache.op].backward[0])(dout, self._cache,
                                                                    backend=self.backend)
         self.dgamma = grads[1]
         self.dbeta = grads[2] if len(grads) > 2 else None
