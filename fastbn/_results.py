@@ -123,22 +123,29 @@ def update_running(p, batch_mean, batch_var, updated=False):
     this arithmetic, bit for bit, for separate arrays in the computation dtype
     (``_kernels._update_running``; they are not given the statistics when ``p.unbiased``).
     """
-    if not updated:
-        m = p.momentum
-        if p.unbiased:
-            count = OPS[p.op].per_channel(p.x.shape, p.layout)
-            batch_var = np.asarray(batch_var, dtype=np.float64) * (count / (count - 1))
-        new = []
-        for key, current, stat in (
-            ("running_mean", p.running_mean, batch_mean),
-            ("running_var", p.running_var, batch_var),
-        ):
-            if current is None:
-                current = np.zeros(stat.shape, dtype=p.x.dtype)
-                p.param[key] = current
-            new.append((current, m * current + (1.0 - m) * np.reshape(stat, current.shape)))
-        for current, value in new:
-            current[...] = value
+    if updated:
+        _count_batch(p)
+        return
+    m = p.momentum
+    if p.unbiased:
+        count = OPS[p.op].per_channel(p.x.shape, p.layout)
+        batch_var = np.asarray(batch_var, dtype=np.float64) * (count / (count - 1))
+    new = []
+    for key, current, stat in (
+        ("running_mean", p.running_mean, batch_mean),
+        ("running_var", p.running_var, batch_var),
+    ):
+        if current is None:
+            current = np.zeros(stat.shape, dtype=p.x.dtype)
+            p.param[key] = current
+        new.append((current, m * current + (1.0 - m) * np.reshape(stat, current.shape)))
+    for current, value in new:
+        current[...] = value
+    _count_batch(p)
+
+
+def _count_batch(p):
+    """Count this train-mode call in ``bn_param['num_batches_tracked']`` when it is kept."""
     if p.batches is not None:
         p.param["num_batches_tracked"] = p.batches + 1
 
