@@ -181,7 +181,8 @@ class _Layer:
                 continue
             current = getattr(self, attribute)
             if value.shape != current.shape:
-                raise ValueError(f"state_dict[{key!r}] must have shape {current.shape}, got shape {value.shape}")
+                raise ValueError(f"state_dict[{key!r}] must have shape {current.shape}, "
+                                 f"got shape {value.shape}")
             new[attribute] = value.astype(self.dtype)
         for attribute, value in new.items():
             setattr(self, attribute, value)
@@ -405,7 +406,8 @@ class LayerNorm(_Layer):
                              "normalized shape")
         shape = given.shape[-len(axes):] if given.ndim >= len(axes) else None
         if shape is None or math.prod(shape) != given.size:
-            raise ValueError(f"weights must have {len(axes)} dimensions for axis {axis!r}, got shape {given.shape}")
+            raise ValueError(f"weights must have {len(axes)} dimensions for axis {axis!r}, "
+                             f"got shape {given.shape}")
         layer = cls(shape, eps=epsilon, elementwise_affine=True, bias=True, dtype=given.dtype,
                     backend=backend)
         layer.gamma = None if gamma is None else gamma.reshape(shape).astype(layer.dtype)
@@ -422,7 +424,8 @@ class LayerNorm(_Layer):
         scale = _to_numpy(scale, "scale")
         shape = scale.shape[axis:] if scale.ndim >= -axis else None
         if shape is None or math.prod(shape) != scale.size:
-            raise ValueError(f"scale must have shape x.shape[{axis}:], {-axis} dimensions, got shape {scale.shape}")
+            raise ValueError(f"scale must have shape x.shape[{axis}:], {-axis} dimensions, "
+                             f"got shape {scale.shape}")
         layer = cls(shape, eps=epsilon, bias=B is not None, dtype=scale.dtype, backend=backend)
         layer.gamma = scale.reshape(shape).astype(layer.dtype)
         if B is not None:
