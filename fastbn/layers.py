@@ -294,6 +294,7 @@ class BatchNorm(_Layer):
         ``center``) and its config: ``axis`` -1 (channels last) or 1 (channels first);
         momentum, biased variance and epsilon carry over unchanged (TensorFlow's ``decay`` is
         this momentum)."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         if axis not in (-1, 1):
             raise ValueError(f"axis must be -1 (channels last) or 1 (channels first), got {axis!r}")
         gamma, beta, (mean, var) = _keras_weights(weights, scale, center,
@@ -310,6 +311,7 @@ class BatchNorm(_Layer):
         """A BatchNorm equal to an ONNX ``BatchNormalization`` node (channels first) from its
         initializers and attributes: ONNX's conventions are fastbn's (momentum of the old value,
         biased variance). scale or B may be None."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         mean = _to_numpy(input_mean, "input_mean")
         layer = cls(mean.size, eps=epsilon, momentum=momentum,
                     dtype=mean.dtype if mean.dtype.kind == "f" else np.float32, backend=backend)
@@ -392,6 +394,7 @@ class LayerNorm(_Layer):
         """A LayerNorm equal to a Keras ``LayerNormalization`` from ``get_weights()``
         (``[gamma, beta]``) and config. ``axis`` must name trailing axes (-1, or a list such as
         [-2, -1]); the normalized shape is that of gamma or beta."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         if rms_scaling:
             raise ValueError("rms_scaling=True is not supported: Keras then divides the uncentred x "
                              "by the centred standard deviation, which no fastbn op computes")
@@ -418,6 +421,7 @@ class LayerNorm(_Layer):
     def from_onnx(cls, scale, B=None, *, axis=-1, epsilon=1e-5, backend="auto"):
         """A LayerNorm equal to an ONNX ``LayerNormalization`` node: a negative ``axis``
         normalises the last ``-axis`` axes, whose shape scale has (or scale is flat)."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         if not isinstance(axis, Integral) or isinstance(axis, bool) or axis >= 0:
             raise ValueError(f"axis must be a negative integer (count the normalized axes from the "
                              f"end), got {axis!r}")
@@ -486,6 +490,7 @@ class RMSNorm(LayerNorm):
     def from_keras(cls, weights, *, axis=-1, epsilon=1e-6, backend="auto"):
         """An RMSNorm equal to a Keras ``RMSNormalization`` from ``get_weights()`` (``[scale]``)
         and its config (``axis`` -1)."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         if axis != -1:
             raise ValueError(f"axis must be -1, got {axis!r}")
         (scale,) = _keras_weights(weights, True, False, (), "RMSNormalization")[:1]
@@ -496,6 +501,7 @@ class RMSNorm(LayerNorm):
     @classmethod
     def from_onnx(cls, scale, *, axis=-1, epsilon=1e-5, backend="auto"):
         """An RMSNorm equal to an ONNX ``RMSNormalization`` node (negative ``axis``)."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         base = LayerNorm.from_onnx(scale, None, axis=axis, epsilon=epsilon, backend=backend)
         layer = cls(base.normalized_shape, eps=epsilon, dtype=base.dtype, backend=backend)
         layer.gamma = base.gamma
@@ -559,6 +565,7 @@ class GroupNorm(_Layer):
         """A GroupNorm equal to a Keras ``GroupNormalization`` from ``get_weights()``
         (``[gamma, beta]``) and config. fastbn's groupnorm takes channels first: ``axis`` must
         be 1 (transpose channels-last x to (N, C, *spatial) yourself)."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         if axis != 1:
             raise ValueError(f"axis must be 1: fastbn's groupnorm takes x channels first, got {axis!r} "
                              "(transpose x to (N, C, *spatial) and pass axis=1)")
@@ -566,6 +573,9 @@ class GroupNorm(_Layer):
         given = gamma if gamma is not None else beta
         if given is None:
             raise ValueError("weights must hold gamma or beta (scale or center True): they give C")
+        groups = _positive_int(groups, "groups")
+        if given.size % groups:
+            raise ValueError(f"groups must divide the channel count C={given.size}, got {groups}")
         layer = cls(groups, given.size, eps=epsilon, dtype=given.dtype, backend=backend)
         layer.gamma = None if gamma is None else gamma.reshape(-1).astype(layer.dtype)
         layer.beta = None if beta is None else beta.reshape(-1).astype(layer.dtype)
@@ -575,6 +585,7 @@ class GroupNorm(_Layer):
     def from_onnx(cls, scale, bias, *, num_groups, epsilon=1e-5, backend="auto"):
         """A GroupNorm equal to an ONNX ``GroupNormalization`` node of opset 21 (scale and bias
         per channel)."""
+        _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         scale, bias = _to_numpy(scale, "scale"), _to_numpy(bias, "bias")
         if scale.shape != bias.shape or scale.ndim != 1:
             raise ValueError(f"scale and bias must have the same shape (C,), got shapes "
