@@ -21,8 +21,12 @@ Examples
 >>> sorted(bn.state_dict())
 ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
 """
+from __future__ import annotations
+
 import math
+from collections.abc import Mapping, Sequence
 from numbers import Integral
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -131,7 +135,7 @@ class _Layer:
             keys["bias"] = "beta"
         return keys
 
-    def backward(self, dout):
+    def backward(self, dout: np.ndarray) -> np.ndarray:
         """dx for the last forward; keeps ``self.dgamma`` and ``self.dbeta`` (None for a missing
         parameter).
 
@@ -151,7 +155,7 @@ class _Layer:
         self.dbeta = grads[2] if len(grads) > 2 else None
         return grads[0]
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """The layer's state under PyTorch's key names: new NumPy arrays
         (``num_batches_tracked`` a 0-D int64 array, as in PyTorch)."""
         state = {}
@@ -160,7 +164,7 @@ class _Layer:
             state[key] = np.array(value, dtype=np.int64) if key == "num_batches_tracked" else value.copy()
         return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Load a state of the same keys and shapes (NumPy arrays, or tensors read by duck
         typing, such as a torch ``state_dict()``). Everything is checked before anything is
         changed: a call that raises leaves the layer as it was."""
@@ -226,8 +230,9 @@ class BatchNorm(_Layer):
     (1, 2, 5)
     """
 
-    def __init__(self, num_features, *, eps=1e-5, momentum=0.9, unbiased=False, affine=True,
-                 track_running_stats=True, layout="NCHW", dtype=np.float64, backend="auto"):
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: Optional[float] = 0.9,
+                 unbiased: bool = False, affine: bool = True, track_running_stats: bool = True,
+                 layout: str = "NCHW", dtype: Any = np.float64, backend: str = "auto") -> None:
         super().__init__(dtype)
         C = _positive_int(num_features, "num_features")
         self.num_features = C
@@ -254,7 +259,7 @@ class BatchNorm(_Layer):
                         num_batches_tracked="num_batches_tracked")
         return keys
 
-    def forward(self, x, train=True):
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """Normalise x: with the batch statistics, updating the running ones (``train=True``),
         or with the running statistics (``train=False``)."""
         train = _check_train(train)
@@ -271,7 +276,7 @@ class BatchNorm(_Layer):
         return out
 
     @classmethod
-    def from_torch(cls, module, *, backend="auto"):
+    def from_torch(cls, module: Any, *, backend: str = "auto") -> BatchNorm:
         """A BatchNorm equal to a ``torch.nn.BatchNorm1d/2d/3d`` module: its tensors, eps,
         ``momentum -> 1 - momentum`` (None stays None), ``unbiased=True``."""
         C, eps, momentum, affine, track = _require(
@@ -287,8 +292,9 @@ class BatchNorm(_Layer):
         return layer
 
     @classmethod
-    def from_keras(cls, weights, *, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
-                   backend="auto"):
+    def from_keras(cls, weights: Sequence[Any], *, axis: int = -1, momentum: float = 0.99,
+                   epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                   backend: str = "auto") -> BatchNorm:
         """A BatchNorm equal to a Keras ``BatchNormalization`` layer from its ``get_weights()``
         (``[gamma, beta, moving_mean, moving_variance]``, gamma without ``scale``, beta without
         ``center``) and its config: ``axis`` -1 (channels last) or 1 (channels first);
@@ -306,8 +312,8 @@ class BatchNorm(_Layer):
         return layer
 
     @classmethod
-    def from_onnx(cls, scale, B, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
-                  backend="auto"):
+    def from_onnx(cls, scale: Any, B: Any, input_mean: Any, input_var: Any, *,
+                  epsilon: float = 1e-5, momentum: float = 0.9, backend: str = "auto") -> BatchNorm:
         """A BatchNorm equal to an ONNX ``BatchNormalization`` node (channels first) from its
         initializers and attributes: ONNX's conventions are fastbn's (momentum of the old value,
         biased variance). scale or B may be None."""
@@ -354,8 +360,9 @@ class LayerNorm(_Layer):
     True
     """
 
-    def __init__(self, normalized_shape, *, eps=1e-5, elementwise_affine=True, bias=True,
-                 dtype=np.float64, backend="auto"):
+    def __init__(self, normalized_shape: Union[int, Sequence[int]], *, eps: Optional[float] = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, dtype: Any = np.float64,
+                 backend: str = "auto") -> None:
         super().__init__(dtype)
         self.normalized_shape = _shape_tuple(normalized_shape, "normalized_shape")
         self.eps, self.backend = _eps(eps, allow_none=type(self) is RMSNorm), backend
@@ -369,7 +376,7 @@ class LayerNorm(_Layer):
                              f"got shape {x.shape}")
         return {"eps": self.eps, "axis": -k}
 
-    def forward(self, x, train=True):
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """Normalise each x[i, ...] over the trailing normalized_shape (train has no effect)."""
         _check_train(train)
         out, self._cache = _api.layernorm_forward(x, self.gamma, self.beta, self._ln_param(x),
@@ -377,7 +384,7 @@ class LayerNorm(_Layer):
         return out
 
     @classmethod
-    def from_torch(cls, module, *, backend="auto"):
+    def from_torch(cls, module: Any, *, backend: str = "auto") -> LayerNorm:
         """A LayerNorm equal to a ``torch.nn.LayerNorm`` module (weight and bias may be None)."""
         shape, eps, weight, bias = _require(module, ("normalized_shape", "eps", "weight", "bias"),
                                             "a torch.nn.LayerNorm")
@@ -389,8 +396,9 @@ class LayerNorm(_Layer):
         return layer
 
     @classmethod
-    def from_keras(cls, weights, *, axis=-1, epsilon=1e-3, center=True, scale=True,
-                   rms_scaling=False, backend="auto"):
+    def from_keras(cls, weights: Sequence[Any], *, axis: Union[int, Sequence[int]] = -1,
+                   epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                   rms_scaling: bool = False, backend: str = "auto") -> LayerNorm:
         """A LayerNorm equal to a Keras ``LayerNormalization`` from ``get_weights()``
         (``[gamma, beta]``) and config. ``axis`` must name trailing axes (-1, or a list such as
         [-2, -1]); the normalized shape is that of gamma or beta."""
@@ -418,7 +426,8 @@ class LayerNorm(_Layer):
         return layer
 
     @classmethod
-    def from_onnx(cls, scale, B=None, *, axis=-1, epsilon=1e-5, backend="auto"):
+    def from_onnx(cls, scale: Any, B: Any = None, *, axis: int = -1, epsilon: float = 1e-5,
+                  backend: str = "auto") -> LayerNorm:
         """A LayerNorm equal to an ONNX ``LayerNormalization`` node: a negative ``axis``
         normalises the last ``-axis`` axes, whose shape scale has (or scale is flat)."""
         _check_real(epsilon, "epsilon", 0.0, np.inf, None)
@@ -461,12 +470,13 @@ class RMSNorm(LayerNorm):
     array([[0.8485, 1.1314]])
     """
 
-    def __init__(self, normalized_shape, *, eps=None, elementwise_affine=True, dtype=np.float64,
-                 backend="auto"):
+    def __init__(self, normalized_shape: Union[int, Sequence[int]], *, eps: Optional[float] = None,
+                 elementwise_affine: bool = True, dtype: Any = np.float64,
+                 backend: str = "auto") -> None:
         super().__init__(normalized_shape, eps=eps, elementwise_affine=elementwise_affine,
                          bias=False, dtype=dtype, backend=backend)
 
-    def forward(self, x, train=True):
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """Divide each x[i, ...] by its root mean square over normalized_shape, times gamma."""
         _check_train(train)
         param = self._ln_param(x)
@@ -476,7 +486,7 @@ class RMSNorm(LayerNorm):
         return out
 
     @classmethod
-    def from_torch(cls, module, *, backend="auto"):
+    def from_torch(cls, module: Any, *, backend: str = "auto") -> RMSNorm:
         """An RMSNorm equal to a ``torch.nn.RMSNorm`` module (eps None stays None)."""
         shape, eps, weight = _require(module, ("normalized_shape", "eps", "weight"), "a torch.nn.RMSNorm")
         weight = None if weight is None else _to_numpy(weight, "module.weight")
@@ -487,7 +497,8 @@ class RMSNorm(LayerNorm):
         return layer
 
     @classmethod
-    def from_keras(cls, weights, *, axis=-1, epsilon=1e-6, backend="auto"):
+    def from_keras(cls, weights: Sequence[Any], *, axis: int = -1, epsilon: float = 1e-6,
+                   backend: str = "auto") -> RMSNorm:
         """An RMSNorm equal to a Keras ``RMSNormalization`` from ``get_weights()`` (``[scale]``)
         and its config (``axis`` -1)."""
         _check_real(epsilon, "epsilon", 0.0, np.inf, None)
@@ -499,7 +510,8 @@ class RMSNorm(LayerNorm):
         return layer
 
     @classmethod
-    def from_onnx(cls, scale, *, axis=-1, epsilon=1e-5, backend="auto"):
+    def from_onnx(cls, scale: Any, *, axis: int = -1, epsilon: float = 1e-5,
+                  backend: str = "auto") -> RMSNorm:
         """An RMSNorm equal to an ONNX ``RMSNormalization`` node (negative ``axis``)."""
         _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         base = LayerNorm.from_onnx(scale, None, axis=axis, epsilon=epsilon, backend=backend)
@@ -531,8 +543,8 @@ class GroupNorm(_Layer):
     (3, 4, 7)
     """
 
-    def __init__(self, num_groups, num_channels, *, eps=1e-5, affine=True, dtype=np.float64,
-                 backend="auto"):
+    def __init__(self, num_groups: int, num_channels: int, *, eps: float = 1e-5, affine: bool = True,
+                 dtype: Any = np.float64, backend: str = "auto") -> None:
         super().__init__(dtype)
         self.num_groups = _positive_int(num_groups, "num_groups")
         self.num_channels = _positive_int(num_channels, "num_channels")
@@ -541,7 +553,7 @@ class GroupNorm(_Layer):
         self.eps, self.backend = _eps(eps), backend
         self._params(self.num_channels, _flag(affine, "affine"))
 
-    def forward(self, x, train=True):
+    def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """Normalise each (sample, group) of x (train has no effect)."""
         _check_train(train)
         out, self._cache = _api.spatial_groupnorm_forward(
@@ -549,7 +561,7 @@ class GroupNorm(_Layer):
         return out
 
     @classmethod
-    def from_torch(cls, module, *, backend="auto"):
+    def from_torch(cls, module: Any, *, backend: str = "auto") -> GroupNorm:
         """A GroupNorm equal to a ``torch.nn.GroupNorm`` module."""
         G, C, eps, affine = _require(module, ("num_groups", "num_channels", "eps", "affine"),
                                      "a torch.nn.GroupNorm")
@@ -560,8 +572,9 @@ class GroupNorm(_Layer):
         return layer
 
     @classmethod
-    def from_keras(cls, weights, *, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True,
-                   backend="auto"):
+    def from_keras(cls, weights: Sequence[Any], *, groups: int = 32, axis: int = -1,
+                   epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                   backend: str = "auto") -> GroupNorm:
         """A GroupNorm equal to a Keras ``GroupNormalization`` from ``get_weights()``
         (``[gamma, beta]``) and config. fastbn's groupnorm takes channels first: ``axis`` must
         be 1 (transpose channels-last x to (N, C, *spatial) yourself)."""
@@ -582,7 +595,8 @@ class GroupNorm(_Layer):
         return layer
 
     @classmethod
-    def from_onnx(cls, scale, bias, *, num_groups, epsilon=1e-5, backend="auto"):
+    def from_onnx(cls, scale: Any, bias: Any, *, num_groups: int, epsilon: float = 1e-5,
+                  backend: str = "auto") -> GroupNorm:
         """A GroupNorm equal to an ONNX ``GroupNormalization`` node of opset 21 (scale and bias
         per channel)."""
         _check_real(epsilon, "epsilon", 0.0, np.inf, None)
