@@ -562,9 +562,18 @@ class GroupNorm(_Layer):
 
     @classmethod
     def from_torch(cls, module: Any, *, backend: str = "auto") -> GroupNorm:
-        """A GroupNorm equal to a ``torch.nn.GroupNorm`` module."""
-        G, C, eps, affine = _require(module, ("num_groups", "num_channels", "eps", "affine"),
-                                     "a torch.nn.GroupNorm")
+        """A GroupNorm equal to a ``torch.nn.GroupNorm`` module, or to an
+        ``InstanceNorm1d/2d/3d`` without running statistics (groupnorm with G = C)."""
+        if type(module).__name__.startswith("InstanceNorm"):
+            C, eps, affine, track = _require(
+                module, ("num_features", "eps", "affine", "track_running_stats"), "a torch.nn.InstanceNorm")
+            if track:
+                raise ValueError("module must not track running statistics: instance normalization "
+                                 "with running statistics (track_running_stats=True) has no fastbn op")
+            G = C
+        else:
+            G, C, eps, affine = _require(module, ("num_groups", "num_channels", "eps", "affine"),
+                                         "a torch.nn.GroupNorm")
         state = module.state_dict()
         dtype = _to_numpy(state["weight"], "module.weight").dtype if affine else np.float32
         layer = cls(G, C, eps=float(eps), affine=bool(affine), dtype=dtype, backend=backend)

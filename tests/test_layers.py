@@ -146,6 +146,19 @@ def test_groupnorm_from_torch_runs_like_the_module(shape):
     assert list(layer.state_dict()) == list(module.state_dict())
 
 
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("name, shape", [("InstanceNorm1d", (3, 4, 9)), ("InstanceNorm2d", (2, 4, 3, 5))])
+def test_groupnorm_from_torch_instance_norm_runs_like_the_module(name, shape, affine):
+    torch = pytest.importorskip("torch")
+    module = _randomised(getattr(torch.nn, name)(4, affine=affine), torch)
+    layer = GroupNorm.from_torch(module)
+    x = _x(shape, loc=1.0)
+    with torch.no_grad():
+        _close(layer.forward(x), module(torch.from_numpy(x)).numpy(), "out")
+    with pytest.raises(ValueError, match="module must not track running statistics"):
+        GroupNorm.from_torch(getattr(torch.nn, name)(4, track_running_stats=True))
+
+
 # ------------------------------------------------------------------------------------------
 # Keras and ONNX, through their formulas
 # ------------------------------------------------------------------------------------------
