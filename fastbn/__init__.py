@@ -8,7 +8,7 @@ The API follows the cs231n ``layers.py`` contract::
 Every function takes ``backend='auto' | 'cython' | 'numpy'``; :mod:`fastbn.reference` holds the
 pure NumPy implementations the compiled kernels are tested against.
 """
-from fastbn import _api
+from fastbn import _api, layers  # noqa: F401  (fastbn.layers: stateful layers, trained state)
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends
 from fastbn._config import show_config

@@ -19,11 +19,19 @@ _BN_PARAM_DOC = """bn_param : dict
           variance and updates the running statistics; ``'test'`` normalises with the running
           statistics.
         - ``'eps'`` (default 1e-5, >= 0) and ``'momentum'`` (default 0.9, in [0, 1]):
-          ``running = momentum * running + (1 - momentum) * batch_statistic``.
+          ``running = momentum * running + (1 - momentum) * batch_statistic``. ``None`` keeps
+          the cumulative average of all batches (PyTorch's ``momentum=None``): momentum is
+          ``n / (n + 1)`` after n batches, counted in ``'num_batches_tracked'``.
+        - ``'unbiased'`` (default False): True updates running_var with the unbiased batch
+          variance ``var * M / (M - 1)``, M values per feature (PyTorch's convention); the
+          output is normalised with the biased one either way.
+        - ``'num_batches_tracked'``: an integer >= 0, counted up by every train-mode call when
+          present or when momentum is None (then created as 0).
         - ``'running_mean'``, ``'running_var'``: created as zeros on the first train-mode
           call; arrays you supply are updated in place and keep their shape and dtype.
 
-        Other keys are ignored."""
+        A call that raises changes none of them. Other keys are ignored; the conventions of
+        other frameworks are mapped to these keys in ``docs/conventions.md``."""
 
 
 def _forward(name, x, gamma, beta, param, groups=None, *, backend, out, moments=None):
@@ -98,8 +106,9 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, mom
     x : ndarray of shape (N, D)
         float32 and float64 are computed in their own precision; integer and bool input is
         computed in float64; float16 is computed in float32 and returned as float16.
-    gamma, beta : ndarray of shape (D,) or (1, D)
-        Scale and shift.
+    gamma, beta : ndarray of shape (D,) or (1, D), or None
+        Scale and shift; None means 1 (no scale) / 0 (no shift). A single value (shape (1,)
+        or (1, 1)) applies to every feature.
     {bn_param}
     backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
         ``'auto'`` uses the compiled kernels when they are built.
@@ -176,8 +185,8 @@ def batchnorm_backward(dout, cache, *, backend="auto", out=None):
     Returns
     -------
     dx : ndarray of shape (N, D)
-    dgamma, dbeta : ndarray
-        Shaped like gamma and beta.
+    dgamma, dbeta : ndarray or None
+        Shaped like gamma and beta; None for a parameter the forward was given as None.
 
     Notes
     -----
@@ -217,15 +226,20 @@ def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
 
 
 def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, moments=None):
-    """Batch normalization per channel of an image batch.
+    """Batch normalization per channel of a batch of any rank >= 3.
 
     Parameters
     ----------
-    x : ndarray of shape (N, C, H, W), or (N, H, W, C) with ``bn_param['layout'] = 'NHWC'``
-        Statistics are taken per channel over N, H and W.
-    gamma, beta : ndarray of shape (C,) or (1, C, 1, 1) ((1, 1, 1, C) for NHWC)
+    x : ndarray of shape (N, C, *spatial), or (N, *spatial, C) with ``bn_param['layout'] = 'NHWC'``
+        Any number of spatial axes: (N, C, L) as PyTorch's BatchNorm1d, (N, C, H, W) as
+        BatchNorm2d, (N, C, D, H, W) as BatchNorm3d. Statistics are taken per channel over N
+        and the spatial axes.
+    gamma, beta : ndarray of shape (C,) or (1, C, 1, 1) ((1, 1, 1, C) for NHWC), or None
+        Any shape of C values (or of one value) that broadcasts against x is accepted, such as
+        (C, 1, 1); None means 1 / 0.
     {bn_param}
-        ``'layout'``: ``'NCHW'`` (default) or ``'NHWC'``.
+        ``'layout'``: ``'NCHW'`` (default, channels first, for any rank) or ``'NHWC'``
+        (channels last); ``'channels_first'`` and ``'channels_last'`` are synonyms.
     backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
     out : ndarray, optional
         Output buffer, as in :func:`batchnorm_forward`.
@@ -286,7 +300,7 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
     Returns
     -------
     dx : ndarray shaped like x
-    dgamma, dbeta : ndarray shaped like gamma and beta
+    dgamma, dbeta : ndarray shaped like gamma and beta, or None where the forward had None
 
     Examples
     --------
@@ -302,15 +316,20 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
 
 
 def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
-    """Layer normalization over the last axis of x.
+    """Layer normalization over the last axis of x, or over its trailing axes from ``axis``.
 
     Parameters
     ----------
     x : ndarray of shape (..., D)
-        Each row of D values is normalised with its own mean and biased variance.
-    gamma, beta : ndarray of shape (D,) (or (1, ..., 1, D))
+        Each row of D values is normalised with its own mean and biased variance; with
+        ``ln_param['axis']`` a row is ``x[i, j, ...]`` over the axes ``axis ... x.ndim - 1``.
+    gamma, beta : ndarray of shape ``x.shape[axis:]`` or flat (D,), or None
+        Any shape of D values (or of one value) that broadcasts against x is accepted (such as
+        (1, D)); None means 1 / 0 (PyTorch's ``elementwise_affine=False``, ONNX's missing B).
     ln_param : dict
-        ``'eps'`` (default 1e-5, >= 0); other keys (such as ``'mode'``) are ignored.
+        ``'eps'`` (default 1e-5, >= 0); ``'axis'`` (default -1): normalize over the axes
+        ``axis ... x.ndim - 1``, ONNX's LayerNormalization axis, PyTorch's
+        ``normalized_shape = x.shape[axis:]``. Other keys (such as ``'mode'``) are ignored.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
         Output buffer, as in :func:`batchnorm_forward`.
@@ -319,7 +338,7 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
     -------
     out : ndarray shaped like x
     cache : NormCache
-        ``cache.mean`` and ``cache.invstd`` have shape ``x.shape[:-1]``.
+        ``cache.mean`` and ``cache.invstd`` have shape ``x.shape[:axis]``.
 
     Notes
     -----
@@ -339,6 +358,10 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
     >>> out, cache = fastbn.layernorm_forward(x, np.ones(10), np.zeros(10), {})
     >>> np.allclose(out.mean(axis=1), 0), cache.mean.shape
     (True, (4,))
+    >>> images = np.random.default_rng(1).normal(size=(2, 3, 4, 4))
+    >>> out, cache = fastbn.layernorm_forward(images, None, None, {"axis": 1})
+    >>> cache.mean.shape, np.allclose(out.reshape(2, -1).std(axis=1), 1, atol=1e-4)
+    ((2,), True)
     """
     return _forward("layernorm", x, gamma, beta, ln_param, backend=backend, out=out)
 
@@ -358,7 +381,7 @@ def layernorm_backward(dout, cache, *, backend="auto", out=None):
     Returns
     -------
     dx : ndarray shaped like x
-    dgamma, dbeta : ndarray shaped like gamma and beta
+    dgamma, dbeta : ndarray shaped like gamma and beta, or None where the forward had None
 
     Examples
     --------
@@ -373,24 +396,27 @@ def layernorm_backward(dout, cache, *, backend="auto", out=None):
 
 
 def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", out=None):
-    """Group normalization of an (N, C, H, W) array: statistics per sample and group.
+    """Group normalization of an (N, C, *spatial) array: statistics per sample and group.
 
     Parameters
     ----------
-    x : ndarray of shape (N, C, H, W)
-    gamma, beta : ndarray of shape (1, C, 1, 1) or (C,)
+    x : ndarray of shape (N, C, *spatial)
+        Channels first, with any number (also none) of spatial axes, as PyTorch's GroupNorm.
+    gamma, beta : ndarray of shape (1, C, 1, 1) or (C,), or None
+        Any shape of C values (or of one value) that broadcasts against x; None means 1 / 0.
     G : int
         Number of groups; must divide C. G = 1 is layernorm over (C, H, W), G = C is instance
         normalization.
     gn_param : dict
-        ``'eps'`` (default 1e-5, >= 0); other keys are ignored.
+        ``'eps'`` (default 1e-5, >= 0); ``'layout'``: only ``'NCHW'`` (``'channels_first'``).
+        Other keys are ignored.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
         Output buffer, as in :func:`batchnorm_forward`.
 
     Returns
     -------
-    out : ndarray of shape (N, C, H, W)
+    out : ndarray shaped like x
     cache : NormCache
         ``cache.mean`` and ``cache.invstd`` have shape (N, G).
 
@@ -423,7 +449,7 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
 
     Parameters
     ----------
-    dout : ndarray of shape (N, C, H, W)
+    dout : ndarray shaped like x
     cache : NormCache
         From :func:`spatial_groupnorm_forward`.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
@@ -432,8 +458,9 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
 
     Returns
     -------
-    dx : ndarray of shape (N, C, H, W)
-    dgamma, dbeta : ndarray shaped like the gamma and beta given to the forward
+    dx : ndarray shaped like x
+    dgamma, dbeta : ndarray shaped like the gamma and beta given to the forward, or None where
+        the forward had None
 
     Examples
     --------
@@ -449,7 +476,8 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
 
 
 def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
-    """Root-mean-square normalization (RMSNorm) over the last axis of x.
+    """Root-mean-square normalization (RMSNorm) over the last axis of x (or the trailing axes
+    from ``ln_param['axis']``).
 
     ``out = x / sqrt(mean(x**2, axis=-1) + eps) * gamma``: layernorm without centring and
     without a shift, as PyTorch's ``torch.nn.functional.rms_norm`` and ONNX's
@@ -460,10 +488,11 @@ def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
     x : ndarray of shape (..., D)
         Each row of D values is divided by its own root mean square. dtypes as in
         :func:`batchnorm_forward`.
-    gamma : ndarray of shape (D,) (or (1, ..., 1, D))
-        Scale.
+    gamma : ndarray of shape ``x.shape[axis:]`` or (D,) (or (1, ..., 1, D)), or None
+        Scale; None means 1. A single value applies to every feature.
     ln_param : dict
-        ``'eps'`` (default 1e-5, >= 0); other keys are ignored.
+        ``'eps'`` (default 1e-5, >= 0); ``'axis'`` (default -1): normalize over the axes
+        ``axis ... x.ndim - 1`` as in :func:`layernorm_forward`. Other keys are ignored.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
     out : ndarray, optional
         Output buffer, as in :func:`batchnorm_forward`.
@@ -473,7 +502,7 @@ def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
     out : ndarray shaped like x
     cache : NormCache
         For :func:`rmsnorm_backward`; ``cache.invstd`` holds ``1 / sqrt(mean(x**2) + eps)``
-        per row, shape ``x.shape[:-1]`` (``cache.mean`` is 0: rows are not centred).
+        per row, shape ``x.shape[:axis]`` (``cache.mean`` is 0: rows are not centred).
 
     Raises
     ------
@@ -519,7 +548,7 @@ def rmsnorm_backward(dout, cache, *, backend="auto", out=None):
     Returns
     -------
     dx : ndarray shaped like x
-    dgamma : ndarray shaped like gamma
+    dgamma : ndarray shaped like gamma, or None when the forward had gamma=None
         (RMSNorm has no beta, so there is no dbeta.)
 
     Examples

@@ -33,8 +33,7 @@ def forward(p, moments=None):
     train-mode batchnorm normalises with given `moments` (a checked Moments) when there are."""
     kernels = _backends.kernels()
     spec = OPS[p.op]
-    geometry = spec.geometry(p.x.shape, p.layout, p.groups)
-    family, view_shape = geometry.family, geometry.view_shape
+    family, view_shape = spec.view(p.x.shape, p.layout, p.groups, p.axis)
     dtype = p.x.dtype
     x = _aligned(p.x).reshape(view_shape)
     gamma = _aligned(p.gamma)
@@ -47,7 +46,7 @@ def forward(p, moments=None):
         invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
-        stat_shape = geometry.stat_shape
+        stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups, p.axis)
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
     affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
@@ -82,9 +81,10 @@ def _in_place(p, dtype):
     the NumPy update, see _kernels._update_running), or (None, None): then finish_forward updates
     them. The kernel takes them only when both exist (a first call creates them, in
     finish_forward, after the kernel succeeded), are C-contiguous and aligned, in the computation
-    dtype, and separate arrays (one array passed as both must get the update of its old values)."""
+    dtype, and separate arrays (one array passed as both must get the update of its old values),
+    and the variance is the biased one (``bn_param['unbiased']`` is false)."""
     rm, rv = p.running_mean, p.running_var
-    if (rm is not None and rv is not None and rm.dtype == dtype and rv.dtype == dtype
+    if (not p.unbiased and rm is not None and rv is not None and rm.dtype == dtype and rv.dtype == dtype
             and rm.flags.c_contiguous and rv.flags.c_contiguous
             and rm.flags.aligned and rv.flags.aligned
             and not np.may_share_memory(rm, rv)):
@@ -105,8 +105,7 @@ def backward(dout, cache, out=None):
     dx is written into `out` when given."""
     kernels = _backends.kernels()
     spec = OPS[cache.op]
-    geometry = spec.geometry(cache.x.shape, cache.layout, cache.groups)
-    family, view_shape = geometry.family, geometry.view_shape
+    family, view_shape = spec.view(cache.x.shape, cache.layout, cache.groups, cache.axis)
     x = _aligned(cache.x).reshape(view_shape)
     dy = _aligned(dout).reshape(view_shape)
     dx = _buffer(out, x)

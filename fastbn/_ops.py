@@ -10,52 +10,71 @@ runs through the package and a new operation is a new row here plus the loops it
 
 A layout names where the channel (feature) axis of x is and how many dimensions x has:
 
-========  =====  ===============  ============  =======================================
-layout    ndim   x                channel axis  kernel family (batch statistics / rows)
-========  =====  ===============  ============  =======================================
-``NC``    2      (N, D)           1             ``cols``
-``NCHW``  4      (N, C, H, W)     1             ``planes`` / ``rows`` (groups)
-``NHWC``  4      (N, H, W, C)     3             ``cols``
-``ND``    >= 1   (..., D)         last          ``rows``
-========  =====  ===============  ============  =======================================
+========  ======  ===================  ============  ===================================
+layout    ndim    x                    channel axis  kernel family (batch stats / rows)
+========  ======  ===================  ============  ===================================
+``NC``    2       (N, D)               1             ``cols``
+``NCHW``  >= 3    (N, C, *spatial)     1             ``planes`` / ``rows`` (groups)
+``NHWC``  >= 3    (N, *spatial, C)     last          ``cols``
+``ND``    >= 1    (..., D)             last (or the  ``rows``
+                                       trailing axes
+                                       from ``axis``)
+========  ======  ===================  ============  ===================================
+
+``'channels_first'`` and ``'channels_last'`` are synonyms of ``NCHW`` and ``NHWC``
+(:data:`LAYOUT_SYNONYMS`). Groupnorm also takes (N, C) (``OpSpec.min_ndim``). Layernorm and
+RMSNorm normalize over the trailing axes from ``ln_param['axis']`` (ONNX's meaning): their
+features are then ``x.shape[axis:]``, flattened, and every method below that takes ``axis``
+sees them as one channel axis of ``prod(x.shape[axis:])`` values.
 
 Kernel families (see :mod:`fastbn._kernels`): ``cols`` takes x as (M, C) with statistics per
 column, ``planes`` as (N, C, L) with statistics per channel over N contiguous planes, ``rows`` as
-(R, Cg, L) with statistics per row of Cg * L values (R = N * G).
+(R, Cg, L) with statistics per row of Cg * L values (R = N * G). Any rank is one of these free
+reshapes (:meth:`OpSpec.view`): N is the product of the axes before the channel axis, L of those
+after it.
 """
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
-__all__ = ["OpSpec", "OPS", "LAYOUTS", "public_functions"]
+__all__ = ["OpSpec", "OPS", "LAYOUTS", "LAYOUT_SYNONYMS", "public_functions"]
 
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the channels of x are: ``ndim`` (None: any rank >= 1), the channel axis and the
-    shape as the error messages spell it."""
+    """Where the channels of x are: the fewest and most dimensions x may have (``max_ndim``
+    None: no limit), the channel axis, the shape as the error messages spell it, and whether the
+    channels may span every axis from a given one to the last (``trailing``, the ``ND`` layout
+    of layernorm and RMSNorm with ``ln_param['axis']``)."""
 
     name: str
-    ndim: object
+    min_ndim: int
+    max_ndim: object
     channel_axis: int
     text: str
+    trailing: bool = False
 
     def axis(self, ndim):
         """The channel axis of an x of `ndim` dimensions, counted from 0."""
         return self.channel_axis % ndim
 
-    def describe(self):
-        if self.ndim is None:
-            return f"an array of at least 1 dimension, shape {self.text}"
-        return f"a {self.ndim}-D array of shape {self.text}"
+    def describe(self, min_ndim=None):
+        """The accepted x, as error messages spell it (`min_ndim` overrides the layout's)."""
+        low = self.min_ndim if min_ndim is None else min_ndim
+        if self.max_ndim == low:
+            return f"a {low}-D array of shape {self.text}"
+        plural = "s" if low != 1 else ""
+        return f"an array of at least {low} dimension{plural}, shape {self.text}"
 
 
 LAYOUTS = {
-    "NC": Layout("NC", 2, 1, "(N, D)"),
-    "NCHW": Layout("NCHW", 4, 1, "(N, C, H, W)"),
-    "NHWC": Layout("NHWC", 4, 3, "(N, H, W, C)"),
-    "ND": Layout("ND", None, -1, "(..., D)"),
+    "NC": Layout("NC", 2, 2, 1, "(N, D)"),
+    "NCHW": Layout("NCHW", 3, None, 1, "(N, C, *spatial)"),
+    "NHWC": Layout("NHWC", 3, None, -1, "(N, *spatial, C)"),
+    "ND": Layout("ND", 1, None, -1, "(..., D)", trailing=True),
 }
+
+# Other names a caller may give ``param['layout']``: Keras' and TensorFlow's words for them.
+LAYOUT_SYNONYMS = {"channels_first": "NCHW", "channels_last": "NHWC"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +105,9 @@ class OpSpec:
         Has a shift parameter beta (and returns dbeta).
     torch : str
         The ``torch.nn.functional`` counterpart (benchmarks and cross-checks).
+    min_ndim : int
+        The fewest dimensions x may have when fewer than its layout's (groupnorm takes (N, C));
+        0: the layout's.
     """
 
     name: str
@@ -98,6 +120,7 @@ class OpSpec:
     center: bool = True
     beta: bool = True
     torch: str = ""
+    min_ndim: int = 0
 
     @property
     def functions(self):
@@ -117,8 +140,17 @@ class OpSpec:
         return ("forward", "test", "backward") if self.running_stats else ("forward", "backward")
 
     def layout(self, param):
-        """The layout named in `param` (validated by the caller) or the default."""
-        return param.get("layout", self.layouts[0]) if len(self.layouts) > 1 else self.layouts[0]
+        """The layout named in `param` (validated by the caller; a synonym is translated) or
+        the default."""
+        if len(self.layouts) == 1:
+            return self.layouts[0]
+        layout = param.get("layout", self.layouts[0])
+        return LAYOUT_SYNONYMS.get(layout, layout)
+
+    def ndim_range(self, layout):
+        """``(fewest, most)`` dimensions of x in `layout` (most None: no limit)."""
+        geometry = LAYOUTS[layout]
+        return self.min_ndim or geometry.min_ndim, geometry.max_ndim
 
     def family(self, layout):
         """The kernel family that processes this op in `layout`."""
@@ -126,70 +158,62 @@ class OpSpec:
             return "rows"
         return "planes" if layout == "NCHW" else "cols"
 
-    def channels(self, shape, layout):
+    def feature_axes(self, shape, layout, axis=None):
+        """``(first, stop)``: the channel (feature) axes of an x of `shape` are
+        ``range(first, stop)``: the layout's channel axis, or, for a ``trailing`` layout, every
+        axis from `axis` (validated; None: the last axis) on."""
+        geometry = LAYOUTS[layout]
+        if axis is not None and geometry.trailing:
+            return axis % len(shape), len(shape)
+        first = geometry.channel_axis % len(shape)
+        return first, first + 1
+
+    def split(self, shape, layout, axis=None):
+        """``(before, C, after)``: the products of the axes before the channel axes, of the
+        channel axes (the channel count) and of the axes after them."""
+        return self.geometry(shape, layout, axis)[:3]
+
+    def geometry(self, shape, layout, axis=None):
+        """``(before, C, after, param_shape)``: :meth:`split` and :meth:`param_shape` at once."""
+        first, stop = self.feature_axes(shape, layout, axis)
+        channels = shape[first] if stop == first + 1 else math.prod(shape[first:stop])
+        param_shape = (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
+        return math.prod(shape[:first]), channels, math.prod(shape[stop:]), param_shape
+
+    def channels(self, shape, layout, axis=None):
         """The number of channels (features) of an x of `shape`."""
-        return shape[LAYOUTS[layout].axis(len(shape))]
+        first, stop = self.feature_axes(shape, layout, axis)
+        return shape[first] if stop == first + 1 else math.prod(shape[first:stop])
 
-    def param_shape(self, shape, layout):
+    def param_shape(self, shape, layout, axis=None):
         """The shape of gamma/beta that broadcasts against x ((C,) is accepted too)."""
-        axis = LAYOUTS[layout].axis(len(shape))
-        return tuple(n if a == axis else 1 for a, n in enumerate(shape))
+        first, stop = self.feature_axes(shape, layout, axis)
+        return (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
 
-    def view(self, shape, layout, groups=1):
+    def view(self, shape, layout, groups=1, axis=None):
         """``(family, view_shape)``: the free reshape of x that the kernels and the reference
         process: ``cols`` (M, C), ``planes`` (N, C, L), ``rows`` (N * G, C // G, L), where N is
-        the product of the axes before the channel axis and L of those after it."""
+        the product of the axes before the channel axes and L of those after them."""
         family = self.family(layout)
-        axis = LAYOUTS[layout].axis(len(shape))
-        C = shape[axis]
-        before, after = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+        before, C, after = self.split(shape, layout, axis)
         if family == "cols":
             return family, (before * after, C)
         if family == "planes":
             return family, (before, C, after)
         return family, (before * groups, C // groups if groups else 0, after)
 
-    def stat_shape(self, shape, layout, groups=1):
+    def stat_shape(self, shape, layout, groups=1, axis=None):
         """Shape of ``cache.mean`` / ``cache.invstd``: (C,) for batch statistics; else the axes
-        before the channel axis, then G for grouped ops."""
+        before the channel axes, then G for grouped ops."""
         if self.running_stats:
             return (self.channels(shape, layout),)
-        axis = LAYOUTS[layout].axis(len(shape))
-        return tuple(shape[:axis]) + ((groups,) if self.grouped else ())
+        first, _ = self.feature_axes(shape, layout, axis)
+        return tuple(shape[:first]) + ((groups,) if self.grouped else ())
 
-    def per_channel(self, shape, layout):
+    def per_channel(self, shape, layout, axis=None):
         """Values per channel: the count M of the batch statistics."""
-        axis = LAYOUTS[layout].axis(len(shape))
-        return math.prod(n for a, n in enumerate(shape) if a != axis)
-
-    def geometry(self, shape, layout, groups=1):
-        """All of the above for one x shape, as a :class:`Geometry`; remembered, since a
-        training loop calls an op with the same few shapes again and again."""
-        key = (self.name, shape, layout, groups)
-        found = _GEOMETRIES.get(key)
-        if found is None:
-            if len(_GEOMETRIES) >= _MAX_GEOMETRIES:
-                _GEOMETRIES.clear()
-            family, view_shape = self.view(shape, layout, groups)
-            found = _GEOMETRIES[key] = Geometry(
-                family, view_shape, self.channels(shape, layout), self.param_shape(shape, layout),
-                self.stat_shape(shape, layout, groups), self.per_channel(shape, layout))
-        return found
-
-
-class Geometry(NamedTuple):
-    """What an op does with an x of one shape (see the :class:`OpSpec` methods of these names)."""
-
-    family: str
-    view_shape: tuple
-    channels: int
-    param_shape: tuple
-    stat_shape: tuple
-    per_channel: int
-
-
-_GEOMETRIES = {}
-_MAX_GEOMETRIES = 4096
+        before, _, after = self.split(shape, layout, axis)
+        return before * after
 
 
 OPS = {
@@ -202,7 +226,7 @@ OPS = {
         OpSpec("layernorm", "layernorm_forward", ("layernorm_backward",), "ln_param", ("ND",),
                torch="layer_norm"),
         OpSpec("groupnorm", "spatial_groupnorm_forward", ("spatial_groupnorm_backward",),
-               "gn_param", ("NCHW",), grouped=True, torch="group_norm"),
+               "gn_param", ("NCHW",), grouped=True, torch="group_norm", min_ndim=2),
         OpSpec("rmsnorm", "rmsnorm_forward", ("rmsnorm_backward",), "ln_param", ("ND",),
                center=False, beta=False, torch="rms_norm"),
     )

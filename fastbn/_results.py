@@ -5,6 +5,7 @@ compute an op's output and statistics their own way; the functions here turn tho
 public functions return, the same for both, so that a cache from either backend is accepted by
 the backward of either backend.
 """
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -28,11 +29,12 @@ class NormCache(NamedTuple):
     x : ndarray
         The input as computed on: C-contiguous, in the computation dtype.
     gamma : ndarray
-        The scale, flattened to one value per feature/channel, in the computation dtype.
+        The scale, flattened to one value per feature/channel, in the computation dtype (ones
+        when the forward was given ``gamma=None``).
     mean, invstd : ndarray
         The statistics the forward normalised with (batch statistics in train mode, running
         statistics in test mode) and ``1 / sqrt(var + eps)``: one value per feature (batchnorm),
-        channel (spatial batchnorm), row of ``x.reshape(-1, D)`` (layernorm, RMSNorm) or
+        channel (spatial batchnorm), row (layernorm, RMSNorm: shape ``x.shape[:axis]``) or
         (sample, group) pair, shape (N, G) (groupnorm). RMSNorm's mean is 0 (rows are not
         centred) and its invstd is ``1 / sqrt(mean(x**2) + eps)``.
     eps : float
@@ -44,11 +46,16 @@ class NormCache(NamedTuple):
         RMSNorm).
     groups : int
         G for groupnorm, 1 otherwise.
-    gamma_shape, beta_shape : tuple
-        Shapes of the parameters as given, so that dgamma and dbeta come back alike
-        (``beta_shape`` is None for RMSNorm, which has no beta).
+    gamma_shape, beta_shape : tuple or None
+        Shapes of the parameters as given, so that dgamma and dbeta come back alike; None for a
+        parameter given as None (the backward then returns None for its gradient) and for
+        RMSNorm's beta, which does not exist.
     dtype : numpy.dtype
         The dtype of the returned arrays (float16 input is computed in float32).
+    axis : int or None
+        Layernorm and RMSNorm over several trailing axes: the first normalized axis
+        (``ln_param['axis']`` counted from 0). None for the last axis and for the other ops,
+        whose channel axis is the layout's.
     """
 
     op: str
@@ -63,7 +70,7 @@ class NormCache(NamedTuple):
     gamma_shape: tuple
     beta_shape: tuple
     dtype: np.dtype
-
+    axis: object = None
 
 
 
@@ -90,7 +97,7 @@ def finish_forward(p, out, mean, invstd, batch_var=None, updated=False):
         update_running(p, mean, batch_var, updated)
     # positional: NamedTuple keywords cost a third of this function's time
     cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
-                      p.gamma_shape, p.beta_shape, p.dtype)
+                      p.gamma_shape, p.beta_shape, p.dtype, p.axis)
     return _into(p.out, out, p.dtype), cache
 
 
@@ -105,16 +112,24 @@ def _into(out, result, dtype):
 
 def update_running(p, batch_mean, batch_var, updated=False):
     """running = momentum * running + (1 - momentum) * batch, in place, shapes and dtypes kept;
-    a missing running statistic starts as zeros. Nothing to do when the backend `updated` both.
+    a missing running statistic starts as zeros. Nothing to do for the statistics when the
+    backend `updated` both. With ``p.unbiased`` the variance term is the unbiased batch variance
+    ``var * M / (M - 1)`` (PyTorch's); ``p.momentum`` is already the cumulative average's
+    ``n / (n + 1)`` when ``bn_param['momentum']`` is None. ``bn_param['num_batches_tracked']``
+    is counted (``p.batches``: its value before this call, or None) last.
 
     Both new values are computed before either is written, so that a running array passed as both
     statistics ends up with the variance's update of its old values. The compiled kernels repeat
     this arithmetic, bit for bit, for separate arrays in the computation dtype
-    (``_kernels._update_running``).
+    (``_kernels._update_running``; they are not given the statistics when ``p.unbiased``).
     """
     if updated:
+        _count_batch(p)
         return
     m = p.momentum
+    if p.unbiased:
+        count = OPS[p.op].per_channel(p.x.shape, p.layout)
+        batch_var = np.asarray(batch_var, dtype=np.float64) * (count / (count - 1))
     new = []
     for key, current, stat in (
         ("running_mean", p.running_mean, batch_mean),
@@ -126,16 +141,31 @@ def update_running(p, batch_mean, batch_var, updated=False):
         new.append((current, m * current + (1.0 - m) * np.reshape(stat, current.shape)))
     for current, value in new:
         current[...] = value
+    _count_batch(p)
 
 
+def _count_batch(p):
+    """Count this train-mode call in ``bn_param['num_batches_tracked']`` when it is kept."""
+    if p.batches is not None:
+        p.param["num_batches_tracked"] = p.batches + 1
+
+
+def _param_grad(grad, shape, dtype):
+    """The gradient of a parameter given in `shape` (None: not given): grad (one value per
+    channel) reshaped, or summed when the parameter was one value broadcast to every channel."""
+    if shape is None:
+        return None
+    if shape != grad.shape and math.prod(shape) != grad.size:
+        grad = np.sum(grad, dtype=np.float64)
+    return _into(None, np.reshape(grad, shape), dtype)
 
 
 def finish_backward(cache, dx, dgamma, dbeta, out=None):
-    """Cast to the output dtype and give dgamma/dbeta the shapes gamma/beta had; ``(dx, dgamma)``
-    for ops without beta (whose cache has no ``beta_shape``)."""
+    """Cast to the output dtype and give dgamma/dbeta the shapes gamma/beta had (None for a
+    parameter given as None); ``(dx, dgamma)`` for ops without beta."""
     dtype = cache.dtype
     dx = _into(out, dx, dtype)
-    dgamma = _into(None, dgamma.reshape(cache.gamma_shape), dtype)
-    if cache.beta_shape is None:
+    dgamma = _param_grad(dgamma, cache.gamma_shape, dtype)
+    if not OPS[cache.op].beta:
         return dx, dgamma
-    return dx, dgamma, _into(None, dbeta.reshape(cache.beta_shape), dtype)
+    return dx, dgamma, _param_grad(dbeta, cache.beta_shape, dtype)

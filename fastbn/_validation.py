@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastbn._ops import LAYOUTS, OPS
+from fastbn._ops import LAYOUT_SYNONYMS, LAYOUTS, OPS
 from fastbn._results import NormCache
 
 DEFAULT_EPS = 1e-5
@@ -25,20 +25,23 @@ class Prepared(NamedTuple):
 
     op: str
     x: np.ndarray
-    gamma: np.ndarray  # flat (C,)
-    beta: np.ndarray  # flat (C,); None for ops without beta
+    gamma: np.ndarray  # flat (C,); ones for gamma=None
+    beta: np.ndarray  # flat (C,); zeros for beta=None, None for ops without beta
     eps: float
     mode: str
-    momentum: float
+    momentum: float  # the update's weight of the old value (n / (n + 1) for momentum=None)
     running_mean: object  # user's array, or None
     running_var: object
     param: object  # the user's bn_param dict (running statistics are written back into it)
     layout: str
     groups: int
-    gamma_shape: tuple
-    beta_shape: tuple  # None for ops without beta
+    gamma_shape: tuple  # None: gamma=None
+    beta_shape: tuple  # None: beta=None, or an op without beta
     dtype: np.dtype  # output dtype
     out: object = None  # the caller's output array (``out=``), or None
+    unbiased: bool = False  # update running_var with the unbiased batch variance (PyTorch)
+    batches: object = None  # num_batches_tracked before this call, or None: not counted
+    axis: object = None  # layernorm/RMSNorm: the first normalized axis, from 0; None: the last
 
 
 def _type_name(value):
@@ -107,23 +110,101 @@ def check_mode(param, name):
 
 
 def check_layout(param, name, allowed):
+    """``param['layout']``: one of `allowed` or a synonym of one (LAYOUT_SYNONYMS); returned
+    as the layout's own name."""
     layout = param.get("layout", allowed[0])
-    if not isinstance(layout, str) or layout not in allowed:
-        raise ValueError(f"{name}['layout'] must be one of {list(allowed)}, got {layout!r}")
-    return layout
+    if isinstance(layout, str) and LAYOUT_SYNONYMS.get(layout, layout) in allowed:
+        return LAYOUT_SYNONYMS.get(layout, layout)
+    synonyms = [s for s, target in LAYOUT_SYNONYMS.items() if target in allowed]
+    raise ValueError(
+        f"{name}['layout'] must be one of {list(allowed) + synonyms}, got {layout!r}"
+    )
+
+
+def _integer(value):
+    """value as an int when it is an integer (a Python or NumPy integer, or a 0-D integer
+    array as a state_dict holds it), not a bool; else None."""
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iu":
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)
+
+
+def check_axis(param, name, ndim):
+    """``param['axis']`` (default -1): the first of the trailing axes to normalize, an integer
+    in [-ndim, ndim - 1]; returned counted from 0, or None for the last axis (the layout's own
+    channel axis)."""
+    value = param.get("axis", -1)
+    axis = value if type(value) is int else _integer(value)
+    if axis is None:
+        raise TypeError(f"{name}['axis'] must be an integer, got {value!r} of type {_type_name(value)}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"{name}['axis'] must be in [{-ndim}, {ndim - 1}] for x of {ndim} dimensions, got {axis}"
+        )
+    return None if axis in (-1, ndim - 1) else axis % ndim
+
+
+def check_flag(param, name, key):
+    """A True/False setting (default False)."""
+    value = param.get(key, False)
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}[{key!r}] must be True or False, got {value!r} of type {_type_name(value)}")
+    return bool(value)
+
+
+def check_momentum(param, name):
+    """``param['momentum']``: a real number in [0, 1] (default 0.9), or None: a cumulative
+    average (PyTorch's ``momentum=None``)."""
+    if "momentum" in param and param["momentum"] is None:
+        return None
+    return _check_real(param.get("momentum"), f"{name}['momentum']", 0.0, 1.0, DEFAULT_MOMENTUM)
+
+
+def check_batches_tracked(param, name, momentum):
+    """``param['num_batches_tracked']``: an integer >= 0 (0 when missing and momentum is None),
+    or None: not counted."""
+    if "num_batches_tracked" not in param:
+        return 0 if momentum is None else None
+    value = param["num_batches_tracked"]
+    count = _integer(value)
+    if count is None or count < 0:
+        error = TypeError if count is None else ValueError
+        raise error(f"{name}['num_batches_tracked'] must be an integer >= 0, got {value!r}")
+    return count
+
+
+def _fits(shape, broadcast_shape, channels, allow_single):
+    """`shape` holds the `channels` values (or, `allow_single`, one value) and broadcasts
+    against x as `broadcast_shape` does."""
+    if len(shape) > len(broadcast_shape):
+        return False
+    tail = broadcast_shape[len(broadcast_shape) - len(shape):]
+    if any(n != 1 and n != full for n, full in zip(shape, tail)):
+        return False
+    size = math.prod(shape)
+    return size == channels or (allow_single and size == 1)
 
 
 def check_affine(a, name, channels, broadcast_shape, dtype):
-    """gamma/beta: shape (C,) or the shape that broadcasts against x; returned flat."""
+    """gamma/beta: shape (C,) or one of C values (or a single value) that broadcasts against x;
+    returned flat (C,), with the shape as given. None (no parameter) gives ``(None, None)``."""
     if type(a) is np.ndarray and a.dtype == dtype and a.shape == (channels,) and a.flags.c_contiguous:
         return a, a.shape  # the usual case, already what the kernels take
+    if a is None:
+        return None, None
     check_ndarray(a, name)
     compute_dtype(a, name)
-    if a.shape not in ((channels,), broadcast_shape):
+    if a.shape != (channels,) and not _fits(a.shape, broadcast_shape, channels, True):
         raise ValueError(
-            f"{name} must have shape {(channels,)} or {broadcast_shape}, got shape {a.shape}"
+            f"{name} must have shape {(channels,)} or {broadcast_shape}, or another shape of "
+            f"{channels} values or of one value that broadcasts like it, got shape {a.shape}"
         )
-    return np.ascontiguousarray(a, dtype=dtype).reshape(channels), a.shape
+    flat = np.ascontiguousarray(a, dtype=dtype).reshape(-1)
+    if flat.size != channels:  # one value for every channel
+        flat = np.full(channels, flat[0], dtype=dtype)
+    return flat, a.shape
 
 
 def check_running(param, name, key, channels, broadcast_shape, mode):
@@ -143,23 +224,24 @@ def check_running(param, name, key, channels, broadcast_shape, mode):
     check_ndarray(value, full)
     if value.dtype.kind != "f":
         raise TypeError(f"{full} must be a floating-point array, got dtype {value.dtype}")
-    allowed = ((channels,), (1, channels), broadcast_shape)
-    if value.shape not in allowed:
+    if value.shape not in ((channels,), (1, channels)) and not _fits(
+            value.shape, broadcast_shape, channels, False):
         raise ValueError(
-            f"{full} must have one of the shapes {sorted(set(allowed))}, got shape {value.shape}"
+            f"{full} must have one of the shapes {sorted({(channels,), (1, channels), broadcast_shape})} "
+            f"or another shape of {channels} values that broadcasts like them, got shape {value.shape}"
         )
     if mode == "train" and not value.flags.writeable:
         raise ValueError(f"{full} must be writeable: train mode updates it in place")
     return value
 
 
-def check_x(x, name, layout):
-    """x must be an ndarray with the dimensions of `layout` (a :class:`~fastbn._ops.Layout`);
-    returns its dtypes."""
+def check_x(x, name, ndim_range, layout):
+    """x must be an ndarray with ``ndim_range = (fewest, most)`` dimensions (most None: no
+    limit), as `layout` (a :class:`~fastbn._ops.Layout`) describes; returns its dtypes."""
     check_ndarray(x, name)
-    ndim = layout.ndim
-    if (x.ndim < 1) if ndim is None else (x.ndim != ndim):
-        raise ValueError(f"{name} must be {layout.describe()}, got {_shape_text(x)}")
+    low, high = ndim_range
+    if x.ndim < low or (high is not None and x.ndim > high):
+        raise ValueError(f"{name} must be {layout.describe(low)}, got {_shape_text(x)}")
     return compute_dtype(x, name)
 
 
@@ -173,16 +255,22 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=T
     name = spec.param_name
     check_param_dict(param, name)
     layout = check_layout(param, name, spec.layouts) if "NCHW" in spec.layouts else spec.layouts[0]
-    dtype, out_dtype = check_x(x, "x", LAYOUTS[layout])
+    ndim_range = spec.ndim_range(layout)
+    dtype, out_dtype = check_x(x, "x", ndim_range, LAYOUTS[layout])
+    axis = check_axis(param, name, x.ndim) if LAYOUTS[layout].trailing else None
+    unbiased, batches = False, None
     if spec.running_stats:
         mode = check_mode(param, name)
         eps = check_eps(param, name)
-        momentum = _check_real(param.get("momentum"), f"{name}['momentum']", 0.0, 1.0, DEFAULT_MOMENTUM)
+        momentum = check_momentum(param, name)
+        unbiased = check_flag(param, name, "unbiased")
+        batches = check_batches_tracked(param, name, momentum)
+        if momentum is None:  # the cumulative average of the batches so far and this one
+            momentum = batches / (batches + 1)
     else:
         mode, eps, momentum = "train", check_eps(param, name), 0.0
-    G = check_groups(groups, spec.channels(x.shape, layout)) if spec.grouped else 1
-    geometry = spec.geometry(x.shape, layout, G)
-    channels, broadcast_shape = geometry.channels, geometry.param_shape
+    before, channels, after, broadcast_shape = spec.geometry(x.shape, layout, axis)
+    G = check_groups(groups, channels) if spec.grouped else 1
     gamma_flat, gamma_shape = check_affine(gamma, "gamma", channels, broadcast_shape, dtype)
     beta_flat, beta_shape = (check_affine(beta, "beta", channels, broadcast_shape, dtype)
                              if spec.beta else (None, None))
@@ -190,7 +278,7 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=T
     if spec.running_stats:
         running_mean = check_running(param, name, "running_mean", channels, broadcast_shape, mode)
         running_var = check_running(param, name, "running_var", channels, broadcast_shape, mode)
-        per_channel = geometry.per_channel
+        per_channel = before * after
         if whole_batch and mode == "train" and per_channel < 2:
             why = ("an empty batch has no statistics" if per_channel == 0 else
                    "with one value the output would be beta for every input")
@@ -198,12 +286,16 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=T
                 f"train mode needs at least 2 values per {'feature' if layout == 'NC' else 'channel'} "
                 f"to compute batch statistics, got {per_channel} (x has shape {x.shape}); {why}"
             )
+    if gamma_flat is None or beta_flat is None:  # missing parameters (or an op without beta)
+        gamma_flat = np.ones(channels, dtype=dtype) if gamma_flat is None else gamma_flat
+        beta_flat = np.zeros(channels, dtype=dtype) if beta_flat is None and spec.beta else beta_flat
     return Prepared(
         op=spec.name, x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
         eps=eps, mode=mode, momentum=momentum, running_mean=running_mean,
         running_var=running_var, param=param, layout=layout, groups=G,
         gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
         out=check_out(out, "out", x, out_dtype, gamma, beta),
+        unbiased=unbiased, batches=batches if mode == "train" else None, axis=axis,
     )
 
 
@@ -251,7 +343,8 @@ def check_cache(cache, spec, function):
             f"cache must be the cache returned by {spec.forward} (a fastbn NormCache), "
             f"got {_type_name(cache)}"
         )
-    cache_op, x, gamma, mean, invstd, _, mode, layout, groups, gamma_shape, beta_shape, dtype = cache
+    (cache_op, x, gamma, mean, invstd, _, mode, layout, groups, gamma_shape, beta_shape, dtype,
+     axis) = cache
     if cache_op != spec.name:
         made_by = OPS[cache_op].forward if cache_op in OPS else repr(cache_op)
         raise ValueError(
@@ -263,18 +356,23 @@ def check_cache(cache, spec, function):
         raise ValueError(f"cache.x must be a C-contiguous float32 or float64 array, got {got}")
     if layout not in spec.layouts:
         raise ValueError(f"cache.layout must be one of {list(spec.layouts)}, got {layout!r}")
-    ndim = LAYOUTS[layout].ndim
-    if (x.ndim != ndim) if ndim else (x.ndim < 1):
-        raise ValueError(f"cache.x must have {ndim or 'at least 1'} dimensions for {spec.name}, got shape {x.shape}")
+    low, high = spec.ndim_range(layout)
+    if x.ndim < low or (high is not None and x.ndim > high):
+        expected = f"at least {low}" if high is None else f"{low}"
+        raise ValueError(f"cache.x must have {expected} dimensions for {spec.name}, got shape {x.shape}")
+    if axis is not None and not (LAYOUTS[layout].trailing and _integer(axis) is not None
+                                 and 0 <= axis < x.ndim):
+        expected = f"an integer in [0, {x.ndim - 1}] or None" if LAYOUTS[layout].trailing else "None"
+        raise ValueError(f"cache.axis must be {expected} for {spec.name}, got {axis!r}")
     modes = ("train", "test") if spec.running_stats else ("train",)
     if mode not in modes:
         raise ValueError(f"cache.mode must be one of {list(modes)}, got {mode!r}")
+    channels = spec.channels(x.shape, layout, axis)
     if spec.grouped:
-        check_groups(groups, spec.channels(x.shape, layout))
+        check_groups(groups, channels)
     elif groups != 1:
         raise ValueError(f"cache.groups must be 1 for {spec.name}, got {groups!r}")
-    geometry = spec.geometry(x.shape, layout, groups)
-    channels, n_stats = geometry.channels, math.prod(geometry.stat_shape)
+    n_stats = math.prod(spec.stat_shape(x.shape, layout, groups, axis))
     if not (isinstance(gamma, np.ndarray) and gamma.shape == (channels,) and gamma.dtype == x.dtype
             and gamma.flags.c_contiguous):
         got = (f"shape {gamma.shape}, dtype {gamma.dtype}" if isinstance(gamma, np.ndarray)
@@ -290,11 +388,13 @@ def check_cache(cache, spec, function):
     shapes = (("gamma_shape", gamma_shape), ("beta_shape", beta_shape)) if spec.beta else (
         ("gamma_shape", gamma_shape),)
     for name, shape in shapes:
-        if not (isinstance(shape, tuple) and (
+        if not (shape is None or isinstance(shape, tuple) and (
                 shape == (channels,)  # the usual shape, checked first as it is the cheapest check
                 or all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)
-                and math.prod(map(int, shape)) == channels)):
-            raise ValueError(f"cache.{name} must be a shape of {channels} values, got {shape!r}")
+                and math.prod(map(int, shape)) in (channels, 1))):
+            raise ValueError(
+                f"cache.{name} must be None or a shape of {channels} values or of one value, got {shape!r}"
+            )
     if not spec.beta and beta_shape is not None:
         raise ValueError(f"cache.beta_shape must be None for {spec.name} (it has no beta), got {beta_shape!r}")
     if dtype not in _OUTPUT_DTYPES:

@@ -181,14 +181,14 @@ def backward_given(dout, cache, sums, count, out=None):
 def _rows(cache_or_prepared):
     """The (R, K) view in which every row is normalised on its own."""
     c = cache_or_prepared
-    _, (R, Cg, L) = OPS[c.op].view(c.x.shape, c.layout, c.groups)
+    _, (R, Cg, L) = OPS[c.op].view(c.x.shape, c.layout, c.groups, c.axis)
     return c.x.reshape(R, Cg * L)
 
 
 def _param_shape(cache_or_prepared):
     """gamma/beta as they broadcast against x."""
     c = cache_or_prepared
-    return OPS[c.op].param_shape(c.x.shape, c.layout)
+    return OPS[c.op].param_shape(c.x.shape, c.layout, c.axis)
 
 
 def _row_forward(p):
@@ -208,7 +208,7 @@ def _row_forward(p):
     out = xhat * p.gamma.reshape(_param_shape(p))
     if spec.beta:
         out = out + p.beta.reshape(_param_shape(p))
-    stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
+    stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups, p.axis)
     return finish_forward(p, out, mean.reshape(stat_shape), invstd.reshape(stat_shape))
 
 
@@ -221,7 +221,8 @@ def _row_backward(dout, cache, out=None):
     count = rows.shape[1]
     mean, invstd = (stat.reshape(-1, 1) for stat in _statistics(cache))
     xhat = (rows - mean) * invstd
-    sum_axes = tuple(a for a in range(cache.x.ndim) if a != _channel_axis(cache))
+    first, stop = spec.feature_axes(cache.x.shape, cache.layout, cache.axis)
+    sum_axes = tuple(a for a in range(cache.x.ndim) if not first <= a < stop)
     dbeta = _sum(dout, sum_axes)
     dgamma = _sum(dout * xhat.reshape(cache.x.shape), sum_axes)
     g = (dout * cache.gamma.reshape(param_shape)).reshape(rows.shape)

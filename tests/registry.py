@@ -28,6 +28,7 @@ class Op:
     mode: str = "train"  # 'train' or 'test' for batch statistics ops; 'train' otherwise
     layout: str = None  # default: the op's first layout
     param_broadcast: bool = False  # give gamma/beta in their broadcast shape ((1, C, 1, 1), ...)
+    axis: int = None  # layernorm/RMSNorm: ln_param['axis'] (normalize the trailing axes from it)
 
     def __post_init__(self):
         if self.layout is None:
@@ -52,15 +53,22 @@ class Op:
             parts.append(self.layout)
         if self.param_broadcast:
             parts.append("bcast")
+        if self.axis is not None:
+            parts.append(f"axis{self.axis}")
         return "-".join(parts)
 
     @property
     def uses_running_stats(self):
         return self.spec.running_stats
 
+    @property
+    def roles(self):
+        """This op's entry of ROLE_SHAPES (ops over several trailing axes: AXIS_ROLE_SHAPES)."""
+        return ROLE_SHAPES[self.name] if self.axis is None else AXIS_ROLE_SHAPES
+
     def shape(self, role):
         """This op's shape for a test `role` (ROLE_SHAPES), in its layout (NHWC: channels last)."""
-        shape = ROLE_SHAPES[self.name][role]
+        shape = self.roles[role]
         if self.layout == "NHWC":
             shape = (shape[0], shape[2], shape[3], shape[1])
         return shape
@@ -68,10 +76,14 @@ class Op:
     def role_shapes(self, role):
         """This op's shapes for a role whose entry is a tuple of shapes."""
         return [(s[0], s[2], s[3], s[1]) if self.layout == "NHWC" else s
-                for s in ROLE_SHAPES[self.name][role]]
+                for s in self.roles[role]]
+
+    def feature_axis(self, shape):
+        """ln_param['axis'] counted from 0 for an x of `shape` (None: the layout's)."""
+        return None if self.axis is None else self.axis % len(shape)
 
     def channels(self, shape):
-        return self.spec.channels(shape, self.layout)
+        return self.spec.channels(shape, self.layout, self.feature_axis(shape))
 
     def G(self, shape):
         """Groups for grouped ops: the largest of (4, 2, 1) that divides C; None otherwise."""
@@ -83,7 +95,7 @@ class Op:
     def param_shape(self, shape):
         if not self.param_broadcast:
             return (self.channels(shape),)
-        return self.spec.param_shape(shape, self.layout)
+        return self.spec.param_shape(shape, self.layout, self.feature_axis(shape))
 
     def make(self, shape, dtype=np.float64, seed=0, offset=3.0, scale=2.0):
         """Random valid (x, gamma, beta, param) for this op; test mode gets running stats."""
@@ -95,6 +107,8 @@ class Op:
         param = {"mode": self.mode} if self.spec.running_stats else {"mode": "train"}
         if len(self.spec.layouts) > 1:
             param["layout"] = self.layout
+        if self.axis is not None:
+            param["axis"] = self.axis
         if self.mode == "test":
             C = self.channels(shape)
             param["running_mean"] = (offset + 0.1 * rng.standard_normal(C)).astype(dtype)
@@ -123,12 +137,17 @@ class Op:
 # rows of several rows each, the last three with rows left over ((1200, 64): 17 rows of 64 per
 # wide row, since 16 would make it 4 KiB of float32).
 BN_SHAPES = ((2, 1), (3, 7), (64, 33), (1000, 257), (5, 1024), (127, 3), (1003, 50), (1200, 64))
-SPATIAL_SHAPES = ((2, 3, 4, 5), (1, 2, 3, 3), (8, 16, 7, 7), (3, 5, 1, 1), (2, 8, 13, 11), (8, 32, 32, 3))
+# Spatial ops take any rank: (N, C, L) and (N, C, D, H, W) as well as images.
+SPATIAL_SHAPES = ((2, 3, 4, 5), (1, 2, 3, 3), (8, 16, 7, 7), (3, 5, 1, 1), (2, 8, 13, 11), (8, 32, 32, 3),
+                  (4, 3, 10), (2, 3, 2, 3, 4))
 # (5, 16500): rows of more than 64 KiB, which the compiled backward takes by column segments;
 # (300, 256) and (40, 128): the four-row and register-resident short-row paths.
 LN_SHAPES = ((1, 1), (3, 7), (64, 33), (2, 3, 17), (300, 257), (4, 1024), (5, 16500), (300, 256),
              (40, 128))
-GN_SHAPES = ((1, 4, 3, 3), (2, 6, 5, 5), (3, 8, 7, 7), (2, 16, 1, 1), (4, 12, 9, 13))
+GN_SHAPES = ((1, 4, 3, 3), (2, 6, 5, 5), (3, 8, 7, 7), (2, 16, 1, 1), (4, 12, 9, 13), (3, 8), (2, 6, 10),
+             (2, 4, 3, 2, 5))
+# Layernorm and RMSNorm over several trailing axes (ln_param['axis']).
+LN_AXIS_SHAPES = ((4, 6, 7), (2, 3, 4, 5), (3, 1, 9), (2, 70, 33))
 
 # Shapes of each op for the roles tests give them (spatial ops in NCHW order; Op.shape puts the
 # channels last for NHWC): "numerics" (oracle comparisons), "grad" (numeric gradient checks),
@@ -152,6 +171,12 @@ ROLE_SHAPES = {
                 "alloc": (20000, 16), "bits": ((2000, 64), (700, 300), (9, 20000))},
 }
 
+# Layernorm and RMSNorm over the trailing axes from ln_param['axis'] (-2 or 1 here): 3-D shapes
+# whose features (the last two axes) stay few, as the roles assume.
+AXIS_ROLE_SHAPES = {"numerics": (6, 8, 10), "grad": (3, 3, 2), "threads": (100, 16, 40),
+                    "small": (2, 3, 4), "alloc": (2000, 10, 16),
+                    "bits": ((500, 8, 16), (9, 40, 500))}
+
 OPS = (
     Op("batchnorm", BN_SHAPES),
     Op("batchnorm", BN_SHAPES, mode="test"),
@@ -163,10 +188,13 @@ OPS = (
     Op("spatial_batchnorm", SPATIAL_SHAPES[:3], layout="NCHW", param_broadcast=True),
     Op("layernorm", LN_SHAPES),
     Op("layernorm", LN_SHAPES[:3], param_broadcast=True),
+    Op("layernorm", LN_AXIS_SHAPES, axis=-2),
+    Op("layernorm", LN_AXIS_SHAPES[:3], axis=1, param_broadcast=True),
     Op("groupnorm", GN_SHAPES),
     Op("groupnorm", GN_SHAPES, param_broadcast=True),
     Op("rmsnorm", LN_SHAPES),
     Op("rmsnorm", LN_SHAPES[:3], param_broadcast=True),
+    Op("rmsnorm", LN_AXIS_SHAPES, axis=-2, param_broadcast=True),
 )
 
 

@@ -38,18 +38,16 @@ def _units(op, x):
         N, C, H, W = x.shape
         G = op.G(x.shape)
         return x.reshape(N, G, C // G, H, W), (2, 3, 4), (0, 2, 3)
-    if op.name == "layernorm":
-        return x, (x.ndim - 1,), tuple(range(x.ndim - 1))
+    if op.name == "layernorm":  # over the last axis, or the trailing axes from op.axis
+        first = x.ndim - 1 if op.axis is None else op.feature_axis(x.shape)
+        return x, tuple(range(first, x.ndim)), tuple(range(first))
     channel = x.ndim - 1 if op.layout == "NHWC" else 1
     axes = tuple(a for a in range(x.ndim) if a != channel)
     return x, axes, axes
 
 
 def _param_shape(op, x):
-    C = op.channels(x.shape)
-    if op.name in ("batchnorm", "layernorm") or op.layout == "NHWC":
-        return (1,) * (x.ndim - 1) + (C,)
-    return (1, C, 1, 1)
+    return op.spec.param_shape(x.shape, op.layout, op.feature_axis(x.shape))
 
 
 def oracle(op, x, gamma, beta, dout, eps=1e-5):

@@ -147,6 +147,33 @@ def test_numeric_gradient_column_blocks(op, which, backend):
     _check_numeric_gradient(op, which, backend, shape, dout)
 
 
+# Ranks other than the role shapes' 4: (N, C, L) and (N, C, D, H, W) for the spatial ops in both
+# layouts, (N, C) for groupnorm (G = 4: groups of several values).
+RANK_SHAPES = {"spatial_batchnorm": ((4, 2, 3), (2, 2, 3, 1, 2)),
+               "groupnorm": ((3, 4, 5), (3, 16), (2, 4, 2, 1, 3))}
+RANK_GRAD_CASES = [(op, shape) for op in OPS if op.mode == "train" and not op.param_broadcast
+                   and op.name in RANK_SHAPES for shape in RANK_SHAPES[op.name]]
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op, shape", RANK_GRAD_CASES,
+                         ids=[f"{op.id}-{'x'.join(map(str, s))}" for op, s in RANK_GRAD_CASES])
+def test_numeric_gradient_of_other_ranks(op, shape, backend):
+    """Centred differences agree to 1e-7 of the largest gradient (entries near 0 make the
+    elementwise relative error of _check_numeric_gradient meaningless on these small shapes)."""
+    x, gamma, beta, param = op.make(shape, seed=4)
+    dout = np.random.default_rng(6).standard_normal(shape)
+
+    def loss():
+        out, _ = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+        return float(np.sum(out * dout))
+
+    _, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    for grad, wrt in zip(op.backward(dout, cache, backend=backend), (x, gamma, beta)):
+        numeric = _numeric_grad(loss, wrt)
+        np.testing.assert_allclose(grad, numeric, rtol=0, atol=1e-7 * np.max(np.abs(numeric)))
+
+
 def _check_numeric_gradient(op, which, backend, shape, dout):
     x, gamma, beta, param = op.make(shape, seed=4)
 

@@ -169,7 +169,7 @@ def test_kernel_running_update_has_the_bits_of_the_numpy_update(family, dtype):
     mean, var = run(running_mean, running_var)
     np.testing.assert_array_equal(run(None, None)[1], var)
     p = SimpleNamespace(momentum=0.7, running_mean=expected_mean, running_var=expected_var,
-                        x=x, param={})
+                        x=x, param={}, unbiased=False, batches=None)
     _results.update_running(p, mean, var)
     np.testing.assert_array_equal(running_mean, expected_mean)
     np.testing.assert_array_equal(running_var, expected_var)
@@ -211,3 +211,132 @@ def test_running_stats_outside_the_kernel_dtype_or_layout_are_updated_too(backen
     tol = 1e-3 if running == "float16" else 0
     np.testing.assert_allclose(rm, reference["running_mean"], rtol=tol, atol=tol)
     np.testing.assert_allclose(rv, reference["running_var"], rtol=tol, atol=tol)
+
+
+# ------------------------------------------------------------------------------------------
+# Parameter shapes, optional affine, running-statistics conventions
+# ------------------------------------------------------------------------------------------
+
+# gamma/beta shapes each op accepts besides (C,): of C values broadcasting against x (C = 3
+# for the spatial ops on (4, 3, 5, 2), 10 for layernorm over the last two axes of (4, 2, 5)),
+# or one value for every channel.
+PARAM_SHAPE_CASES = [
+    ("spatial_batchnorm", {}, (4, 3, 5, 2), (3, 1, 1)),
+    ("spatial_batchnorm", {}, (4, 3, 5, 2), (1, 3, 1, 1)),
+    ("spatial_batchnorm", {}, (4, 3, 5, 2), (1,)),
+    ("spatial_batchnorm", {}, (4, 3, 5, 2), ()),
+    ("spatial_batchnorm", {"layout": "channels_last"}, (4, 5, 2, 3), (1, 3)),
+    ("spatial_batchnorm", {}, (4, 3, 7), (3, 1)),
+    ("batchnorm", {}, (6, 3), (1, 3)),
+    ("batchnorm", {}, (6, 3), (1, 1)),
+    ("groupnorm", {}, (2, 4, 5), (4, 1)),
+    ("groupnorm", {}, (2, 4, 3, 3), (1, 1, 1, 1)),
+    ("layernorm", {"axis": -2}, (4, 2, 5), (2, 5)),
+    ("layernorm", {"axis": -2}, (4, 2, 5), (1, 2, 5)),
+    ("layernorm", {"axis": 1}, (4, 2, 5), (1,)),
+    ("rmsnorm", {"axis": 1}, (4, 2, 5), (1, 2, 5)),
+]
+
+
+def _run(name, x, gamma, beta, param, backend):
+    spec = fastbn._ops.OPS[name]
+    forward = getattr(fastbn, spec.forward)
+    out, cache = forward(*spec.forward_args(x, gamma, beta, dict(param), 2), backend=backend)
+    grads = getattr(fastbn, spec.backward[0])(np.cos(x), cache, backend=backend)
+    return out, grads
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name, extra, shape, pshape", PARAM_SHAPE_CASES,
+                         ids=[f"{c[0]}-{'x'.join(map(str, c[2]))}-param{c[3]}" for c in PARAM_SHAPE_CASES])
+def test_broadcastable_parameters_equal_their_flat_values(name, extra, shape, pshape, backend):
+    """A gamma/beta of another broadcastable shape gives the output of its values spread to one
+    per channel, (C,); its gradient comes back in its shape (summed over channels for one value)."""
+    spec = fastbn._ops.OPS[name]
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape)
+    param = {"mode": "train", **extra}
+    axis = extra.get("axis")
+    layout = spec.layout(param)
+    C = spec.channels(shape, layout, None if axis is None else axis % len(shape))
+    gamma, beta = np.asarray(1 + rng.random(pshape)), np.asarray(rng.standard_normal(pshape))
+    flat_gamma, flat_beta = (np.broadcast_to(a.reshape(-1), (C,)).copy() for a in (gamma, beta))
+    out, grads = _run(name, x, gamma, beta, param, backend)
+    flat_out, flat_grads = _run(name, x, flat_gamma, flat_beta, param, backend)
+    assert_close(out, flat_out, np.float64, "out")
+    for grad, flat_grad, given in zip(grads[1:], flat_grads[1:], (gamma, beta)):
+        assert grad.shape == given.shape
+        expected = flat_grad.reshape(given.shape) if given.size == C else flat_grad.sum().reshape(given.shape)
+        assert_close(grad, expected, np.float64, "dparam", scale=1.0)
+
+
+NONE_CASES = [(op, missing) for op in OPS if op.mode == "train" and not op.param_broadcast
+              for missing in ("gamma", "beta", "both") if op.spec.beta or missing == "gamma"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op, missing", NONE_CASES, ids=[f"{op.id}-no-{m}" for op, m in NONE_CASES])
+def test_missing_parameters_mean_scale_one_shift_zero(op, missing, backend):
+    """gamma=None is ones, beta=None is zeros; the backward returns None for their gradients."""
+    x, gamma, beta, param = op.make(op.shapes[2])
+    drop_gamma, drop_beta = missing in ("gamma", "both"), missing in ("beta", "both")
+    given = (None if drop_gamma else gamma, None if drop_beta else beta)
+    filled = (np.ones_like(gamma) if drop_gamma else gamma, np.zeros_like(beta) if drop_beta else beta)
+    out, cache = op.forward(x, *given, copy_param(param), backend=backend)
+    expected_out, expected_cache = op.forward(x, *filled, copy_param(param), backend=backend)
+    np.testing.assert_array_equal(out, expected_out)
+    dout = np.sin(x)
+    grads = op.grads(op.backward(dout, cache, backend=backend))
+    expected = op.grads(op.backward(dout, expected_cache, backend=backend))
+    np.testing.assert_array_equal(grads["dx"], expected["dx"])
+    assert (grads["dgamma"] is None) == drop_gamma
+    if op.spec.beta:
+        assert (grads["dbeta"] is None) == drop_beta
+
+
+def _spatial(backend, x, param):
+    return fastbn.spatial_batchnorm_forward(x, None, None, param, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_unbiased_updates_running_var_with_the_unbiased_batch_variance(backend):
+    x = np.random.default_rng(8).normal(2.0, 3.0, size=(3, 4, 5))
+    M = 3 * 5
+    param = {"mode": "train", "momentum": 0.6, "unbiased": True,
+             "running_mean": np.ones(4), "running_var": np.ones(4)}
+    out, _ = _spatial(backend, x, param)
+    biased_out, _ = _spatial(backend, x, {"mode": "train"})
+    np.testing.assert_array_equal(out, biased_out)  # the output uses the biased variance
+    var = x.var(axis=(0, 2))
+    np.testing.assert_allclose(param["running_var"], 0.6 + 0.4 * var * M / (M - 1), rtol=1e-13)
+    np.testing.assert_allclose(param["running_mean"], 0.6 + 0.4 * x.mean(axis=(0, 2)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_momentum_none_keeps_the_average_of_all_batches(backend):
+    """momentum=None: after n batches the running statistics are the plain average of the n
+    batch statistics, and num_batches_tracked is n (created at 0)."""
+    rng = np.random.default_rng(9)
+    batches = [rng.normal(k, 1 + k, size=(6, 3, 4)) for k in range(5)]
+    param = {"mode": "train", "momentum": None}
+    for x in batches:
+        _spatial(backend, x, param)
+    assert param["num_batches_tracked"] == 5
+    np.testing.assert_allclose(param["running_mean"], np.mean([x.mean(axis=(0, 2)) for x in batches], axis=0),
+                               rtol=1e-12)
+    np.testing.assert_allclose(param["running_var"], np.mean([x.var(axis=(0, 2)) for x in batches], axis=0),
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("given", [0, 7, np.int64(7), np.array(7)], ids=["int0", "int7", "np-int", "0d-array"])
+def test_num_batches_tracked_is_counted_when_present(backend, given):
+    """A present count (an int, NumPy integer or a state_dict's 0-D array) is counted by train
+    calls with any momentum, and left alone by test calls."""
+    x = np.random.default_rng(10).normal(size=(4, 3, 5))
+    param = {"mode": "train", "num_batches_tracked": given}
+    _spatial(backend, x, param)
+    assert param["num_batches_tracked"] == int(given) + 1
+    param["mode"] = "test"
+    _spatial(backend, x, param)
+    assert param["num_batches_tracked"] == int(given) + 1

@@ -57,8 +57,8 @@ def arrays_in_layout(draw, shape, dtype):
 @st.composite
 def cases(draw):
     op = draw(st.sampled_from(OPS))
-    ndim = fastbn._ops.LAYOUTS[op.layout].ndim
-    shape = draw(_dims(ndim) if ndim else st.integers(1, 3).flatmap(_dims))
+    low, high = op.spec.ndim_range(op.layout)
+    shape = draw(st.integers(low, high or low + 2).flatmap(_dims))
     dtype = draw(st.sampled_from(DTYPES))
     x = draw(arrays_in_layout(shape, dtype))
     C = op.channels(shape)
