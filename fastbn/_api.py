@@ -2,9 +2,21 @@
 
 Each function is a documented one-line call of :func:`_forward` or :func:`_backward` with its
 op's name; what the op takes and computes is its row of the op table (:mod:`fastbn._ops`).
+
+Annotations (one style for every public function): arrays are ``NDArray[Any]`` (any dtype is
+accepted and validated at run time), parameter dicts ``MutableMapping[str, Any]``, ``backend`` a
+``str``, optional arrays ``NDArray[Any] | None``.
 """
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+from numpy.typing import NDArray
+
 from fastbn import _backends, _compiled, reference
 from fastbn._ops import OPS, public_functions
+from fastbn._results import NormCache
 from fastbn._validation import prepare, prepare_backward
 
 __all__ = public_functions()
@@ -41,7 +53,10 @@ def _backward(name, function, dout, cache, *, backend, out):
     return _compiled.backward(dout, cache, out)
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
+def batchnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any], beta: NDArray[Any], bn_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Batch normalization of an (N, D) array, cs231n style.
 
     Parameters
@@ -103,7 +118,10 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
     return _forward("batchnorm", x, gamma, beta, bn_param, backend=backend, out=out)
 
 
-def batchnorm_backward(dout, cache, *, backend="auto", out=None):
+def batchnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Gradients of :func:`batchnorm_forward`.
 
     Parameters
@@ -141,7 +159,10 @@ def batchnorm_backward(dout, cache, *, backend="auto", out=None):
     return _backward("batchnorm", "batchnorm_backward", dout, cache, backend=backend, out=out)
 
 
-def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
+def batchnorm_backward_alt(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Gradients of :func:`batchnorm_forward` from the simplified closed form.
 
     ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)``. Parameters and return
@@ -161,7 +182,10 @@ def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
     return _backward("batchnorm", "batchnorm_backward_alt", dout, cache, backend=backend, out=out)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None):
+def spatial_batchnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any], beta: NDArray[Any], bn_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Batch normalization per channel of an image batch.
 
     Parameters
@@ -212,7 +236,10 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=N
     return _forward("spatial_batchnorm", x, gamma, beta, bn_param, backend=backend, out=out)
 
 
-def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
+def spatial_batchnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Gradients of :func:`spatial_batchnorm_forward`.
 
     Parameters
@@ -242,7 +269,10 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
                      out=out)
 
 
-def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
+def layernorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any], beta: NDArray[Any], ln_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Layer normalization over the last axis of x.
 
     Parameters
@@ -284,7 +314,10 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
     return _forward("layernorm", x, gamma, beta, ln_param, backend=backend, out=out)
 
 
-def layernorm_backward(dout, cache, *, backend="auto", out=None):
+def layernorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Gradients of :func:`layernorm_forward`.
 
     Parameters
@@ -313,7 +346,11 @@ def layernorm_backward(dout, cache, *, backend="auto", out=None):
     return _backward("layernorm", "layernorm_backward", dout, cache, backend=backend, out=out)
 
 
-def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", out=None):
+def spatial_groupnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any], beta: NDArray[Any], G: int,
+    gn_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Group normalization of an (N, C, H, W) array: statistics per sample and group.
 
     Parameters
@@ -359,7 +396,10 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", ou
     return _forward("groupnorm", x, gamma, beta, gn_param, G, backend=backend, out=out)
 
 
-def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
+def spatial_groupnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any], NDArray[Any]]:
     """Gradients of :func:`spatial_groupnorm_forward`.
 
     Parameters
@@ -389,7 +429,10 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
     return _backward("groupnorm", "spatial_groupnorm_backward", dout, cache, backend=backend, out=out)
 
 
-def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
+def rmsnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any], ln_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Root-mean-square normalization (RMSNorm) over the last axis of x.
 
     ``out = x / sqrt(mean(x**2, axis=-1) + eps) * gamma``: layernorm without centring and
@@ -442,7 +485,10 @@ def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
     return _forward("rmsnorm", x, gamma, None, ln_param, backend=backend, out=out)
 
 
-def rmsnorm_backward(dout, cache, *, backend="auto", out=None):
+def rmsnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any]]:
     """Gradients of :func:`rmsnorm_forward`.
 
     With ``g = dout * gamma`` and ``xhat = x * invstd`` per row of D values:

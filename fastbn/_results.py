@@ -5,7 +5,7 @@ compute an op's output and statistics their own way; the functions here turn tho
 public functions return, the same for both, so that a cache from either backend is accepted by
 the backward of either backend.
 """
-from typing import NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -60,9 +60,9 @@ class NormCache(NamedTuple):
     mode: str
     layout: str
     groups: int
-    gamma_shape: tuple
-    beta_shape: tuple
-    dtype: np.dtype
+    gamma_shape: tuple[int, ...]
+    beta_shape: Optional[tuple[int, ...]]
+    dtype: np.dtype[Any]
 
 
 
