@@ -75,7 +75,7 @@ def _batch_axes(cache_or_prepared):
 
 def _statistics(cache):
     """cache.mean and cache.invstd in the computation dtype, as the compiled backend takes them
-    (a cache edited by hand may hold float16 ones, which NumPy would keep dividing in float16)."""
+    (check_cache admits no other dtype; this keeps the reference's arithmetic in that dtype)."""
     dtype = cache.x.dtype
     return cache.mean.astype(dtype, copy=False), cache.invstd.astype(dtype, copy=False)
 
