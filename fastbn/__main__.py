@@ -3,7 +3,8 @@
 1. Checks fastbn against the NumPy reference on a small case of every operation and exits with
    status 1 if any result differs.
 2. Times fastbn, the reference, PyTorch (when importable) and a memcpy yardstick on the benchmark
-   cases, prints a table of times and ratios, and writes a PNG plot of the achieved bandwidth.
+   cases, prints a table (at most 100 columns) of times and of each time over the memcpy's,
+   flagging rows whose yardstick is implausible, and writes a PNG plot of those ratios.
 
 Examples
 --------
