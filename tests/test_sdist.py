@@ -52,7 +52,9 @@ def test_the_sdist_installs_and_passes_its_own_tests(tmp_path):
     assert not [n for n in names if n.endswith((".so", "_kernels.c", "_build_info.py"))]
 
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", venv], tmp_path, env)
+    # without a pip of its own: the venv's python runs this environment's pip and builds with
+    # its setuptools (ensurepip's bundled setuptools can be too old for pyproject.toml)
+    _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], tmp_path, env)
     python = venv / "bin" / "python"
     _run([python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w",
           tmp_path / "wheels", tree], tmp_path, env)
@@ -65,7 +67,9 @@ def test_the_sdist_installs_and_passes_its_own_tests(tmp_path):
     assert not [n for n in files if n.endswith((".c", ".h", ".pyx"))], files
     assert b".debug_info" not in binary, "the release extension carries debug information"
 
-    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", wheel], tmp_path, env)
+    # --ignore-installed: a fastbn in the base environment is left alone, the venv gets its own
+    _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", wheel],
+         tmp_path, env)
     where = _run([python, "-c", "import fastbn; print(fastbn.__file__)"], tmp_path, env)
     assert pathlib.Path(where.strip()).is_relative_to(venv)
     assert _run([venv / "bin" / "fastbn-bench", "--help"], tmp_path, env).startswith(
