@@ -11,7 +11,7 @@ FASTBN_SANITIZE=address,undefined (or thread, ...)
     Instrument the kernels with these GCC/Clang sanitizers (``-fsanitize=...
     -fno-omit-frame-pointer -fno-sanitize-recover=all -g``, and ``-fno-wrapv`` over Python's
     ``-fwrapv`` so that signed overflow is checked too); undefined behaviour then aborts.
-    A non-instrumented Python must preload the sanitizer runtime (see the README).
+    A non-instrumented Python must preload the sanitizer runtime (see docs/development.md).
 """
 import os
 import subprocess

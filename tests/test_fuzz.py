@@ -8,7 +8,7 @@ mode and layout (valid or not), running statistics, ``out=`` arrays of the right
 kind, and a backward through a cache with an edited field. Both backends run on the same input,
 and the example passes when
 
-- nothing crashes (the suite also runs on the AddressSanitizer + UBSan build, see the README:
+- nothing crashes (the suite also runs on the AddressSanitizer + UBSan build, see docs/development.md:
   an out-of-bounds access or undefined behaviour in a kernel aborts it);
 - the compiled backend equals the reference, or both raise the same exception type;
 - no input is modified, and a call that raises leaves the param dict as it was.
@@ -16,7 +16,7 @@ and the example passes when
 The normal test run draws ``FASTBN_FUZZ_EXAMPLES`` examples (60 by default, deterministic).
 ``FASTBN_FUZZ_SECONDS=60`` turns on a bounded run (CI, on the sanitizer build): batches of 25
 examples under the seeds 0, 1, 2, ... until the time is up, so that a run repeats the examples
-of every shorter run. Hypothesis rather than atheris: see the README's development section.
+of every shorter run. Hypothesis rather than atheris: see docs/development.md.
 What the fuzzer found is kept at the end of this file as regression tests.
 """
 import os
