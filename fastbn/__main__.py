@@ -119,7 +119,7 @@ def plot(records, path, threads):
     panels = _panels(records)
     heights = [len(rs) for _, rs in panels]
     fig, axes = plt.subplots(len(panels), 1, squeeze=False,
-                             figsize=(9, 0.32 * sum(heights) + 1.2 * len(panels) + 1.2),
+                             figsize=(8.5, 0.27 * sum(heights) + 1.1 * len(panels) + 1.0),
                              gridspec_kw={"height_ratios": heights})
     flagged = []
     bar = 0.8 / len(present)
@@ -142,7 +142,7 @@ def plot(records, path, threads):
             ax.barh(y + offset, np.minimum(values, limit), height=bar, color=color, label=name)
             for yi, v in zip(y + offset, values):
                 if np.isfinite(v) and v > limit:
-                    ax.text(limit, yi, f"{v:.1f}x " if v < 10 else f"{v:.0f}x ", ha="right", va="center", fontsize=7,
+                    ax.text(limit, yi, f"{v:.1f}x " if v < 10 else f"{v:.0f}x ", ha="right", va="center", fontsize=6,
                             color="white", fontweight="bold")
         ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
         ax.set_xlim(0, limit)
