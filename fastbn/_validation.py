@@ -6,7 +6,6 @@ table (:mod:`fastbn._ops`), so they raise the same errors for the same input. :f
 turns user input into a :class:`Prepared` record of C-contiguous arrays in the computation dtype;
 what the backends do with their results is in :mod:`fastbn._results`.
 """
-import math
 from collections.abc import MutableMapping
 from numbers import Real
 from typing import NamedTuple
@@ -307,8 +306,9 @@ def check_cache(cache, spec, function):
     shapes = (("gamma_shape", gamma_shape), ("beta_shape", beta_shape)) if spec.beta else (
         ("gamma_shape", gamma_shape),)
     for name, shape in shapes:
-        if shape != (channels,) and not (  # the usual shape first: the cheapest check
-                isinstance(shape, tuple) and shape == spec.param_shape(x.shape, layout)):
+        if not (isinstance(shape, tuple) and (
+                shape == (channels,)  # the usual shape first: the cheapest check
+                or shape == spec.param_shape(x.shape, layout))):
             allowed = ((channels,), spec.param_shape(x.shape, layout))
             raise ValueError(
                 f"cache.{name} must be {' or '.join(map(str, sorted(set(allowed))))} (the shapes "
