@@ -123,8 +123,8 @@ def train(net, data, epochs, batch_size, learning_rate, seed=0):
     training and validation accuracy per epoch, and the seconds each epoch took.
 
     NumPy's BLAS runs on one thread meanwhile: this network's matrix products are far too small
-    for threads, which only made each step wait for a second core (epochs took 5-10x longer on a
-    busy 2-core machine).
+    for threads, which only make each step wait for a second core (measured in
+    docs/performance.md, "The examples").
     """
     from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
