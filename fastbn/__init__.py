@@ -8,19 +8,10 @@ The API follows the cs231n ``layers.py`` contract::
 Every function takes ``backend='auto' | 'cython' | 'numpy'``; :mod:`fastbn.reference` holds the
 pure NumPy implementations the compiled kernels are tested against.
 """
-from fastbn._api import (
-    batchnorm_backward,
-    batchnorm_backward_alt,
-    batchnorm_forward,
-    layernorm_backward,
-    layernorm_forward,
-    rmsnorm_backward,
-    rmsnorm_forward,
-    spatial_batchnorm_backward,
-    spatial_batchnorm_forward,
-    spatial_groupnorm_backward,
-    spatial_groupnorm_forward,
-)
+from typing import TYPE_CHECKING
+
+from fastbn import _api
+from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends, warn_if_serial_build
 from fastbn._config import show_config
 from fastbn._results import NormCache
@@ -28,25 +19,26 @@ from fastbn._threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"
 
-# Spelled out (not taken from the op table) so that type checkers see every public name;
-# tests/test_typing.py checks that it lists every public function of the op table.
 __all__ = [
-    "batchnorm_forward",
-    "batchnorm_backward",
-    "batchnorm_backward_alt",
-    "spatial_batchnorm_forward",
-    "spatial_batchnorm_backward",
-    "layernorm_forward",
-    "layernorm_backward",
-    "spatial_groupnorm_forward",
-    "spatial_groupnorm_backward",
-    "rmsnorm_forward",
-    "rmsnorm_backward",
+    *_api.__all__,  # the public functions of every op in the op table (fastbn._ops)
     "NormCache",
     "available_backends",
     "get_num_threads",
     "set_num_threads",
     "show_config",
 ]
+
+if TYPE_CHECKING:  # the op table's functions by name, for type checkers (tests/test_typing.py)
+    from fastbn._api import batchnorm_backward as batchnorm_backward
+    from fastbn._api import batchnorm_backward_alt as batchnorm_backward_alt
+    from fastbn._api import batchnorm_forward as batchnorm_forward
+    from fastbn._api import layernorm_backward as layernorm_backward
+    from fastbn._api import layernorm_forward as layernorm_forward
+    from fastbn._api import rmsnorm_backward as rmsnorm_backward
+    from fastbn._api import rmsnorm_forward as rmsnorm_forward
+    from fastbn._api import spatial_batchnorm_backward as spatial_batchnorm_backward
+    from fastbn._api import spatial_batchnorm_forward as spatial_batchnorm_forward
+    from fastbn._api import spatial_groupnorm_backward as spatial_groupnorm_backward
+    from fastbn._api import spatial_groupnorm_forward as spatial_groupnorm_forward
 
 warn_if_serial_build()
