@@ -5,12 +5,13 @@ Environment switches
 FASTBN_NO_OPENMP=1
     Build the kernels serially, without probing for OpenMP.
 FASTBN_DEBUG=1
-    Turn Cython's bounds, wraparound and initialisation checks back on and build with ``-O0 -g``.
+    Turn Cython's bounds, wraparound and initialisation checks back on and build with ``-O0 -g``
+    (a release build has ``-O3 -g0``: no debug information in the extension).
 FASTBN_SANITIZE=address,undefined (or thread, ...)
     Instrument the kernels with these GCC/Clang sanitizers (``-fsanitize=...
     -fno-omit-frame-pointer -fno-sanitize-recover=all -g``, and ``-fno-wrapv`` over Python's
     ``-fwrapv`` so that signed overflow is checked too); undefined behaviour then aborts.
-    A non-instrumented Python must preload the sanitizer runtime (see the README).
+    A non-instrumented Python must preload the sanitizer runtime (see docs/development.md).
 """
 import os
 import subprocess
@@ -75,8 +76,9 @@ class BuildExt(build_ext):
             base_args = ["/Od"] if debug else ["/O2"]
         else:
             # no fused multiply-add contraction: every instruction-set path of the kernels
-            # computes the same bits (see fastbn/_src/simd.h)
-            base_args = (["-O0", "-g"] if debug else ["-O3"]) + ["-ffp-contract=off"]
+            # computes the same bits (see fastbn/_src/simd.h); a release build has no debug
+            # information (-g0 overrides the -g of Python's own CFLAGS)
+            base_args = (["-O0", "-g"] if debug else ["-O3", "-g0"]) + ["-ffp-contract=off"]
         sanitize = os.environ.get("FASTBN_SANITIZE", "").strip()
         sanitize_args = []
         if sanitize and self.compiler.compiler_type != "msvc":

@@ -8,9 +8,11 @@ The API follows the cs231n ``layers.py`` contract::
 Every function takes ``backend='auto' | 'cython' | 'numpy'``; :mod:`fastbn.reference` holds the
 pure NumPy implementations the compiled kernels are tested against.
 """
+from typing import TYPE_CHECKING
+
 from fastbn import _api, layers  # noqa: F401  (fastbn.layers: stateful layers, trained state)
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
-from fastbn._backends import available_backends
+from fastbn._backends import available_backends, warn_if_serial_build
 from fastbn._config import show_config
 from fastbn._memory import buffer_cache_info, set_buffer_cache
 from fastbn._moments import Moments, merge_moments
@@ -31,3 +33,18 @@ __all__ = [
     "set_num_threads",
     "show_config",
 ]
+
+if TYPE_CHECKING:  # the op table's functions by name, for type checkers (tests/test_typing.py)
+    from fastbn._api import batchnorm_backward as batchnorm_backward
+    from fastbn._api import batchnorm_backward_alt as batchnorm_backward_alt
+    from fastbn._api import batchnorm_forward as batchnorm_forward
+    from fastbn._api import layernorm_backward as layernorm_backward
+    from fastbn._api import layernorm_forward as layernorm_forward
+    from fastbn._api import rmsnorm_backward as rmsnorm_backward
+    from fastbn._api import rmsnorm_forward as rmsnorm_forward
+    from fastbn._api import spatial_batchnorm_backward as spatial_batchnorm_backward
+    from fastbn._api import spatial_batchnorm_forward as spatial_batchnorm_forward
+    from fastbn._api import spatial_groupnorm_backward as spatial_groupnorm_backward
+    from fastbn._api import spatial_groupnorm_forward as spatial_groupnorm_forward
+
+warn_if_serial_build()

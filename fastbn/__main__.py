@@ -3,7 +3,8 @@
 1. Checks fastbn against the NumPy reference on a small case of every operation and exits with
    status 1 if any result differs.
 2. Times fastbn, the reference, PyTorch (when importable) and a memcpy yardstick on the benchmark
-   cases, prints a table of times and ratios, and writes a PNG plot of the achieved bandwidth.
+   cases, prints a table (at most 100 columns) of times and of each time over the memcpy's,
+   flagging rows whose yardstick is implausible, and writes a PNG plot of those ratios.
 
 Examples
 --------
@@ -12,11 +13,15 @@ A quick run (about half a minute), then the full one with a JSON record::
     python -m fastbn --quick
     python -m fastbn --json results.json --plot fastbn-bench.png
 """
+from __future__ import annotations
+
 import argparse
 import json
+import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,81 +42,133 @@ def _format_time(seconds):
 
 
 def _ratio(a, b):
-    return "-" if a is None or b is None else f"{a / b:.2f}"
+    if a is None or b is None:
+        return "-"
+    value = a / b
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+TABLE_WIDTH = 100  # the terminal table fits in this many columns
 
 
 def table(records):
-    """The results as a text table: times, and ratios measured in the same run.
+    """The results as a text table of at most :data:`TABLE_WIDTH` columns: times, and each
+    implementation's time over the memcpy's, all measured in the same run.
 
-    ``fastbn`` is the plain call (a new output each call, the last one dropped) and ``/memcpy``
-    its time over an OpenMP copy (same thread count) of x into a preallocated array (the
-    bandwidth yardstick); ``out=/memcpy`` the same ratio for calls that write into a
-    preallocated ``out=`` array; ``ref/fastbn`` the reference's time over fastbn's (speed-up),
-    ``/torch`` fastbn's time over PyTorch's, ``GB/s`` the least traffic of the call (x and the
-    output, plus dout in the backward) over fastbn's time. ``read/memcpy`` is the time of a sweep
-    that only reads x over the memcpy's: with r = read/memcpy, an algorithm that reads x twice and
-    writes once needs about 1 + r memcpys (see the README's Benchmarks section).
+    ``memcpy`` is an OpenMP copy (same thread count) of x into a preallocated array, the
+    bandwidth yardstick; the ratios ``fastbn`` (the plain call: a new output each call, the last
+    one dropped), ``out=`` (fastbn writing into a preallocated ``out=`` array), ``NumPy`` (the
+    reference), ``torch`` and ``read`` (a sweep that only reads x) are times over the memcpy's:
+    lower is better, and a forward cannot go below about 1. A row whose yardstick is implausible is marked ``!`` with the codes
+    of :func:`fastbn._bench.yardstick_warnings`, explained under the table.
     """
-    header = ("case", "dir", "fastbn", "/memcpy", "out=/memcpy", "reference", "ref/fastbn", "torch",
-              "/torch", "torch/memcpy", "memcpy", "read/memcpy", "GB/s")
-    rows = [header]
+    header = ("case", "dir", "fastbn", "memcpy", "fastbn", "out=", "NumPy", "torch", "read", "")
+    rows, seen = [], set()
     for r in records:
         t = r["times"]
-        fb, memcpy, ref, torch = t.get("fastbn"), t.get("memcpy"), t.get("reference"), t.get("torch")
-        reused = t.get("fastbn out=")
-        read = t.get("read")
-        gbps = _bench.bytes_moved(r["case"], r["direction"]) / fb / 1e9
-        rows.append((r["case"].name, DIRECTION_LABELS[r["direction"]], _format_time(fb),
-                     _ratio(fb, memcpy), _ratio(reused, memcpy), _format_time(ref), _ratio(ref, fb), _format_time(torch),
-                     _ratio(fb, torch), _ratio(torch, memcpy), _format_time(memcpy),
-                     _ratio(read, memcpy), f"{gbps:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for k, row in enumerate(rows):
+        fb, memcpy = t.get("fastbn"), t.get("memcpy")
+        problems = _bench.yardstick_warnings(r, records)
+        seen.update(problems)
+        rows.append((r["case"].label, DIRECTION_LABELS[r["direction"]], _format_time(fb),
+                     _format_time(memcpy), _ratio(fb, memcpy), _ratio(t.get("fastbn out="), memcpy),
+                     _ratio(t.get("reference"), memcpy),
+                     _ratio(t.get("torch"), memcpy), _ratio(t.get("read"), memcpy),
+                     "!" + "".join(problems) if problems else ""))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row):
         cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1])]
-        cells += [cell.rjust(w) for cell, w in zip(row[2:], widths[2:])]
-        lines.append("  ".join(cells))
-        if k == 0:
-            lines.append("-" * len(lines[0]))
+        cells += [cell.rjust(w) for cell, w in zip(row[2:-1], widths[2:-1])]
+        return "  ".join(cells + [row[-1]]).rstrip()
+
+    ratios_at = len(line(header[:4] + ("",))) + 2
+    title = "time".rjust(ratios_at - 2 - widths[3] // 2).ljust(ratios_at) + "time / memcpy of x"
+    lines = [title, line(header)]
+    lines.append("-" * max(len(text) for text in lines))
+    lines += [line(row) for row in rows]
+    if seen:
+        lines.append("Implausible yardstick (this row's ratios are unreliable; the machine was busy):")
+        lines += [f"  !{code}  {text}" for code, text in _bench.YARDSTICK_PROBLEMS.items()
+                  if code in seen]
     return "\n".join(lines)
 
 
+def _panels(records):
+    """Large arrays and the small (cache-sized, cs231n) ones in separate panels: their ratios
+    are of different sizes."""
+    large = [r for r in records if r["case"].nbytes >= SMALL_BYTES]
+    small = [r for r in records if r["case"].nbytes < SMALL_BYTES]
+    return [(title, rs) for title, rs in (("large arrays", large), ("small arrays (in cache)", small))
+            if rs]
+
+
+SMALL_BYTES = 8 << 20  # arrays below this stay in the last-level cache of most machines
+
+
 def plot(records, path, threads):
-    """Bar chart of fastbn's achieved GB/s per case and direction against the memcpy yardstick
-    (all run on `threads` threads)."""
+    """Horizontal bars of each implementation's time over the memcpy's (linear axis, lower is
+    better) per case and direction, with the memcpy at 1; bars beyond the axis are cut and
+    labelled with their value. Rows whose yardstick is implausible are marked in red. Returns the
+    labels of the marked rows."""
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, achieved, yardstick, torch_gbps = [], [], [], []
-    for r in records:
-        t = r["times"]
-        labels.append(f"{r['case'].name} {DIRECTION_LABELS[r['direction']]}")
-        achieved.append(_bench.bytes_moved(r["case"], r["direction"]) / t["fastbn"] / 1e9)
-        yardstick.append(2 * r["case"].nbytes / t["memcpy"] / 1e9 if "memcpy" in t else np.nan)
-        torch_gbps.append(_bench.bytes_moved(r["case"], r["direction"]) / t["torch"] / 1e9
-                          if "torch" in t else np.nan)
-    y = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(10, 0.28 * len(labels) + 1.5))
-    ax.barh(y, achieved, height=0.7, color="tab:blue", label="fastbn")
-    if not np.all(np.isnan(torch_gbps)):
-        ax.scatter(torch_gbps, y, marker="o", color="tab:orange", zorder=3, label="PyTorch")
-    ax.scatter(yardstick, y, marker="|", s=200, color="black", zorder=3, label=f"memcpy of x ({threads} threads)")
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.tick_params(axis="x", which="minor", labelsize=6)
-    ax.set_yticks(y, labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("GB/s, log scale (least traffic: read x [and dout], write the output)")
-    ax.set_title(f"fastbn {fastbn.__version__}: achieved bandwidth, {threads} threads")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
+    contenders = [("fastbn", "fastbn", "tab:blue"), ("torch", "PyTorch", "tab:orange"),
+                  ("reference", "NumPy reference", "tab:gray")]
+    present = [c for c in contenders if any(c[0] in r["times"] for r in records)]
+    panels = _panels(records)
+    heights = [len(rs) for _, rs in panels]
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(8.5, 0.27 * sum(heights) + 1.1 * len(panels) + 1.0),
+                             gridspec_kw={"height_ratios": heights})
+    flagged = []
+    bar = 0.8 / len(present)
+    for ax, (title, rs) in zip(axes[:, 0], panels):
+        labels, ratios = [], {key: [] for key, _, _ in present}
+        for r in rs:
+            label = f"{r['case'].label} {DIRECTION_LABELS[r['direction']]}"
+            if _bench.yardstick_warnings(r, records):
+                flagged.append(label)
+                label = "(!) " + label
+            labels.append(label)
+            memcpy = r["times"].get("memcpy", np.nan)
+            for key, _, _ in present:
+                ratios[key].append(r["times"].get(key, np.nan) / memcpy)
+        limit = max(1.5 * np.nanmax(ratios["fastbn"] + [1.0]), 3.0)  # fastbn's bars in full
+        y = np.arange(len(rs))
+        for k, (key, name, color) in enumerate(present):
+            values = np.array(ratios[key])
+            offset = (k - (len(present) - 1) / 2) * bar
+            ax.barh(y + offset, np.minimum(values, limit), height=bar, color=color, label=name)
+            for yi, v in zip(y + offset, values):
+                if np.isfinite(v) and v > limit:
+                    ax.text(limit, yi, f"{v:.1f}x " if v < 10 else f"{v:.0f}x ", ha="right", va="center", fontsize=6,
+                            color="white", fontweight="bold")
+        ax.axvline(1.0, color="black", linewidth=1, linestyle="--")
+        ax.set_xlim(0, limit)
+        ax.set_yticks(y, labels, fontsize=7)
+        for tick, label in zip(ax.get_yticklabels(), labels):
+            if label.startswith("(!)"):
+                tick.set_color("tab:red")
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_xlabel("time / memcpy of x  (lower is better; dashed line: the memcpy)", fontsize=8)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=len(present), fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 0.45 / fig.get_figheight()))
+    fig.suptitle(f"fastbn {fastbn.__version__} vs a memcpy of x on {threads} threads "
+                 "(cut bars: value at their end)", fontsize=10)
+    if flagged:
+        fig.text(0.01, 0.005, "(!) implausible yardstick (memcpy over 2x its fastest round or a larger "
+                 "copy's time per byte, or a read slower than the copy): ratios unreliable",
+                 fontsize=7, color="tab:red")
+    fig.tight_layout(rect=(0, 0.15 / fig.get_figheight(), 1, 1 - 0.6 / fig.get_figheight()))
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return flagged
 
 
 def _to_json(records, threads):
@@ -124,15 +181,24 @@ def _to_json(records, threads):
         "results": [
             {"case": r["case"].id, "op": r["case"].op, "shape": list(r["case"].shape),
              "dtype": r["case"].dtype, "direction": r["direction"], "bytes": _bench.bytes_moved(
-                 r["case"], r["direction"]), "seconds": r["times"]}
+                 r["case"], r["direction"]), "seconds": r["times"],
+             "fastest_seconds": r.get("fastest", {}),
+             "yardstick_warnings": [_bench.YARDSTICK_PROBLEMS[code] for code in
+                                    _bench.yardstick_warnings(r, records)]}
             for r in records
         ],
     }
 
 
-def _parser():
+def _program_name(argv0):
+    """How the user ran this: ``python -m fastbn``, or the console script's own name."""
+    name = os.path.basename(argv0 or "")
+    return "python -m fastbn" if name in ("", "__main__.py", "-c") else name
+
+
+def _parser(prog="python -m fastbn"):
     parser = argparse.ArgumentParser(
-        prog="python -m fastbn",
+        prog=prog,
         description="Check fastbn against its NumPy reference, then benchmark it against the "
                     "reference, PyTorch (if installed) and a memcpy of the same array.")
     parser.add_argument("--quick", action="store_true",
@@ -163,7 +229,7 @@ def shared_core_table(records):
     return "\n".join(lines)
 
 
-def main(argv=None, cases=None):
+def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None = None) -> int:
     """Run the check and the benchmark; return the exit status (0 on success).
 
     Parameters
@@ -173,16 +239,19 @@ def main(argv=None, cases=None):
     cases : sequence of fastbn._bench.Case, optional
         Benchmark these cases instead of the default lists (used by the tests).
     """
-    args = _parser().parse_args(argv)
+    args = _parser(_program_name(sys.argv[0])).parse_args(argv)
     if args.threads is not None and args.threads < 1:
         print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
         return 2
     torch = None if args.no_torch else _bench.torch_module()
     available = fastbn.get_num_threads()  # what OpenMP allows; --threads can only lower it
     threads = min(args.threads, available) if args.threads else available
-    print(f"fastbn {fastbn.__version__} | CPU: {_bench.cpu_model()} | "
-          f"backends: {', '.join(fastbn.available_backends())} | "
-          f"threads: {threads} | numpy {np.__version__} | "
+    kernels = fastbn._backends.kernels()
+    openmp = ("no compiled kernels" if kernels is None else "yes" if kernels.openmp_enabled() else
+              "NO: serial build, every call runs on one thread")
+    print(f"fastbn {fastbn.__version__} | CPU: {_bench.cpu_model()}\n"
+          f"OpenMP: {openmp} | threads: {threads} | "
+          f"backends: {', '.join(fastbn.available_backends())} | numpy {np.__version__} | "
           f"PyTorch: {torch.__version__ if torch is not None else 'not installed (skipped)'}")
 
     print("Checking fastbn against the NumPy reference:", flush=True)
@@ -215,10 +284,11 @@ def main(argv=None, cases=None):
                          progress=lambda message: print(f"  {message}", flush=True))
     print(f"done in {time.perf_counter() - start:.0f} s\n")
     print(table(records))
-    print(f"\n/memcpy: fastbn time / a {threads}-thread copy of x into a preallocated array; fastbn also "
-          "writes into preallocated out= arrays. ref/fastbn: speed-up over the NumPy reference. "
-          "/torch: fastbn time / PyTorch time (PyTorch allocates its outputs). read/memcpy: a "
-          "sweep that only reads x / the memcpy.")
+    print(f"\nmemcpy: an OpenMP copy of x into a preallocated array on {threads} threads. "
+          "Ratios: time / the memcpy's (lower is better); fastbn: the plain call, a new output "
+          "each time (the last one dropped); out=: fastbn writing into a preallocated array; "
+          "PyTorch allocates its outputs; NumPy is fastbn's reference; read: a sweep that only "
+          "reads x.")
 
     if args.json:
         with open(args.json, "w") as f:

@@ -2,12 +2,23 @@
 
 Each function is a documented one-line call of :func:`_forward` or :func:`_backward` with its
 op's name; what the op takes and computes is its row of the op table (:mod:`fastbn._ops`).
-"""
-from fastbn import _backends, _compiled, reference
-import numpy as np
 
+Annotations (one style for every public function): arrays are ``NDArray[Any]`` (any dtype is
+accepted and validated at run time), parameter dicts ``MutableMapping[str, Any]``, ``backend`` a
+``str``, optional arrays ``NDArray[Any] | None``.
+"""
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from fastbn import _backends, _compiled, reference
 from fastbn._moments import Moments, check_forward_moments, prepare_moments
 from fastbn._ops import OPS, public_functions
+from fastbn._results import NormCache
 from fastbn._validation import prepare, prepare_backward
 
 __all__ = [*public_functions(), "batchnorm_moments"]
@@ -52,7 +63,7 @@ def run_forward(spec, prepared, backend, moments=None):
     return run(prepared) if moments is None else run(prepared, moments)
 
 
-def batchnorm_moments(x: np.ndarray, *, layout: str = "NCHW", backend: str = "auto") -> Moments:
+def batchnorm_moments(x: NDArray[Any], *, layout: str = "NCHW", backend: str = "auto") -> Moments:
     """Per-feature or per-channel batch statistics: the moments a train-mode forward uses.
 
     Parameters
@@ -98,7 +109,11 @@ def _backward(name, function, dout, cache, *, backend, out):
     return _compiled.backward(dout, cache, out)
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, moments=None):
+def batchnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, bn_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+    moments: Moments | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Batch normalization of an (N, D) array, cs231n style.
 
     Parameters
@@ -167,7 +182,10 @@ def batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, mom
                     moments=moments)
 
 
-def batchnorm_backward(dout, cache, *, backend="auto", out=None):
+def batchnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`batchnorm_forward`.
 
     Parameters
@@ -205,7 +223,10 @@ def batchnorm_backward(dout, cache, *, backend="auto", out=None):
     return _backward("batchnorm", "batchnorm_backward", dout, cache, backend=backend, out=out)
 
 
-def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
+def batchnorm_backward_alt(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`batchnorm_forward` from the simplified closed form.
 
     ``dx = gamma * invstd / N * (N * dout - dbeta - xhat * dgamma)``. Parameters and return
@@ -225,7 +246,11 @@ def batchnorm_backward_alt(dout, cache, *, backend="auto", out=None):
     return _backward("batchnorm", "batchnorm_backward_alt", dout, cache, backend=backend, out=out)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=None, moments=None):
+def spatial_batchnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, bn_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+    moments: Moments | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Batch normalization per channel of a batch of any rank >= 3.
 
     Parameters
@@ -285,7 +310,10 @@ def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, backend="auto", out=N
                     moments=moments)
 
 
-def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
+def spatial_batchnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`spatial_batchnorm_forward`.
 
     Parameters
@@ -315,7 +343,10 @@ def spatial_batchnorm_backward(dout, cache, *, backend="auto", out=None):
                      out=out)
 
 
-def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
+def layernorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, ln_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Layer normalization over the last axis of x, or over its trailing axes from ``axis``.
 
     Parameters
@@ -366,7 +397,10 @@ def layernorm_forward(x, gamma, beta, ln_param, *, backend="auto", out=None):
     return _forward("layernorm", x, gamma, beta, ln_param, backend=backend, out=out)
 
 
-def layernorm_backward(dout, cache, *, backend="auto", out=None):
+def layernorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`layernorm_forward`.
 
     Parameters
@@ -395,7 +429,11 @@ def layernorm_backward(dout, cache, *, backend="auto", out=None):
     return _backward("layernorm", "layernorm_backward", dout, cache, backend=backend, out=out)
 
 
-def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", out=None):
+def spatial_groupnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, G: int,
+    gn_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Group normalization of an (N, C, *spatial) array: statistics per sample and group.
 
     Parameters
@@ -444,7 +482,10 @@ def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, backend="auto", ou
     return _forward("groupnorm", x, gamma, beta, gn_param, G, backend=backend, out=out)
 
 
-def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
+def spatial_groupnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Gradients of :func:`spatial_groupnorm_forward`.
 
     Parameters
@@ -475,7 +516,10 @@ def spatial_groupnorm_backward(dout, cache, *, backend="auto", out=None):
     return _backward("groupnorm", "spatial_groupnorm_backward", dout, cache, backend=backend, out=out)
 
 
-def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
+def rmsnorm_forward(
+    x: NDArray[Any], gamma: NDArray[Any] | None, ln_param: MutableMapping[str, Any],
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
     """Root-mean-square normalization (RMSNorm) over the last axis of x (or the trailing axes
     from ``ln_param['axis']``).
 
@@ -530,7 +574,10 @@ def rmsnorm_forward(x, gamma, ln_param, *, backend="auto", out=None):
     return _forward("rmsnorm", x, gamma, None, ln_param, backend=backend, out=out)
 
 
-def rmsnorm_backward(dout, cache, *, backend="auto", out=None):
+def rmsnorm_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NDArray[Any] | None]:
     """Gradients of :func:`rmsnorm_forward`.
 
     With ``g = dout * gamma`` and ``xhat = x * invstd`` per row of D values:

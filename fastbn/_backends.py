@@ -1,5 +1,8 @@
 """The backend registry: which implementations exist and which one a call uses."""
+from __future__ import annotations
+
 import os
+import warnings
 
 # After a parallel region, libgomp's idle threads spin before they sleep: by default for about
 # 10 ms of CPU time after every call here (measured on the 2-core CI machine), taking the core
@@ -51,6 +54,37 @@ def _import_kernels():
 _kernels = _import_kernels()
 
 BACKENDS = ("auto", "cython", "numpy")
+SERIAL_OK = "FASTBN_SERIAL_OK"  # set to 1 to accept a build without OpenMP silently
+
+
+def _cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def serial_build_message(kernels=None, cpus=None, environ=None):
+    """What ``import fastbn`` warns about when the kernels were built without OpenMP on a machine
+    with more than one CPU (a build's output is hidden by pip), or None."""
+    kernels = _kernels if kernels is None else kernels
+    cpus = _cpu_count() if cpus is None else cpus
+    environ = os.environ if environ is None else environ
+    if kernels is None or kernels.openmp_enabled() or cpus < 2:
+        return None
+    if environ.get(SERIAL_OK, "").strip().lower() not in ("", "0", "false", "no"):
+        return None
+    return (f"fastbn's compiled kernels were built without OpenMP: they run on one thread of the "
+            f"{cpus} CPUs here. Rebuild with a compiler that supports OpenMP (and without "
+            f"FASTBN_NO_OPENMP) for multithreaded kernels, or set {SERIAL_OK}=1 to silence this.")
+
+
+def warn_if_serial_build():
+    """Issue the RuntimeWarning of :func:`serial_build_message` (at ``import fastbn``)."""
+    message = serial_build_message()
+    if message is not None:
+        # the importer's line, past fastbn/__init__.py (importlib's frames are skipped)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def kernels():
@@ -58,7 +92,7 @@ def kernels():
     return _kernels
 
 
-def available_backends():
+def available_backends() -> tuple[str, ...]:
     """Names of the backends that can run here, best first.
 
     Examples

@@ -80,6 +80,15 @@ class Case:
         return "-".join([*parts, dims, *([groups] if groups else []), self.dtype])
 
     @property
+    def label(self):
+        """A short name for tables and plots: ``spatial NHWC 32x56x56x64 f32``."""
+        parts, groups = self._label
+        parts = [part.replace("spatial_batchnorm", "spatial") for part in parts]
+        dims = "x".join(str(n) for n in self.shape)
+        dtype = self.dtype.replace("float", "f")
+        return " ".join([*parts, dims, *([groups.replace("G", "G=")] if groups else []), dtype])
+
+    @property
     def directions(self):
         return self.spec.directions
 
@@ -307,12 +316,12 @@ def time_call(call, repeat=7, min_time=0.0, max_time=2.0):
     return time_calls({"call": call}, repeat, min_time, max_time)["call"]
 
 
-def time_calls(calls, repeat=7, min_time=0.0, max_time=2.0):
+def time_calls(calls, repeat=7, min_time=0.0, max_time=2.0, fastest=None):
     """Median wall times in seconds of several calls, timed in interleaved rounds.
 
     Each round times every call once, so a burst of load on a shared machine hits all of them
     alike and their ratios stay meaningful. A call whose runs exceed `max_time` in total stops
-    after 3 rounds.
+    after 3 rounds. `fastest`: a dict that receives each call's fastest round.
     """
     inner = {}
     for name, call in calls.items():
@@ -335,14 +344,17 @@ def time_calls(calls, repeat=7, min_time=0.0, max_time=2.0):
             elapsed = time.perf_counter() - start
             times[name].append(elapsed / n)
             spent[name] += elapsed
+    if fastest is not None:
+        fastest.update({name: float(np.min(t)) for name, t in times.items()})
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def run(cases, repeat=7, threads=None, torch=None, progress=None):
     """Time every implementation of every case and direction; return a list of records.
 
-    Each record is a dict with ``case`` (:class:`Case`), ``direction`` and ``times`` (median
-    seconds per implementation, all measured in the same interleaved rounds). fastbn runs on
+    Each record is a dict with ``case`` (:class:`Case`), ``direction``, ``times`` (median
+    seconds per implementation, all measured in the same interleaved rounds) and ``fastest``
+    (each implementation's fastest round, see :func:`yardstick_warnings`). fastbn runs on
     `threads` threads (default: :func:`fastbn.get_num_threads`), and so do torch and the memcpy
     yardstick.
     """
@@ -360,8 +372,11 @@ def run(cases, repeat=7, threads=None, torch=None, progress=None):
                 progress(f"[{i + 1}/{len(cases)}] {case.name}")
             calls = implementations(case, torch, n_threads)
             for direction, impls in calls.items():
-                times = time_calls(impls, repeat=repeat, min_time=0.002, max_time=1.0)
-                records.append({"case": case, "direction": direction, "times": times})
+                fastest = {}
+                times = time_calls(impls, repeat=repeat, min_time=0.002, max_time=1.0,
+                                   fastest=fastest)
+                records.append({"case": case, "direction": direction, "times": times,
+                                "fastest": fastest})
     finally:
         fastbn.set_num_threads(previous)
         if torch is not None:
@@ -406,6 +421,43 @@ def thread_scaling(cases, repeat=5, busy=True, progress=None):
         finally:
             fastbn.set_num_threads(previous)
     return records
+
+
+MEMCPY_SPREAD = 2.0  # a memcpy slower than this times its best in the run is implausible
+YARDSTICK_PROBLEMS = {  # a code per reason, as the table marks a row, and what it means
+    "s": f"memcpy median over {MEMCPY_SPREAD:g}x its fastest round",
+    "b": f"memcpy under 1/{MEMCPY_SPREAD:g} of the best GB/s of a copy as large or larger",
+    "r": "reading x took longer than copying it",
+}
+
+
+def yardstick_warnings(record, records=()):
+    """Why the memcpy yardstick of a record cannot be trusted: codes of
+    :data:`YARDSTICK_PROBLEMS` (an empty list when it can be).
+
+    The ratios to the memcpy mean something only if the memcpy itself ran as it does on a quiet
+    machine. It did not when it took more than :data:`MEMCPY_SPREAD` times its fastest round
+    (``'s'``), or more than that many times the best time per byte of the memcpys of arrays as
+    large or larger in the same run, `records` (``'b'``: a smaller array does not copy slower
+    per byte; a small case's memcpy took 700 us instead of 15 us while another process kept
+    the second core busy),
+    or when reading x alone took longer than copying it (``'r'``).
+    """
+    times, fastest = record["times"], record.get("fastest", {})
+    memcpy, read = times.get("memcpy"), times.get("read")
+    if memcpy is None:
+        return []
+    problems = []
+    if fastest.get("memcpy") and memcpy > MEMCPY_SPREAD * fastest["memcpy"]:
+        problems.append("s")
+    nbytes = record["case"].nbytes
+    per_byte = [r["times"]["memcpy"] / r["case"].nbytes for r in records
+                if "memcpy" in r["times"] and r["case"].nbytes >= max(nbytes, 1)]
+    if per_byte and nbytes and memcpy / nbytes > MEMCPY_SPREAD * min(per_byte):
+        problems.append("b")
+    if read is not None and read > memcpy:
+        problems.append("r")
+    return problems
 
 
 def bytes_moved(case, direction):

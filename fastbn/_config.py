@@ -1,5 +1,8 @@
 """fastbn.show_config: what was built and how it will run."""
+from __future__ import annotations
+
 import sys
+from typing import TextIO
 
 import numpy as np
 
@@ -16,7 +19,7 @@ def build_info():
     return dict(BUILD_INFO)
 
 
-def _buffer_cache_line():
+def _buffer_cache_line() -> str:
     from fastbn._memory import buffer_cache_info
 
     info = buffer_cache_info()
@@ -27,7 +30,7 @@ def _buffer_cache_line():
             f"{info['hits']} reuses, {info['misses']} new")
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Print fastbn's version, backends, OpenMP status, thread count, SIMD path and compile flags.
 
     Parameters

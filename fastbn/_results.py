@@ -6,7 +6,7 @@ public functions return, the same for both, so that a cache from either backend 
 the backward of either backend.
 """
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -67,10 +67,10 @@ class NormCache(NamedTuple):
     mode: str
     layout: str
     groups: int
-    gamma_shape: tuple
-    beta_shape: tuple
-    dtype: np.dtype
-    axis: object = None
+    gamma_shape: tuple[int, ...]
+    beta_shape: Optional[tuple[int, ...]]
+    dtype: np.dtype[Any]
+    axis: Optional[int] = None
 
 
 

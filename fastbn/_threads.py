@@ -1,4 +1,6 @@
 """Thread-count control for the compiled kernels."""
+from __future__ import annotations
+
 import numbers
 import os
 import resource
@@ -12,7 +14,7 @@ LOAD_WINDOW = 0.1  # seconds over which other processes' CPU time is measured, a
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def set_num_threads(n):
+def set_num_threads(n: int | None) -> None:
     """Set the largest number of threads fastbn's compiled kernels use.
 
     Parameters
@@ -45,7 +47,7 @@ def set_num_threads(n):
     _user_threads = n
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Return the number of threads a large input would run on now.
 
     It is ``min(set_num_threads value, omp_get_max_threads())``, or ``omp_get_max_threads()``

@@ -329,24 +329,40 @@ def check_groups(G, channels):
     return G
 
 
-_OUTPUT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+def _output_dtypes(x_dtype):
+    """The output dtypes a forward that computed in `x_dtype` returns: its own, and float16
+    for float32 (float16 input is computed in float32)."""
+    if x_dtype == np.float32:
+        return (x_dtype, np.dtype(np.float16))
+    return (x_dtype,)
+
+
+def _array_text(a):
+    return f"shape {a.shape}, dtype {a.dtype}" if isinstance(a, np.ndarray) else _type_name(a)
 
 
 def check_cache(cache, spec, function):
-    """The cache must be a NormCache of `spec`'s op whose fields agree with each other.
+    """The cache must be a NormCache of `spec`'s op whose every field agrees with the others.
 
-    The checks are O(1) (shapes, dtypes, flags; no data is read). They stop a cache from another
-    op, or one edited by hand (``cache._replace(...)``), before a kernel indexes its arrays.
+    x (a C-contiguous float32/float64 array) and the op fix what every other field may be: the
+    layout (x's rank), the mode, the groups (dividing x's channels), gamma (C-contiguous, one
+    value per channel, x's dtype), mean and invstd (arrays of x's dtype in the statistics' shape
+    the forward returns), eps (finite and >= 0), gamma_shape and beta_shape (shapes the forward
+    accepts for gamma and beta, None for an op without beta) and dtype (x's dtype; float16 for a
+    float32 x). The checks read no data: O(1) for any size. They stop a cache from another op,
+    or one edited by hand (``cache._replace(...)``), before a kernel indexes its arrays or a
+    backward returns gradients of another dtype; the values of mean and invstd are used as
+    they are.
     """
     if not isinstance(cache, NormCache):
         raise TypeError(
             f"cache must be the cache returned by {spec.forward} (a fastbn NormCache), "
             f"got {_type_name(cache)}"
         )
-    (cache_op, x, gamma, mean, invstd, _, mode, layout, groups, gamma_shape, beta_shape, dtype,
+    (cache_op, x, gamma, mean, invstd, eps, mode, layout, groups, gamma_shape, beta_shape, dtype,
      axis) = cache
     if cache_op != spec.name:
-        made_by = OPS[cache_op].forward if cache_op in OPS else repr(cache_op)
+        made_by = OPS[cache_op].forward if isinstance(cache_op, str) and cache_op in OPS else repr(cache_op)
         raise ValueError(
             f"cache comes from {made_by}, but {function} needs the cache of {spec.forward}"
         )
@@ -354,7 +370,7 @@ def check_cache(cache, spec, function):
             and x.flags.c_contiguous):
         got = f"dtype {x.dtype}, C-contiguous {x.flags.c_contiguous}" if isinstance(x, np.ndarray) else _type_name(x)
         raise ValueError(f"cache.x must be a C-contiguous float32 or float64 array, got {got}")
-    if layout not in spec.layouts:
+    if not isinstance(layout, str) or layout not in spec.layouts:
         raise ValueError(f"cache.layout must be one of {list(spec.layouts)}, got {layout!r}")
     low, high = spec.ndim_range(layout)
     if x.ndim < low or (high is not None and x.ndim > high):
@@ -365,45 +381,51 @@ def check_cache(cache, spec, function):
         expected = f"an integer in [0, {x.ndim - 1}] or None" if LAYOUTS[layout].trailing else "None"
         raise ValueError(f"cache.axis must be {expected} for {spec.name}, got {axis!r}")
     modes = ("train", "test") if spec.running_stats else ("train",)
-    if mode not in modes:
+    if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"cache.mode must be one of {list(modes)}, got {mode!r}")
     channels = spec.channels(x.shape, layout, axis)
     if spec.grouped:
         check_groups(groups, channels)
-    elif groups != 1:
+    elif type(groups) is not int or groups != 1:
         raise ValueError(f"cache.groups must be 1 for {spec.name}, got {groups!r}")
-    n_stats = math.prod(spec.stat_shape(x.shape, layout, groups, axis))
+    if not (type(eps) is float and 0.0 <= eps < np.inf):  # what a forward stores
+        if not (isinstance(eps, Real) and not isinstance(eps, (bool, np.bool_))
+                and 0.0 <= eps < np.inf):
+            raise ValueError(f"cache.eps must be a finite real number >= 0, got {eps!r}")
     if not (isinstance(gamma, np.ndarray) and gamma.shape == (channels,) and gamma.dtype == x.dtype
             and gamma.flags.c_contiguous):
-        got = (f"shape {gamma.shape}, dtype {gamma.dtype}" if isinstance(gamma, np.ndarray)
-               else _type_name(gamma))
         raise ValueError(
-            f"cache.gamma must be a C-contiguous array of shape {(channels,)} and dtype {x.dtype}, got {got}"
+            f"cache.gamma must be a C-contiguous array of shape {(channels,)} and dtype {x.dtype}, "
+            f"got {_array_text(gamma)}"
         )
+    stat_shape = spec.stat_shape(x.shape, layout, groups, axis)
     for name, stat in (("mean", mean), ("invstd", invstd)):
-        if not (isinstance(stat, np.ndarray) and stat.dtype.kind == "f" and stat.size == n_stats):
-            got = (f"size {stat.size}, dtype {stat.dtype}" if isinstance(stat, np.ndarray)
-                   else _type_name(stat))
-            raise ValueError(f"cache.{name} must be a float array of {n_stats} values, got {got}")
+        if not (isinstance(stat, np.ndarray) and stat.shape == stat_shape and stat.dtype == x.dtype):
+            raise ValueError(
+                f"cache.{name} must be an array of shape {stat_shape} and dtype {x.dtype} (those of "
+                f"the statistics of cache.x), got {_array_text(stat)}"
+            )
     shapes = (("gamma_shape", gamma_shape), ("beta_shape", beta_shape)) if spec.beta else (
         ("gamma_shape", gamma_shape),)
     for name, shape in shapes:
         if not (shape is None or isinstance(shape, tuple) and (
-                shape == (channels,)  # the usual shape, checked first as it is the cheapest check
-                or all(isinstance(n, (int, np.integer)) and n >= 0 for n in shape)
-                and math.prod(map(int, shape)) in (channels, 1))):
+                shape == (channels,)  # the usual shape first: the cheapest check
+                or all(type(n) is int for n in shape)
+                and _fits(shape, spec.param_shape(x.shape, layout, axis), channels, True))):
             raise ValueError(
-                f"cache.{name} must be None or a shape of {channels} values or of one value, got {shape!r}"
+                f"cache.{name} must be None or a shape the forward takes for gamma/beta of an x "
+                f"of shape {x.shape} ({(channels,)}, {spec.param_shape(x.shape, layout, axis)}, "
+                f"or another of {channels} values or of one value that broadcasts like it), "
+                f"got {shape!r}"
             )
     if not spec.beta and beta_shape is not None:
         raise ValueError(f"cache.beta_shape must be None for {spec.name} (it has no beta), got {beta_shape!r}")
-    if dtype not in _OUTPUT_DTYPES:
-        try:
-            dtype = np.dtype(dtype)
-        except TypeError:
-            dtype = None
-        if dtype is None or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
-            raise ValueError(f"cache.dtype must be float16, float32 or float64, got {cache.dtype!r}")
+    outputs = _output_dtypes(x.dtype)
+    if not isinstance(dtype, np.dtype) or dtype not in outputs:
+        raise ValueError(
+            f"cache.dtype must be {' or '.join(map(str, outputs))} for a cache.x of dtype {x.dtype}, "
+            f"got {dtype!r}"
+        )
 
 
 def prepare_backward(dout, cache, spec, function, out=None):

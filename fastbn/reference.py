@@ -18,11 +18,17 @@ Examples
 >>> np.round(out[:, 0], 4)
 array([-1.2247,  0.    ,  1.2247])
 """
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
 import numpy as np
+from numpy.typing import NDArray
 
 from fastbn._moments import Moments, prepare_moments
 from fastbn._ops import LAYOUTS, OPS, public_functions
-from fastbn._results import finish_backward, finish_forward, test_statistics
+from fastbn._results import NormCache, finish_backward, finish_forward, test_statistics
 from fastbn._validation import prepare, prepare_backward
 
 __all__ = [*public_functions(), "batchnorm_moments"]
@@ -77,7 +83,7 @@ def _batch_axes(cache_or_prepared):
 
 def _statistics(cache):
     """cache.mean and cache.invstd in the computation dtype, as the compiled backend takes them
-    (a cache edited by hand may hold float16 ones, which NumPy would keep dividing in float16)."""
+    (check_cache admits no other dtype; this keeps the reference's arithmetic in that dtype)."""
     dtype = cache.x.dtype
     return cache.mean.astype(dtype, copy=False), cache.invstd.astype(dtype, copy=False)
 
@@ -259,7 +265,7 @@ def _backward(name, function, dout, cache, out):
     return backward_impl(spec, function)(dout, cache, out)
 
 
-def moments(spec, x, layout):
+def moments(spec: Any, x: NDArray[Any], layout: str) -> Moments:
     """The :class:`~fastbn._moments.Moments` of a checked x of batchnorm op `spec` in `layout`."""
     axis = LAYOUTS[layout].axis(x.ndim)
     count, mean, m2 = _moments(x, tuple(a for a in range(x.ndim) if a != axis))
@@ -267,61 +273,72 @@ def moments(spec, x, layout):
     return Moments(np.full(channels, float(count)), mean.reshape(channels), m2.reshape(channels))
 
 
-def batchnorm_moments(x, *, layout="NCHW"):
+def batchnorm_moments(x: NDArray[Any], *, layout: str = "NCHW") -> Moments:
     """Reference batch statistics; see :func:`fastbn.batchnorm_moments`."""
     return moments(*prepare_moments(x, layout))
 
 
-def batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
+def batchnorm_forward(x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, bn_param: MutableMapping[str, Any],
+                      *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NormCache]:
     """Reference batchnorm forward; see :func:`fastbn.batchnorm_forward`."""
     return _forward("batchnorm", x, gamma, beta, bn_param, out=out)
 
 
-def batchnorm_backward(dout, cache, *, out=None):
+def batchnorm_backward(dout: NDArray[Any], cache: NormCache,
+                       *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Reference batchnorm backward (staged graph); see :func:`fastbn.batchnorm_backward`."""
     return _backward("batchnorm", "batchnorm_backward", dout, cache, out)
 
 
-def batchnorm_backward_alt(dout, cache, *, out=None):
+def batchnorm_backward_alt(dout: NDArray[Any], cache: NormCache,
+                           *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Reference batchnorm backward (closed form); see :func:`fastbn.batchnorm_backward_alt`."""
     return _backward("batchnorm", "batchnorm_backward_alt", dout, cache, out)
 
 
-def spatial_batchnorm_forward(x, gamma, beta, bn_param, *, out=None):
+def spatial_batchnorm_forward(x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, bn_param: MutableMapping[str, Any],
+                              *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NormCache]:
     """Reference spatial batchnorm forward; see :func:`fastbn.spatial_batchnorm_forward`."""
     return _forward("spatial_batchnorm", x, gamma, beta, bn_param, out=out)
 
 
-def spatial_batchnorm_backward(dout, cache, *, out=None):
+def spatial_batchnorm_backward(dout: NDArray[Any], cache: NormCache,
+                               *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Reference spatial batchnorm backward; see :func:`fastbn.spatial_batchnorm_backward`."""
     return _backward("spatial_batchnorm", "spatial_batchnorm_backward", dout, cache, out)
 
 
-def layernorm_forward(x, gamma, beta, ln_param, *, out=None):
+def layernorm_forward(x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, ln_param: MutableMapping[str, Any],
+                      *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NormCache]:
     """Reference layernorm forward; see :func:`fastbn.layernorm_forward`."""
     return _forward("layernorm", x, gamma, beta, ln_param, out=out)
 
 
-def layernorm_backward(dout, cache, *, out=None):
+def layernorm_backward(dout: NDArray[Any], cache: NormCache,
+                       *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Reference layernorm backward; see :func:`fastbn.layernorm_backward`."""
     return _backward("layernorm", "layernorm_backward", dout, cache, out)
 
 
-def spatial_groupnorm_forward(x, gamma, beta, G, gn_param, *, out=None):
+def spatial_groupnorm_forward(x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None, G: int,
+                              gn_param: MutableMapping[str, Any], *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NormCache]:
     """Reference spatial groupnorm forward; see :func:`fastbn.spatial_groupnorm_forward`."""
     return _forward("groupnorm", x, gamma, beta, gn_param, G, out)
 
 
-def spatial_groupnorm_backward(dout, cache, *, out=None):
+def spatial_groupnorm_backward(dout: NDArray[Any], cache: NormCache,
+                               *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any] | None, NDArray[Any] | None]:
     """Reference spatial groupnorm backward; see :func:`fastbn.spatial_groupnorm_backward`."""
     return _backward("groupnorm", "spatial_groupnorm_backward", dout, cache, out)
 
 
-def rmsnorm_forward(x, gamma, ln_param, *, out=None):
+def rmsnorm_forward(x: NDArray[Any], gamma: NDArray[Any] | None, ln_param: MutableMapping[str, Any],
+                    *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NormCache]:
     """Reference RMSNorm forward; see :func:`fastbn.rmsnorm_forward`."""
     return _forward("rmsnorm", x, gamma, None, ln_param, out=out)
 
 
-def rmsnorm_backward(dout, cache, *, out=None):
+def rmsnorm_backward(dout: NDArray[Any], cache: NormCache,
+                     *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any] | None]:
     """Reference RMSNorm backward; see :func:`fastbn.rmsnorm_backward`."""
     return _backward("rmsnorm", "rmsnorm_backward", dout, cache, out)

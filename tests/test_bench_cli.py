@@ -27,10 +27,11 @@ def test_main_prints_the_check_and_the_table_and_writes_plot_and_json(tmp_path, 
     for case in _bench.CHECK_CASES:
         assert f"{case.name}" in out
     assert "FAILED" not in out
-    assert "/memcpy" in out and "ref/fastbn" in out and "read/memcpy" in out
+    assert "time / memcpy of x" in out and "NumPy" in out and "read" in out
+    assert "OpenMP: " in out
     for case in TINY_CASES:
         for direction in case.directions:
-            assert any(line.startswith(case.name) and cli.DIRECTION_LABELS[direction] in line
+            assert any(line.startswith(case.label) and cli.DIRECTION_LABELS[direction] in line
                        for line in out.splitlines())
     record = json.loads(json_path.read_text())
     assert len(record["results"]) == sum(len(case.directions) for case in TINY_CASES)
@@ -96,3 +97,66 @@ def test_busy_core_runs_a_spinning_process_only_within_the_block():
     with _bench.busy_core() as spinner:
         assert spinner.poll() is None
     assert spinner.poll() is not None
+
+
+def _record(case, direction, memcpy, fastest_memcpy=None, read=None, **times):
+    times = dict(times, memcpy=memcpy, **({"read": read} if read is not None else {}))
+    return {"case": case, "direction": direction, "times": times,
+            "fastest": {"memcpy": fastest_memcpy or memcpy}}
+
+
+LARGE, SMALL = _bench.HEADLINE_CASES[0], _bench.SMALL_CASES[0]
+
+
+def _plausible_run():
+    return [_record(LARGE, "forward", 6e-3, read=3e-3, fastbn=7e-3, reference=0.2, torch=0.04),
+            _record(SMALL, "forward", 1.5e-5, read=8e-6, fastbn=1e-4, reference=8e-4, torch=1e-4)]
+
+
+@pytest.mark.parametrize("change, codes", [
+    ({}, []),
+    ({"fastest_memcpy": 1e-5, "memcpy": 2.5e-5}, ["s"]),  # median 2.5x its fastest round
+    ({"memcpy": 7e-4, "fastest_memcpy": 6e-4}, ["b"]),  # 700 us instead of 15 us: 0.1x the GB/s
+    ({"read": 2e-5}, ["r"]),  # reading slower than copying
+])
+def test_implausible_yardsticks_are_flagged(change, codes):
+    records = _plausible_run()
+    small = dict(records[1]["times"])
+    memcpy = change.get("memcpy", small["memcpy"])
+    records[1] = _record(SMALL, "forward", memcpy, change.get("fastest_memcpy"),
+                         change.get("read", small["read"]), fastbn=small["fastbn"],
+                         reference=small["reference"], torch=small["torch"])
+    assert _bench.yardstick_warnings(records[0], records) == []
+    assert _bench.yardstick_warnings(records[1], records) == codes
+    text = cli.table(records)
+    small_row = next(line for line in text.splitlines() if line.startswith(SMALL.label))
+    assert small_row.endswith("!" + "".join(codes)) if codes else "!" not in small_row
+    for code in codes:
+        assert f"!{code}  {_bench.YARDSTICK_PROBLEMS[code]}" in text
+
+
+def test_the_table_fits_in_100_columns_for_every_benchmark_case():
+    """Every case label of the full run, with times and ratios as wide as they get."""
+    records = [_record(case, direction, 1.23e-3, 1.0e-3, read=99.9, fastbn=123.4,
+                       reference=0.5, torch=9.99e-4)
+               for case in _bench.LARGE_CASES + _bench.SMALL_CASES for direction in case.directions]
+    lines = cli.table(records).splitlines()
+    assert len(lines) > len(records)
+    assert max(map(len, lines)) <= cli.TABLE_WIDTH
+
+
+def test_plot_marks_the_rows_with_an_implausible_yardstick(tmp_path):
+    pytest.importorskip("matplotlib")
+    records = _plausible_run()
+    records.append(_record(SMALL, "backward", 7e-4, read=1e-5, fastbn=2e-4, reference=1e-3))
+    flagged = cli.plot(records, tmp_path / "plot.png", 2)
+    assert flagged == [f"{SMALL.label} bwd"]
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_console_script_names_itself_in_its_help(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/fastbn-bench", "--help"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert capsys.readouterr().out.startswith("usage: fastbn-bench ")
+    assert cli._program_name("/x/fastbn/__main__.py") == "python -m fastbn"

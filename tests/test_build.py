@@ -140,3 +140,45 @@ def test_large_calls_leave_a_busy_core_to_the_process_running_on_it():
             assert _threads.threads_for(1 << 24) <= max(1, cores - 1)
         with _planner.override(load_check_ms=0):
             assert _threads.threads_for(1 << 24) == fastbn.get_num_threads()
+
+
+class _Kernels:
+    def __init__(self, openmp):
+        self._openmp = openmp
+
+    def openmp_enabled(self):
+        return self._openmp
+
+
+@pytest.mark.parametrize("openmp, cpus, environ, warns", [
+    (False, 2, {}, True),
+    (False, 64, {"FASTBN_SERIAL_OK": "0"}, True),
+    (False, 2, {"FASTBN_SERIAL_OK": "1"}, False),
+    (False, 1, {}, False),
+    (True, 2, {}, False),
+])
+def test_a_serial_build_on_several_cpus_is_announced(openmp, cpus, environ, warns):
+    message = _backends.serial_build_message(_Kernels(openmp), cpus, environ)
+    assert (message is not None) == warns
+    if warns:
+        assert f"without OpenMP: they run on one thread of the {cpus} CPUs" in message
+        assert "FASTBN_SERIAL_OK=1" in message
+
+
+def test_import_warns_once_exactly_when_the_kernels_are_serial_on_several_cpus():
+    """`import fastbn` in a fresh interpreter, without FASTBN_SERIAL_OK: one RuntimeWarning
+    pointing at the importing line when this build is serial on a machine of 2+ CPUs (the
+    serial-build step of .ci/run sets FASTBN_SERIAL_OK for its other tests), none otherwise."""
+    import subprocess
+    import sys
+
+    code = ("import warnings\nwith warnings.catch_warnings(record=True) as caught:\n"
+            "    warnings.simplefilter('always')\n    import fastbn\n"
+            "print([(w.category.__name__, w.filename, w.lineno) for w in caught])")
+    env = {k: v for k, v in os.environ.items() if k != "FASTBN_SERIAL_OK"}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    kernels = _backends.kernels()
+    serial = kernels is not None and not kernels.openmp_enabled() and _backends._cpu_count() > 1
+    assert out.strip() == ("[('RuntimeWarning', '<string>', 4)]" if serial else "[]")

@@ -85,6 +85,14 @@ def _cache(op, **changes):
     return cache._replace(**changes)
 
 
+def _cache32(op, **changes):
+    """A valid float32 cache of `op` (made by the reference), with fields replaced by `changes`."""
+    name, make = _FORWARDS[op]
+    args = [a.astype(np.float32) if isinstance(a, np.ndarray) else a for a in make()]
+    _, cache = getattr(reference, name)(*args)
+    return cache._replace(**changes)
+
+
 def _dout(op):
     return np.ones_like(_cache(op).x)
 
@@ -366,7 +374,7 @@ BACKWARD_CASES = [
         "cache comes from rmsnorm_forward, but layernorm_backward needs the cache of layernorm_forward"),
     Bad("rms-back-tampered-invstd-size", "rmsnorm_backward",
         lambda: (_dout("rmsnorm"), _cache("rmsnorm", invstd=np.ones(2))), ValueError,
-        r"cache.invstd must be a float array of 3 values, got size 2"),
+        r"cache.invstd must be an array of shape \(3,\) and dtype float64 \(those of the statistics of cache.x\), got shape \(2,\)"),
     Bad("rms-back-tampered-beta-shape", "rmsnorm_backward",
         lambda: (_dout("rmsnorm"), _cache("rmsnorm", beta_shape=(5,))), ValueError,
         r"cache.beta_shape must be None for rmsnorm \(it has no beta\), got \(5,\)"),
@@ -414,13 +422,13 @@ BACKWARD_CASES = [
         r"cache.gamma must be a C-contiguous array"),
     Bad("ln-back-tampered-mean-size", "layernorm_backward",
         lambda: (_dout("layernorm"), _cache("layernorm", mean=np.zeros(2))), ValueError,
-        r"cache.mean must be a float array of 3 values, got size 2"),
+        r"cache.mean must be an array of shape \(3,\) and dtype float64 .*, got shape \(2,\), dtype float64"),
     Bad("bn-back-tampered-invstd-none", "batchnorm_backward",
         lambda: (np.ones((6, 4)), _cache("batchnorm", invstd=None)), ValueError,
-        r"cache.invstd must be a float array of 4 values, got NoneType"),
+        r"cache.invstd must be an array of shape \(4,\) and dtype float64 .*, got NoneType"),
     Bad("gn-back-tampered-invstd-complex", "spatial_groupnorm_backward",
         lambda: (_dout("groupnorm"), _cache("groupnorm", invstd=np.ones((2, 2), complex))), ValueError,
-        r"cache.invstd must be a float array of 4 values, got size 4, dtype complex128"),
+        r"cache.invstd must be an array of shape \(2, 2\) and dtype float64 .*, got shape \(2, 2\), dtype complex128"),
     Bad("bn-back-tampered-x-fortran", "batchnorm_backward",
         lambda: (np.ones((6, 4)), _cache("batchnorm", x=np.asfortranarray(_x(6, 4)))), ValueError,
         r"cache.x must be a C-contiguous float32 or float64 array, got dtype float64, C-contiguous False"),
@@ -456,13 +464,53 @@ BACKWARD_CASES = [
         r"cache.axis must be None for batchnorm, got 0"),
     Bad("bn-back-tampered-gamma-shape", "batchnorm_backward",
         lambda: (np.ones((6, 4)), _cache("batchnorm", gamma_shape=(5,))), ValueError,
-        r"cache.gamma_shape must be None or a shape of 4 values or of one value, got \(5,\)"),
+        r"cache.gamma_shape must be None or a shape the forward takes for gamma/beta of an x of shape \(6, 4\) \(\(4,\), \(1, 4\), or another of 4 values or of one value that broadcasts like it\), got \(5,\)"),
     Bad("bn-back-tampered-negative-shape", "batchnorm_backward",
         lambda: (np.ones((6, 4)), _cache("batchnorm", beta_shape=(-1, -4))), ValueError,
-        r"cache.beta_shape must be None or a shape of 4 values or of one value, got \(-1, -4\)"),
+        r"cache.beta_shape must be None or a shape the forward takes .*, got \(-1, -4\)"),
     Bad("bn-back-tampered-dtype", "batchnorm_backward",
         lambda: (np.ones((6, 4)), _cache("batchnorm", dtype=np.dtype(np.int8))), ValueError,
-        r"cache.dtype must be float16, float32 or float64, got dtype\('int8'\)"),
+        r"cache.dtype must be float64 for a cache.x of dtype float64, got dtype\('int8'\)"),
+    # --- fields that disagree with the others: each would make a backward lie
+    Bad("bn-back-tampered-eps-negative", "batchnorm_backward",
+        lambda: (np.ones((6, 4)), _cache("batchnorm", eps=-1.0)), ValueError,
+        r"cache.eps must be a finite real number >= 0, got -1.0"),
+    Bad("ln-back-tampered-eps-nan", "layernorm_backward",
+        lambda: (_dout("layernorm"), _cache("layernorm", eps=float("nan"))), ValueError,
+        r"cache.eps must be a finite real number >= 0, got nan"),
+    Bad("gn-back-tampered-eps-none", "spatial_groupnorm_backward",
+        lambda: (_dout("groupnorm"), _cache("groupnorm", eps=None)), ValueError,
+        r"cache.eps must be a finite real number >= 0, got None"),
+    Bad("rms-back-tampered-eps-string", "rmsnorm_backward",
+        lambda: (_dout("rmsnorm"), _cache("rmsnorm", eps="1e-5")), ValueError,
+        r"cache.eps must be a finite real number >= 0, got '1e-5'"),
+    Bad("bn-back-tampered-dtype-float32", "batchnorm_backward",
+        lambda: (np.ones((6, 4)), _cache("batchnorm", dtype=np.dtype(np.float32))), ValueError,
+        r"cache.dtype must be float64 for a cache.x of dtype float64, got dtype\('float32'\)"),
+    Bad("sbn-back-tampered-dtype-float16", "spatial_batchnorm_backward",
+        lambda: (_dout("spatial_batchnorm"), _cache("spatial_batchnorm", dtype=np.dtype(np.float16))),
+        ValueError, r"cache.dtype must be float64 for a cache.x of dtype float64, got dtype\('float16'\)"),
+    Bad("ln-back-tampered-dtype-float64-of-float32", "layernorm_backward",
+        lambda: (_dout("layernorm"), _cache32("layernorm", dtype=np.dtype(np.float64))), ValueError,
+        r"cache.dtype must be float32 or float16 for a cache.x of dtype float32, got dtype\('float64'\)"),
+    Bad("bn-back-tampered-dtype-type", "batchnorm_backward",
+        lambda: (np.ones((6, 4)), _cache("batchnorm", dtype=np.float64)), ValueError,
+        r"cache.dtype must be float64 for a cache.x of dtype float64, got <class 'numpy.float64'>"),
+    Bad("bn-back-tampered-mean-float32", "batchnorm_backward",
+        lambda: (np.ones((6, 4)), _cache("batchnorm", mean=np.zeros(4, np.float32))), ValueError,
+        r"cache.mean must be an array of shape \(4,\) and dtype float64 .*, got shape \(4,\), dtype float32"),
+    Bad("ln-back-tampered-invstd-float16", "layernorm_backward",
+        lambda: (_dout("layernorm"), _cache("layernorm", invstd=np.ones(3, np.float16))), ValueError,
+        r"cache.invstd must be an array of shape \(3,\) and dtype float64 .*, dtype float16"),
+    Bad("bn-back-tampered-mean-reshaped", "batchnorm_backward",
+        lambda: (np.ones((6, 4)), _cache("batchnorm", mean=np.zeros((1, 4)))), ValueError,
+        r"cache.mean must be an array of shape \(4,\) .*, got shape \(1, 4\)"),
+    Bad("gn-back-tampered-gamma-shape-same-size", "spatial_groupnorm_backward",
+        lambda: (_dout("groupnorm"), _cache("groupnorm", gamma_shape=(2, 2))), ValueError,
+        r"cache.gamma_shape must be None or a shape the forward takes .*, got \(2, 2\)"),
+    Bad("ln-back-tampered-groups-bool", "layernorm_backward",
+        lambda: (_dout("layernorm"), _cache("layernorm", groups=True)), ValueError,
+        r"cache.groups must be 1 for layernorm, got True"),
 ]
 
 ALL_CASES = FORWARD_CASES + BACKWARD_CASES
