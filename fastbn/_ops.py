@@ -33,10 +33,31 @@ column, ``planes`` as (N, C, L) with statistics per channel over N contiguous pl
 reshapes (:meth:`OpSpec.view`): N is the product of the axes before the channel axis, L of those
 after it.
 """
+import functools
 import math
 from dataclasses import dataclass
 
 __all__ = ["OpSpec", "OPS", "LAYOUTS", "LAYOUT_SYNONYMS", "public_functions"]
+
+
+def _remembered(method):
+    """`method` of an :class:`OpSpec`, remembered per op and arguments (a shape, a layout, ...):
+    a training loop calls an op with the same few shapes again and again, and these answers are
+    looked up on every call. At most 4096 answers are kept per method."""
+    answers = {}
+
+    @functools.wraps(method)
+    def remembered(self, *args):
+        key = (self.name, *args)
+        try:
+            return answers[key]
+        except KeyError:
+            if len(answers) >= 4096:
+                answers.clear()
+            answer = answers[key] = method(self, *args)
+            return answer
+
+    return remembered
 
 
 @dataclass(frozen=True)
@@ -147,6 +168,7 @@ class OpSpec:
         layout = param.get("layout", self.layouts[0])
         return LAYOUT_SYNONYMS.get(layout, layout)
 
+    @_remembered
     def ndim_range(self, layout):
         """``(fewest, most)`` dimensions of x in `layout` (most None: no limit)."""
         geometry = LAYOUTS[layout]
@@ -173,6 +195,7 @@ class OpSpec:
         channel axes (the channel count) and of the axes after them."""
         return self.geometry(shape, layout, axis)[:3]
 
+    @_remembered
     def geometry(self, shape, layout, axis=None):
         """``(before, C, after, param_shape)``: :meth:`split` and :meth:`param_shape` at once."""
         first, stop = self.feature_axes(shape, layout, axis)
@@ -180,6 +203,7 @@ class OpSpec:
         param_shape = (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
         return math.prod(shape[:first]), channels, math.prod(shape[stop:]), param_shape
 
+    @_remembered
     def channels(self, shape, layout, axis=None):
         """The number of channels (features) of an x of `shape`."""
         first, stop = self.feature_axes(shape, layout, axis)
@@ -190,6 +214,7 @@ class OpSpec:
         first, stop = self.feature_axes(shape, layout, axis)
         return (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
 
+    @_remembered
     def view(self, shape, layout, groups=1, axis=None):
         """``(family, view_shape)``: the free reshape of x that the kernels and the reference
         process: ``cols`` (M, C), ``planes`` (N, C, L), ``rows`` (N * G, C // G, L), where N is
@@ -202,6 +227,7 @@ class OpSpec:
             return family, (before, C, after)
         return family, (before * groups, C // groups if groups else 0, after)
 
+    @_remembered
     def stat_shape(self, shape, layout, groups=1, axis=None):
         """Shape of ``cache.mean`` / ``cache.invstd``: (C,) for batch statistics; else the axes
         before the channel axes, then G for grouped ops."""
@@ -210,6 +236,7 @@ class OpSpec:
         first, _ = self.feature_axes(shape, layout, axis)
         return tuple(shape[:first]) + ((groups,) if self.grouped else ())
 
+    @_remembered
     def per_channel(self, shape, layout, axis=None):
         """Values per channel: the count M of the batch statistics."""
         before, _, after = self.split(shape, layout, axis)

@@ -155,9 +155,11 @@ def _param_grad(grad, shape, dtype):
     channel) reshaped, or summed when the parameter was one value broadcast to every channel."""
     if shape is None:
         return None
-    if shape != grad.shape and math.prod(shape) != grad.size:
-        grad = np.sum(grad, dtype=np.float64)
-    return _into(None, np.reshape(grad, shape), dtype)
+    if shape != grad.shape:
+        if math.prod(shape) != grad.size:
+            grad = np.sum(grad, dtype=np.float64)
+        grad = grad.reshape(shape)
+    return grad if grad.dtype == dtype else grad.astype(dtype)
 
 
 def finish_backward(cache, dx, dgamma, dbeta, out=None):
