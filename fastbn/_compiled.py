@@ -46,6 +46,12 @@ def forward(p):
         stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups)
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
+    epilogue = {}
+    if spec.relu:  # the fused ReLU: its packed mask (the last byte's unused bits are 0)
+        mask = np.empty((x.size + 7) // 8, dtype=np.uint8)
+        mask[-1:] = 0
+        epilogue = {"mask": mask, "residual": None if p.residual is None
+                    else _aligned(p.residual).reshape(view_shape)}
     if p.mode == "train":
         mean = np.empty(C, dtype=dtype)
         invstd = np.empty(C, dtype=dtype)
@@ -53,15 +59,16 @@ def forward(p):
         running = _in_place(p, dtype)
         train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
         train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, *running, p.momentum,
-              n_threads)
+              n_threads, **epilogue)
         updated = running[0] is not None
     else:
         mean, invstd = test_statistics(p)
         batch_var = None
         updated = False
         affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
-        affine(x, mean, gamma * invstd, beta, out, n_threads)
-    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated)
+        affine(x, mean, gamma * invstd, beta, out, n_threads, **epilogue)
+    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated,
+                          epilogue.get("mask"))
 
 
 def _in_place(p, dtype):
@@ -107,6 +114,13 @@ def backward(dout, cache, out=None):
         kernels.rows_backward(x, dy, mean, invstd, gamma, cache.groups, spec.center, dx, dgamma,
                               dbeta, n_threads)
     else:
+        epilogue = {}
+        if spec.relu:  # dy read through the ReLU mask; dresidual = dy * mask
+            epilogue = {"mask": cache.mask, "dresidual": np.empty_like(x) if cache.residual else None}
         run = kernels.cols_backward if family == "cols" else kernels.planes_backward
-        run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
+        run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads,
+            **epilogue)
+        if epilogue.get("dresidual") is not None:
+            return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out,
+                                   epilogue["dresidual"])
     return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)

@@ -24,7 +24,8 @@ class NormCache(NamedTuple):
     ----------
     op : str
         The operation that made it: ``'batchnorm'``, ``'spatial_batchnorm'``, ``'layernorm'``,
-        ``'groupnorm'`` or ``'rmsnorm'`` (the names of :data:`fastbn._ops.OPS`).
+        ``'groupnorm'``, ``'rmsnorm'``, ``'batchnorm_relu'`` or ``'spatial_batchnorm_relu'``
+        (the names of :data:`fastbn._ops.OPS`).
     x : ndarray
         The input as computed on: C-contiguous, in the computation dtype.
     gamma : ndarray
@@ -49,6 +50,13 @@ class NormCache(NamedTuple):
         (``beta_shape`` is None for RMSNorm, which has no beta).
     dtype : numpy.dtype
         The dtype of the returned arrays (float16 input is computed in float32).
+    mask : ndarray of uint8, or None
+        The fused ops' ReLU mask, one bit per element of x: bit ``k`` of byte ``b`` is 1 where
+        element ``8 * b + k`` of the flattened output was > 0, i.e.
+        ``np.packbits(out.ravel() > 0, bitorder='little')`` (``ceil(x.size / 8)`` bytes; unpack
+        with ``np.unpackbits(mask, count=x.size, bitorder='little')``). None for other ops.
+    residual : bool
+        Whether the fused forward added a residual (its backward then returns dresidual).
     """
 
     op: str
@@ -63,6 +71,8 @@ class NormCache(NamedTuple):
     gamma_shape: tuple
     beta_shape: tuple
     dtype: np.dtype
+    mask: np.ndarray = None
+    residual: bool = False
 
 
 
@@ -80,17 +90,22 @@ def test_statistics(p):
     return mean, invstd
 
 
-def finish_forward(p, out, mean, invstd, batch_var=None, updated=False):
+def finish_forward(p, out, mean, invstd, batch_var=None, updated=False, mask=None):
     """Update running statistics (train-mode batchnorm), build the cache, cast the output.
 
     Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
-    `updated`: the backend updated running_mean and running_var already.
+    `updated`: the backend updated running_mean and running_var already. `mask`: the fused ops'
+    packed ReLU mask.
     """
     if p.mode == "train" and OPS[p.op].running_stats:
         update_running(p, mean, batch_var, updated)
     # positional: NamedTuple keywords cost a third of this function's time
-    cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
-                      p.gamma_shape, p.beta_shape, p.dtype)
+    if mask is None:
+        cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
+                          p.gamma_shape, p.beta_shape, p.dtype)
+    else:
+        cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
+                          p.gamma_shape, p.beta_shape, p.dtype, mask, p.residual is not None)
     return _into(p.out, out, p.dtype), cache
 
 
@@ -130,12 +145,16 @@ def update_running(p, batch_mean, batch_var, updated=False):
 
 
 
-def finish_backward(cache, dx, dgamma, dbeta, out=None):
+def finish_backward(cache, dx, dgamma, dbeta, out=None, dresidual=None):
     """Cast to the output dtype and give dgamma/dbeta the shapes gamma/beta had; ``(dx, dgamma)``
-    for ops without beta (whose cache has no ``beta_shape``)."""
+    for ops without beta (whose cache has no ``beta_shape``); dresidual appended for a fused
+    forward that had a residual."""
     dtype = cache.dtype
     dx = _into(out, dx, dtype)
     dgamma = _into(None, dgamma.reshape(cache.gamma_shape), dtype)
     if cache.beta_shape is None:
         return dx, dgamma
-    return dx, dgamma, _into(None, dbeta.reshape(cache.beta_shape), dtype)
+    dbeta = _into(None, dbeta.reshape(cache.beta_shape), dtype)
+    if cache.residual:
+        return dx, dgamma, dbeta, _into(None, dresidual.reshape(cache.x.shape), dtype)
+    return dx, dgamma, dbeta

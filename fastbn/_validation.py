@@ -39,6 +39,7 @@ class Prepared(NamedTuple):
     beta_shape: tuple  # None for ops without beta
     dtype: np.dtype  # output dtype
     out: object = None  # the caller's output array (``out=``), or None
+    residual: object = None  # fused ops: the residual, like x (C-contiguous, computation dtype), or None
 
 
 def _type_name(value):
@@ -161,10 +162,11 @@ def check_x(x, name, ndim, description):
     return compute_dtype(x, name)
 
 
-def prepare(spec, x, gamma, beta, param, groups=None, out=None):
+def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None):
     """Validate the arguments of `spec`'s forward and return them as a :class:`Prepared` record.
 
-    `beta` is ignored by ops without a shift (``spec.beta`` false), `groups` by ungrouped ops.
+    `beta` is ignored by ops without a shift (``spec.beta`` false), `groups` by ungrouped ops,
+    `residual` by ops without a fused ReLU (``spec.relu`` false).
     """
     name = spec.param_name
     check_param_dict(param, name)
@@ -195,13 +197,26 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None):
                 f"train mode needs at least 2 values per {'feature' if layout == 'NC' else 'channel'} "
                 f"to compute batch statistics, got {per_channel} (x has shape {x.shape}); {why}"
             )
+    given = (residual,) if spec.relu and residual is not None else ()
+    residual = check_residual(residual, x, dtype) if given else None
     return Prepared(
         op=spec.name, x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
         eps=eps, mode=mode, momentum=momentum, running_mean=running_mean,
         running_var=running_var, param=param, layout=layout, groups=G,
         gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
-        out=check_out(out, "out", x, out_dtype, gamma, beta),
+        out=check_out(out, "out", x, out_dtype, gamma, beta, *given),
+        residual=residual,
     )
+
+
+def check_residual(residual, x, dtype):
+    """The fused ops' residual: an array of x's shape with a dtype x could have, returned
+    C-contiguous in the computation dtype `dtype`."""
+    check_ndarray(residual, "residual")
+    compute_dtype(residual, "residual")
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x, {x.shape}, got shape {residual.shape}")
+    return np.ascontiguousarray(residual, dtype=dtype)
 
 
 def check_out(out, name, like, dtype, *others):
@@ -248,7 +263,7 @@ def check_cache(cache, spec, function):
             f"cache must be the cache returned by {spec.forward} (a fastbn NormCache), "
             f"got {_type_name(cache)}"
         )
-    cache_op, x, gamma, mean, invstd, _, mode, layout, groups, gamma_shape, beta_shape, dtype = cache
+    cache_op, x, gamma, mean, invstd, _, mode, layout, groups, gamma_shape, beta_shape, dtype = cache[:12]
     if cache_op != spec.name:
         made_by = OPS[cache_op].forward if cache_op in OPS else repr(cache_op)
         raise ValueError(
@@ -294,6 +309,7 @@ def check_cache(cache, spec, function):
             raise ValueError(f"cache.{name} must be a shape of {channels} values, got {shape!r}")
     if not spec.beta and beta_shape is not None:
         raise ValueError(f"cache.beta_shape must be None for {spec.name} (it has no beta), got {beta_shape!r}")
+    check_mask(cache, spec, x)
     if dtype not in _OUTPUT_DTYPES:
         try:
             dtype = np.dtype(dtype)
@@ -301,6 +317,25 @@ def check_cache(cache, spec, function):
             dtype = None
         if dtype is None or dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
             raise ValueError(f"cache.dtype must be float16, float32 or float64, got {cache.dtype!r}")
+
+
+def check_mask(cache, spec, x):
+    """A fused op's cache holds its packed ReLU mask (uint8, C-contiguous, ceil(x.size / 8)
+    bytes) and a bool `residual`; other ops' caches hold neither."""
+    mask, residual = cache.mask, cache.residual
+    if not spec.relu:
+        if mask is not None or residual is not False:
+            raise ValueError(f"cache.mask must be None and cache.residual False for {spec.name}, "
+                             f"got {_type_name(mask)} and {residual!r}")
+        return
+    n_bytes = (x.size + 7) // 8
+    if not (isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.shape == (n_bytes,)
+            and mask.flags.c_contiguous):
+        got = (f"dtype {mask.dtype}, shape {mask.shape}" if isinstance(mask, np.ndarray)
+               else _type_name(mask))
+        raise ValueError(f"cache.mask must be a C-contiguous uint8 array of shape {(n_bytes,)}, got {got}")
+    if not isinstance(residual, (bool, np.bool_)):
+        raise ValueError(f"cache.residual must be True or False, got {residual!r}")
 
 
 def prepare_backward(dout, cache, spec, function, out=None):

@@ -91,6 +91,30 @@ static inline int fastbn_streamable(const void *p, size_t size, int stream) {
     return stream && !((uintptr_t)p & (size - 1));
 }
 
+/* The packed ReLU mask of the fused ops: bit k of byte b is element 8 * b + k of the flattened
+ * array (np.packbits(flat, bitorder='little')). put_bits writes n <= 16 bits at bit position pos,
+ * the bytes it fills whole with plain stores and the others by read-modify-write of their own
+ * bits only; so two threads never write one byte as long as the runs they are given start and
+ * end at multiples of 8 elements (the kernels cut their tasks so), and one thread writes runs
+ * that share bytes in sequence. get_bits reads n <= 16 bits (only the bytes that hold them). */
+static inline void fastbn_put_bits(uint8_t *mask, ptrdiff_t pos, unsigned bits, int n) {
+    uint8_t *p = mask + (pos >> 3);
+    int o = (int)(pos & 7);
+    uint32_t keep = ((1u << n) - 1) << o, v = (bits << o) & keep;
+    for (; keep; keep >>= 8, v >>= 8, p++) {
+        uint32_t k = keep & 0xff;
+        *p = k == 0xff ? (uint8_t)v : (uint8_t)((*p & ~k) | (v & k));
+    }
+}
+static inline unsigned fastbn_get_bits(const uint8_t *mask, ptrdiff_t pos, int n) {
+    const uint8_t *p = mask + (pos >> 3);
+    int o = (int)(pos & 7);
+    uint32_t v = p[0];
+    if (o + n > 8) v |= (uint32_t)p[1] << 8;
+    if (o + n > 16) v |= (uint32_t)p[2] << 16;
+    return (v >> o) & ((1u << n) - 1);
+}
+
 #if defined(__x86_64__) && !defined(__clang__)
 #define FASTBN_MULTI_ISA 1
 #else

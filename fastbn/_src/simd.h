@@ -37,6 +37,10 @@
 typedef double fastbn_vd __attribute__((vector_size(64))); /* 8 doubles */
 typedef float fastbn_vf __attribute__((vector_size(64)));  /* 16 floats */
 typedef float fastbn_vf8 __attribute__((vector_size(32))); /* 8 floats */
+typedef int32_t fastbn_vi32 __attribute__((vector_size(64)));  /* lanes of fastbn_vf as integers */
+typedef int64_t fastbn_vi64 __attribute__((vector_size(64)));  /* lanes of fastbn_vd as integers */
+typedef int32_t fastbn_vi32_8 __attribute__((vector_size(32)));
+typedef int64_t fastbn_vi64_4 __attribute__((vector_size(32)));
 
 /* The eight lanes of a, added in a fixed order: ((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7)). */
 FASTBN_INLINE double fastbn_hsum(fastbn_vd a) {
@@ -151,3 +155,59 @@ FASTBN_INLINE void FASTBN_ISA(storem_d)(double *p, unsigned count, fastbn_vd v) 
     memcpy(p, &v, count * sizeof *p);
 #endif
 }
+
+/* The ReLU epilogue's lane operations (see loops_template.c). pos_bits: bit k set where lane k is
+ * > 0 (NaN is not); keep: lanes whose bit is clear become +0; relu: lanes <= 0 become +0 (NaN
+ * stays NaN, -0 becomes +0). */
+FASTBN_INLINE unsigned FASTBN_ISA(pos_bits_f)(fastbn_vf v) {
+#if FASTBN_ISA_LEVEL >= 2
+    return _mm512_cmp_ps_mask((__m512)v, _mm512_setzero_ps(), _CMP_GT_OQ);
+#elif FASTBN_ISA_LEVEL >= 1
+    fastbn_vi32 m = v > 0;
+    fastbn_vi32_8 lo = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7);
+    fastbn_vi32_8 hi = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
+    return (unsigned)_mm256_movemask_ps((__m256)lo) | (unsigned)_mm256_movemask_ps((__m256)hi) << 8;
+#else
+    fastbn_vi32 m = v > 0;
+    unsigned bits = 0;
+    int k;
+    for (k = 0; k < 16; k++) bits |= (unsigned)(m[k] & 1) << k;
+    return bits;
+#endif
+}
+FASTBN_INLINE unsigned FASTBN_ISA(pos_bits_d)(fastbn_vd v) {
+#if FASTBN_ISA_LEVEL >= 2
+    return _mm512_cmp_pd_mask((__m512d)v, _mm512_setzero_pd(), _CMP_GT_OQ);
+#elif FASTBN_ISA_LEVEL >= 1
+    fastbn_vi64 m = v > 0;
+    fastbn_vi64_4 lo = __builtin_shufflevector(m, m, 0, 1, 2, 3);
+    fastbn_vi64_4 hi = __builtin_shufflevector(m, m, 4, 5, 6, 7);
+    return (unsigned)_mm256_movemask_pd((__m256d)lo) | (unsigned)_mm256_movemask_pd((__m256d)hi) << 4;
+#else
+    fastbn_vi64 m = v > 0;
+    unsigned bits = 0;
+    int k;
+    for (k = 0; k < 8; k++) bits |= (unsigned)(m[k] & 1) << k;
+    return bits;
+#endif
+}
+FASTBN_INLINE fastbn_vf FASTBN_ISA(keep_f)(fastbn_vf v, unsigned bits) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vf)_mm512_maskz_mov_ps((__mmask16)bits, (__m512)v);
+#else
+    const fastbn_vi32 lane = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    fastbn_vi32 m = (((fastbn_vi32){0} + (int32_t)bits) & lane) != 0;
+    return (fastbn_vf)((fastbn_vi32)v & m);
+#endif
+}
+FASTBN_INLINE fastbn_vd FASTBN_ISA(keep_d)(fastbn_vd v, unsigned bits) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vd)_mm512_maskz_mov_pd((__mmask8)bits, (__m512d)v);
+#else
+    const fastbn_vi64 lane = {1, 2, 4, 8, 16, 32, 64, 128};
+    fastbn_vi64 m = (((fastbn_vi64){0} + (int64_t)bits) & lane) != 0;
+    return (fastbn_vd)((fastbn_vi64)v & m);
+#endif
+}
+FASTBN_INLINE fastbn_vf FASTBN_ISA(relu_f)(fastbn_vf v) { return (fastbn_vf)((fastbn_vi32)v & ~(v <= 0)); }
+FASTBN_INLINE fastbn_vd FASTBN_ISA(relu_d)(fastbn_vd v) { return (fastbn_vd)((fastbn_vi64)v & ~(v <= 0)); }
