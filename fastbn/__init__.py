@@ -12,6 +12,7 @@ from fastbn import _api
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends
 from fastbn._config import show_config
+from fastbn._fold import fold_batchnorm
 from fastbn._results import NormCache
 from fastbn._threads import get_num_threads, set_num_threads
 
@@ -21,6 +22,7 @@ __all__ = [
     *_api.__all__,  # the public functions of every op in the op table (fastbn._ops)
     "NormCache",
     "available_backends",
+    "fold_batchnorm",
     "get_num_threads",
     "set_num_threads",
     "show_config",

@@ -4,9 +4,9 @@ import doctest
 import pytest
 
 import fastbn
-from fastbn import _api, _backends, _config, _planner, _threads, reference
+from fastbn import _api, _backends, _config, _fold, _planner, _threads, reference
 
-MODULES = [_api, _backends, _config, _planner, _threads, reference]
+MODULES = [_api, _backends, _config, _fold, _planner, _threads, reference]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=[m.__name__ for m in MODULES])

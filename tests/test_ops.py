@@ -303,7 +303,8 @@ def test_thread_count_does_not_change_bits(op, shape, dtype):
         with threadpool_limits(n, user_api="openmp"):
             assert fastbn.get_num_threads() <= n
             out, cache, grads = _run(op, x, gamma, beta, param, "cython")
-        results.append((out, cache.mean, cache.invstd, *grads))
+        results.append((out, cache.mean, cache.invstd, *grads,
+                        *((cache.mask,) if cache.mask is not None else ())))
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
 
