@@ -3,6 +3,8 @@
 The op's row of the op table (:mod:`fastbn._ops`) says which kernel family takes x, in which
 free reshape (``OpSpec.view``), and whether rows are centred.
 """
+import threading
+
 import numpy as np
 
 from fastbn import _backends
@@ -24,6 +26,45 @@ def _buffer(out, like):
     if out is not None and out.dtype == like.dtype and out.flags.aligned:
         return out.reshape(like.shape)
     return np.empty_like(like)
+
+
+class _MaskMemory:
+    """The memory of a fused op's packed ReLU mask, seen as an array (``np.asarray``, whose base
+    it becomes). When the last array on it is gone (the caller dropped the cache), its storage goes
+    back to a small pool for the next mask of the same size: a fresh array of a few MiB is a fresh
+    mapping whose pages are faulted in and zeroed on every call (measured in docs/decisions.md).
+    """
+
+    POOL_SIZE = 4  # masks kept for reuse, at most (the pool holds them only while unused)
+    _pool = []
+    _lock = threading.Lock()
+
+    def __init__(self, n):
+        storage = None
+        with self._lock:
+            for i, buf in enumerate(self._pool):
+                if buf.size == n:
+                    storage = self._pool.pop(i)
+                    break
+        self._storage = np.empty(n, dtype=np.uint8) if storage is None else storage
+        self.__array_interface__ = {"shape": (n,), "typestr": "|u1", "version": 3,
+                                    "data": (self._storage.ctypes.data, False)}
+
+    def __del__(self):
+        try:
+            with self._lock:
+                if len(self._pool) < self.POOL_SIZE:
+                    self._pool.append(self._storage)
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def _new_mask(n):
+    """A uint8 array of n bytes for a packed ReLU mask, its last byte zeroed (the bits past the
+    last element stay 0; the kernels write every other bit)."""
+    mask = np.asarray(_MaskMemory(n)) if n else np.zeros(0, dtype=np.uint8)
+    mask[-1:] = 0
+    return mask
 
 
 def forward(p):
@@ -48,8 +89,7 @@ def forward(p):
     C = p.gamma.size
     epilogue = {}
     if spec.relu:  # the fused ReLU: its packed mask (the last byte's unused bits are 0)
-        mask = np.empty((x.size + 7) // 8, dtype=np.uint8)
-        mask[-1:] = 0
+        mask = _new_mask((x.size + 7) // 8)
         epilogue = {"mask": mask, "residual": None if p.residual is None
                     else _aligned(p.residual).reshape(view_shape)}
     if p.mode == "train":

@@ -97,7 +97,7 @@ static inline int fastbn_streamable(const void *p, size_t size, int stream) {
  * bits only; so two threads never write one byte as long as the runs they are given start and
  * end at multiples of 8 elements (the kernels cut their tasks so), and one thread writes runs
  * that share bytes in sequence. get_bits reads n <= 16 bits (only the bytes that hold them). */
-static inline void fastbn_put_bits(uint8_t *mask, ptrdiff_t pos, unsigned bits, int n) {
+static inline __attribute__((always_inline)) void fastbn_put_bits(uint8_t *mask, ptrdiff_t pos, unsigned bits, int n) {
     uint8_t *p = mask + (pos >> 3);
     int o = (int)(pos & 7);
     uint32_t keep = ((1u << n) - 1) << o, v = (bits << o) & keep;
@@ -106,7 +106,46 @@ static inline void fastbn_put_bits(uint8_t *mask, ptrdiff_t pos, unsigned bits, 
         *p = k == 0xff ? (uint8_t)v : (uint8_t)((*p & ~k) | (v & k));
     }
 }
-static inline unsigned fastbn_get_bits(const uint8_t *mask, ptrdiff_t pos, int n) {
+/* A run's bits written in order, 32 at a time: the long runs of the affine sweeps push each
+ * vector's bits into a sink (at flat index pos) instead of calling put_bits per vector. Only the
+ * run's own bits of its first and last bytes are written (read-modify-write), the bytes between
+ * them with plain stores. */
+typedef struct { uint8_t *p; uint64_t acc; int n, lo; } fastbn_sink;
+static inline __attribute__((always_inline)) fastbn_sink fastbn_sink_at(uint8_t *mask, ptrdiff_t pos) {
+    fastbn_sink s;
+    s.p = mask ? mask + (pos >> 3) : NULL;
+    s.n = s.lo = (int)(pos & 7);
+    s.acc = 0;
+    return s;
+}
+static inline __attribute__((always_inline)) void fastbn_sink_bytes(fastbn_sink *s, int nbits) {
+    int k;
+    for (k = 0; 8 * k < nbits; k++) {
+        unsigned own = (k == 0 ? 0xffu << s->lo : 0xffu) & (nbits - 8 * k < 8 ? (1u << (nbits - 8 * k)) - 1 : 0xffu);
+        uint8_t v = (uint8_t)(s->acc >> (8 * k));
+        s->p[k] = own == 0xff ? v : (uint8_t)((s->p[k] & ~own) | (v & own));
+    }
+}
+static inline __attribute__((always_inline)) void fastbn_sink_push(fastbn_sink *s, unsigned bits, int n) {
+    s->acc |= (uint64_t)bits << s->n;
+    s->n += n;
+    if (s->n >= 32) {
+        if (s->lo) {
+            fastbn_sink_bytes(s, 32);
+            s->lo = 0;
+        } else {
+            uint32_t w = (uint32_t)s->acc;
+            memcpy(s->p, &w, 4);
+        }
+        s->p += 4;
+        s->acc >>= 32;
+        s->n -= 32;
+    }
+}
+static inline __attribute__((always_inline)) void fastbn_sink_end(fastbn_sink *s) {
+    if (s->n > s->lo) fastbn_sink_bytes(s, s->n);
+}
+static inline __attribute__((always_inline)) unsigned fastbn_get_bits(const uint8_t *mask, ptrdiff_t pos, int n) {
     const uint8_t *p = mask + (pos >> 3);
     int o = (int)(pos & 7);
     uint32_t v = p[0];

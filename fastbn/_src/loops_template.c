@@ -109,6 +109,13 @@ FASTBN_INLINE VT FN(relu_v)(const int relu, VT y, const T *res, ptrdiff_t at, ui
     fastbn_put_bits(mask, pos, POS_BITS(y), masked ? (int)count : N);
     return RELU(y);
 }
+/* The same for a whole vector whose bits go to a sink (the next N of its run). */
+FASTBN_INLINE VT FN(relu_s)(const int relu, VT y, const T *res, ptrdiff_t at, fastbn_sink *sink) {
+    if (!relu) return y;
+    if (relu == 2) y += FN(loadv)(res + at);
+    fastbn_sink_push(sink, POS_BITS(y), N);
+    return RELU(y);
+}
 FASTBN_INLINE T FN(relu1)(const int relu, T y, const T *res, ptrdiff_t at, uint8_t *mask,
                           ptrdiff_t pos) {
     if (!relu) return y;
@@ -240,11 +247,11 @@ FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *
     if (stream)
         for (; j < n && ((uintptr_t)(out + j) & 63); j++)
             out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
+    fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + j : 0);
     for (; j + N <= n; j += N)
-        FN(put)(out + j,
-                FN(relu_v)(relu, (FN(loadv)(x + j) - mean) * scale + beta, res, j, mask, pos + j,
-                           0, 0),
+        FN(put)(out + j, FN(relu_s)(relu, (FN(loadv)(x + j) - mean) * scale + beta, res, j, &sink),
                 stream);
+    if (relu) fastbn_sink_end(&sink);
     for (; j < n; j++) out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
     if (stream) FASTBN_ISA(sfence)();
 }
@@ -486,7 +493,7 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
 FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count, const T *x0,
                                T *o0, ptrdiff_t stride, ptrdiff_t j, const T *mean, const T *scale,
                                const T *beta, int stream, const T *res, ptrdiff_t at,
-                               uint8_t *mask, ptrdiff_t pos) {
+                               uint8_t *mask, ptrdiff_t pos, fastbn_sink *sinks) {
     VT m = masked ? LOADM(mean + j, count) : FN(loadv)(mean + j);
     VT s = masked ? LOADM(scale + j, count) : FN(loadv)(scale + j);
     VT b = masked ? LOADM(beta + j, count) : FN(loadv)(beta + j);
@@ -495,7 +502,8 @@ FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count,
         const T *p = x0 + r * stride + j;
         ptrdiff_t k = at + r * stride + j;
         VT v = ((masked ? LOADM(p, count) : FN(loadv)(p)) - m) * s + b;
-        v = FN(relu_v)(relu, v, res, k, mask, pos + k, masked, count);
+        if (masked) v = FN(relu_v)(relu, v, res, k, mask, pos + k, masked, count);
+        else v = FN(relu_s)(relu, v, res, k, &sinks[r]);
         if (masked) STOREM(o0 + r * stride + j, count, v);
         else FN(put)(o0 + r * stride + j, v, stream);
     }
@@ -516,18 +524,23 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
             const T *x0 = x + i * stride;
             T *o0 = out + i * stride;
             ptrdiff_t at = i * stride;
+            fastbn_sink sinks[4];
             if (head) /* the values before the first line boundary: masked ordinary stores */
                 FN(affine4)(relu, 1, head, x0, o0, stride, 0, mean, scale, beta, 0, res, at, mask,
-                            pos);
+                            pos, sinks);
+            if (relu)
+                for (r = 0; r < 4; r++) sinks[r] = fastbn_sink_at(mask, pos + at + r * stride + head);
             for (j = head; j + N <= n; j += N) {
                 if (ahead)
                     for (r = 0; r < 4; r++) __builtin_prefetch(x0 + r * stride + j + near, 0, 3);
                 FN(affine4)(relu, 0, 0, x0, o0, stride, j, mean, scale, beta, stream, res, at, mask,
-                            pos);
+                            pos, sinks);
             }
+            if (relu)
+                for (r = 0; r < 4; r++) fastbn_sink_end(&sinks[r]);
             if (j < n)
                 FN(affine4)(relu, 1, n - j, x0, o0, stride, j, mean, scale, beta, 0, res, at, mask,
-                            pos);
+                            pos, sinks);
         }
     for (; i < n_rows; i++) {
         const T *xi = x + i * stride;
@@ -538,15 +551,17 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
             for (; j < n && ((uintptr_t)(oi + j) & 63); j++)
                 oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
                                   pos + at + j);
+        fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + at + j : 0);
         for (; j + N <= n; j += N) {
             if (ahead) __builtin_prefetch(xi + j + far, 0, 3);
             FN(put)(oi + j,
-                    FN(relu_v)(relu,
+                    FN(relu_s)(relu,
                                (FN(loadv)(xi + j) - FN(loadv)(mean + j)) * FN(loadv)(scale + j)
                                    + FN(loadv)(beta + j),
-                               res, at + j, mask, pos + at + j, 0, 0),
+                               res, at + j, &sink),
                     stream);
         }
+        if (relu) fastbn_sink_end(&sink);
         for (; j < n; j++)
             oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
                               pos + at + j);
