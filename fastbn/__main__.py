@@ -7,10 +7,12 @@
 
 Examples
 --------
-A quick run (about half a minute), then the full one with a JSON record::
+A quick run (about half a minute), then the full one with a JSON record; the fused
+batchnorm + ReLU cases alone::
 
     python -m fastbn --quick
     python -m fastbn --json results.json --plot fastbn-bench.png
+    python -m fastbn --fused --no-plot
 """
 import argparse
 import json
@@ -70,6 +72,27 @@ def table(records):
         lines.append("  ".join(cells))
         if k == 0:
             lines.append("-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def fused_table(records):
+    """The fused batchnorm + ReLU cases: the fused call's time over fastbn's batchnorm alone per
+    direction (``fused/bn``), and the time of batchnorm followed by NumPy's ReLU over the fused
+    call's, forward (train mode) and backward together (``bn+np.relu/fused``)."""
+    by_case = {}
+    for r in records:
+        if r["case"].spec.relu:
+            by_case.setdefault(r["case"], {})[r["direction"]] = r["times"]
+    if not by_case:
+        return ""
+    lines = [f"{'fused case':46s} {'fwd fused/bn':>12s} {'test fused/bn':>13s} "
+             f"{'bwd fused/bn':>12s} {'bn+np.relu/fused (fwd+bwd)':>27s}"]
+    for case, t in by_case.items():
+        ratio = {d: t[d]["fastbn"] / t[d]["batchnorm"] for d in t}
+        numpy_relu = t["forward"]["batchnorm + np.relu"] + t["backward"]["batchnorm + np.relu"]
+        fused = t["forward"]["fastbn"] + t["backward"]["fastbn"]
+        lines.append(f"{case.name:46s} {ratio['forward']:12.2f} {ratio.get('test', np.nan):13.2f} "
+                     f"{ratio['backward']:12.2f} {numpy_relu / fused:27.2f}")
     return "\n".join(lines)
 
 
@@ -144,6 +167,9 @@ def _parser():
     parser.add_argument("--repeat", type=int, default=None, metavar="R",
                         help="timed rounds per call; the median is reported (default 7, quick 5)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    parser.add_argument("--fused", action="store_true",
+                        help="only the fused batchnorm + ReLU cases, against batchnorm alone and "
+                             "batchnorm followed by NumPy's ReLU")
     parser.add_argument("--shared-core", action="store_true",
                         help="instead of the comparison: fastbn on 1 and on 2 threads for every case "
                              "while another process keeps one core busy (2 threads / 1 thread)")
@@ -203,6 +229,8 @@ def main(argv=None, cases=None):
                                         progress=lambda message: print(f"  {message}", flush=True))
         print(shared_core_table(records))
         return 0
+    if cases is None and args.fused:
+        cases = _bench.FUSED_CASES
     if cases is None:
         cases = _bench.QUICK_CASES if args.quick else _bench.LARGE_CASES + _bench.SMALL_CASES
     repeat = args.repeat or (5 if args.quick else 7)
@@ -216,6 +244,11 @@ def main(argv=None, cases=None):
           "writes into preallocated out= arrays. ref/fastbn: speed-up over the NumPy reference. "
           "/torch: fastbn time / PyTorch time (PyTorch allocates its outputs). read/memcpy: a "
           "sweep that only reads x / the memcpy.")
+    fused = fused_table(records)
+    if fused:
+        print(f"\n{fused}\n(fused: fastbn's batchnorm_relu call; bn: fastbn's batchnorm alone; "
+              "bn+np.relu: batchnorm then np.maximum(out, 0), and dout * (out > 0) into its "
+              "backward; all in the same interleaved rounds.)")
 
     if args.json:
         with open(args.json, "w") as f:

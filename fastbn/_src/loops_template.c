@@ -248,9 +248,12 @@ FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *
         for (; j < n && ((uintptr_t)(out + j) & 63); j++)
             out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
     fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + j : 0);
-    for (; j + N <= n; j += N)
+    for (; j + N <= n; j += N) {
+        if (relu && !((pos + j) & 255)) /* (mask lines ahead, for writing) */
+            __builtin_prefetch(mask + ((pos + j + 2048) >> 3), 1, 3);
         FN(put)(out + j, FN(relu_s)(relu, (FN(loadv)(x + j) - mean) * scale + beta, res, j, &sink),
                 stream);
+    }
     if (relu) fastbn_sink_end(&sink);
     for (; j < n; j++) out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
     if (stream) FASTBN_ISA(sfence)();
@@ -493,7 +496,7 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
 FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count, const T *x0,
                                T *o0, ptrdiff_t stride, ptrdiff_t j, const T *mean, const T *scale,
                                const T *beta, int stream, const T *res, ptrdiff_t at,
-                               uint8_t *mask, ptrdiff_t pos, fastbn_sink *sinks) {
+                               uint8_t *mask, ptrdiff_t pos, unsigned *bits) {
     VT m = masked ? LOADM(mean + j, count) : FN(loadv)(mean + j);
     VT s = masked ? LOADM(scale + j, count) : FN(loadv)(scale + j);
     VT b = masked ? LOADM(beta + j, count) : FN(loadv)(beta + j);
@@ -502,8 +505,13 @@ FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count,
         const T *p = x0 + r * stride + j;
         ptrdiff_t k = at + r * stride + j;
         VT v = ((masked ? LOADM(p, count) : FN(loadv)(p)) - m) * s + b;
-        if (masked) v = FN(relu_v)(relu, v, res, k, mask, pos + k, masked, count);
-        else v = FN(relu_s)(relu, v, res, k, &sinks[r]);
+        if (masked || !bits) {
+            v = FN(relu_v)(relu, v, res, k, mask, pos + k, masked, count);
+        } else if (relu) {
+            if (relu == 2) v += FN(loadv)(res + k);
+            bits[r] = POS_BITS(v);
+            v = RELU(v);
+        }
         if (masked) STOREM(o0 + r * stride + j, count, v);
         else FN(put)(o0 + r * stride + j, v, stream);
     }
@@ -524,23 +532,56 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
             const T *x0 = x + i * stride;
             T *o0 = out + i * stride;
             ptrdiff_t at = i * stride;
-            fastbn_sink sinks[4];
+            /* The four rows' mask bits of whole vectors, when their bit offsets agree (stride
+             * % 8 == 0): gathered in acc (nb bits, the first lo of them not ours) and written 32
+             * at a time at mp (+ rowb per row); in locals, which mask stores cannot alias. */
+            int four = relu && !(stride & 7), nb = (int)((pos + at + head) & 7), lo = nb;
+            uint8_t *mp = four ? mask + ((pos + at + head) >> 3) : NULL;
+            ptrdiff_t rowb = stride / 8;
+            uint64_t acc[4] = {0, 0, 0, 0};
+            unsigned bits[4];
+            if (relu && i + 8 <= n_rows) /* the next four rows' mask lines, for writing: a
+                                            store that misses would hold up the others */
+                for (r = 4; r < 8; r++) __builtin_prefetch(mask + ((pos + at + r * stride) >> 3), 1, 3);
             if (head) /* the values before the first line boundary: masked ordinary stores */
                 FN(affine4)(relu, 1, head, x0, o0, stride, 0, mean, scale, beta, 0, res, at, mask,
-                            pos, sinks);
-            if (relu)
-                for (r = 0; r < 4; r++) sinks[r] = fastbn_sink_at(mask, pos + at + r * stride + head);
+                            pos, NULL);
             for (j = head; j + N <= n; j += N) {
                 if (ahead)
                     for (r = 0; r < 4; r++) __builtin_prefetch(x0 + r * stride + j + near, 0, 3);
+                if (relu && ahead && !((pos + at + j) & 255))
+                    for (r = 0; r < 4; r++)
+                        __builtin_prefetch(mask + ((pos + at + r * stride + j + near) >> 3), 1, 3);
                 FN(affine4)(relu, 0, 0, x0, o0, stride, j, mean, scale, beta, stream, res, at, mask,
-                            pos, sinks);
+                            pos, four ? bits : NULL);
+                if (four) {
+                    for (r = 0; r < 4; r++) acc[r] |= (uint64_t)bits[r] << nb;
+                    nb += N;
+                    if (nb >= 32) {
+                        for (r = 0; r < 4; r++) {
+                            if (lo) {
+                                fastbn_sink one = {mp + r * rowb, acc[r], 32, lo};
+                                fastbn_sink_bytes(&one, 32);
+                            } else {
+                                uint32_t w = (uint32_t)acc[r];
+                                memcpy(mp + r * rowb, &w, 4);
+                            }
+                            acc[r] >>= 32;
+                        }
+                        lo = 0;
+                        mp += 4;
+                        nb -= 32;
+                    }
+                }
             }
-            if (relu)
-                for (r = 0; r < 4; r++) fastbn_sink_end(&sinks[r]);
+            if (four && nb > lo)
+                for (r = 0; r < 4; r++) {
+                    fastbn_sink one = {mp + r * rowb, acc[r], nb, lo};
+                    fastbn_sink_bytes(&one, nb);
+                }
             if (j < n)
                 FN(affine4)(relu, 1, n - j, x0, o0, stride, j, mean, scale, beta, 0, res, at, mask,
-                            pos, sinks);
+                            pos, NULL);
         }
     for (; i < n_rows; i++) {
         const T *xi = x + i * stride;
@@ -554,6 +595,8 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
         fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + at + j : 0);
         for (; j + N <= n; j += N) {
             if (ahead) __builtin_prefetch(xi + j + far, 0, 3);
+            if (relu && ahead && !((pos + at + j) & 255))
+                __builtin_prefetch(mask + ((pos + at + j + far) >> 3), 1, 3);
             FN(put)(oi + j,
                     FN(relu_s)(relu,
                                (FN(loadv)(xi + j) - FN(loadv)(mean + j)) * FN(loadv)(scale + j)
