@@ -496,9 +496,11 @@ cdef inline Py_ssize_t _cols_path_width(
     """Columns per block of the blocked (M, D) paths, or 0 for the grid path: from the shape
     (wide rows go to the grid; see _block_width), or as plan.cols_path forces (a forced blocked
     path on a shape that would not take it uses about plan.blocked_min_blocks blocks). The fused
-    forward (`relu`) takes column blocks only for rows of whole bytes of its mask (D % 8 == 0)."""
+    op (`relu`) takes the grid unless forced (its column blocks measured 1.8x the plain op's
+    blocked forward and 1.3x its backward, its grid 1.0-1.2x: docs/decisions.md), and column
+    blocks only for rows of whole bytes of its mask (D % 8 == 0)."""
     cdef Py_ssize_t line = 64 // size, w
-    if plan.cols_path == COLS_GRID or plan.cols_path == AUTO and _wide_factor(M, D) != 1:
+    if plan.cols_path == COLS_GRID or plan.cols_path == AUTO and (_wide_factor(M, D) != 1 or relu):
         return 0
     if relu and D % 8:
         return 0
@@ -774,7 +776,7 @@ def cols_backward(
         return
     cdef Epilogue epilogue = _epilogue(None, mask, dresidual)
     cdef const Epilogue* ep = &epilogue if mask is not None else NULL
-    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 2, n_threads)
+    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 2, n_threads, ep != NULL)
     if w:
         _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, w, n_threads,
                                ep)

@@ -175,6 +175,29 @@ def test_every_path_writes_the_mask_of_its_output(op, layout, shape, paths, mode
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.max(np.abs(want))))
 
 
+@needs_compiled
+@pytest.mark.parametrize("paths", [{}, {"cols_path": "blocked"}], ids=["auto", "blocked"])
+@pytest.mark.parametrize("shape", [(1000, 200), (300, 1001)], ids=["1000x200", "300x1001"])
+def test_mask_and_bits_do_not_depend_on_the_output_address(shape, paths):
+    """out= buffers at every element offset within a cache line (streamed stores start on a
+    line, so runs and blocks move with the address; mask bytes must not): the same output, mask
+    and gradients."""
+    rng = np.random.default_rng(5)
+    x, residual = rng.standard_normal(shape, np.float32), rng.standard_normal(shape, np.float32)
+    g, b = np.ones(shape[1], np.float32), np.zeros(shape[1], np.float32)
+    with _planner.override(stream_path="always", **paths):
+        out, cache = fastbn.batchnorm_relu_forward(x, g, b, {"mode": "train"}, residual=residual)
+        buf = np.empty(x.size + 32, np.float32)
+        start = (-buf.ctypes.data % 64) // 4
+        for offset in range(16):
+            view = buf[start + offset:start + offset + x.size].reshape(shape)
+            _, c = fastbn.batchnorm_relu_forward(x, g, b, {"mode": "train"}, residual=residual,
+                                                 out=view)
+            np.testing.assert_array_equal(view, out)
+            np.testing.assert_array_equal(c.mask, cache.mask)
+    np.testing.assert_array_equal(cache.mask, np.packbits(out.reshape(-1) > 0, bitorder="little"))
+
+
 # ---------------------------------------------------------------------------------------------
 # The cache: the mask, packed, and nothing x-sized beyond the unfused op's
 # ---------------------------------------------------------------------------------------------

@@ -145,31 +145,6 @@ static inline __attribute__((always_inline)) void fastbn_sink_push(fastbn_sink *
 static inline __attribute__((always_inline)) void fastbn_sink_end(fastbn_sink *s) {
     if (s->n > s->lo) fastbn_sink_bytes(s, s->n);
 }
-/* The same for four runs `rowb` bytes apart whose bit offsets agree (rows of an (M, D) array with
- * D % 8 == 0), with their state in the caller's locals: acc[4], the count nb, the first lo bits
- * of the first bytes not theirs, the next bytes at *mp. */
-static inline __attribute__((always_inline)) void fastbn_push4(uint64_t *acc, const unsigned *bits,
-                                                               int count, int *nb, int *lo,
-                                                               uint8_t **mp, ptrdiff_t rowb) {
-    int r;
-    for (r = 0; r < 4; r++) acc[r] |= (uint64_t)bits[r] << *nb;
-    *nb += count;
-    if (*nb >= 32) {
-        for (r = 0; r < 4; r++) {
-            if (*lo) {
-                fastbn_sink one = {*mp + r * rowb, acc[r], 32, *lo};
-                fastbn_sink_bytes(&one, 32);
-            } else {
-                uint32_t w = (uint32_t)acc[r];
-                memcpy(*mp + r * rowb, &w, 4);
-            }
-            acc[r] >>= 32;
-        }
-        *lo = 0;
-        *mp += 4;
-        *nb -= 32;
-    }
-}
 static inline __attribute__((always_inline)) unsigned fastbn_get_bits(const uint8_t *mask, ptrdiff_t pos, int n) {
     const uint8_t *p = mask + (pos >> 3);
     int o = (int)(pos & 7);

@@ -116,12 +116,6 @@ FASTBN_INLINE VT FN(relu_s)(const int relu, VT y, const T *res, ptrdiff_t at, fa
     fastbn_sink_push(sink, POS_BITS(y), N);
     return RELU(y);
 }
-FASTBN_INLINE T FN(relu1s)(const int relu, T y, const T *res, ptrdiff_t at, fastbn_sink *sink) {
-    if (!relu) return y;
-    if (relu == 2) y += res[at];
-    fastbn_sink_push(sink, y > 0, 1);
-    return y <= 0 ? (T)0 : y;
-}
 FASTBN_INLINE T FN(relu1)(const int relu, T y, const T *res, ptrdiff_t at, uint8_t *mask,
                           ptrdiff_t pos) {
     if (!relu) return y;
@@ -250,18 +244,18 @@ FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *
                                         const T *RESTRICT res, uint8_t *RESTRICT mask,
                                         ptrdiff_t pos) {
     ptrdiff_t j = 0;
-    fastbn_sink sink = fastbn_sink_at(mask, relu ? pos : 0); /* the run's bits, in order */
     if (stream)
         for (; j < n && ((uintptr_t)(out + j) & 63); j++)
-            out[j] = FN(relu1s)(relu, (x[j] - mean) * scale + beta, res, j, &sink);
+            out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
+    fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + j : 0);
     for (; j + N <= n; j += N) {
         if (relu && !((pos + j) & 255)) /* (mask lines ahead, for writing) */
             __builtin_prefetch(mask + ((pos + j + 2048) >> 3), 1, 3);
         FN(put)(out + j, FN(relu_s)(relu, (FN(loadv)(x + j) - mean) * scale + beta, res, j, &sink),
                 stream);
     }
-    for (; j < n; j++) out[j] = FN(relu1s)(relu, (x[j] - mean) * scale + beta, res, j, &sink);
     if (relu) fastbn_sink_end(&sink);
+    for (; j < n; j++) out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
     if (stream) FASTBN_ISA(sfence)();
 }
 static void FN(plane_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T scale,
@@ -511,11 +505,11 @@ FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count,
         const T *p = x0 + r * stride + j;
         ptrdiff_t k = at + r * stride + j;
         VT v = ((masked ? LOADM(p, count) : FN(loadv)(p)) - m) * s + b;
-        if (!bits) {
+        if (masked || !bits) {
             v = FN(relu_v)(relu, v, res, k, mask, pos + k, masked, count);
         } else if (relu) {
-            if (relu == 2) v += masked ? LOADM(res + k, count) : FN(loadv)(res + k);
-            bits[r] = masked ? POS_BITS(v) & ((1u << count) - 1) : POS_BITS(v);
+            if (relu == 2) v += FN(loadv)(res + k);
+            bits[r] = POS_BITS(v);
             v = RELU(v);
         }
         if (masked) STOREM(o0 + r * stride + j, count, v);
@@ -538,47 +532,67 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
             const T *x0 = x + i * stride;
             T *o0 = out + i * stride;
             ptrdiff_t at = i * stride;
-            /* The four rows' mask bits, when their bit offsets agree (stride % 8 == 0): gathered
-             * from each run's first element in acc (nb bits, the first lo of them not the run's:
-             * none when the run starts on a byte) and written 32 at a time at mp (+ rowb per
-             * row). */
-            int four = relu && !(stride & 7), nb = (int)((pos + at) & 7), lo = nb;
-            uint8_t *mp = four ? mask + ((pos + at) >> 3) : NULL;
+            /* The four rows' mask bits of whole vectors, when their bit offsets agree (stride
+             * % 8 == 0): gathered in acc (nb bits, the first lo of them not ours) and written 32
+             * at a time at mp (+ rowb per row); in locals, which mask stores cannot alias. */
+            int four = relu && !(stride & 7), nb = (int)((pos + at + head) & 7), lo = nb;
+            uint8_t *mp = four ? mask + ((pos + at + head) >> 3) : NULL;
             ptrdiff_t rowb = stride / 8;
             uint64_t acc[4] = {0, 0, 0, 0};
             unsigned bits[4];
-            if (head) { /* the values before the first line boundary: masked ordinary stores */
+            if (relu && i + 8 <= n_rows) /* the next four rows' mask lines, for writing: a
+                                            store that misses would hold up the others */
+                for (r = 4; r < 8; r++) __builtin_prefetch(mask + ((pos + at + r * stride) >> 3), 1, 3);
+            if (head) /* the values before the first line boundary: masked ordinary stores */
                 FN(affine4)(relu, 1, head, x0, o0, stride, 0, mean, scale, beta, 0, res, at, mask,
-                            pos, four ? bits : NULL);
-                if (four) fastbn_push4(acc, bits, head, &nb, &lo, &mp, rowb);
-            }
+                            pos, NULL);
             for (j = head; j + N <= n; j += N) {
                 if (ahead)
                     for (r = 0; r < 4; r++) __builtin_prefetch(x0 + r * stride + j + near, 0, 3);
+                if (relu && ahead && !((pos + at + j) & 255))
+                    for (r = 0; r < 4; r++)
+                        __builtin_prefetch(mask + ((pos + at + r * stride + j + near) >> 3), 1, 3);
                 FN(affine4)(relu, 0, 0, x0, o0, stride, j, mean, scale, beta, stream, res, at, mask,
                             pos, four ? bits : NULL);
-                if (four) fastbn_push4(acc, bits, N, &nb, &lo, &mp, rowb);
-            }
-            if (j < n) {
-                FN(affine4)(relu, 1, n - j, x0, o0, stride, j, mean, scale, beta, 0, res, at, mask,
-                            pos, four ? bits : NULL);
-                if (four) fastbn_push4(acc, bits, (int)(n - j), &nb, &lo, &mp, rowb);
+                if (four) {
+                    for (r = 0; r < 4; r++) acc[r] |= (uint64_t)bits[r] << nb;
+                    nb += N;
+                    if (nb >= 32) {
+                        for (r = 0; r < 4; r++) {
+                            if (lo) {
+                                fastbn_sink one = {mp + r * rowb, acc[r], 32, lo};
+                                fastbn_sink_bytes(&one, 32);
+                            } else {
+                                uint32_t w = (uint32_t)acc[r];
+                                memcpy(mp + r * rowb, &w, 4);
+                            }
+                            acc[r] >>= 32;
+                        }
+                        lo = 0;
+                        mp += 4;
+                        nb -= 32;
+                    }
+                }
             }
             if (four && nb > lo)
                 for (r = 0; r < 4; r++) {
                     fastbn_sink one = {mp + r * rowb, acc[r], nb, lo};
                     fastbn_sink_bytes(&one, nb);
                 }
+            if (j < n)
+                FN(affine4)(relu, 1, n - j, x0, o0, stride, j, mean, scale, beta, 0, res, at, mask,
+                            pos, NULL);
         }
     for (; i < n_rows; i++) {
         const T *xi = x + i * stride;
         T *oi = out + i * stride;
         ptrdiff_t at = i * stride;
-        fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + at : 0); /* the row's bits, in order */
         j = 0;
         if (stream)
             for (; j < n && ((uintptr_t)(oi + j) & 63); j++)
-                oi[j] = FN(relu1s)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, &sink);
+                oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
+                                  pos + at + j);
+        fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + at + j : 0);
         for (; j + N <= n; j += N) {
             if (ahead) __builtin_prefetch(xi + j + far, 0, 3);
             if (relu && ahead && !((pos + at + j) & 255))
@@ -590,9 +604,10 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
                                res, at + j, &sink),
                     stream);
         }
-        for (; j < n; j++)
-            oi[j] = FN(relu1s)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, &sink);
         if (relu) fastbn_sink_end(&sink);
+        for (; j < n; j++)
+            oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
+                              pos + at + j);
     }
     if (stream) FASTBN_ISA(sfence)();
 }
