@@ -53,8 +53,9 @@ class _MaskMemory:
     def __del__(self):
         try:
             with self._lock:
-                if len(self._pool) < self.POOL_SIZE:
-                    self._pool.append(self._storage)
+                if len(self._pool) >= self.POOL_SIZE:
+                    del self._pool[0]  # the least recently returned
+                self._pool.append(self._storage)
         except Exception:  # interpreter shutdown
             pass
 
