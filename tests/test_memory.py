@@ -32,8 +32,12 @@ def _small(op):
     return op.shape("small")
 
 
+# The fused ops' variants with a residual (the most arrays per call); the others run the same code.
+LEAK_OPS = [op for op in OPS if not op.spec.relu or op.residual]
+
+
 @pytest.mark.parametrize("backend", fastbn.available_backends())
-@pytest.mark.parametrize("op", OPS, ids=OP_IDS)
+@pytest.mark.parametrize("op", LEAK_OPS, ids=[op.id for op in LEAK_OPS])
 def test_no_leak_over_10000_forward_backward_calls(op, backend):
     x, gamma, beta, param = op.make(_small(op))
     dout = np.ones_like(x)
