@@ -5,7 +5,8 @@ plain call, a new output each time), ``fastbn_out=`` (writing into preallocated 
 arrays), ``reference`` (:mod:`fastbn.reference`), ``torch`` (skipped
 when PyTorch is not importable), ``memcpy`` (fastbn's OpenMP copy (same thread count) of x into a
 preallocated array: the bandwidth yardstick), ``read`` (an OpenMP sweep that only reads x) and
-``torch copy_``. The cases are those of
+``torch copy_``; the fused batchnorm + ReLU cases add ``batchnorm`` (fastbn's batchnorm alone)
+and ``batchnorm + np.relu`` (followed by NumPy's ReLU). The cases are those of
 ``python -m fastbn`` (:mod:`fastbn._bench`), built from the op table: the large cases (float32 and
 float64) and cs231n-sized ones.
 
@@ -28,7 +29,8 @@ import pytest
 import fastbn
 from fastbn import _bench
 
-IMPLEMENTATIONS = ("fastbn", "fastbn out=", "reference", "torch", "memcpy", "read", "torch copy_")
+IMPLEMENTATIONS = ("fastbn", "fastbn out=", "reference", "torch", "memcpy", "read", "torch copy_",
+                   "batchnorm", "batchnorm + np.relu")  # (the last two: the fused cases only)
 
 
 def _small(case):
@@ -68,7 +70,8 @@ def _calls(case):
 def test_normalization(benchmark, case, direction, impl):
     call = _calls(case)[direction].get(impl)
     if call is None:
-        pytest.skip(f"{impl} is not available here (PyTorch not importable or kernels not built)")
+        pytest.skip(f"{impl} is not available here (PyTorch not importable, kernels not built, "
+                    "or an entry of the fused cases only)")
     benchmark.group = f"{case.name} {direction}"
     benchmark.extra_info.update(op=case.op, shape=list(case.shape), dtype=case.dtype,
                                 direction=direction, bytes=_bench.bytes_moved(case, direction),

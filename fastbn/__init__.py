@@ -14,6 +14,7 @@ from fastbn import _api, layers  # noqa: F401  (fastbn.layers: stateful layers, 
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
 from fastbn._backends import available_backends, warn_if_serial_build
 from fastbn._config import show_config
+from fastbn._fold import fold_batchnorm
 from fastbn._memory import buffer_cache_info, set_buffer_cache
 from fastbn._moments import Moments, merge_moments
 from fastbn._results import NormCache
@@ -27,6 +28,7 @@ __all__ = [
     "NormCache",
     "available_backends",
     "buffer_cache_info",
+    "fold_batchnorm",
     "get_num_threads",
     "merge_moments",
     "set_buffer_cache",
@@ -38,12 +40,17 @@ if TYPE_CHECKING:  # the op table's functions by name, for type checkers (tests/
     from fastbn._api import batchnorm_backward as batchnorm_backward
     from fastbn._api import batchnorm_backward_alt as batchnorm_backward_alt
     from fastbn._api import batchnorm_forward as batchnorm_forward
+    from fastbn._api import batchnorm_moments as batchnorm_moments
+    from fastbn._api import batchnorm_relu_backward as batchnorm_relu_backward
+    from fastbn._api import batchnorm_relu_forward as batchnorm_relu_forward
     from fastbn._api import layernorm_backward as layernorm_backward
     from fastbn._api import layernorm_forward as layernorm_forward
     from fastbn._api import rmsnorm_backward as rmsnorm_backward
     from fastbn._api import rmsnorm_forward as rmsnorm_forward
     from fastbn._api import spatial_batchnorm_backward as spatial_batchnorm_backward
     from fastbn._api import spatial_batchnorm_forward as spatial_batchnorm_forward
+    from fastbn._api import spatial_batchnorm_relu_backward as spatial_batchnorm_relu_backward
+    from fastbn._api import spatial_batchnorm_relu_forward as spatial_batchnorm_relu_forward
     from fastbn._api import spatial_groupnorm_backward as spatial_groupnorm_backward
     from fastbn._api import spatial_groupnorm_forward as spatial_groupnorm_forward
 

@@ -8,10 +8,12 @@
 
 Examples
 --------
-A quick run (about half a minute), then the full one with a JSON record::
+A quick run (about half a minute), then the full one with a JSON record; the fused
+batchnorm + ReLU cases alone::
 
     python -m fastbn --quick
     python -m fastbn --json results.json --plot fastbn-bench.png
+    python -m fastbn --fused --no-plot
 """
 from __future__ import annotations
 
@@ -103,6 +105,28 @@ def _panels(records):
 
 
 SMALL_BYTES = 8 << 20  # arrays below this stay in the last-level cache of most machines
+
+
+def fused_table(records):
+    """The fused batchnorm + ReLU cases, all calls writing into ``out=`` arrays: the fused call's
+    time over fastbn's batchnorm alone per direction (``fused/bn``), and the time of batchnorm
+    followed by NumPy's ReLU over the fused call's, forward (train mode) and backward together
+    (``bn+np.relu/fused``)."""
+    by_case = {}
+    for r in records:
+        if r["case"].spec.relu:
+            by_case.setdefault(r["case"], {})[r["direction"]] = r["times"]
+    if not by_case:
+        return ""
+    lines = [f"{'fused case':46s} {'fwd fused/bn':>12s} {'test fused/bn':>13s} "
+             f"{'bwd fused/bn':>12s} {'bn+np.relu/fused (fwd+bwd)':>27s}"]
+    for case, t in by_case.items():
+        ratio = {d: t[d]["fastbn out="] / t[d]["batchnorm"] for d in t}  # both into out= arrays
+        numpy_relu = t["forward"]["batchnorm + np.relu"] + t["backward"]["batchnorm + np.relu"]
+        fused = t["forward"]["fastbn out="] + t["backward"]["fastbn out="]
+        lines.append(f"{case.name:46s} {ratio['forward']:12.2f} {ratio.get('test', np.nan):13.2f} "
+                     f"{ratio['backward']:12.2f} {numpy_relu / fused:27.2f}")
+    return "\n".join(lines)
 
 
 def plot(records, path, threads):
@@ -213,6 +237,9 @@ def _parser(prog="python -m fastbn"):
     parser.add_argument("--repeat", type=int, default=None, metavar="R",
                         help="timed rounds per call; the median is reported (default 7, quick 5)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
+    parser.add_argument("--fused", action="store_true",
+                        help="only the fused batchnorm + ReLU cases, against batchnorm alone and "
+                             "batchnorm followed by NumPy's ReLU")
     parser.add_argument("--shared-core", action="store_true",
                         help="instead of the comparison: fastbn on 1 and on 2 threads for every case "
                              "while another process keeps one core busy (2 threads / 1 thread)")
@@ -275,6 +302,8 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
                                         progress=lambda message: print(f"  {message}", flush=True))
         print(shared_core_table(records))
         return 0
+    if cases is None and args.fused:
+        cases = _bench.FUSED_CASES
     if cases is None:
         cases = _bench.QUICK_CASES if args.quick else _bench.LARGE_CASES + _bench.SMALL_CASES
     repeat = args.repeat or (5 if args.quick else 7)
@@ -289,6 +318,11 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
           "each time (the last one dropped); out=: fastbn writing into a preallocated array; "
           "PyTorch allocates its outputs; NumPy is fastbn's reference; read: a sweep that only "
           "reads x.")
+    fused = fused_table(records)
+    if fused:
+        print(f"\n{fused}\n(fused: fastbn's batchnorm_relu call; bn: fastbn's batchnorm alone; "
+              "bn+np.relu: batchnorm then np.maximum(out, 0), and dout * (out > 0) into its "
+              "backward; all in the same interleaved rounds.)")
 
     if args.json:
         with open(args.json, "w") as f:

@@ -45,11 +45,13 @@ _BN_PARAM_DOC = """bn_param : dict
         other frameworks are mapped to these keys in ``docs/conventions.md``."""
 
 
-def _forward(name, x, gamma, beta, param, groups=None, *, backend, out, moments=None):
+def _forward(name, x, gamma, beta, param, groups=None, *, backend, out, moments=None,
+             residual=None):
     """Validate the arguments of op `name`'s forward, then run it on `backend` (batchnorm ops:
-    with the given `moments`, when there are)."""
+    with the given `moments`, when there are; fused ops: with the `residual`)."""
     spec = OPS[name]
-    prepared = prepare(spec, x, gamma, beta, param, groups, out, whole_batch=moments is None)
+    prepared = prepare(spec, x, gamma, beta, param, groups, out, residual,
+                       whole_batch=moments is None)
     if moments is not None:
         moments = check_forward_moments(moments, prepared)
     return run_forward(spec, prepared, backend, moments)
@@ -610,5 +612,178 @@ def rmsnorm_backward(
     return _backward("rmsnorm", "rmsnorm_backward", dout, cache, backend=backend, out=out)
 
 
+_RELU_NOTES = """Notes
+    -----
+    One sweep each way: the normalising sweep adds the residual, applies the ReLU and writes
+    its mask; the backward's sums and dx sweep read dout through the mask. The cache keeps the
+    mask packed, one bit per element (``cache.mask``: ``np.packbits(out.ravel() > 0,
+    bitorder='little')``, see :class:`NormCache`), and neither the output nor the
+    pre-activation: beyond the unfused op's cache, ``ceil(x.size / 8)`` bytes. The gradient of
+    the ReLU at exactly 0 is 0, as in PyTorch; a NaN output passes NaN forward and no gradient
+    back. Running statistics, modes, dtypes and edge cases are those of the unfused op."""
+
+
+def batchnorm_relu_forward(
+    x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None,
+    bn_param: MutableMapping[str, Any], *, residual: NDArray[Any] | None = None,
+    backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
+    """Batch normalization of an (N, D) array, plus an optional residual, then ReLU, fused.
+
+    ``out = max(batchnorm(x) + residual, 0)`` in one sweep over memory.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, D)
+        dtypes as in :func:`batchnorm_forward`.
+    gamma, beta : ndarray of shape (D,) or (1, D)
+    {bn_param}
+    residual : ndarray of shape (N, D), optional
+        Added after the normalization, before the ReLU (a residual block's skip connection);
+        cast to the computation dtype of x.
+    backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
+    out : ndarray, optional
+        Output buffer, as in :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    out : ndarray of shape (N, D)
+    cache : NormCache
+        For :func:`batchnorm_relu_backward`.
+
+    {notes}
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(100, 4))
+    >>> out, cache = fastbn.batchnorm_relu_forward(x, np.ones(4), np.zeros(4), {{"mode": "train"}})
+    >>> bn, _ = fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {{"mode": "train"}})
+    >>> np.allclose(out, np.maximum(bn, 0)), cache.mask.nbytes
+    (True, 50)
+    """
+    return _forward("batchnorm_relu", x, gamma, beta, bn_param, backend=backend, out=out,
+                    residual=residual)
+
+
+def batchnorm_relu_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any] | None, ...]:
+    """Gradients of :func:`batchnorm_relu_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray of shape (N, D)
+    cache : NormCache
+        From :func:`batchnorm_relu_forward` (of either backend).
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Buffer for dx, as in :func:`batchnorm_backward`.
+
+    Returns
+    -------
+    dx : ndarray of shape (N, D)
+    dgamma, dbeta : ndarray shaped like gamma and beta
+    dresidual : ndarray of shape (N, D)
+        Only when the forward had a residual: ``dout * (out > 0)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> rng = np.random.default_rng(0)
+    >>> x, skip = rng.normal(size=(50, 3)), rng.normal(size=(50, 3))
+    >>> out, cache = fastbn.batchnorm_relu_forward(
+    ...     x, np.ones(3), np.zeros(3), {"mode": "train"}, residual=skip)
+    >>> dx, dgamma, dbeta, dskip = fastbn.batchnorm_relu_backward(np.ones_like(x), cache)
+    >>> np.array_equal(dskip, (out > 0).astype(float)), dbeta == (out > 0).sum(axis=0)
+    (True, array([ True,  True,  True]))
+    """
+    return _backward("batchnorm_relu", "batchnorm_relu_backward", dout, cache, backend=backend,
+                     out=out)
+
+
+def spatial_batchnorm_relu_forward(
+    x: NDArray[Any], gamma: NDArray[Any] | None, beta: NDArray[Any] | None,
+    bn_param: MutableMapping[str, Any], *, residual: NDArray[Any] | None = None,
+    backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any], NormCache]:
+    """Spatial batch normalization, plus an optional residual, then ReLU, fused.
+
+    ``out = max(spatial_batchnorm(x) + residual, 0)`` in one sweep over memory.
+
+    Parameters
+    ----------
+    x : ndarray of shape (N, C, H, W), or (N, H, W, C) with ``bn_param['layout'] = 'NHWC'``
+    gamma, beta : ndarray of shape (C,) or (1, C, 1, 1) ((1, 1, 1, C) for NHWC)
+    {bn_param}
+        ``'layout'``: ``'NCHW'`` (default) or ``'NHWC'``.
+    residual : ndarray shaped like x, optional
+        Added after the normalization, before the ReLU; cast to the computation dtype of x.
+    backend : {{'auto', 'cython', 'numpy'}}, default 'auto'
+    out : ndarray, optional
+        Output buffer, as in :func:`batchnorm_forward`.
+
+    Returns
+    -------
+    out : ndarray shaped like x
+    cache : NormCache
+        For :func:`spatial_batchnorm_relu_backward`.
+
+    {notes}
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(4, 3, 5, 5))
+    >>> skip = np.ones_like(x)
+    >>> out, cache = fastbn.spatial_batchnorm_relu_forward(
+    ...     x, np.ones(3), np.zeros(3), {{"mode": "train"}}, residual=skip)
+    >>> bn, _ = fastbn.spatial_batchnorm_forward(x, np.ones(3), np.zeros(3), {{"mode": "train"}})
+    >>> np.allclose(out, np.maximum(bn + 1, 0))
+    True
+    """
+    return _forward("spatial_batchnorm_relu", x, gamma, beta, bn_param, backend=backend, out=out,
+                    residual=residual)
+
+
+def spatial_batchnorm_relu_backward(
+    dout: NDArray[Any], cache: NormCache,
+    *, backend: str = "auto", out: NDArray[Any] | None = None,
+) -> tuple[NDArray[Any] | None, ...]:
+    """Gradients of :func:`spatial_batchnorm_relu_forward`.
+
+    Parameters
+    ----------
+    dout : ndarray shaped like x
+    cache : NormCache
+        From :func:`spatial_batchnorm_relu_forward` (of either backend).
+    backend : {'auto', 'cython', 'numpy'}, default 'auto'
+    out : ndarray, optional
+        Buffer for dx, as in :func:`batchnorm_backward`.
+
+    Returns
+    -------
+    dx : ndarray shaped like x
+    dgamma, dbeta : ndarray shaped like gamma and beta
+    dresidual : ndarray shaped like x
+        Only when the forward had a residual: ``dout * (out > 0)``.
+
+    Examples
+    --------
+    >>> import numpy as np, fastbn
+    >>> x = np.random.default_rng(0).normal(size=(4, 2, 3, 3))
+    >>> out, cache = fastbn.spatial_batchnorm_relu_forward(
+    ...     x, np.ones(2), np.zeros(2), {"mode": "train"})
+    >>> dx, dgamma, dbeta = fastbn.spatial_batchnorm_relu_backward(np.ones_like(x), cache)
+    >>> np.array_equal(dbeta, (out > 0).sum(axis=(0, 2, 3)))
+    True
+    """
+    return _backward("spatial_batchnorm_relu", "spatial_batchnorm_relu_backward", dout, cache,
+                     backend=backend, out=out)
+
+
 batchnorm_forward.__doc__ = batchnorm_forward.__doc__.format(bn_param=_BN_PARAM_DOC)
 spatial_batchnorm_forward.__doc__ = spatial_batchnorm_forward.__doc__.format(bn_param=_BN_PARAM_DOC)
+for _f in (batchnorm_relu_forward, spatial_batchnorm_relu_forward):
+    _f.__doc__ = _f.__doc__.format(bn_param=_BN_PARAM_DOC, notes=_RELU_NOTES)

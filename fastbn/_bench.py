@@ -101,6 +101,13 @@ class Case:
         return Case(self.op, shape, self.dtype, min(self.groups, 4), self.layout)
 
 
+# The fused batchnorm + ReLU ops on the headline shapes of batchnorm: each also times fastbn's
+# batchnorm alone and batchnorm followed by NumPy's ReLU (see fused_calls).
+FUSED_CASES = (
+    Case("batchnorm_relu", (4096, 4096)),
+    Case("spatial_batchnorm_relu", (32, 64, 56, 56)),
+    Case("spatial_batchnorm_relu", (32, 56, 56, 64), layout="NHWC"),
+)
 # The large cases (float32 and a few float64) and cs231n-sized calls. The first case of each kernel
 # family is its headline case: ``--quick`` runs those and the small cases.
 HEADLINE_CASES = (
@@ -124,7 +131,7 @@ LARGE_CASES = HEADLINE_CASES + (
     Case("spatial_batchnorm", (32, 56, 56, 64), "float64", layout="NHWC"),
     Case("layernorm", (8192, 1024), "float64"),
     Case("groupnorm", (32, 64, 56, 56), "float64", groups=32),
-)
+) + FUSED_CASES
 SMALL_CASES = (
     Case("batchnorm", (200, 500), "float64"),
     Case("spatial_batchnorm", (50, 3, 32, 32), "float64"),
@@ -144,6 +151,8 @@ CHECK_CASES = (
     Case("groupnorm", (3, 8, 5, 4), "float32", groups=4),
     Case("rmsnorm", (10, 37), "float64"),
     Case("rmsnorm", (9, 40), "float32"),
+    Case("batchnorm_relu", (64, 33), "float64"),
+    Case("spatial_batchnorm_relu", (4, 5, 7, 6), "float64", layout="NHWC"),
 )
 # A small shape per layout, for smoke runs of the benchmark suite.
 SMOKE_SHAPES = {"NC": (64, 48), "NCHW": (4, 8, 6, 6), "NHWC": (4, 6, 6, 8), "ND": (32, 40)}
@@ -233,6 +242,9 @@ def _torch_calls(torch, case, inputs):
     running_mean = torch.zeros(C, dtype=tx.dtype)
     running_var = torch.ones(C, dtype=tx.dtype)
     peer = getattr(F, case.spec.torch)
+    if case.spec.relu:  # relu(batch_norm(x))
+        bn = peer
+        peer = lambda *args: F.relu(bn(*args))  # noqa: E731
     if case.spec.running_stats:
         def forward(t, training=True):
             return peer(t, running_mean, running_var, w, b, training, 0.1, 1e-5)
@@ -264,13 +276,44 @@ def _torch_calls(torch, case, inputs):
     return calls
 
 
+def fused_calls(case, inputs):
+    """The yardsticks of a fused batchnorm + ReLU case: ``'batchnorm'``, fastbn's unfused op
+    alone, and ``'batchnorm + np.relu'``, that op followed by NumPy's ReLU (``np.maximum(out, 0)``
+    forward, ``dout * (out > 0)`` into the backward), as a NumPy user writes it; both write into
+    ``out=`` arrays as the ``'fastbn out='`` entry does. ``{direction: {implementation: call}}``."""
+    x, dout, gamma, beta = inputs
+    unfused = Case(case.spec.unfused, case.shape, case.dtype, case.groups, case.layout)
+    forward, backward, param = _functions(fastbn, unfused)
+    out = np.empty_like(x)
+    train_param = dict(param)
+    y, cache = forward(x, gamma, beta, train_param)
+    activated = np.maximum(y, 0)
+
+    def with_relu(p):
+        y, c = forward(x, gamma, beta, p, out=out)
+        return np.maximum(y, 0), c
+
+    calls = {
+        "forward": {"batchnorm": lambda: forward(x, gamma, beta, train_param, out=out),
+                    "batchnorm + np.relu": lambda: with_relu(train_param)},
+        "backward": {"batchnorm": lambda: backward(dout, cache, out=out),
+                     "batchnorm + np.relu": lambda: backward(dout * (activated > 0), cache, out=out)},
+    }
+    if "test" in case.directions:
+        test_param = dict(train_param, mode="test")
+        calls["test"] = {"batchnorm": lambda: forward(x, gamma, beta, test_param, out=out),
+                         "batchnorm + np.relu": lambda: with_relu(test_param)}
+    return calls
+
+
 def implementations(case, torch=None, n_threads=None):
     """Zero-argument callables for a case: ``{direction: {implementation: call}}``.
 
     Implementations: ``'fastbn'`` (the plain call, as users make it: a new output each call,
     the previous one dropped, as in a training loop), ``'fastbn out='`` (writing into
     preallocated ``out=`` arrays, as the memcpy yardstick does), ``'reference'``, ``'torch'``
-    (when `torch` is given; it allocates its outputs), and the yardsticks ``'memcpy'`` (fastbn's OpenMP ``parallel_copy`` of x into a
+    (when `torch` is given; it allocates its outputs), for the fused ops ``'batchnorm'`` and
+    ``'batchnorm + np.relu'`` (see :func:`fused_calls`), and the yardsticks ``'memcpy'`` (fastbn's OpenMP ``parallel_copy`` of x into a
     preallocated array on `n_threads` threads), ``'read'`` (a sum of x on `n_threads` threads:
     what reading x once costs, without writing) and ``'torch copy_'``, under every direction.
     """
@@ -284,6 +327,9 @@ def implementations(case, torch=None, n_threads=None):
     if torch is not None:
         for direction, call in _torch_calls(torch, case, inputs).items():
             calls[direction]["torch"] = call
+    if case.spec.relu:
+        for direction, fused in fused_calls(case, inputs).items():
+            calls[direction].update(fused)
     yardsticks = {}
     kernels = _backends.kernels()
     if kernels is not None:

@@ -3,6 +3,7 @@
 The op's row of the op table (:mod:`fastbn._ops`) says which kernel family takes x, in which
 free reshape (``OpSpec.view``), and whether rows are centred.
 """
+
 import numpy as np
 
 from fastbn import _backends, _memory
@@ -28,6 +29,15 @@ def _buffer(out, like):
     return _memory.empty_like(like)
 
 
+def _new_mask(n):
+    """A uint8 array of n bytes for a packed ReLU mask (from the buffer cache when it is large),
+    its last byte zeroed (the bits past the last element stay 0; the kernels write every other
+    bit)."""
+    mask = _memory.empty((n,), np.uint8)
+    mask[-1:] = 0
+    return mask
+
+
 def forward(p, moments=None):
     """Forward pass of any operation on a :class:`~fastbn._validation.Prepared` input; a
     train-mode batchnorm normalises with given `moments` (a checked Moments) when there are."""
@@ -49,6 +59,11 @@ def forward(p, moments=None):
         stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups, p.axis)
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
     C = p.gamma.size
+    epilogue = {}
+    if spec.relu:  # the fused ReLU: its packed mask (the last byte's unused bits are 0)
+        mask = _new_mask((x.size + 7) // 8)
+        epilogue = {"mask": mask, "residual": None if p.residual is None
+                    else _aligned(p.residual).reshape(view_shape)}
     affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
     if p.mode == "train" and moments is not None:
         mean = np.empty(C, dtype=dtype)
@@ -57,7 +72,7 @@ def forward(p, moments=None):
         batch_var = np.empty(C)
         kernels.fold_moments(moments.count, np.stack([moments.mean, moments.m2]), gamma, p.eps,
                              mean, invstd, scale, batch_var)
-        affine(x, mean, scale, beta, out, n_threads)
+        affine(x, mean, scale, beta, out, n_threads, **epilogue)
         updated = False
     elif p.mode == "train":
         mean = np.empty(C, dtype=dtype)
@@ -66,14 +81,15 @@ def forward(p, moments=None):
         running = _in_place(p, dtype)
         train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
         train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, *running, p.momentum,
-              n_threads)
+              n_threads, **epilogue)
         updated = running[0] is not None
     else:
         mean, invstd = test_statistics(p)
         batch_var = None
         updated = False
-        affine(x, mean, gamma * invstd, beta, out, n_threads)
-    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated)
+        affine(x, mean, gamma * invstd, beta, out, n_threads, **epilogue)
+    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated,
+                          epilogue.get("mask"))
 
 
 def _in_place(p, dtype):
@@ -120,8 +136,15 @@ def backward(dout, cache, out=None):
         kernels.rows_backward(x, dy, mean, invstd, gamma, cache.groups, spec.center, dx, dgamma,
                               dbeta, n_threads)
     else:
+        epilogue = {}
+        if spec.relu:  # dy read through the ReLU mask; dresidual = dy * mask
+            epilogue = {"mask": cache.mask, "dresidual": np.empty_like(x) if cache.residual else None}
         run = kernels.cols_backward if family == "cols" else kernels.planes_backward
-        run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
+        run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads,
+            **epilogue)
+        if epilogue.get("dresidual") is not None:
+            return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out,
+                                   epilogue["dresidual"])
     return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
 
 

@@ -73,7 +73,8 @@ cdef extern from "loops.h" nogil:
     fastbn_sums fastbn_sum_pf(const void* x, Py_ssize_t n, const void* next)
     fastbn_sums fastbn_shifted_sums_pf(const void* x, Py_ssize_t n, double shift, const void* next)
     fastbn_sums fastbn_grad_sums_pf(const void* x, const void* dy, Py_ssize_t n, double mean,
-                                    const void* next_x, const void* next_dy)
+                                    const void* next_x, const void* next_dy,
+                                    const unsigned char* mask, Py_ssize_t pos)
     fastbn_sums fastbn_row_grad_sums(const void* x, const void* dy, const void* gamma, Py_ssize_t n,
                                      double mean, double invstd, double* db, double* dg)
     void fastbn_rows4_grad_sums(const void* x, const void* dy, Py_ssize_t stride, const void* gamma,
@@ -88,9 +89,11 @@ cdef extern from "loops.h" nogil:
                                     int stream)
     # (scalars of the element type are declared double: a float is passed exactly)
     void fastbn_plane_affine(const void* x, void* out, Py_ssize_t n, double mean, double scale,
-                             double beta, int stream)
+                             double beta, int stream, const void* res, unsigned char* mask,
+                             Py_ssize_t pos)
     void fastbn_plane_dx(const void* x, const void* dy, void* dx, Py_ssize_t n, double mean,
-                         double invstd, double k_dy, double k_b, double k_g, int stream)
+                         double invstd, double k_dy, double k_b, double k_g, int stream,
+                         const unsigned char* mask, Py_ssize_t pos, int train, void* dres)
     void fastbn_row_affine(const void* x, void* out, Py_ssize_t n, double mean, double invstd,
                            const void* gamma, const void* beta, int stream)
     void fastbn_row_dx(const void* x, const void* dy, void* dx, Py_ssize_t n, double mean,
@@ -98,13 +101,73 @@ cdef extern from "loops.h" nogil:
     void fastbn_cols_shifted_sums(const void* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
                                   const void* shift, double* s1, double* s2)
     void fastbn_cols_grad_sums(const void* x, const void* dy, Py_ssize_t stride, Py_ssize_t n_rows,
-                               Py_ssize_t w, const void* mean, double* s1, double* s2)
+                               Py_ssize_t w, const void* mean, double* s1, double* s2,
+                               const unsigned char* mask, Py_ssize_t pos)
     void fastbn_cols_affine(const void* x, void* out, Py_ssize_t stride, Py_ssize_t n_rows,
                             Py_ssize_t w, const void* mean, const void* scale, const void* beta,
-                            int stream)
+                            int stream, const void* res, unsigned char* mask, Py_ssize_t pos)
     void fastbn_cols_dx(const void* x, const void* dy, void* dx, Py_ssize_t stride,
                         Py_ssize_t n_rows, Py_ssize_t w, const void* mean, const void* invstd,
-                        const void* k_dy, const void* k_b, const void* k_g, int stream)
+                        const void* k_dy, const void* k_b, const void* k_g, int stream,
+                        const unsigned char* mask, Py_ssize_t pos, int train, void* dres)
+
+
+# The epilogue of the fused batchnorm + (residual add) + ReLU ops (see _src/loops_template.c): the
+# base pointers of the whole arrays; a loop given the flat index `pos` of its x[0] reads and writes
+# them at that offset. Plain ops pass NULL.
+cdef struct Epilogue:
+    const void* res         # forward: the residual (shaped as x), or NULL
+    unsigned char* mask     # forward: the packed ReLU mask written; backward: read
+    void* dres              # backward: dout * mask written (shaped as x), or NULL
+
+
+cdef inline const floating* _res_at(const Epilogue* ep, const floating* like, Py_ssize_t pos) noexcept nogil:
+    """The residual at flat index pos (`like`: any pointer of the element type), or NULL."""
+    if ep == NULL or ep.res == NULL:
+        return NULL
+    return <const floating*>ep.res + pos
+
+
+cdef inline floating* _dres_at(const Epilogue* ep, const floating* like, Py_ssize_t pos) noexcept nogil:
+    """dresidual at flat index pos, or NULL."""
+    if ep == NULL or ep.dres == NULL:
+        return NULL
+    return <floating*>ep.dres + pos
+
+
+cdef inline unsigned char* _mask(const Epilogue* ep) noexcept nogil:
+    return ep.mask if ep != NULL else NULL
+
+
+cdef inline Epilogue _epilogue(object residual, object mask, object dresidual):
+    """The epilogue of a call from its optional arrays (C-contiguous, validated by the caller)."""
+    cdef Epilogue ep
+    cdef const unsigned char[::1] m
+    ep.res = NULL
+    ep.mask = NULL
+    ep.dres = NULL
+    if mask is not None:
+        m = mask
+        ep.mask = <unsigned char*>&m[0] if m.shape[0] else NULL
+    if residual is not None and residual.size:
+        ep.res = <const void*><size_t>residual.ctypes.data
+    if dresidual is not None and dresidual.size:
+        ep.dres = <void*><size_t>dresidual.ctypes.data
+    return ep
+
+
+cdef inline Py_ssize_t _bound(Py_ssize_t k, Py_ssize_t n, Py_ssize_t n_chunks, Py_ssize_t unit) noexcept nogil:
+    """Start of chunk k of n items in n_chunks balanced chunks, rounded down to a multiple of
+    `unit` (the end, n, is not rounded): chunks of the fused ops' sweeps start at multiples of 8
+    elements, so that no two threads write one byte of the packed mask."""
+    if k >= n_chunks:
+        return n
+    return _chunk_start(k, n, n_chunks) // unit * unit
+
+
+cdef inline Py_ssize_t _rows_per_byte(Py_ssize_t D) noexcept nogil:
+    """The least number of rows of D values that make whole bytes of the mask (8 / gcd(D, 8))."""
+    return 8 // (D & -D) if D & 7 else 1
 
 
 # Every path choice and tuning constant of the kernels is a field of `plan`, put in force by
@@ -498,13 +561,18 @@ cdef inline Py_ssize_t _block_width(
 
 
 cdef inline Py_ssize_t _cols_path_width(
-    Py_ssize_t M, Py_ssize_t D, Py_ssize_t size, Py_ssize_t arrays, int n_threads,
+    Py_ssize_t M, Py_ssize_t D, Py_ssize_t size, Py_ssize_t arrays, int n_threads, bint relu=False,
 ) noexcept nogil:
     """Columns per block of the blocked (M, D) paths, or 0 for the grid path: from the shape
     (wide rows go to the grid; see _block_width), or as plan.cols_path forces (a forced blocked
-    path on a shape that would not take it uses about plan.blocked_min_blocks blocks)."""
+    path on a shape that would not take it uses about plan.blocked_min_blocks blocks). The fused
+    op (`relu`) takes the grid unless forced (its column blocks measured 1.8x the plain op's
+    blocked forward and 1.3x its backward, its grid 1.0-1.2x: docs/decisions.md), and column
+    blocks only for rows of whole bytes of its mask (D % 8 == 0)."""
     cdef Py_ssize_t line = 64 // size, w
-    if plan.cols_path == COLS_GRID or plan.cols_path == AUTO and _wide_factor(M, D) != 1:
+    if plan.cols_path == COLS_GRID or plan.cols_path == AUTO and (_wide_factor(M, D) != 1 or relu):
+        return 0
+    if relu and D % 8:
         return 0
     w = _block_width(M, D, size, arrays, n_threads)
     if w == 0 and plan.cols_path != AUTO:
@@ -536,39 +604,55 @@ cdef inline void _tile(const floating* src, Py_ssize_t D, Py_ssize_t k, floating
 cdef inline void _cols_sweep(
     const floating* x, const floating* dy, floating* out, Py_ssize_t M, Py_ssize_t D,
     const floating* c1, const floating* c2, const floating* c3, const floating* c4,
-    const floating* c5, int n_threads,
+    const floating* c5, int n_threads, const Epilogue* ep=NULL, Py_ssize_t pos=0, bint train=True,
 ) noexcept nogil:
     """An elementwise sweep of (M, D) arrays (row stride D), per column j:
     without dy, out = (x - c1) * c2 + c3 (the normalisation: mean, scale, beta);
-    with dy, out = c3 * (dy - c4 - (x - c1) * c2 * c5) (dx: mean, invstd, k_dy, k_b, k_g)."""
+    with dy, out = c3 * (dy - c4 - (x - c1) * c2 * c5) (dx: mean, invstd, k_dy, k_b, k_g).
+    With an epilogue `ep` (x[0] at flat index `pos`), the fused op's: the forward adds the
+    residual, applies the ReLU and writes the mask, tiles starting at multiples of 8 elements
+    of the whole array (pos must be one); the backward reads dy through the mask (test mode, not
+    `train`: dx = c3 * dy)."""
     cdef Py_ssize_t t, r0, r1, c0, w
     # row tiles of balanced heights (any tiling gives the same values: the sweep is elementwise)
     cdef Py_ssize_t n_col_tiles = _ceil_div(D, plan.affine_cols)
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t rows = _tile_rows(min(D, plan.affine_cols) * <Py_ssize_t>sizeof(floating))
     cdef Py_ssize_t n_row_tiles = _ceil_div(M, rows)
+    cdef Py_ssize_t row_unit = 1, col_unit = 1
     if M == 0 or D == 0:
         return
+    if ep != NULL and dy == NULL:  # the forward writes the mask: tiles of whole bytes
+        if D % 8:
+            n_col_tiles = 1
+            row_unit = _rows_per_byte(D)
+        else:
+            col_unit = 8
     for t in prange(n_row_tiles * n_col_tiles, num_threads=n_threads, schedule='dynamic'):
-        r0 = _chunk_start(t // n_col_tiles, M, n_row_tiles)
-        r1 = _chunk_start(t // n_col_tiles + 1, M, n_row_tiles)
-        c0 = _chunk_start(t % n_col_tiles, D, n_col_tiles)
-        w = _chunk_start(t % n_col_tiles + 1, D, n_col_tiles) - c0
-        _cols_block(x + r0 * D + c0, (dy + r0 * D + c0) if dy != NULL else NULL,
-                    out + r0 * D + c0, D, r1 - r0, w, c1 + c0, c2 + c0, c3 + c0,
-                    (c4 + c0) if c4 != NULL else NULL, (c5 + c0) if c5 != NULL else NULL, stream)
+        r0 = _bound(t // n_col_tiles, M, n_row_tiles, row_unit)
+        r1 = _bound(t // n_col_tiles + 1, M, n_row_tiles, row_unit)
+        c0 = _bound(t % n_col_tiles, D, n_col_tiles, col_unit)
+        w = _bound(t % n_col_tiles + 1, D, n_col_tiles, col_unit) - c0
+        if r1 > r0 and w > 0:
+            _cols_block(x + r0 * D + c0, (dy + r0 * D + c0) if dy != NULL else NULL,
+                        out + r0 * D + c0, D, r1 - r0, w, c1 + c0, c2 + c0, c3 + c0,
+                        (c4 + c0) if c4 != NULL else NULL, (c5 + c0) if c5 != NULL else NULL,
+                        stream, ep, pos + r0 * D + c0, train)
 
 
 cdef inline void _cols_block(
     const floating* x, const floating* dy, floating* out, Py_ssize_t stride, Py_ssize_t n_rows,
     Py_ssize_t w, const floating* c1, const floating* c2, const floating* c3, const floating* c4,
-    const floating* c5, int stream,
+    const floating* c5, int stream, const Epilogue* ep=NULL, Py_ssize_t pos=0, bint train=True,
 ) noexcept nogil:
-    """The sweep of _cols_sweep over n_rows x w values (row stride `stride`)."""
+    """The sweep of _cols_sweep over n_rows x w values (row stride `stride`), x[0] at flat
+    index pos."""
     if dy == NULL:
-        fastbn_cols_affine(x, out, stride, n_rows, w, c1, c2, c3, stream)
+        fastbn_cols_affine(x, out, stride, n_rows, w, c1, c2, c3, stream, _res_at(ep, x, pos),
+                           _mask(ep), pos)
     else:
-        fastbn_cols_dx(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream)
+        fastbn_cols_dx(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream, _mask(ep), pos,
+                       train, _dres_at(ep, x, pos))
 
 
 cdef inline object _np_dtype(floating zero):
@@ -611,11 +695,16 @@ def cols_forward_train(
     floating[::1] running_var,     # INOUT (D,) or None
     double momentum,
     int n_threads,
+    residual=None,                 # IN (M, D) or None: the fused op's residual
+    unsigned char[::1] mask=None,  # OUT (ceil(M * D / 8),) or None: the fused op's ReLU mask
 ):
     """Batch statistics per column, then out = (x - mean) * gamma * invstd + beta; then the
-    running statistics that are given are updated."""
+    running statistics that are given are updated. With a mask (the fused op): out =
+    max(out + residual, 0) and the mask of out > 0 (see _src/loops.h, fastbn_put_bits)."""
+    cdef Epilogue ep = _epilogue(residual, mask, None)
     cdef double[:, ::1] moments = np.empty((2, x.shape[1]))
-    _cols_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads)
+    _cols_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads,
+                        &ep if mask is not None else NULL)
     _update_running(mean, var, running_mean, running_var, momentum)
 
 
@@ -630,23 +719,23 @@ def cols_moments(
     cdef floating[:, ::1] no_out = None
     cdef double[::1] no_var = None
     _cols_forward_train(x, unused, unused, 0.0, no_out, unused, unused, no_var, moments, False,
-                        n_threads)
+                        n_threads, NULL)
 
 
 cdef void _cols_forward_train(
     const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
     floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    double[:, ::1] moments, bint sweep, int n_threads,
+    double[:, ::1] moments, bint sweep, int n_threads, const Epilogue* ep,
 ):
     """The statistics of every column into `moments`; with `sweep`, also the folded constants
     (mean, invstd, var) and the normalised output (without it those arguments may be None)."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
-    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 1, n_threads)
+    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 1, n_threads, ep != NULL)
     if w:
         _cols_forward_blocked(x, gamma, beta, eps, out, mean, invstd, var, moments, sweep, w,
-                              n_threads)
+                              n_threads, ep)
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
@@ -686,22 +775,25 @@ cdef void _cols_forward_train(
         _tile(&scale[0], D, k, &tiled[1, 0])
         _tile(&beta[0], D, k, &tiled[2, 0])
         _cols_sweep(&x[0, 0], NULL, &out[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0], &tiled[2, 0],
-                    NULL, NULL, n_threads)
+                    NULL, NULL, n_threads, ep, 0)
         if cut.rem:
             _cols_sweep(&x[rest, 0], NULL, &out[rest, 0], cut.rem, D, &mean[0], &scale[0],
-                        &beta[0], NULL, NULL, 1)
+                        &beta[0], NULL, NULL, 1, ep, rest * D)
 
 
 cdef void _cols_forward_blocked(
     const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
     floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    double[:, ::1] moments, bint sweep, Py_ssize_t w, int n_threads,
+    double[:, ::1] moments, bint sweep, Py_ssize_t w, int n_threads, const Epilogue* ep,
 ):
     """_cols_forward_train by blocks of w columns: a block's statistics over all M rows, then
     its normalisation while it is still in cache. The blocks start at the output's first cache
-    line boundary (x's without a sweep: no column's value depends on its block)."""
+    line boundary (x's without a sweep: no column's value depends on its block); the fused op's
+    (`ep`) at a multiple of 8 columns, whole bytes of its mask (D % 8 == 0 there)."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1
     cdef Py_ssize_t head = _line_head(&out[0, 0] if sweep else &x[0, 0], sizeof(floating))
+    if ep != NULL:
+        head = head // 8 * 8
     cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
     cdef floating[::1] scale = np.empty(D if sweep else 0, dtype=_np_dtype(<floating>0))
@@ -713,7 +805,7 @@ cdef void _cols_forward_blocked(
             if sweep:
                 _fold(moments, <double>M, gamma, eps, mean, invstd, scale, var, c0, c1)
                 _cols_block(&x[0, c0], NULL, &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
-                            &beta[c0], NULL, NULL, stream)
+                            &beta[c0], NULL, NULL, stream, ep, c0)
 
 
 def cols_affine(
@@ -723,11 +815,16 @@ def cols_affine(
     const floating[::1] beta,      # IN (D,)
     floating[:, ::1] out,          # OUT (M, D)
     int n_threads,
+    residual=None,                 # IN (M, D) or None, as in cols_forward_train
+    unsigned char[::1] mask=None,  # OUT or None, as in cols_forward_train
 ):
-    """out = (x - mean) * scale + beta per column (test-mode forward)."""
+    """out = (x - mean) * scale + beta per column (test-mode forward), and the fused op's
+    epilogue with a mask."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if M == 0 or D == 0:
         return
+    cdef Epilogue epilogue = _epilogue(residual, mask, None)
+    cdef const Epilogue* ep = &epilogue if mask is not None else NULL
     cdef Py_ssize_t k = _wide_factor(M, D), rest = (M // k) * k
     cdef floating[:, ::1] tiled = np.empty((3, k * D), dtype=_np_dtype(<floating>0))
     with nogil:
@@ -735,10 +832,10 @@ def cols_affine(
         _tile(&scale[0], D, k, &tiled[1, 0])
         _tile(&beta[0], D, k, &tiled[2, 0])
         _cols_sweep(&x[0, 0], NULL, &out[0, 0], M // k, k * D, &tiled[0, 0], &tiled[1, 0],
-                    &tiled[2, 0], NULL, NULL, n_threads)
+                    &tiled[2, 0], NULL, NULL, n_threads, ep, 0)
         if rest < M:
             _cols_sweep(&x[rest, 0], NULL, &out[rest, 0], M - rest, D, &mean[0], &scale[0],
-                        &beta[0], NULL, NULL, 1)
+                        &beta[0], NULL, NULL, 1, ep, rest * D)
 
 
 def cols_backward(
@@ -752,10 +849,15 @@ def cols_backward(
     floating[::1] dgamma,          # OUT (D,)
     floating[::1] dbeta,           # OUT (D,)
     int n_threads,
+    const unsigned char[::1] mask=None,  # IN or None: the fused op's ReLU mask, read in place of dy's zeros
+    dresidual=None,                # OUT (M, D) or None: dy * mask
 ):
-    """One reduction sweep (sum dy, sum dy*(x - mean)) and one elementwise sweep for dx."""
+    """One reduction sweep (sum dy, sum dy*(x - mean)) and one elementwise sweep for dx (with a
+    mask: of dy * mask, also written into dresidual when given)."""
     cdef double[:, ::1] no_sums = None
-    _cols_backward(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, no_sums, True, n_threads)
+    cdef Epilogue ep = _epilogue(None, mask, dresidual)
+    _cols_backward(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, no_sums, True, n_threads,
+                   &ep if mask is not None else NULL)
 
 
 def cols_grad_sums(
@@ -770,7 +872,7 @@ def cols_grad_sums(
     cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
     cdef floating[:, ::1] no_dx = None
     _cols_backward(x, dy, mean, unused, unused, True, no_dx, unused, unused, sums, False,
-                   n_threads)
+                   n_threads, NULL)
 
 
 def cols_backward_given(
@@ -800,16 +902,18 @@ def cols_backward_given(
         _backward_coefficients(sums[0:1], sums[1:2], invstd, gamma, count, train, dgamma, dbeta,
                                k_dy, k_b, k_g, 0, D)
     if M:
-        _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+        _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, NULL)
 
 
 cdef void _cols_backward(
     const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
     const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, ::1] dx,
     floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, int n_threads,
+    const Epilogue* ep,
 ):
     """With `sweep`, dx, dgamma and dbeta (`sums` is None); without, only the column sums into
-    `sums` (invstd, gamma, dx, dgamma and dbeta may be None)."""
+    `sums` (invstd, gamma, dx, dgamma and dbeta may be None). With the fused op's epilogue
+    (`ep`), dy is read through its mask."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     if D == 0:
         return
@@ -820,10 +924,10 @@ cdef void _cols_backward(
         else:
             sums[:, :] = 0
         return
-    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 2, n_threads)
+    cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 2, n_threads, ep != NULL)
     if w:
         _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, sums, sweep,
-                               w, n_threads)
+                               w, n_threads, ep)
         return
     cdef _Wide cut = _Wide(M, D)
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
@@ -852,23 +956,23 @@ cdef void _cols_backward(
                 p0 = q * Dw
             _cols_grad_sums(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
                             r1 - r0, c1 - c0, &tiled_mean[0] + c0, &part_dy[0, 0] + p0 + c0,
-                            &part_dyxc[0, 0] + p0 + c0)
+                            &part_dyxc[0, 0] + p0 + c0, ep, r0 * stride + c0)
         if not sweep:
             _store_sums(part_dy, part_dyxc, sums, 0, D)
             return
         for c0 in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * P)):
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                    dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
-    _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+    _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, ep)
 
 
 cdef void _cols_dx_sweep(
     const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
     const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
-    const floating[::1] k_g, bint train, floating[:, ::1] dx, int n_threads,
+    const floating[::1] k_g, bint train, floating[:, ::1] dx, int n_threads, const Epilogue* ep,
 ):
     """dx of an (M, D) array (M > 0) from the coefficients of _backward_coefficients, swept as
-    wide rows (see _Wide)."""
+    wide rows (see _Wide); with the fused op's epilogue (`ep`), dy read through its mask."""
     cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
     cdef Py_ssize_t k = _wide_factor(M, D), Mw = M // k, Dw = k * D, rest = Mw * k
     cdef floating[:, ::1] tiled = np.empty((5, Dw), dtype=_np_dtype(<floating>0))
@@ -878,7 +982,13 @@ cdef void _cols_dx_sweep(
         _tile(&k_dy[0], D, k, &tiled[2, 0])
         _tile(&k_b[0], D, k, &tiled[3, 0])
         _tile(&k_g[0], D, k, &tiled[4, 0])
-        if not train:
+        if ep != NULL:  # dy read through the mask; in test mode dx = k_dy * dy, x not read
+            _cols_sweep(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0],
+                        &tiled[2, 0], &tiled[3, 0], &tiled[4, 0], n_threads, ep, 0, train)
+            if rest < M:
+                _cols_sweep(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], M - rest, D, &mean[0],
+                            &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1, ep, rest * D, train)
+        elif not train:
             # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in);
             # k_b is 0 in test mode, and serves as the zero mean and beta
             _cols_sweep(&dy[0, 0], NULL, &dx[0, 0], Mw, Dw, &tiled[3, 0], &tiled[2, 0],
@@ -898,7 +1008,7 @@ cdef void _cols_backward_blocked(
     const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
     const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, ::1] dx,
     floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, Py_ssize_t w,
-    int n_threads,
+    int n_threads, const Epilogue* ep,
 ):
     """_cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its
     dx while x and dy are still in cache: a block per thread, or, for arrays of
@@ -927,7 +1037,7 @@ cdef void _cols_backward_blocked(
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
                     _cols_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                    &part_dy[q, c0], &part_dyxc[q, c0])
+                                    &part_dy[q, c0], &part_dyxc[q, c0], ep, r0 * D + c0)
                 if not sweep:
                     _store_sums(part_dy, part_dyxc, sums, c0, c1)
                     continue
@@ -937,44 +1047,48 @@ cdef void _cols_backward_blocked(
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
                     _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, r0, r1, c0, c1,
-                              stream)
+                              stream, ep)
         else:
             for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
                 _cols_grad_sums(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0], &part_dy[0, c0],
-                                &part_dyxc[0, c0])
+                                &part_dyxc[0, c0], ep, c0)
                 if not sweep:
                     _store_sums(part_dy, part_dyxc, sums, c0, c1)
                 else:
                     _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
                                            dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
                     _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, 0, M, c0, c1,
-                              stream)
+                              stream, ep)
 
 
 cdef inline void _cols_grad_sums(
     const floating* x, const floating* dy, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
-    const floating* mean, double* s1, double* s2,
+    const floating* mean, double* s1, double* s2, const Epilogue* ep, Py_ssize_t pos,
 ) noexcept nogil:
     """s1[j] = sum dy, s2[j] = sum dy * (x - mean[j]) over n_rows rows (row stride `stride`) of w
-    columns j; s1 and s2 are zeroed first."""
+    columns j; s1 and s2 are zeroed first. With an epilogue, dy is read through the mask (x[0]
+    at flat index pos)."""
     cdef Py_ssize_t j
     for j in range(w):
         s1[j] = 0.0
         s2[j] = 0.0
-    fastbn_cols_grad_sums(x, dy, stride, n_rows, w, mean, s1, s2)
+    fastbn_cols_grad_sums(x, dy, stride, n_rows, w, mean, s1, s2, _mask(ep), pos)
 
 
 cdef inline void _block_dx(
     const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
     const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
     const floating[::1] k_g, bint train, floating[:, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
-    Py_ssize_t c0, Py_ssize_t c1, int stream,
+    Py_ssize_t c0, Py_ssize_t c1, int stream, const Epilogue* ep,
 ) noexcept nogil:
     """dx of rows r0..r1-1, columns c0..c1-1, from the coefficients of _backward_coefficients."""
     cdef Py_ssize_t D = x.shape[1]
-    if not train:  # dx = k_dy * dy (k_b is 0: the zero mean and beta); x is not read
+    if ep != NULL:  # dy read through the mask (test mode: x not read)
+        _cols_block(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
+                    &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream, ep, r0 * D + c0, train)
+    elif not train:  # dx = k_dy * dy (k_b is 0: the zero mean and beta); x is not read
         _cols_block(&dy[r0, c0], NULL, &dx[r0, c0], D, r1 - r0, c1 - c0, &k_b[c0], &k_dy[c0],
                     &k_b[c0], NULL, NULL, stream)
     else:
@@ -1001,10 +1115,11 @@ cdef inline void _plane_moments(
 
 cdef inline void _affine_plane(
     const floating* x, floating* out, Py_ssize_t n, floating mean, floating scale, floating beta,
-    int stream,
+    int stream, const Epilogue* ep=NULL, Py_ssize_t pos=0,
 ) noexcept nogil:
-    """out = (x - mean) * scale + beta over n contiguous values."""
-    fastbn_plane_affine(x, out, n, mean, scale, beta, stream)
+    """out = (x - mean) * scale + beta over n contiguous values (and the fused op's epilogue,
+    x[0] at flat index pos)."""
+    fastbn_plane_affine(x, out, n, mean, scale, beta, stream, _res_at(ep, x, pos), _mask(ep), pos)
 
 
 cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):
@@ -1066,10 +1181,14 @@ def planes_forward_train(
     floating[::1] running_var,     # INOUT (C,) or None
     double momentum,
     int n_threads,
+    residual=None,                 # IN (N, C, L) or None, as in cols_forward_train
+    unsigned char[::1] mask=None,  # OUT or None, as in cols_forward_train
 ):
     """As _planes_forward_train; then the running statistics that are given are updated."""
+    cdef Epilogue ep = _epilogue(residual, mask, None)
     cdef double[:, ::1] moments = np.empty((2, x.shape[1]))
-    _planes_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads)
+    _planes_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads,
+                          &ep if mask is not None else NULL)
     _update_running(mean, var, running_mean, running_var, momentum)
 
 
@@ -1084,24 +1203,27 @@ def planes_moments(
     cdef floating[:, :, ::1] no_out = None
     cdef double[::1] no_var = None
     _planes_forward_train(x, unused, unused, 0.0, no_out, unused, unused, no_var, moments, False,
-                          n_threads)
+                          n_threads, NULL)
 
 
 cdef void _planes_forward_train(
     const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
     floating[:, :, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    double[:, ::1] moments, bint sweep, int n_threads,
+    double[:, ::1] moments, bint sweep, int n_threads, const Epilogue* ep,
 ):
     """Per-plane moments merged per channel in plane order into `moments`; with `sweep`, then
     the folded constants and the normalising sweep (without it those arguments may be None).
 
     A task covers one chunk of a channel's planes (see ``_n_plane_chunks``). With one chunk per
-    channel the task also normalises the channel while it is in cache: x is read from memory once.
+    channel the task also normalises the channel while it is in cache: x is read from memory once
+    -- for the fused op (`ep`) only when planes are whole bytes of its mask (L % 8 == 0); else
+    its sweep comes after, over chunks of whole bytes (_planes_affine).
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, c, n
     if N == 0 or C == 0 or L == 0:
         return
     Q = _n_plane_chunks(N, C)
+    cdef bint in_cache = Q == 1 and (ep == NULL or L % 8 == 0)
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
     cdef double[:, :, ::1] parts = _scratch(Q, C)
     cdef double[:, ::1] part_mean = parts[0]
@@ -1123,27 +1245,45 @@ cdef void _planes_forward_train(
                 moments[1, c] = part_m2[0, c]
                 if sweep:
                     _fold(moments, counts[0], gamma, eps, mean, invstd, scale, var, c, c + 1)
-                    for n in range(N):
-                        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c],
-                                      stream)
+                    if in_cache:
+                        for n in range(N):
+                            _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c],
+                                          beta[c], stream, ep, (n * C + c) * L)
         if Q > 1:
             _merge_and_fold(part_mean, part_m2, counts, moments, sweep, gamma, eps, mean, invstd,
                             scale, var, weights, n_threads)
-            if sweep:
-                _planes_affine(x, mean, scale, beta, out, n_threads)
+        if sweep and not in_cache:
+            _planes_affine(x, mean, scale, beta, out, n_threads, ep)
 
 
 cdef inline void _planes_affine(
     const floating[:, :, ::1] x, const floating[::1] mean, const floating[::1] scale,
-    const floating[::1] beta, floating[:, :, ::1] out, int n_threads,
+    const floating[::1] beta, floating[:, :, ::1] out, int n_threads, const Epilogue* ep=NULL,
 ) noexcept nogil:
+    """The normalising sweep, a plane per task; the fused op's (`ep`) with planes that are not
+    whole bytes of its mask (L % 8 != 0) over chunks of the flat array that are."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    cdef Py_ssize_t total = N * C * L, size = sizeof(floating), e0, e1, end, t
+    cdef Py_ssize_t chunk = _ceil_div(max(plan.handout_bytes // size, 8), 8) * 8
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
+    if ep != NULL and L % 8:
+        for t in prange(_ceil_div(total, chunk), num_threads=n_threads, schedule='dynamic'):
+            e0 = t * chunk
+            e1 = min(e0 + chunk, total)
+            while e0 < e1:  # the pieces of planes in [e0, e1)
+                p = e0 // L
+                end = min((p + 1) * L, e1)
+                c = p % C
+                _affine_plane(&x[0, 0, 0] + e0, &out[0, 0, 0] + e0, end - e0, mean[c], scale[c],
+                              beta[c], stream, ep, e0)
+                e0 = end
+        return
     for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
                     chunksize=_handout(L * <Py_ssize_t>sizeof(floating))):
         n = p // C
         c = p % C
-        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream)
+        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream, ep,
+                      p * L)
 
 
 def planes_affine(
@@ -1153,24 +1293,34 @@ def planes_affine(
     const floating[::1] beta,      # IN (C,)
     floating[:, :, ::1] out,       # OUT (N, C, L)
     int n_threads,
+    residual=None,                 # IN (N, C, L) or None, as in cols_forward_train
+    unsigned char[::1] mask=None,  # OUT or None, as in cols_forward_train
 ):
-    """out = (x - mean[c]) * scale[c] + beta[c] (test-mode forward)."""
+    """out = (x - mean[c]) * scale[c] + beta[c] (test-mode forward), and the fused op's epilogue
+    with a mask."""
     if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
         return
+    cdef Epilogue ep = _epilogue(residual, mask, None)
+    cdef const Epilogue* e = &ep if mask is not None else NULL
     with nogil:
-        _planes_affine(x, mean, scale, beta, out, n_threads)
+        _planes_affine(x, mean, scale, beta, out, n_threads, e)
 
 
 cdef inline void _dx_plane(
     const floating* x, const floating* dy, floating* dx, Py_ssize_t n, floating mean,
     floating invstd, floating k_dy, floating k_b, floating k_g, bint train, int stream,
+    const Epilogue* ep, Py_ssize_t pos,
 ) noexcept nogil:
     """dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g) over n contiguous values; in test
-    mode dx = k_dy * dy, which does not read x (a NaN or Inf in x must not leak in)."""
-    if not train:
+    mode dx = k_dy * dy, which does not read x (a NaN or Inf in x must not leak in). With an
+    epilogue dy is read through the mask (x[0] at flat index pos)."""
+    if ep != NULL:
+        fastbn_plane_dx(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream, ep.mask, pos, train,
+                        _dres_at(ep, x, pos))
+    elif not train:
         _affine_plane(dy, dx, n, 0, k_dy, 0, stream)
     else:
-        fastbn_plane_dx(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream)
+        fastbn_plane_dx(x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream, NULL, 0, 1, NULL)
 
 
 def planes_backward(
@@ -1184,12 +1334,16 @@ def planes_backward(
     floating[::1] dgamma,          # OUT (C,)
     floating[::1] dbeta,           # OUT (C,)
     int n_threads,
+    const unsigned char[::1] mask=None,  # IN or None, as in cols_backward
+    dresidual=None,                # OUT (N, C, L) or None, as in cols_backward
 ):
     """Per-plane gradient sums, added per channel in plane order, then the dx sweep; tasks as in
-    :func:`planes_forward_train` (one chunk per channel: dx while the planes are in cache)."""
+    :func:`planes_forward_train` (one chunk per channel: dx while the planes are in cache). With a
+    mask, of dy * mask (also written into dresidual when given)."""
     cdef double[:, ::1] no_sums = None
+    cdef Epilogue ep = _epilogue(None, mask, dresidual)
     _planes_backward(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, no_sums, True,
-                     n_threads)
+                     n_threads, &ep if mask is not None else NULL)
 
 
 def planes_grad_sums(
@@ -1204,7 +1358,7 @@ def planes_grad_sums(
     cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
     cdef floating[:, :, ::1] no_dx = None
     _planes_backward(x, dy, mean, unused, unused, True, no_dx, unused, unused, sums, False,
-                     n_threads)
+                     n_threads, NULL)
 
 
 def planes_backward_given(
@@ -1234,16 +1388,18 @@ def planes_backward_given(
         _backward_coefficients(sums[0:1], sums[1:2], invstd, gamma, count, train, dgamma, dbeta,
                                k_dy, k_b, k_g, 0, C)
         if x.shape[0] and x.shape[2]:
-            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, NULL)
 
 
 cdef void _planes_backward(
     const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
     const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, :, ::1] dx,
     floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, int n_threads,
+    const Epilogue* ep,
 ):
     """With `sweep`, dx, dgamma and dbeta (`sums` is None); without, only the channel sums into
-    `sums` (invstd, gamma, dx, dgamma and dbeta may be None)."""
+    `sums` (invstd, gamma, dx, dgamma and dbeta may be None). With the fused op's epilogue
+    (`ep`), dy is read through its mask."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, n, n1, c
     cdef double s1, s2
     cdef fastbn_sums t
@@ -1258,6 +1414,7 @@ cdef void _planes_backward(
         return
     Q = _n_plane_chunks(N, C)
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
+    cdef const unsigned char* m = _mask(ep)
     cdef double[:, :, ::1] parts = _scratch(Q, C)
     cdef double[:, ::1] part_dy = parts[0]
     cdef double[:, ::1] part_dyxc = parts[1]
@@ -1275,7 +1432,8 @@ cdef void _planes_backward(
             for n in range(_chunk_start(q, N, Q), n1):
                 t = fastbn_grad_sums_pf(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
                                         &x[n + 1, c, 0] if n + 1 < n1 else NULL,
-                                        &dy[n + 1, c, 0] if n + 1 < n1 else NULL)
+                                        &dy[n + 1, c, 0] if n + 1 < n1 else NULL, m,
+                                        (n * C + c) * L)
                 s1 = s1 + t.s1
                 s2 = s2 + t.s2
             part_dy[q, c] = s1
@@ -1285,21 +1443,23 @@ cdef void _planes_backward(
                                        dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
                 for n in range(N):
                     _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                              k_dy[c], k_b[c], k_g[c], train, stream)
+                              k_dy[c], k_b[c], k_g[c], train, stream, ep, (n * C + c) * L)
         if not sweep:
             _store_sums(part_dy, part_dyxc, sums, 0, C)
         elif Q > 1:
             _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
                                    dgamma, dbeta, k_dy, k_b, k_g, 0, C)
-            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads)
+            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, ep)
 
 
 cdef inline void _planes_dx(
     const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
     const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
     const floating[::1] k_g, bint train, floating[:, :, ::1] dx, int n_threads,
+    const Epilogue* ep,
 ) noexcept nogil:
-    """dx of every plane from the coefficients of _backward_coefficients."""
+    """dx of every plane from the coefficients of _backward_coefficients (dy read through the
+    fused op's mask with `ep`)."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
     for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
@@ -1307,7 +1467,7 @@ cdef inline void _planes_dx(
         n = p // C
         c = p % C
         _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                  k_dy[c], k_b[c], k_g[c], train, stream)
+                  k_dy[c], k_b[c], k_g[c], train, stream, ep, p * L)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1533,7 +1693,7 @@ def rows_backward(
                             sums = fastbn_grad_sums_pf(
                                 xr + k * L, dr + k * L, L, m,
                                 xr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL,
-                                dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL)
+                                dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL, NULL, 0)
                             part_dbeta[q, c0 + k] += sums.s1
                             part_dgamma[q, c0 + k] += sums.s2 * s
                             sum_g = sum_g + sums.s1 * gamma[c0 + k]

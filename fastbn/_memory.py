@@ -7,6 +7,7 @@ therefore allocates its outputs of at least ``Plan.buffer_min_bytes`` through a 
 handler (NEP 49) whose freed blocks go to a bounded pool (``_src/buffer_pool.h``); the arrays
 are ordinary NumPy arrays that own their data.
 """
+import math
 import os
 
 import numpy as np
@@ -103,6 +104,15 @@ def buffer_cache_info() -> dict:
         return dict.fromkeys(("max_bytes", "cached_bytes", "live_bytes", "blocks", "hits",
                               "misses"), 0)
     return _buffers.info()
+
+
+def empty(shape, dtype):
+    """An uninitialised array of `shape` and `dtype` for an output: from the buffer cache when it
+    is large enough."""
+    dtype = np.dtype(dtype)
+    if _buffers is not None and math.prod(shape) * dtype.itemsize >= _planner.current().buffer_min_bytes:
+        return _buffers.empty(shape, dtype)
+    return np.empty(shape, dtype)
 
 
 def empty_like(a):

@@ -129,6 +129,11 @@ class OpSpec:
     min_ndim : int
         The fewest dimensions x may have when fewer than its layout's (groupnorm takes (N, C));
         0: the layout's.
+    relu : bool
+        Fuses a ReLU epilogue into the op named :attr:`unfused`: the forward takes an optional
+        ``residual`` and returns ``max(op(x) + residual, 0)``; the cache keeps the ReLU's mask
+        packed (``NormCache.mask``); the backward returns ``dresidual`` too when the forward
+        had a residual.
     """
 
     name: str
@@ -142,6 +147,13 @@ class OpSpec:
     beta: bool = True
     torch: str = ""
     min_ndim: int = 0
+    relu: bool = False
+
+    @property
+    def unfused(self):
+        """The op whose computation a fused op extends (``'batchnorm'`` for
+        ``'batchnorm_relu'``); the op itself otherwise."""
+        return self.name.removesuffix("_relu") if self.relu else self.name
 
     @property
     def functions(self):
@@ -256,6 +268,11 @@ OPS = {
                "gn_param", ("NCHW",), grouped=True, torch="group_norm", min_ndim=2),
         OpSpec("rmsnorm", "rmsnorm_forward", ("rmsnorm_backward",), "ln_param", ("ND",),
                center=False, beta=False, torch="rms_norm"),
+        OpSpec("batchnorm_relu", "batchnorm_relu_forward", ("batchnorm_relu_backward",),
+               "bn_param", ("NC",), running_stats=True, torch="batch_norm", relu=True),
+        OpSpec("spatial_batchnorm_relu", "spatial_batchnorm_relu_forward",
+               ("spatial_batchnorm_relu_backward",), "bn_param", ("NCHW", "NHWC"),
+               running_stats=True, torch="batch_norm", relu=True),
     )
 }
 

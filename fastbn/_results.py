@@ -25,7 +25,8 @@ class NormCache(NamedTuple):
     ----------
     op : str
         The operation that made it: ``'batchnorm'``, ``'spatial_batchnorm'``, ``'layernorm'``,
-        ``'groupnorm'`` or ``'rmsnorm'`` (the names of :data:`fastbn._ops.OPS`).
+        ``'groupnorm'``, ``'rmsnorm'``, ``'batchnorm_relu'`` or ``'spatial_batchnorm_relu'``
+        (the names of :data:`fastbn._ops.OPS`).
     x : ndarray
         The input as computed on: C-contiguous, in the computation dtype.
     gamma : ndarray
@@ -56,6 +57,13 @@ class NormCache(NamedTuple):
         Layernorm and RMSNorm over several trailing axes: the first normalized axis
         (``ln_param['axis']`` counted from 0). None for the last axis and for the other ops,
         whose channel axis is the layout's.
+    mask : ndarray of uint8, or None
+        The fused ops' ReLU mask, one bit per element of x: bit ``k`` of byte ``b`` is 1 where
+        element ``8 * b + k`` of the flattened output was > 0, i.e.
+        ``np.packbits(out.ravel() > 0, bitorder='little')`` (``ceil(x.size / 8)`` bytes; unpack
+        with ``np.unpackbits(mask, count=x.size, bitorder='little')``). None for other ops.
+    residual : bool
+        Whether the fused forward added a residual (its backward then returns dresidual).
     """
 
     op: str
@@ -71,6 +79,8 @@ class NormCache(NamedTuple):
     beta_shape: Optional[tuple[int, ...]]
     dtype: np.dtype[Any]
     axis: Optional[int] = None
+    mask: Optional[np.ndarray] = None
+    residual: bool = False
 
 
 
@@ -87,17 +97,23 @@ def test_statistics(p):
     return mean, invstd
 
 
-def finish_forward(p, out, mean, invstd, batch_var=None, updated=False):
+def finish_forward(p, out, mean, invstd, batch_var=None, updated=False, mask=None):
     """Update running statistics (train-mode batchnorm), build the cache, cast the output.
 
     Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
-    `updated`: the backend updated running_mean and running_var already.
+    `updated`: the backend updated running_mean and running_var already. `mask`: the fused ops'
+    packed ReLU mask.
     """
     if p.mode == "train" and OPS[p.op].running_stats:
         update_running(p, mean, batch_var, updated)
     # positional: NamedTuple keywords cost a third of this function's time
-    cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
-                      p.gamma_shape, p.beta_shape, p.dtype, p.axis)
+    if mask is None:
+        cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
+                          p.gamma_shape, p.beta_shape, p.dtype, p.axis)
+    else:
+        cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
+                          p.gamma_shape, p.beta_shape, p.dtype, p.axis, mask,
+                          p.residual is not None)
     return _into(p.out, out, p.dtype), cache
 
 
@@ -162,12 +178,16 @@ def _param_grad(grad, shape, dtype):
     return grad if grad.dtype == dtype else grad.astype(dtype)
 
 
-def finish_backward(cache, dx, dgamma, dbeta, out=None):
+def finish_backward(cache, dx, dgamma, dbeta, out=None, dresidual=None):
     """Cast to the output dtype and give dgamma/dbeta the shapes gamma/beta had (None for a
-    parameter given as None); ``(dx, dgamma)`` for ops without beta."""
+    parameter given as None); ``(dx, dgamma)`` for ops without beta; dresidual appended for a
+    fused forward that had a residual."""
     dtype = cache.dtype
     dx = _into(out, dx, dtype)
     dgamma = _param_grad(dgamma, cache.gamma_shape, dtype)
     if not OPS[cache.op].beta:
         return dx, dgamma
-    return dx, dgamma, _param_grad(dbeta, cache.beta_shape, dtype)
+    dbeta = _param_grad(dbeta, cache.beta_shape, dtype)
+    if cache.residual:
+        return dx, dgamma, dbeta, _into(None, dresidual.reshape(cache.x.shape), dtype)
+    return dx, dgamma, dbeta

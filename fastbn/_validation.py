@@ -42,6 +42,7 @@ class Prepared(NamedTuple):
     unbiased: bool = False  # update running_var with the unbiased batch variance (PyTorch)
     batches: object = None  # num_batches_tracked before this call, or None: not counted
     axis: object = None  # layernorm/RMSNorm: the first normalized axis, from 0; None: the last
+    residual: object = None  # fused ops: the residual, like x (C-contiguous, computation dtype), or None
 
 
 def _type_name(value):
@@ -245,10 +246,11 @@ def check_x(x, name, ndim_range, layout):
     return compute_dtype(x, name)
 
 
-def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=True):
+def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *, whole_batch=True):
     """Validate the arguments of `spec`'s forward and return them as a :class:`Prepared` record.
 
-    `beta` is ignored by ops without a shift (``spec.beta`` false), `groups` by ungrouped ops.
+    `beta` is ignored by ops without a shift (``spec.beta`` false), `groups` by ungrouped ops,
+    `residual` by ops without a fused ReLU (``spec.relu`` false).
     ``whole_batch=False``: x is one part of a batch whose statistics are given (moments, other
     ranks), so its own count per channel is not checked; the caller checks the batch's.
     """
@@ -289,14 +291,27 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, *, whole_batch=T
     if gamma_flat is None or beta_flat is None:  # missing parameters (or an op without beta)
         gamma_flat = np.ones(channels, dtype=dtype) if gamma_flat is None else gamma_flat
         beta_flat = np.zeros(channels, dtype=dtype) if beta_flat is None and spec.beta else beta_flat
+    given = (residual,) if spec.relu and residual is not None else ()
+    residual = check_residual(residual, x, dtype) if given else None
     return Prepared(
         op=spec.name, x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
         eps=eps, mode=mode, momentum=momentum, running_mean=running_mean,
         running_var=running_var, param=param, layout=layout, groups=G,
         gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
-        out=check_out(out, "out", x, out_dtype, gamma, beta),
+        out=check_out(out, "out", x, out_dtype, gamma, beta, *given),
         unbiased=unbiased, batches=batches if mode == "train" else None, axis=axis,
+        residual=residual,
     )
+
+
+def check_residual(residual, x, dtype):
+    """The fused ops' residual: an array of x's shape with a dtype x could have, returned
+    C-contiguous in the computation dtype `dtype`."""
+    check_ndarray(residual, "residual")
+    compute_dtype(residual, "residual")
+    if residual.shape != x.shape:
+        raise ValueError(f"residual must have the shape of x, {x.shape}, got shape {residual.shape}")
+    return np.ascontiguousarray(residual, dtype=dtype)
 
 
 def check_out(out, name, like, dtype, *others):
@@ -360,7 +375,7 @@ def check_cache(cache, spec, function):
             f"got {_type_name(cache)}"
         )
     (cache_op, x, gamma, mean, invstd, eps, mode, layout, groups, gamma_shape, beta_shape, dtype,
-     axis) = cache
+     axis) = cache[:13]
     if cache_op != spec.name:
         made_by = OPS[cache_op].forward if isinstance(cache_op, str) and cache_op in OPS else repr(cache_op)
         raise ValueError(
@@ -420,12 +435,32 @@ def check_cache(cache, spec, function):
             )
     if not spec.beta and beta_shape is not None:
         raise ValueError(f"cache.beta_shape must be None for {spec.name} (it has no beta), got {beta_shape!r}")
+    check_mask(cache, spec, x)
     outputs = _output_dtypes(x.dtype)
     if not isinstance(dtype, np.dtype) or dtype not in outputs:
         raise ValueError(
             f"cache.dtype must be {' or '.join(map(str, outputs))} for a cache.x of dtype {x.dtype}, "
             f"got {dtype!r}"
         )
+
+
+def check_mask(cache, spec, x):
+    """A fused op's cache holds its packed ReLU mask (uint8, C-contiguous, ceil(x.size / 8)
+    bytes) and a bool `residual`; other ops' caches hold neither."""
+    mask, residual = cache.mask, cache.residual
+    if not spec.relu:
+        if mask is not None or residual is not False:
+            raise ValueError(f"cache.mask must be None and cache.residual False for {spec.name}, "
+                             f"got {_type_name(mask)} and {residual!r}")
+        return
+    n_bytes = (x.size + 7) // 8
+    if not (isinstance(mask, np.ndarray) and mask.dtype == np.uint8 and mask.shape == (n_bytes,)
+            and mask.flags.c_contiguous):
+        got = (f"dtype {mask.dtype}, shape {mask.shape}" if isinstance(mask, np.ndarray)
+               else _type_name(mask))
+        raise ValueError(f"cache.mask must be a C-contiguous uint8 array of shape {(n_bytes,)}, got {got}")
+    if not isinstance(residual, (bool, np.bool_)):
+        raise ValueError(f"cache.residual must be True or False, got {residual!r}")
 
 
 def prepare_backward(dout, cache, spec, function, out=None):

@@ -106,11 +106,33 @@ def _batch_forward(p, moments=None):
         batch_var = None
     xhat = (p.x - mean.reshape(shape)) * invstd.reshape(shape)
     out = xhat * p.gamma.reshape(shape) + p.beta.reshape(shape)
-    return finish_forward(p, out, mean, invstd, batch_var)
+    mask = None
+    if OPS[p.op].relu:
+        out, mask = _relu_forward(out, p.residual)
+    return finish_forward(p, out, mean, invstd, batch_var, mask=mask)
+
+
+def _relu_forward(y, residual):
+    """The fused ops' epilogue: ``max(y + residual, 0)`` (NaN stays NaN, -0 becomes +0) and the
+    packed mask of the elements > 0, ``np.packbits(flat, bitorder='little')``."""
+    if residual is not None:
+        y = y + residual
+    mask = np.packbits((y > 0).reshape(-1), bitorder="little")
+    return np.where(y <= 0, y.dtype.type(0), y), mask
+
+
+def _relu_backward(dout, cache):
+    """dout where the fused forward's output was > 0 (its mask), +0 elsewhere: the gradient of
+    ReLU at 0 is 0, as in PyTorch."""
+    keep = np.unpackbits(cache.mask, count=cache.x.size, bitorder="little").astype(bool)
+    return np.where(keep.reshape(cache.x.shape), dout, dout.dtype.type(0))
 
 
 def _batch_backward_staged(dout, cache, out=None):
-    """Backpropagate through the forward's computation graph, one node at a time."""
+    """Backpropagate through the forward's computation graph, one node at a time (first through
+    the fused ops' ReLU: dresidual is dout through it)."""
+    if cache.mask is not None:
+        dout = _relu_backward(dout, cache)
     axes, shape = _batch_axes(cache)
     x = cache.x
     count = x.size // max(cache.gamma.size, 1)
@@ -132,7 +154,7 @@ def _batch_backward_staged(dout, cache, out=None):
         dxc = (dxhat * invstd + xc * (2.0 * dvar / count)).astype(x.dtype)
         dmean = -_sum(dxc, axes)
         dx = dxc + dmean / count
-    return finish_backward(cache, dx, dgamma, dbeta, out)
+    return finish_backward(cache, dx, dgamma, dbeta, out, dresidual=dout)
 
 
 def _batch_backward_closed_form(dout, cache, out=None):
@@ -254,9 +276,9 @@ def backward_impl(spec, function):
     return _batch_backward_closed_form if function.endswith("_alt") else _batch_backward_staged
 
 
-def _forward(name, x, gamma, beta, param, groups=None, out=None):
+def _forward(name, x, gamma, beta, param, groups=None, out=None, residual=None):
     spec = OPS[name]
-    return forward_impl(spec)(prepare(spec, x, gamma, beta, param, groups, out))
+    return forward_impl(spec)(prepare(spec, x, gamma, beta, param, groups, out, residual))
 
 
 def _backward(name, function, dout, cache, out):
@@ -342,3 +364,26 @@ def rmsnorm_backward(dout: NDArray[Any], cache: NormCache,
                      *, out: NDArray[Any] | None = None) -> tuple[NDArray[Any], NDArray[Any] | None]:
     """Reference RMSNorm backward; see :func:`fastbn.rmsnorm_backward`."""
     return _backward("rmsnorm", "rmsnorm_backward", dout, cache, out)
+
+
+def batchnorm_relu_forward(x, gamma, beta, bn_param, *, residual=None, out=None):
+    """Reference fused batchnorm + ReLU forward; see :func:`fastbn.batchnorm_relu_forward`."""
+    return _forward("batchnorm_relu", x, gamma, beta, bn_param, out=out, residual=residual)
+
+
+def batchnorm_relu_backward(dout, cache, *, out=None):
+    """Reference fused batchnorm + ReLU backward (staged graph); see
+    :func:`fastbn.batchnorm_relu_backward`."""
+    return _backward("batchnorm_relu", "batchnorm_relu_backward", dout, cache, out)
+
+
+def spatial_batchnorm_relu_forward(x, gamma, beta, bn_param, *, residual=None, out=None):
+    """Reference fused spatial batchnorm + ReLU forward; see
+    :func:`fastbn.spatial_batchnorm_relu_forward`."""
+    return _forward("spatial_batchnorm_relu", x, gamma, beta, bn_param, out=out, residual=residual)
+
+
+def spatial_batchnorm_relu_backward(dout, cache, *, out=None):
+    """Reference fused spatial batchnorm + ReLU backward; see
+    :func:`fastbn.spatial_batchnorm_relu_backward`."""
+    return _backward("spatial_batchnorm_relu", "spatial_batchnorm_relu_backward", dout, cache, out)

@@ -10,6 +10,7 @@ import numpy as np
 
 import fastbn
 import fastbn._ops
+import fastbn._validation
 
 DTYPES = (np.float64, np.float32)
 BACKENDS = ("cython", "numpy")
@@ -29,6 +30,7 @@ class Op:
     layout: str = None  # default: the op's first layout
     param_broadcast: bool = False  # give gamma/beta in their broadcast shape ((1, C, 1, 1), ...)
     axis: int = None  # layernorm/RMSNorm: ln_param['axis'] (normalize the trailing axes from it)
+    residual: bool = False  # fused ops: the forward gets a residual (see residual_for)
 
     def __post_init__(self):
         if self.layout is None:
@@ -55,6 +57,8 @@ class Op:
             parts.append("bcast")
         if self.axis is not None:
             parts.append(f"axis{self.axis}")
+        if self.residual:
+            parts.append("res")
         return "-".join(parts)
 
     @property
@@ -119,18 +123,41 @@ class Op:
         """Positional arguments of the public forward."""
         return self.spec.forward_args(x, gamma, beta, param, self.G(x.shape))
 
+    def residual_for(self, x):
+        """The residual this op's forward gets with x: fixed values of x's shape, in the
+        computation dtype of x (so that a test converting x gets the same residual), or None."""
+        if not self.residual or not isinstance(x, np.ndarray):
+            return None
+        dtype = fastbn._validation.compute_dtype(x, "x")[0]
+        return np.random.default_rng(7).standard_normal(x.shape).astype(dtype)
+
+    def _residual_kw(self, x, kw):
+        if self.residual and "residual" not in kw:
+            kw = dict(kw, residual=self.residual_for(x))
+        return kw
+
     def forward(self, x, gamma, beta, param, backend="auto", **kw):
-        return getattr(fastbn, self.forward_name)(*self.args(x, gamma, beta, param), backend=backend, **kw)
+        return getattr(fastbn, self.forward_name)(*self.args(x, gamma, beta, param), backend=backend,
+                                                  **self._residual_kw(x, kw))
 
     def reference_forward(self, x, gamma, beta, param, **kw):
-        return getattr(fastbn.reference, self.forward_name)(*self.args(x, gamma, beta, param), **kw)
+        return getattr(fastbn.reference, self.forward_name)(*self.args(x, gamma, beta, param),
+                                                            **self._residual_kw(x, kw))
+
+    @property
+    def n_grads(self):
+        """How many arrays the backward returns: dx, dgamma[, dbeta][, dresidual]."""
+        return 2 + self.spec.beta + self.residual
 
     def backward(self, dout, cache, backend="auto", which=0):
         return getattr(fastbn, self.backward_names[which])(dout, cache, backend=backend)
 
     def grads(self, results):
-        """Name the gradients a backward returned: dx, dgamma and (ops with beta) dbeta."""
-        return dict(zip(("dx", "dgamma", "dbeta"), results))
+        """Name the gradients a backward returned: dx, dgamma, (ops with beta) dbeta and
+        (fused ops given a residual) dresidual."""
+        names = ("dx", "dgamma") + (("dbeta",) if self.spec.beta else ()) + (
+            ("dresidual",) if self.residual else ())
+        return dict(zip(names, results))
 
 
 # (1003, 50), (1200, 64) and NHWC (8, 32, 32, 3): the compiled kernels see few columns as wide
@@ -170,6 +197,13 @@ ROLE_SHAPES = {
     "rmsnorm": {"numerics": (48, 40), "grad": (4, 6), "threads": (500, 160), "small": (4, 10),
                 "alloc": (20000, 16), "bits": ((2000, 64), (700, 300), (9, 20000))},
 }
+# The fused ops run the loops of their unfused op; "bits" adds shapes whose rows or planes are
+# not whole bytes of the mask (the forward's tasks are cut at multiples of 8 elements).
+ROLE_SHAPES["batchnorm_relu"] = dict(
+    ROLE_SHAPES["batchnorm"], bits=ROLE_SHAPES["batchnorm"]["bits"] + ((3001, 37), (1001, 203)))
+ROLE_SHAPES["spatial_batchnorm_relu"] = dict(
+    ROLE_SHAPES["spatial_batchnorm"],
+    bits=ROLE_SHAPES["spatial_batchnorm"]["bits"] + ((16, 24, 15, 15), (64, 3, 13, 13)))
 
 # Layernorm and RMSNorm over the trailing axes from ln_param['axis'] (-2 or 1 here): 3-D shapes
 # whose features (the last two axes) stay few, as the roles assume.
@@ -195,6 +229,14 @@ OPS = (
     Op("rmsnorm", LN_SHAPES),
     Op("rmsnorm", LN_SHAPES[:3], param_broadcast=True),
     Op("rmsnorm", LN_AXIS_SHAPES, axis=-2, param_broadcast=True),
+    Op("batchnorm_relu", BN_SHAPES),
+    Op("batchnorm_relu", BN_SHAPES, mode="test"),
+    Op("batchnorm_relu", BN_SHAPES[:5], residual=True),
+    Op("spatial_batchnorm_relu", SPATIAL_SHAPES, layout="NCHW"),
+    Op("spatial_batchnorm_relu", SPATIAL_SHAPES, layout="NHWC"),
+    Op("spatial_batchnorm_relu", SPATIAL_SHAPES, mode="test", layout="NCHW"),
+    Op("spatial_batchnorm_relu", SPATIAL_SHAPES, layout="NCHW", residual=True),
+    Op("spatial_batchnorm_relu", SPATIAL_SHAPES, mode="test", layout="NHWC", residual=True),
 )
 
 

@@ -4,9 +4,10 @@ import doctest
 import pytest
 
 import fastbn
-from fastbn import _api, _backends, _config, _memory, _moments, _planner, _threads, layers, reference
+from fastbn import (_api, _backends, _config, _fold, _memory, _moments, _planner, _threads, layers,
+                    reference)
 
-MODULES = [_api, _backends, _config, _memory, _moments, _planner, _threads, layers, reference]
+MODULES = [_api, _backends, _config, _fold, _memory, _moments, _planner, _threads, layers, reference]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=[m.__name__ for m in MODULES])

@@ -57,6 +57,15 @@ CASES = [
     ("rmsnorm-train", (300, 256), "float64"),  # backward four rows at a time
     ("rmsnorm-train", (1100, 2049), "float32"),  # long rows, streamed
     ("rmsnorm-train", (5, 70001), "float32"),  # backward by column segments
+    ("batchnorm_relu-train", (2100, 1001), "float32"),  # the fused epilogues: streamed, unaligned
+    ("batchnorm_relu-train", (2048, 2048), "float32"),  # column blocks
+    ("batchnorm_relu-test", (1003, 50), "float64"),  # wide rows, rows not whole mask bytes
+    ("batchnorm_relu-train-res", (300, 1001), "float32"),
+    ("spatial_batchnorm_relu-train-NCHW", (8, 16, 128, 130), "float32"),  # streamed planes
+    ("spatial_batchnorm_relu-train-NCHW", (4, 6, 45, 47), "float64"),  # planes of odd length
+    ("spatial_batchnorm_relu-train-NCHW-res", (3, 2, 256, 257), "float32"),
+    ("spatial_batchnorm_relu-test-NHWC-res", (8, 33, 35, 19), "float32"),
+    ("spatial_batchnorm_relu-train-NHWC", (8, 32, 32, 3), "float64"),
 ]
 
 SCRIPT = r"""
@@ -74,6 +83,8 @@ for op_id, shape, dtype in json.loads(sys.argv[2]):
     out, cache = op.forward(x, gamma, beta, param, backend="cython")
     dout = np.random.default_rng(2).standard_normal(x.shape).astype(dtype)
     results = [out, cache.mean, cache.invstd, *op.backward(dout, cache, backend="cython")]
+    if cache.mask is not None:
+        results.append(cache.mask)
     if op.uses_running_stats and op.mode == "train":
         results += [param["running_mean"], param["running_var"]]
     h = hashlib.sha256()

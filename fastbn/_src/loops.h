@@ -91,6 +91,69 @@ static inline int fastbn_streamable(const void *p, size_t size, int stream) {
     return stream && !((uintptr_t)p & (size - 1));
 }
 
+/* The packed ReLU mask of the fused ops: bit k of byte b is element 8 * b + k of the flattened
+ * array (np.packbits(flat, bitorder='little')). put_bits writes n <= 16 bits at bit position pos,
+ * the bytes it fills whole with plain stores and the others by read-modify-write of their own
+ * bits only; so two threads never write one byte as long as the runs they are given start and
+ * end at multiples of 8 elements (the kernels cut their tasks so), and one thread writes runs
+ * that share bytes in sequence. get_bits reads n <= 16 bits (only the bytes that hold them). */
+static inline __attribute__((always_inline)) void fastbn_put_bits(uint8_t *mask, ptrdiff_t pos, unsigned bits, int n) {
+    uint8_t *p = mask + (pos >> 3);
+    int o = (int)(pos & 7);
+    uint32_t keep = ((1u << n) - 1) << o, v = (bits << o) & keep;
+    for (; keep; keep >>= 8, v >>= 8, p++) {
+        uint32_t k = keep & 0xff;
+        *p = k == 0xff ? (uint8_t)v : (uint8_t)((*p & ~k) | (v & k));
+    }
+}
+/* A run's bits written in order, 32 at a time: the long runs of the affine sweeps push each
+ * vector's bits into a sink (at flat index pos) instead of calling put_bits per vector. Only the
+ * run's own bits of its first and last bytes are written (read-modify-write), the bytes between
+ * them with plain stores. */
+typedef struct { uint8_t *p; uint64_t acc; int n, lo; } fastbn_sink;
+static inline __attribute__((always_inline)) fastbn_sink fastbn_sink_at(uint8_t *mask, ptrdiff_t pos) {
+    fastbn_sink s;
+    s.p = mask ? mask + (pos >> 3) : NULL;
+    s.n = s.lo = (int)(pos & 7);
+    s.acc = 0;
+    return s;
+}
+static inline __attribute__((always_inline)) void fastbn_sink_bytes(fastbn_sink *s, int nbits) {
+    int k;
+    for (k = 0; 8 * k < nbits; k++) {
+        unsigned own = (k == 0 ? 0xffu << s->lo : 0xffu) & (nbits - 8 * k < 8 ? (1u << (nbits - 8 * k)) - 1 : 0xffu);
+        uint8_t v = (uint8_t)(s->acc >> (8 * k));
+        s->p[k] = own == 0xff ? v : (uint8_t)((s->p[k] & ~own) | (v & own));
+    }
+}
+static inline __attribute__((always_inline)) void fastbn_sink_push(fastbn_sink *s, unsigned bits, int n) {
+    s->acc |= (uint64_t)bits << s->n;
+    s->n += n;
+    if (s->n >= 32) {
+        if (s->lo) {
+            fastbn_sink_bytes(s, 32);
+            s->lo = 0;
+        } else {
+            uint32_t w = (uint32_t)s->acc;
+            memcpy(s->p, &w, 4);
+        }
+        s->p += 4;
+        s->acc >>= 32;
+        s->n -= 32;
+    }
+}
+static inline __attribute__((always_inline)) void fastbn_sink_end(fastbn_sink *s) {
+    if (s->n > s->lo) fastbn_sink_bytes(s, s->n);
+}
+static inline __attribute__((always_inline)) unsigned fastbn_get_bits(const uint8_t *mask, ptrdiff_t pos, int n) {
+    const uint8_t *p = mask + (pos >> 3);
+    int o = (int)(pos & 7);
+    uint32_t v = p[0];
+    if (o + n > 8) v |= (uint32_t)p[1] << 8;
+    if (o + n > 16) v |= (uint32_t)p[2] << 16;
+    return (v >> o) & ((1u << n) - 1);
+}
+
 #if defined(__x86_64__) && !defined(__clang__)
 #define FASTBN_MULTI_ISA 1
 #else

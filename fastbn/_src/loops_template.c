@@ -6,7 +6,15 @@
  * In this file: T, the element type; VT, a vector of N values of T (64 bytes); fastbn_vd, 8
  * doubles. LOADV/STOREV: a vector of T at any address; LOAD8: 8 values of T as doubles; LOADM and
  * STOREM: the first `count` lanes of a vector; STREAM: a streaming store to a 64-byte aligned
- * address; PACK(h): the N / 8 vectors of doubles h[] rounded to a vector of T.
+ * address; PACK(h): the N / 8 vectors of doubles h[] rounded to a vector of T. POS_BITS, KEEP,
+ * RELU: the lane operations of the ReLU epilogue (simd.h).
+ *
+ * Epilogues (fused batchnorm + residual add + ReLU): the affine sweeps take `relu` (0: none; 1:
+ * ReLU; 2: residual add, then ReLU), the residual `res` (indexed as x), and the packed mask
+ * `mask` (loops.h: fastbn_put_bits) with `pos`, the flat index of x[0] in the whole array; the
+ * gradient sums and dx sweeps read the mask in place of dout's zeros (`relu` 1: train mode, 2:
+ * test mode, where x is not read) and may write dout * mask into `dres`. Each public loop picks
+ * its specialisation once per call, as `center` does; the plain loops are unchanged.
  *
  * The contiguous-run reductions read n values (n may be 0) and return their two sums by value, so
  * that a caller inside an OpenMP loop keeps them in private variables. RESTRICT: outputs never
@@ -26,6 +34,9 @@
 #define STOREM FASTBN_ISA(storem_f)
 #define STREAM FASTBN_ISA(stream_f)
 #define PACK(h) FASTBN_ISA(narrow16)((h)[0], (h)[1])
+#define POS_BITS FASTBN_ISA(pos_bits_f)
+#define KEEP FASTBN_ISA(keep_f)
+#define RELU FASTBN_ISA(relu_f)
 #else
 #define T double
 #define VT fastbn_vd
@@ -37,6 +48,9 @@
 #define STOREM FASTBN_ISA(storem_d)
 #define STREAM FASTBN_ISA(stream_d)
 #define PACK(h) (h)[0]
+#define POS_BITS FASTBN_ISA(pos_bits_d)
+#define KEEP FASTBN_ISA(keep_d)
+#define RELU FASTBN_ISA(relu_d)
 #endif
 
 #if FASTBN_ISA_LEVEL == 0 /* the first instruction set: the table's type, once per T */
@@ -45,24 +59,28 @@ typedef struct {
     fastbn_sums (*shifted_sums)(const T *, ptrdiff_t, double);
     fastbn_sums (*sum_pf)(const T *, ptrdiff_t, const T *);
     fastbn_sums (*shifted_sums_pf)(const T *, ptrdiff_t, double, const T *);
-    fastbn_sums (*grad_sums_pf)(const T *, const T *, ptrdiff_t, double, const T *, const T *);
+    fastbn_sums (*grad_sums_pf)(const T *, const T *, ptrdiff_t, double, const T *, const T *,
+                                const uint8_t *, ptrdiff_t);
     fastbn_sums (*row_grad_sums)(const T *, const T *, const T *, ptrdiff_t, double, double,
                                  double *, double *);
     void (*rows4_grad_sums)(const T *, const T *, ptrdiff_t, const T *, ptrdiff_t, const double *,
                             const double *, double *, double *, double *, int);
-    void (*plane_affine)(const T *, T *, ptrdiff_t, T, T, T, int);
-    void (*plane_dx)(const T *, const T *, T *, ptrdiff_t, T, T, T, T, T, int);
+    void (*plane_affine)(const T *, T *, ptrdiff_t, T, T, T, int, const T *, uint8_t *,
+                         ptrdiff_t);
+    void (*plane_dx)(const T *, const T *, T *, ptrdiff_t, T, T, T, T, T, int, const uint8_t *,
+                     ptrdiff_t, int, T *);
     void (*row_affine)(const T *, T *, ptrdiff_t, T, T, const T *, const T *, int);
     void (*row_dx)(const T *, const T *, T *, ptrdiff_t, double, double, const T *, double, double,
                    double, int);
     void (*cols_shifted_sums)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, double *,
                               double *);
     void (*cols_grad_sums)(const T *, const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
-                           double *, double *);
+                           double *, double *, const uint8_t *, ptrdiff_t);
     void (*cols_affine)(const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, const T *,
-                        const T *, int);
+                        const T *, int, const T *, uint8_t *, ptrdiff_t);
     void (*cols_dx)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
-                    const T *, const T *, const T *, const T *, int);
+                    const T *, const T *, const T *, const T *, int, const uint8_t *, ptrdiff_t,
+                    int, T *);
     void (*layernorm_rows)(const T *, T *, ptrdiff_t, ptrdiff_t, const T *, const T *, double, int,
                            T *, T *);
     void (*layernorm_rows_grad)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, const T *,
@@ -81,15 +99,50 @@ FASTBN_INLINE void FN(put)(T *p, VT v, int stream) {
     else FN(storev)(p, v);
 }
 
+/* The forward epilogue of a vector y of outputs (`count` values when masked) at x's index `at`
+ * and flat index `pos`: y + res (relu 2), its bits y > 0 into the mask, then max(y, 0) (NaN stays
+ * NaN, -0 becomes +0). relu 0 returns y. */
+FASTBN_INLINE VT FN(relu_v)(const int relu, VT y, const T *res, ptrdiff_t at, uint8_t *mask,
+                            ptrdiff_t pos, const int masked, unsigned count) {
+    if (!relu) return y;
+    if (relu == 2) y += masked ? LOADM(res + at, count) : FN(loadv)(res + at);
+    fastbn_put_bits(mask, pos, POS_BITS(y), masked ? (int)count : N);
+    return RELU(y);
+}
+/* The same for a whole vector whose bits go to a sink (the next N of its run). */
+FASTBN_INLINE VT FN(relu_s)(const int relu, VT y, const T *res, ptrdiff_t at, fastbn_sink *sink) {
+    if (!relu) return y;
+    if (relu == 2) y += FN(loadv)(res + at);
+    fastbn_sink_push(sink, POS_BITS(y), N);
+    return RELU(y);
+}
+FASTBN_INLINE T FN(relu1)(const int relu, T y, const T *res, ptrdiff_t at, uint8_t *mask,
+                          ptrdiff_t pos) {
+    if (!relu) return y;
+    if (relu == 2) y += res[at];
+    fastbn_put_bits(mask, pos, y > 0, 1);
+    return y <= 0 ? (T)0 : y;
+}
+/* The backward's dout: dy where the mask's bit at `pos` is set, +0 elsewhere (relu 0: dy). */
+FASTBN_INLINE VT FN(masked_dy)(const int relu, VT dy, const uint8_t *mask, ptrdiff_t pos,
+                               const int masked, unsigned count) {
+    return relu ? KEEP(dy, fastbn_get_bits(mask, pos, masked ? (int)count : N)) : dy;
+}
+FASTBN_INLINE T FN(masked_dy1)(const int relu, T dy, const uint8_t *mask, ptrdiff_t pos) {
+    return relu && !fastbn_get_bits(mask, pos, 1) ? (T)0 : dy;
+}
+
 /* Double sums of n contiguous values, element j in lane j % 16 (see simd.h). With `pf`, the
  * matching lines of the next run(s) at next_x, next_dy are prefetched, interleaved with the loads
  * (NCHW planes are far apart in memory, and each would otherwise start by waiting for the hardware
  * prefetcher; a burst of prefetches up front would stall on the fill buffers). kind 0: s1 =
- * sum(x) (s2 = 0); 1: s1 = sum(x - c), s2 = sum((x - c)^2); 2: s1 = sum(dy), s2 = sum(dy * (x - c)).
+ * sum(x) (s2 = 0); 1: s1 = sum(x - c), s2 = sum((x - c)^2); 2: s1 = sum(dy), s2 = sum(dy * (x - c));
+ * 3: as 2 with dy read through the ReLU mask (flat index of element 0: pos).
  * Called with constant kind and pf. */
 FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RESTRICT x,
                                        const T *RESTRICT dy, ptrdiff_t n, double c,
-                                       const T *next_x, const T *next_dy) {
+                                       const T *next_x, const T *next_dy, const uint8_t *mask,
+                                       ptrdiff_t pos) {
     const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
     fastbn_vd A0 = zero, A1 = zero, B0 = zero, B1 = zero, t, g;
     ptrdiff_t j = 0;
@@ -98,7 +151,7 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
         for (h = 0; h < 16; h += 8) {
             if (pf && !((h * sizeof(T)) & 63)) {
                 __builtin_prefetch(next_x + j + h, 0, 3);
-                if (kind == 2) __builtin_prefetch(next_dy + j + h, 0, 3);
+                if (kind >= 2) __builtin_prefetch(next_dy + j + h, 0, 3);
             }
             if (kind == 0) {
                 t = LOAD8(x + j + h);
@@ -108,6 +161,7 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
                 if (h) A1 += t, B1 += t * t; else A0 += t, B0 += t * t;
             } else {
                 g = LOAD8(dy + j + h);
+                if (kind == 3) g = FASTBN_ISA(keep_d)(g, fastbn_get_bits(mask, pos + j + h, 8));
                 t = g * (LOAD8(x + j + h) - c);
                 if (h) A1 += g, B1 += t; else A0 += g, B0 += t;
             }
@@ -121,7 +175,7 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
             s.s1 += u;
             s.s2 += u * u;
         } else {
-            double u = (double)dy[j];
+            double u = kind == 3 && !fastbn_get_bits(mask, pos + j, 1) ? 0.0 : (double)dy[j];
             s.s1 += u;
             s.s2 += u * ((double)x[j] - c);
         }
@@ -129,24 +183,27 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
     return s;
 }
 static fastbn_sums FN(sum)(const T *RESTRICT x, ptrdiff_t n) {
-    return FN(run_sums)(0, 0, x, NULL, n, 0.0, NULL, NULL);
+    return FN(run_sums)(0, 0, x, NULL, n, 0.0, NULL, NULL, NULL, 0);
 }
 static fastbn_sums FN(shifted_sums)(const T *RESTRICT x, ptrdiff_t n, double shift) {
-    return FN(run_sums)(1, 0, x, NULL, n, shift, NULL, NULL);
+    return FN(run_sums)(1, 0, x, NULL, n, shift, NULL, NULL, NULL, 0);
 }
 /* The same while the next run (n values at next, next_x, next_dy; or NULL) is brought into the
  * cache. */
 static fastbn_sums FN(sum_pf)(const T *RESTRICT x, ptrdiff_t n, const T *next) {
-    return FN(run_sums)(0, 1, x, NULL, n, 0.0, next ? next : x, NULL);
+    return FN(run_sums)(0, 1, x, NULL, n, 0.0, next ? next : x, NULL, NULL, 0);
 }
 static fastbn_sums FN(shifted_sums_pf)(const T *RESTRICT x, ptrdiff_t n, double shift,
                                        const T *next) {
-    return FN(run_sums)(1, 1, x, NULL, n, shift, next ? next : x, NULL);
+    return FN(run_sums)(1, 1, x, NULL, n, shift, next ? next : x, NULL, NULL, 0);
 }
+/* (mask: the ReLU mask read in place of dout's zeros, or NULL; pos: the flat index of x[0].) */
 static fastbn_sums FN(grad_sums_pf)(const T *RESTRICT x, const T *RESTRICT dy, ptrdiff_t n,
-                                    double mean, const T *next_x, const T *next_dy) {
+                                    double mean, const T *next_x, const T *next_dy,
+                                    const uint8_t *mask, ptrdiff_t pos) {
     if (!next_x) next_x = x, next_dy = dy;
-    return FN(run_sums)(2, 1, x, dy, n, mean, next_x, next_dy);
+    if (mask) return FN(run_sums)(3, 1, x, dy, n, mean, next_x, next_dy, mask, pos);
+    return FN(run_sums)(2, 1, x, dy, n, mean, next_x, next_dy, NULL, 0);
 }
 
 /* Layernorm backward, one row: per column j, db[j] += dy, dg[j] += dy * (x - mean) * invstd;
@@ -180,29 +237,72 @@ static fastbn_sums FN(row_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy,
     return s;
 }
 
-/* Contiguous runs (NCHW planes, rows), in T. out = (x - mean) * scale + beta. */
-static void FN(plane_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T scale,
-                             T beta, int stream) {
+/* Contiguous runs (NCHW planes, rows), in T. out = (x - mean) * scale + beta, then the epilogue
+ * (res, mask, pos: see the top of this file). */
+FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *RESTRICT out,
+                                        ptrdiff_t n, T mean, T scale, T beta, int stream,
+                                        const T *RESTRICT res, uint8_t *RESTRICT mask,
+                                        ptrdiff_t pos) {
     ptrdiff_t j = 0;
     if (stream)
-        for (; j < n && ((uintptr_t)(out + j) & 63); j++) out[j] = (x[j] - mean) * scale + beta;
-    for (; j + N <= n; j += N) FN(put)(out + j, (FN(loadv)(x + j) - mean) * scale + beta, stream);
-    for (; j < n; j++) out[j] = (x[j] - mean) * scale + beta;
+        for (; j < n && ((uintptr_t)(out + j) & 63); j++)
+            out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
+    fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + j : 0);
+    for (; j + N <= n; j += N) {
+        if (relu && !((pos + j) & 255)) /* (mask lines ahead, for writing) */
+            __builtin_prefetch(mask + ((pos + j + 2048) >> 3), 1, 3);
+        FN(put)(out + j, FN(relu_s)(relu, (FN(loadv)(x + j) - mean) * scale + beta, res, j, &sink),
+                stream);
+    }
+    if (relu) fastbn_sink_end(&sink);
+    for (; j < n; j++) out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
     if (stream) FASTBN_ISA(sfence)();
 }
-/* dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g). */
-static void FN(plane_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx, ptrdiff_t n,
-                         T mean, T invstd, T k_dy, T k_b, T k_g, int stream) {
+static void FN(plane_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T scale,
+                             T beta, int stream, const T *RESTRICT res, uint8_t *RESTRICT mask,
+                             ptrdiff_t pos) {
+    if (!mask) FN(plane_affine_run)(0, x, out, n, mean, scale, beta, stream, NULL, NULL, 0);
+    else if (!res) FN(plane_affine_run)(1, x, out, n, mean, scale, beta, stream, NULL, mask, pos);
+    else FN(plane_affine_run)(2, x, out, n, mean, scale, beta, stream, res, mask, pos);
+}
+/* dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g), dy read through the mask (relu 1); test
+ * mode with the mask (relu 2): dx = k_dy * dy, x not read. dres (or NULL): dy as read. */
+FASTBN_INLINE void FN(plane_dx_run)(const int relu, const T *RESTRICT x, const T *RESTRICT dy,
+                                    T *RESTRICT dx, ptrdiff_t n, T mean, T invstd, T k_dy, T k_b,
+                                    T k_g, int stream, const uint8_t *RESTRICT mask, ptrdiff_t pos,
+                                    T *RESTRICT dres) {
     ptrdiff_t j = 0;
+    T g;
     if (stream)
-        for (; j < n && ((uintptr_t)(dx + j) & 63); j++)
-            dx[j] = k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g);
-    for (; j + N <= n; j += N)
+        for (; j < n && ((uintptr_t)(dx + j) & 63); j++) {
+            g = FN(masked_dy1)(relu, dy[j], mask, pos + j);
+            if (relu && dres) dres[j] = g;
+            dx[j] = relu == 2 ? k_dy * g : k_dy * (g - k_b - (x[j] - mean) * invstd * k_g);
+        }
+    for (; j + N <= n; j += N) {
+        VT gv = FN(masked_dy)(relu, FN(loadv)(dy + j), mask, pos + j, 0, 0);
+        if (relu && dres) FN(storev)(dres + j, gv);
         FN(put)(dx + j,
-                k_dy * (FN(loadv)(dy + j) - k_b - (FN(loadv)(x + j) - mean) * invstd * k_g),
+                relu == 2 ? k_dy * gv
+                          : k_dy * (gv - k_b - (FN(loadv)(x + j) - mean) * invstd * k_g),
                 stream);
-    for (; j < n; j++) dx[j] = k_dy * (dy[j] - k_b - (x[j] - mean) * invstd * k_g);
+    }
+    for (; j < n; j++) {
+        g = FN(masked_dy1)(relu, dy[j], mask, pos + j);
+        if (relu && dres) dres[j] = g;
+        dx[j] = relu == 2 ? k_dy * g : k_dy * (g - k_b - (x[j] - mean) * invstd * k_g);
+    }
     if (stream) FASTBN_ISA(sfence)();
+}
+static void FN(plane_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx, ptrdiff_t n,
+                         T mean, T invstd, T k_dy, T k_b, T k_g, int stream,
+                         const uint8_t *RESTRICT mask, ptrdiff_t pos, int train, T *RESTRICT dres) {
+    if (!mask)
+        FN(plane_dx_run)(0, x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream, NULL, 0, NULL);
+    else if (train)
+        FN(plane_dx_run)(1, x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream, mask, pos, dres);
+    else
+        FN(plane_dx_run)(2, x, dy, dx, n, mean, invstd, k_dy, k_b, k_g, stream, mask, pos, dres);
 }
 /* out = (x - mean) * (gamma * invstd) + beta with gamma, beta per value (inlined where the
  * short rows call it, with stream a constant 0). */
@@ -318,10 +418,15 @@ static void FN(cols_shifted_sums)(const T *RESTRICT x, ptrdiff_t stride, ptrdiff
             s2[j] += t * t;
         }
 }
-/* s1[j] += sum_i dy[i, j], s2[j] += sum_i dy[i, j] * (x[i, j] - mean[j]). */
-static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdiff_t stride,
-                               ptrdiff_t n_rows, ptrdiff_t w, const T *RESTRICT mean,
-                               double *RESTRICT s1, double *RESTRICT s2) {
+/* s1[j] += sum_i dy[i, j], s2[j] += sum_i dy[i, j] * (x[i, j] - mean[j]); dy read through the
+ * ReLU mask (relu 1; pos: the flat index of x[0]). */
+#define FASTBN_DY8(p, at) (relu ? FASTBN_ISA(keep_d)(LOAD8(p), fastbn_get_bits(mask, pos + (at), 8)) : LOAD8(p))
+#define FASTBN_DY1(p, at) (relu && !fastbn_get_bits(mask, pos + (at), 1) ? 0.0 : (double)*(p))
+FASTBN_INLINE void FN(cols_grad_sums_run)(const int relu, const T *RESTRICT x,
+                                          const T *RESTRICT dy, ptrdiff_t stride,
+                                          ptrdiff_t n_rows, ptrdiff_t w, const T *RESTRICT mean,
+                                          double *RESTRICT s1, double *RESTRICT s2,
+                                          const uint8_t *mask, ptrdiff_t pos) {
     ptrdiff_t i = 0, j, r;
     for (; i + 4 <= n_rows; i += 8) {
         const T *x0 = x + i * stride, *y0 = dy + i * stride;
@@ -336,10 +441,11 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
                 }
             for (r = 0; r < (two ? 8 : 4); r += 4) {
                 const T *xr = x0 + r * stride + j, *yr = y0 + r * stride + j;
-                g0 = LOAD8(yr);
-                g1 = LOAD8(yr + stride);
-                g2 = LOAD8(yr + 2 * stride);
-                g3 = LOAD8(yr + 3 * stride);
+                ptrdiff_t at = (i + r) * stride + j;
+                g0 = FASTBN_DY8(yr, at);
+                g1 = FASTBN_DY8(yr + stride, at + stride);
+                g2 = FASTBN_DY8(yr + 2 * stride, at + 2 * stride);
+                g3 = FASTBN_DY8(yr + 3 * stride, at + 3 * stride);
                 a += (g0 + g1) + (g2 + g3);
                 b += (g0 * (LOAD8(xr) - m) + g1 * (LOAD8(xr + stride) - m))
                    + (g2 * (LOAD8(xr + 2 * stride) - m) + g3 * (LOAD8(xr + 3 * stride) - m));
@@ -350,8 +456,11 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
         for (; j < w; j++)
             for (r = 0; r < (two ? 8 : 4); r += 4) {
                 const T *xr = x0 + r * stride + j, *yr = y0 + r * stride + j;
-                double m = (double)mean[j], g0 = yr[0], g1 = yr[stride], g2 = yr[2 * stride],
-                       g3 = yr[3 * stride];
+                ptrdiff_t at = (i + r) * stride + j;
+                double m = (double)mean[j], g0 = FASTBN_DY1(yr, at),
+                       g1 = FASTBN_DY1(yr + stride, at + stride),
+                       g2 = FASTBN_DY1(yr + 2 * stride, at + 2 * stride),
+                       g3 = FASTBN_DY1(yr + 3 * stride, at + 3 * stride);
                 s1[j] += (g0 + g1) + (g2 + g3);
                 s2[j] += (g0 * ((double)xr[0] - m) + g1 * ((double)xr[stride] - m))
                        + (g2 * ((double)xr[2 * stride] - m) + g3 * ((double)xr[3 * stride] - m));
@@ -360,10 +469,19 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
     }
     for (; i < n_rows; i++)
         for (j = 0; j < w; j++) {
-            double g = dy[i * stride + j];
+            double g = FASTBN_DY1(dy + i * stride + j, i * stride + j);
             s1[j] += g;
             s2[j] += g * ((double)x[i * stride + j] - (double)mean[j]);
         }
+}
+#undef FASTBN_DY8
+#undef FASTBN_DY1
+static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdiff_t stride,
+                               ptrdiff_t n_rows, ptrdiff_t w, const T *RESTRICT mean,
+                               double *RESTRICT s1, double *RESTRICT s2, const uint8_t *mask,
+                               ptrdiff_t pos) {
+    if (mask) FN(cols_grad_sums_run)(1, x, dy, stride, n_rows, w, mean, s1, s2, mask, pos);
+    else FN(cols_grad_sums_run)(0, x, dy, stride, n_rows, w, mean, s1, s2, NULL, 0);
 }
 
 /* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time, so
@@ -373,24 +491,36 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
  * sweeps of long runs prefetch the inputs FASTBN_AHEAD bytes (four rows) or twice that (one row)
  * ahead: they read one line per vector per row from memory, and the hardware prefetchers alone
  * fall behind. */
-/* Columns j.. (a vector, or `count` values when masked) of four rows. */
-FASTBN_INLINE void FN(affine4)(const int masked, unsigned count, const T *x0, T *o0,
-                               ptrdiff_t stride, ptrdiff_t j, const T *mean, const T *scale,
-                               const T *beta, int stream) {
+/* Columns j.. (a vector, or `count` values when masked) of four rows, rows i.. of the call
+ * (x0 = x + i * stride; `at` = i * stride, for the residual and the mask). */
+FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count, const T *x0,
+                               T *o0, ptrdiff_t stride, ptrdiff_t j, const T *mean, const T *scale,
+                               const T *beta, int stream, const T *res, ptrdiff_t at,
+                               uint8_t *mask, ptrdiff_t pos, unsigned *bits) {
     VT m = masked ? LOADM(mean + j, count) : FN(loadv)(mean + j);
     VT s = masked ? LOADM(scale + j, count) : FN(loadv)(scale + j);
     VT b = masked ? LOADM(beta + j, count) : FN(loadv)(beta + j);
     int r;
     _Pragma("GCC unroll 4") for (r = 0; r < 4; r++) {
         const T *p = x0 + r * stride + j;
+        ptrdiff_t k = at + r * stride + j;
         VT v = ((masked ? LOADM(p, count) : FN(loadv)(p)) - m) * s + b;
+        if (masked || !bits) {
+            v = FN(relu_v)(relu, v, res, k, mask, pos + k, masked, count);
+        } else if (relu) {
+            if (relu == 2) v += FN(loadv)(res + k);
+            bits[r] = POS_BITS(v);
+            v = RELU(v);
+        }
         if (masked) STOREM(o0 + r * stride + j, count, v);
         else FN(put)(o0 + r * stride + j, v, stream);
     }
 }
-static void FN(cols_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t stride,
-                            ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
-                            const T *RESTRICT scale, const T *RESTRICT beta, int stream) {
+FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *RESTRICT out,
+                                       ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n,
+                                       const T *RESTRICT mean, const T *RESTRICT scale,
+                                       const T *RESTRICT beta, int stream, const T *RESTRICT res,
+                                       uint8_t *RESTRICT mask, ptrdiff_t pos) {
     ptrdiff_t i = 0, j, r, head;
     stream = fastbn_streamable(out, sizeof(T), stream);
     head = fastbn_head(out, n, sizeof(T), stream);
@@ -401,37 +531,107 @@ static void FN(cols_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t stri
         for (; i + 4 <= n_rows; i += 4) {
             const T *x0 = x + i * stride;
             T *o0 = out + i * stride;
+            ptrdiff_t at = i * stride;
+            /* The four rows' mask bits of whole vectors, when their bit offsets agree (stride
+             * % 8 == 0): gathered in acc (nb bits, the first lo of them not ours) and written 32
+             * at a time at mp (+ rowb per row); in locals, which mask stores cannot alias. */
+            int four = relu && !(stride & 7), nb = (int)((pos + at + head) & 7), lo = nb;
+            uint8_t *mp = four ? mask + ((pos + at + head) >> 3) : NULL;
+            ptrdiff_t rowb = stride / 8;
+            uint64_t acc[4] = {0, 0, 0, 0};
+            unsigned bits[4];
+            if (relu && i + 8 <= n_rows) /* the next four rows' mask lines, for writing: a
+                                            store that misses would hold up the others */
+                for (r = 4; r < 8; r++) __builtin_prefetch(mask + ((pos + at + r * stride) >> 3), 1, 3);
             if (head) /* the values before the first line boundary: masked ordinary stores */
-                FN(affine4)(1, head, x0, o0, stride, 0, mean, scale, beta, 0);
+                FN(affine4)(relu, 1, head, x0, o0, stride, 0, mean, scale, beta, 0, res, at, mask,
+                            pos, NULL);
             for (j = head; j + N <= n; j += N) {
                 if (ahead)
                     for (r = 0; r < 4; r++) __builtin_prefetch(x0 + r * stride + j + near, 0, 3);
-                FN(affine4)(0, 0, x0, o0, stride, j, mean, scale, beta, stream);
+                if (relu && ahead && !((pos + at + j) & 255))
+                    for (r = 0; r < 4; r++)
+                        __builtin_prefetch(mask + ((pos + at + r * stride + j + near) >> 3), 1, 3);
+                FN(affine4)(relu, 0, 0, x0, o0, stride, j, mean, scale, beta, stream, res, at, mask,
+                            pos, four ? bits : NULL);
+                if (four) {
+                    for (r = 0; r < 4; r++) acc[r] |= (uint64_t)bits[r] << nb;
+                    nb += N;
+                    if (nb >= 32) {
+                        for (r = 0; r < 4; r++) {
+                            if (lo) {
+                                fastbn_sink one = {mp + r * rowb, acc[r], 32, lo};
+                                fastbn_sink_bytes(&one, 32);
+                            } else {
+                                uint32_t w = (uint32_t)acc[r];
+                                memcpy(mp + r * rowb, &w, 4);
+                            }
+                            acc[r] >>= 32;
+                        }
+                        lo = 0;
+                        mp += 4;
+                        nb -= 32;
+                    }
+                }
             }
-            if (j < n) FN(affine4)(1, n - j, x0, o0, stride, j, mean, scale, beta, 0);
+            if (four && nb > lo)
+                for (r = 0; r < 4; r++) {
+                    fastbn_sink one = {mp + r * rowb, acc[r], nb, lo};
+                    fastbn_sink_bytes(&one, nb);
+                }
+            if (j < n)
+                FN(affine4)(relu, 1, n - j, x0, o0, stride, j, mean, scale, beta, 0, res, at, mask,
+                            pos, NULL);
         }
     for (; i < n_rows; i++) {
         const T *xi = x + i * stride;
         T *oi = out + i * stride;
+        ptrdiff_t at = i * stride;
         j = 0;
         if (stream)
             for (; j < n && ((uintptr_t)(oi + j) & 63); j++)
-                oi[j] = (xi[j] - mean[j]) * scale[j] + beta[j];
+                oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
+                                  pos + at + j);
+        fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + at + j : 0);
         for (; j + N <= n; j += N) {
             if (ahead) __builtin_prefetch(xi + j + far, 0, 3);
+            if (relu && ahead && !((pos + at + j) & 255))
+                __builtin_prefetch(mask + ((pos + at + j + far) >> 3), 1, 3);
             FN(put)(oi + j,
-                    (FN(loadv)(xi + j) - FN(loadv)(mean + j)) * FN(loadv)(scale + j)
-                        + FN(loadv)(beta + j),
+                    FN(relu_s)(relu,
+                               (FN(loadv)(xi + j) - FN(loadv)(mean + j)) * FN(loadv)(scale + j)
+                                   + FN(loadv)(beta + j),
+                               res, at + j, &sink),
                     stream);
         }
-        for (; j < n; j++) oi[j] = (xi[j] - mean[j]) * scale[j] + beta[j];
+        if (relu) fastbn_sink_end(&sink);
+        for (; j < n; j++)
+            oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
+                              pos + at + j);
     }
     if (stream) FASTBN_ISA(sfence)();
 }
-/* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T. */
-FASTBN_INLINE void FN(dx4)(const int masked, unsigned count, const T *x0, const T *g0, T *o0,
-                           ptrdiff_t stride, ptrdiff_t j, const T *mean, const T *invstd,
-                           const T *k_dy, const T *k_b, const T *k_g, int stream) {
+/* out[i, j] = (x - mean[j]) * scale[j] + beta[j], then the epilogue (res, mask, pos). */
+static void FN(cols_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t stride,
+                            ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
+                            const T *RESTRICT scale, const T *RESTRICT beta, int stream,
+                            const T *RESTRICT res, uint8_t *RESTRICT mask, ptrdiff_t pos) {
+    if (!mask)
+        FN(cols_affine_run)(0, x, out, stride, n_rows, n, mean, scale, beta, stream, NULL, NULL, 0);
+    else if (!res)
+        FN(cols_affine_run)(1, x, out, stride, n_rows, n, mean, scale, beta, stream, NULL, mask,
+                            pos);
+    else
+        FN(cols_affine_run)(2, x, out, stride, n_rows, n, mean, scale, beta, stream, res, mask,
+                            pos);
+}
+/* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T; dy read through
+ * the mask (relu 1), or dx = k_dy[j] * dy without reading x (relu 2, test mode); dres (or NULL):
+ * dy as read. */
+FASTBN_INLINE void FN(dx4)(const int relu, const int masked, unsigned count, const T *x0,
+                           const T *g0, T *o0, ptrdiff_t stride, ptrdiff_t j, const T *mean,
+                           const T *invstd, const T *k_dy, const T *k_b, const T *k_g, int stream,
+                           const uint8_t *mask, ptrdiff_t at, ptrdiff_t pos, T *dres) {
     VT m = masked ? LOADM(mean + j, count) : FN(loadv)(mean + j);
     VT s = masked ? LOADM(invstd + j, count) : FN(loadv)(invstd + j);
     VT a = masked ? LOADM(k_dy + j, count) : FN(loadv)(k_dy + j);
@@ -440,16 +640,25 @@ FASTBN_INLINE void FN(dx4)(const int masked, unsigned count, const T *x0, const 
     int r;
     _Pragma("GCC unroll 4") for (r = 0; r < 4; r++) {
         const T *p = g0 + r * stride + j, *q = x0 + r * stride + j;
-        VT gv = masked ? LOADM(p, count) : FN(loadv)(p);
-        VT v = a * (gv - b - ((masked ? LOADM(q, count) : FN(loadv)(q)) - m) * s * g);
+        ptrdiff_t k = at + r * stride + j;
+        VT gv = masked ? LOADM(p, count) : FN(loadv)(p), v;
+        gv = FN(masked_dy)(relu, gv, mask, pos + k, masked, count);
+        if (relu && dres) {
+            if (masked) STOREM(dres + k, count, gv);
+            else FN(storev)(dres + k, gv);
+        }
+        if (relu == 2) v = a * gv;
+        else v = a * (gv - b - ((masked ? LOADM(q, count) : FN(loadv)(q)) - m) * s * g);
         if (masked) STOREM(o0 + r * stride + j, count, v);
         else FN(put)(o0 + r * stride + j, v, stream);
     }
 }
-static void FN(cols_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx,
-                        ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
-                        const T *RESTRICT invstd, const T *RESTRICT k_dy, const T *RESTRICT k_b,
-                        const T *RESTRICT k_g, int stream) {
+FASTBN_INLINE void FN(cols_dx_run)(const int relu, const T *RESTRICT x, const T *RESTRICT dy,
+                                   T *RESTRICT dx, ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n,
+                                   const T *RESTRICT mean, const T *RESTRICT invstd,
+                                   const T *RESTRICT k_dy, const T *RESTRICT k_b,
+                                   const T *RESTRICT k_g, int stream, const uint8_t *mask,
+                                   ptrdiff_t pos, T *RESTRICT dres) {
     ptrdiff_t i = 0, j, head;
     stream = fastbn_streamable(dx, sizeof(T), stream);
     head = fastbn_head(dx, n, sizeof(T), stream);
@@ -459,34 +668,69 @@ static void FN(cols_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT d
         for (; i + 4 <= n_rows; i += 4) {
             const T *x0 = x + i * stride, *g0 = dy + i * stride;
             T *o0 = dx + i * stride;
-            if (head) FN(dx4)(1, head, x0, g0, o0, stride, 0, mean, invstd, k_dy, k_b, k_g, 0);
+            ptrdiff_t at = i * stride;
+            if (head)
+                FN(dx4)(relu, 1, head, x0, g0, o0, stride, 0, mean, invstd, k_dy, k_b, k_g, 0, mask,
+                        at, pos, dres);
             for (j = head; j + N <= n; j += N)
-                FN(dx4)(0, 0, x0, g0, o0, stride, j, mean, invstd, k_dy, k_b, k_g, stream);
-            if (j < n) FN(dx4)(1, n - j, x0, g0, o0, stride, j, mean, invstd, k_dy, k_b, k_g, 0);
+                FN(dx4)(relu, 0, 0, x0, g0, o0, stride, j, mean, invstd, k_dy, k_b, k_g, stream,
+                        mask, at, pos, dres);
+            if (j < n)
+                FN(dx4)(relu, 1, n - j, x0, g0, o0, stride, j, mean, invstd, k_dy, k_b, k_g, 0,
+                        mask, at, pos, dres);
         }
     for (; i < n_rows; i++) {
         const T *x0 = x + i * stride, *g0 = dy + i * stride;
         T *oi = dx + i * stride;
+        ptrdiff_t at = i * stride;
+        T g1;
         j = 0;
         if (stream)
-            for (; j < n && ((uintptr_t)(oi + j) & 63); j++)
-                oi[j] = k_dy[j] * (g0[j] - k_b[j] - (x0[j] - mean[j]) * invstd[j] * k_g[j]);
+            for (; j < n && ((uintptr_t)(oi + j) & 63); j++) {
+                g1 = FN(masked_dy1)(relu, g0[j], mask, pos + at + j);
+                if (relu && dres) dres[at + j] = g1;
+                oi[j] = relu == 2 ? k_dy[j] * g1
+                                  : k_dy[j] * (g1 - k_b[j] - (x0[j] - mean[j]) * invstd[j] * k_g[j]);
+            }
         for (; j + N <= n; j += N) {
+            VT gv;
             if (ahead) {
-                __builtin_prefetch(x0 + j + far, 0, 3);
+                if (relu != 2) __builtin_prefetch(x0 + j + far, 0, 3);
                 __builtin_prefetch(g0 + j + far, 0, 3);
             }
+            gv = FN(masked_dy)(relu, FN(loadv)(g0 + j), mask, pos + at + j, 0, 0);
+            if (relu && dres) FN(storev)(dres + at + j, gv);
             FN(put)(oi + j,
-                    FN(loadv)(k_dy + j)
-                        * (FN(loadv)(g0 + j) - FN(loadv)(k_b + j)
+                    relu == 2 ? FN(loadv)(k_dy + j) * gv
+                    : FN(loadv)(k_dy + j)
+                        * (gv - FN(loadv)(k_b + j)
                            - (FN(loadv)(x0 + j) - FN(loadv)(mean + j)) * FN(loadv)(invstd + j)
                                  * FN(loadv)(k_g + j)),
                     stream);
         }
-        for (; j < n; j++)
-            oi[j] = k_dy[j] * (g0[j] - k_b[j] - (x0[j] - mean[j]) * invstd[j] * k_g[j]);
+        for (; j < n; j++) {
+            g1 = FN(masked_dy1)(relu, g0[j], mask, pos + at + j);
+            if (relu && dres) dres[at + j] = g1;
+            oi[j] = relu == 2 ? k_dy[j] * g1
+                              : k_dy[j] * (g1 - k_b[j] - (x0[j] - mean[j]) * invstd[j] * k_g[j]);
+        }
     }
     if (stream) FASTBN_ISA(sfence)();
+}
+static void FN(cols_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx,
+                        ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
+                        const T *RESTRICT invstd, const T *RESTRICT k_dy, const T *RESTRICT k_b,
+                        const T *RESTRICT k_g, int stream, const uint8_t *mask, ptrdiff_t pos,
+                        int train, T *RESTRICT dres) {
+    if (!mask)
+        FN(cols_dx_run)(0, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
+                        NULL, 0, NULL);
+    else if (train)
+        FN(cols_dx_run)(1, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
+                        mask, pos, dres);
+    else
+        FN(cols_dx_run)(2, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
+                        mask, pos, dres);
 }
 
 /* Layernorm backward, four rows at once (row r at x + r * stride): per column j,
@@ -701,3 +945,6 @@ static const FN_TABLE FN(table) = {
 #undef STOREM
 #undef STREAM
 #undef PACK
+#undef POS_BITS
+#undef KEEP
+#undef RELU

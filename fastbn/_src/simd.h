@@ -151,3 +151,182 @@ FASTBN_INLINE void FASTBN_ISA(storem_d)(double *p, unsigned count, fastbn_vd v) 
     memcpy(p, &v, count * sizeof *p);
 #endif
 }
+
+/* The ReLU epilogue's lane operations (see loops_template.c). pos_bits: bit k set where lane k is
+ * > 0 (NaN is not); keep: lanes whose bit is clear become +0; relu: lanes <= 0 become +0 (NaN
+ * stays NaN, -0 becomes +0). Below AVX-512, on the 256- or 128-bit halves or quarters of a vector
+ * (GCC lowers comparisons of 64-byte vectors lane by lane there). */
+#if FASTBN_ISA_LEVEL == 1
+#define FASTBN_PARTS 2
+#define fastbn_pf __m256
+#define fastbn_pd __m256d
+#define fastbn_pi __m256i
+#define FASTBN_F_LE0(a) _mm256_cmp_ps((a), _mm256_setzero_ps(), _CMP_LE_OQ)
+#define FASTBN_F_GT0(a) _mm256_cmp_ps((a), _mm256_setzero_ps(), _CMP_GT_OQ)
+#define FASTBN_D_LE0(a) _mm256_cmp_pd((a), _mm256_setzero_pd(), _CMP_LE_OQ)
+#define FASTBN_D_GT0(a) _mm256_cmp_pd((a), _mm256_setzero_pd(), _CMP_GT_OQ)
+#define FASTBN_ANDNOT_F _mm256_andnot_ps
+#define FASTBN_ANDNOT_D _mm256_andnot_pd
+#define FASTBN_AND_F _mm256_and_ps
+#define FASTBN_AND_D _mm256_and_pd
+#define FASTBN_MOVEMASK_F _mm256_movemask_ps
+#define FASTBN_MOVEMASK_D _mm256_movemask_pd
+#elif FASTBN_ISA_LEVEL == 0 && defined(__SSE2__)
+#define FASTBN_PARTS 4
+#define fastbn_pf __m128
+#define fastbn_pd __m128d
+#define fastbn_pi __m128i
+#define FASTBN_F_LE0(a) _mm_cmple_ps((a), _mm_setzero_ps())
+#define FASTBN_F_GT0(a) _mm_cmpgt_ps((a), _mm_setzero_ps())
+#define FASTBN_D_LE0(a) _mm_cmple_pd((a), _mm_setzero_pd())
+#define FASTBN_D_GT0(a) _mm_cmpgt_pd((a), _mm_setzero_pd())
+#define FASTBN_ANDNOT_F _mm_andnot_ps
+#define FASTBN_ANDNOT_D _mm_andnot_pd
+#define FASTBN_AND_F _mm_and_ps
+#define FASTBN_AND_D _mm_and_pd
+#define FASTBN_MOVEMASK_F _mm_movemask_ps
+#define FASTBN_MOVEMASK_D _mm_movemask_pd
+#else
+#define FASTBN_PARTS 0
+#endif
+
+FASTBN_INLINE unsigned FASTBN_ISA(pos_bits_f)(fastbn_vf v) {
+#if FASTBN_ISA_LEVEL >= 2
+    return _mm512_cmp_ps_mask((__m512)v, _mm512_setzero_ps(), _CMP_GT_OQ);
+#elif FASTBN_PARTS
+    fastbn_pf a[FASTBN_PARTS];
+    unsigned bits = 0;
+    int k;
+    memcpy(a, &v, sizeof v);
+    for (k = 0; k < FASTBN_PARTS; k++)
+        bits |= (unsigned)FASTBN_MOVEMASK_F(FASTBN_F_GT0(a[k])) << (k * 16 / FASTBN_PARTS);
+    return bits;
+#else
+    unsigned bits = 0;
+    int k;
+    for (k = 0; k < 16; k++) bits |= (unsigned)(v[k] > 0) << k;
+    return bits;
+#endif
+}
+FASTBN_INLINE unsigned FASTBN_ISA(pos_bits_d)(fastbn_vd v) {
+#if FASTBN_ISA_LEVEL >= 2
+    return _mm512_cmp_pd_mask((__m512d)v, _mm512_setzero_pd(), _CMP_GT_OQ);
+#elif FASTBN_PARTS
+    fastbn_pd a[FASTBN_PARTS];
+    unsigned bits = 0;
+    int k;
+    memcpy(a, &v, sizeof v);
+    for (k = 0; k < FASTBN_PARTS; k++)
+        bits |= (unsigned)FASTBN_MOVEMASK_D(FASTBN_D_GT0(a[k])) << (k * 8 / FASTBN_PARTS);
+    return bits;
+#else
+    unsigned bits = 0;
+    int k;
+    for (k = 0; k < 8; k++) bits |= (unsigned)(v[k] > 0) << k;
+    return bits;
+#endif
+}
+FASTBN_INLINE fastbn_vf FASTBN_ISA(relu_f)(fastbn_vf v) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vf)_mm512_maskz_mov_ps(_mm512_cmp_ps_mask((__m512)v, _mm512_setzero_ps(), _CMP_NLE_UQ), (__m512)v);
+#elif FASTBN_PARTS
+    fastbn_pf a[FASTBN_PARTS];
+    int k;
+    memcpy(a, &v, sizeof v);
+    for (k = 0; k < FASTBN_PARTS; k++) a[k] = FASTBN_ANDNOT_F(FASTBN_F_LE0(a[k]), a[k]);
+    memcpy(&v, a, sizeof v);
+    return v;
+#else
+    int k;
+    for (k = 0; k < 16; k++) v[k] = v[k] <= 0 ? 0.0f : v[k];
+    return v;
+#endif
+}
+FASTBN_INLINE fastbn_vd FASTBN_ISA(relu_d)(fastbn_vd v) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vd)_mm512_maskz_mov_pd(_mm512_cmp_pd_mask((__m512d)v, _mm512_setzero_pd(), _CMP_NLE_UQ), (__m512d)v);
+#elif FASTBN_PARTS
+    fastbn_pd a[FASTBN_PARTS];
+    int k;
+    memcpy(a, &v, sizeof v);
+    for (k = 0; k < FASTBN_PARTS; k++) a[k] = FASTBN_ANDNOT_D(FASTBN_D_LE0(a[k]), a[k]);
+    memcpy(&v, a, sizeof v);
+    return v;
+#else
+    int k;
+    for (k = 0; k < 8; k++) v[k] = v[k] <= 0 ? 0.0 : v[k];
+    return v;
+#endif
+}
+/* keep: the lanes of bit k set become all-ones masks (a lane's bit, tested as an integer). */
+FASTBN_INLINE fastbn_vf FASTBN_ISA(keep_f)(fastbn_vf v, unsigned bits) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vf)_mm512_maskz_mov_ps((__mmask16)bits, (__m512)v);
+#elif FASTBN_PARTS
+    static const int32_t lane[16] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    fastbn_pf a[FASTBN_PARTS];
+    int k;
+    memcpy(a, &v, sizeof v);
+    for (k = 0; k < FASTBN_PARTS; k++) {
+        fastbn_pi l;
+        memcpy(&l, lane + k * 16 / FASTBN_PARTS, sizeof l);
+#if FASTBN_ISA_LEVEL == 1
+        fastbn_pi m = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), l), l);
+        a[k] = FASTBN_AND_F(_mm256_castsi256_ps(m), a[k]);
+#else
+        fastbn_pi m = _mm_cmpeq_epi32(_mm_and_si128(_mm_set1_epi32((int)bits), l), l);
+        a[k] = FASTBN_AND_F(_mm_castsi128_ps(m), a[k]);
+#endif
+    }
+    memcpy(&v, a, sizeof v);
+    return v;
+#else
+    int k;
+    for (k = 0; k < 16; k++) v[k] = (bits >> k) & 1 ? v[k] : 0.0f;
+    return v;
+#endif
+}
+FASTBN_INLINE fastbn_vd FASTBN_ISA(keep_d)(fastbn_vd v, unsigned bits) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vd)_mm512_maskz_mov_pd((__mmask8)bits, (__m512d)v);
+#elif FASTBN_PARTS
+    static const int64_t lane[8] = {1, 2, 4, 8, 16, 32, 64, 128};
+    fastbn_pd a[FASTBN_PARTS];
+    int k;
+    memcpy(a, &v, sizeof v);
+    for (k = 0; k < FASTBN_PARTS; k++) {
+        fastbn_pi l;
+        memcpy(&l, lane + k * 8 / FASTBN_PARTS, sizeof l);
+#if FASTBN_ISA_LEVEL == 1
+        fastbn_pi m = _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x((long long)bits), l), l);
+        a[k] = FASTBN_AND_D(_mm256_castsi256_pd(m), a[k]);
+#else
+        /* (SSE2 has no 64-bit compare: both 32-bit halves of a lane hold its bit's test) */
+        __m128i b = _mm_set1_epi64x((long long)bits);
+        __m128i e = _mm_cmpeq_epi32(_mm_and_si128(b, l), l);
+        e = _mm_and_si128(e, _mm_shuffle_epi32(e, _MM_SHUFFLE(2, 3, 0, 1)));
+        a[k] = FASTBN_AND_D(_mm_castsi128_pd(e), a[k]);
+#endif
+    }
+    memcpy(&v, a, sizeof v);
+    return v;
+#else
+    int k;
+    for (k = 0; k < 8; k++) v[k] = (bits >> k) & 1 ? v[k] : 0.0;
+    return v;
+#endif
+}
+#undef FASTBN_PARTS
+#undef fastbn_pf
+#undef fastbn_pd
+#undef fastbn_pi
+#undef FASTBN_F_LE0
+#undef FASTBN_F_GT0
+#undef FASTBN_D_LE0
+#undef FASTBN_D_GT0
+#undef FASTBN_ANDNOT_F
+#undef FASTBN_ANDNOT_D
+#undef FASTBN_AND_F
+#undef FASTBN_AND_D
+#undef FASTBN_MOVEMASK_F
+#undef FASTBN_MOVEMASK_D
