@@ -7,10 +7,11 @@
  * its pages are already mapped, so the next call does not page-fault the whole output again
  * (glibc serves such sizes with fresh mmaps and unmaps them on free).
  *
- * Every block is one anonymous mapping, page-aligned; the data starts 64 bytes plus a requested
- * offset (below 64) into it, so that an output can sit at the same offset within a cache line as
- * its input (the kernels' vector loops then load and store along the same line boundaries), and
- * the 16 bytes before the data record the mapping. Mappings of 2 MiB or more are 2 MiB-aligned
+ * Every block is one anonymous mapping, page-aligned, whose first bytes record its length; the
+ * data starts 64 bytes plus a requested offset (below 64) into it, so that an output can sit at
+ * the same offset within a cache line as its input (the kernels' vector loops then load and
+ * store along the same line boundaries). The mapping is found from the data by rounding down to
+ * the page. Mappings of 2 MiB or more are 2 MiB-aligned
  * and advised MADV_HUGEPAGE. The pool is a short list of free mappings, oldest
  * first, taken best-fit (at most twice the size asked for) and evicted oldest-first; a mutex
  * guards it, since NumPy may free an array from any thread.
@@ -31,7 +32,6 @@
 #define FASTBN_HUGE_PAGE ((size_t)2 << 20)
 
 typedef struct {
-    void *base;    /* of the mapping */
     size_t length; /* of the whole mapping, header included */
 } fastbn_block_header;
 
@@ -53,6 +53,13 @@ static uint64_t fastbn_pool_hits = 0, fastbn_pool_misses = 0;
 static size_t fastbn_pool_live = 0;      /* handed out and not yet returned */
 
 static size_t fastbn_round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+/* The header (at the start of the mapping) of the block whose data is at `data`. */
+static fastbn_block_header *fastbn_header_of(void *data)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    return (fastbn_block_header *)(((uintptr_t)data - FASTBN_POOL_HEADER) & ~(page - 1));
+}
 
 /* A fresh mapping of `length` bytes (a multiple of the page size; of 2 MiB when huge), or NULL. */
 static void *fastbn_map(size_t length)
@@ -125,9 +132,7 @@ static void *fastbn_pool_take(size_t size, int *fresh)
     if (base == NULL && (base = fastbn_map(length)) == NULL)
         return NULL;
     char *data = (char *)base + FASTBN_POOL_HEADER + fastbn_pool_offset;
-    fastbn_block_header *h = (fastbn_block_header *)data - 1;
-    h->base = base;
-    h->length = length;
+    ((fastbn_block_header *)base)->length = length;
     pthread_mutex_lock(&fastbn_pool_lock);
     fastbn_pool_live += length;
     pthread_mutex_unlock(&fastbn_pool_lock);
@@ -138,8 +143,8 @@ static void fastbn_pool_give(void *ptr)
 {
     if (ptr == NULL)
         return;
-    fastbn_block_header *h = (fastbn_block_header *)ptr - 1;
-    void *base = h->base;
+    fastbn_block_header *h = fastbn_header_of(ptr);
+    void *base = h;
     size_t length = h->length;
     pthread_mutex_lock(&fastbn_pool_lock);
     fastbn_pool_live -= length;
@@ -189,8 +194,8 @@ static void *fastbn_handler_realloc(void *ctx, void *ptr, size_t new_size)
 {
     if (ptr == NULL)
         return fastbn_handler_malloc(ctx, new_size);
-    fastbn_block_header *h = (fastbn_block_header *)ptr - 1;
-    size_t capacity = h->length - (size_t)((char *)ptr - (char *)h->base);
+    fastbn_block_header *h = fastbn_header_of(ptr);
+    size_t capacity = h->length - (size_t)((char *)ptr - (char *)h);
     if (new_size <= capacity)
         return ptr;
     void *p = fastbn_handler_malloc(ctx, new_size);
