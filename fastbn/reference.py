@@ -148,8 +148,9 @@ def _batch_backward_staged(dout, cache, out=None):
     else:
         # invstd = (var + eps) ** -0.5, var = mean(xc ** 2), xc = x - mean, mean = mean(x).
         # The per-channel nodes dinvstd and dvar are kept in float64: invstd ** 3 overflows
-        # float32 as soon as var + eps < 1e-26 (eps = 0 and a nearly constant channel).
-        dinvstd = np.sum(dxhat * xc, axis=axes, dtype=np.float64, keepdims=True)
+        # float32 as soon as var + eps < 1e-26 (eps = 0 and a nearly constant channel), and so
+        # can dxhat * xc for a huge gamma and x (the kernels too sum these products in double).
+        dinvstd = np.sum(dxhat.astype(np.float64) * xc, axis=axes, keepdims=True)
         dvar = -0.5 * invstd.astype(np.float64) ** 3 * dinvstd
         dxc = (dxhat * invstd + xc * (2.0 * dvar / count)).astype(x.dtype)
         dmean = -_sum(dxc, axes)
