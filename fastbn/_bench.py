@@ -366,8 +366,10 @@ def time_calls(calls, repeat=7, min_time=0.0, max_time=2.0, fastest=None):
     """Median wall times in seconds of several calls, timed in interleaved rounds.
 
     Each round times every call once, so a burst of load on a shared machine hits all of them
-    alike and their ratios stay meaningful. A call whose runs exceed `max_time` in total stops
-    after 3 rounds. `fastest`: a dict that receives each call's fastest round.
+    alike and their ratios stay meaningful. The order is shuffled from round to round (the same
+    shuffles in every run): a call finds the caches as the one before it left them, and that
+    must not always be the same call. A call whose runs exceed `max_time` in total stops after
+    3 rounds. `fastest`: a dict that receives each call's fastest round.
     """
     inner = {}
     for name, call in calls.items():
@@ -379,8 +381,11 @@ def time_calls(calls, repeat=7, min_time=0.0, max_time=2.0, fastest=None):
             inner[name] = min(int(min_time / max(first, 1e-7)) + 1, 10000)
     times = {name: [] for name in calls}
     spent = dict.fromkeys(calls, 0.0)
-    for _ in range(repeat):
-        for name, call in calls.items():
+    names = list(calls)
+    for round_ in range(repeat):
+        order = np.random.default_rng(round_).permutation(len(names)) if round_ else range(len(names))
+        for name in [names[i] for i in order]:
+            call = calls[name]
             if spent[name] > max_time and len(times[name]) >= 3:
                 continue
             n = inner[name]

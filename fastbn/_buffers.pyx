@@ -29,7 +29,7 @@ cdef bint _enabled = False
 
 def empty(shape, dtype, size_t offset=0):
     """``np.empty(shape, dtype)`` with its memory from the pool (when the pool is on), its data
-    `offset` bytes (mod 64) past a 64-byte boundary.
+    `offset` bytes (mod the page size) past a page boundary.
 
     The handler is set in the calling thread's context only for this one allocation; the array
     records it, so that its memory returns to the pool whenever and wherever it is freed.

@@ -117,10 +117,10 @@ def empty(shape, dtype):
 
 def empty_like(a):
     """An uninitialised array like the C-contiguous `a`, for an output computed from it: from the
-    buffer cache when it is large enough, starting at the same offset within a 64-byte line as
-    `a` (the kernels' loops then meet line boundaries in both at once)."""
+    buffer cache when it is large enough, starting at the same offset within a page as `a` (the
+    kernels' loops then meet line and page boundaries in both at once; docs/decisions.md)."""
     if _buffers is not None and a.nbytes >= _planner.current().buffer_min_bytes:
-        return _buffers.empty(a.shape, a.dtype, a.ctypes.data % 64)
+        return _buffers.empty(a.shape, a.dtype, a.ctypes.data % 4096)
     return np.empty(a.shape, a.dtype)
 
 

@@ -160,3 +160,15 @@ def test_the_console_script_names_itself_in_its_help(monkeypatch, capsys):
         cli.main()
     assert capsys.readouterr().out.startswith("usage: fastbn-bench ")
     assert cli._program_name("/x/fastbn/__main__.py") == "python -m fastbn"
+
+
+def test_time_calls_shuffles_the_order_so_no_call_always_follows_the_same_one():
+    from fastbn import _bench
+
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in "abcd"}
+    _bench.time_calls(calls, repeat=7)
+    rounds = [order[4 + 4 * k: 8 + 4 * k] for k in range(7)]  # after one warm-up call each
+    assert all(sorted(r) == list("abcd") for r in rounds)
+    predecessors = {(r[i - 1], r[i]) for r in rounds for i in range(1, 4)}
+    assert len({before for before, after in predecessors if after == "b"}) > 1

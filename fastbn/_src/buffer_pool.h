@@ -8,10 +8,11 @@
  * (glibc serves such sizes with fresh mmaps and unmaps them on free).
  *
  * Every block is one anonymous mapping, page-aligned, whose first bytes record its length; the
- * data starts 64 bytes plus a requested offset (below 64) into it, so that an output can sit at
- * the same offset within a cache line as its input (the kernels' vector loops then load and
- * store along the same line boundaries). The mapping is found from the data by rounding down to
- * the page. Mappings of 2 MiB or more are 2 MiB-aligned
+ * data starts at a requested offset within a page (a page further in when that offset leaves
+ * no room for the 64-byte header), so that an output can sit at the same offset within a page as
+ * its input: the kernels' loops then meet line and page boundaries in both at once
+ * (docs/decisions.md has the measurements). The mapping is found from the data by rounding down
+ * (data - 64) to the page. Mappings of 2 MiB or more are 2 MiB-aligned
  * and advised MADV_HUGEPAGE. The pool is a short list of free mappings, oldest
  * first, taken best-fit (at most twice the size asked for) and evicted oldest-first; a mutex
  * guards it, since NumPy may free an array from any thread.
@@ -35,8 +36,8 @@ typedef struct {
     size_t length; /* of the whole mapping, header included */
 } fastbn_block_header;
 
-/* The offset within a 64-byte line of the next block's data: set by the caller of np.empty in
- * the same thread (fastbn/_buffers.pyx), so per thread. */
+/* The offset within a page of the next block's data: set by the caller of np.empty in the same
+ * thread (fastbn/_buffers.pyx), so per thread. */
 static __thread size_t fastbn_pool_offset = 0;
 
 typedef struct {
@@ -103,11 +104,14 @@ static void fastbn_pool_trim(size_t limit)
 /* The data pointer of a block for `size` bytes; *fresh says whether its pages are new (zero). */
 static void *fastbn_pool_take(size_t size, int *fresh)
 {
-    size_t length = size + FASTBN_POOL_HEADER + fastbn_pool_offset;
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    /* the data at the asked offset within a page, with room for the header before it */
+    size_t skip = fastbn_pool_offset % page >= FASTBN_POOL_HEADER ? fastbn_pool_offset % page
+                                                                   : page + fastbn_pool_offset % page;
+    size_t length = size + skip;
     if (length < size)
         return NULL;
-    length = fastbn_round_up(length, length >= FASTBN_HUGE_PAGE ? FASTBN_HUGE_PAGE
-                                                                : (size_t)sysconf(_SC_PAGESIZE));
+    length = fastbn_round_up(length, length >= FASTBN_HUGE_PAGE ? FASTBN_HUGE_PAGE : page);
     void *base = NULL;
     pthread_mutex_lock(&fastbn_pool_lock);
     int best = -1;
@@ -131,7 +135,7 @@ static void *fastbn_pool_take(size_t size, int *fresh)
     *fresh = base == NULL;
     if (base == NULL && (base = fastbn_map(length)) == NULL)
         return NULL;
-    char *data = (char *)base + FASTBN_POOL_HEADER + fastbn_pool_offset;
+    char *data = (char *)base + skip;
     ((fastbn_block_header *)base)->length = length;
     pthread_mutex_lock(&fastbn_pool_lock);
     fastbn_pool_live += length;
@@ -213,7 +217,7 @@ static PyDataMem_Handler fastbn_handler = {
      fastbn_handler_free},
 };
 
-static void fastbn_pool_set_offset(size_t offset) { fastbn_pool_offset = offset % 64; }
+static void fastbn_pool_set_offset(size_t offset) { fastbn_pool_offset = offset; }
 
 static PyObject *fastbn_pool_capsule(void)
 {
