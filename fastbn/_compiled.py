@@ -103,8 +103,10 @@ def _in_place(p, dtype):
     if (not p.unbiased and rm is not None and rv is not None and rm.dtype == dtype and rv.dtype == dtype
             and rm.flags.c_contiguous and rv.flags.c_contiguous
             and rm.flags.aligned and rv.flags.aligned
-            and not np.may_share_memory(rm, rv)):
-        return rm.reshape(-1), rv.reshape(-1)
+            # two arrays that own their memory (those a first call creates) cannot overlap
+            and rm is not rv and (rm.base is None and rv.base is None
+                                  or not np.may_share_memory(rm, rv))):
+        return (rm if rm.ndim == 1 else rm.reshape(-1)), (rv if rv.ndim == 1 else rv.reshape(-1))
     return None, None
 
 

@@ -293,14 +293,12 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
         beta_flat = np.zeros(channels, dtype=dtype) if beta_flat is None and spec.beta else beta_flat
     given = (residual,) if spec.relu and residual is not None else ()
     residual = check_residual(residual, x, dtype) if given else None
+    # positional, in the order of Prepared's fields: keywords cost a third of this constructor
     return Prepared(
-        op=spec.name, x=np.ascontiguousarray(x, dtype=dtype), gamma=gamma_flat, beta=beta_flat,
-        eps=eps, mode=mode, momentum=momentum, running_mean=running_mean,
-        running_var=running_var, param=param, layout=layout, groups=G,
-        gamma_shape=gamma_shape, beta_shape=beta_shape, dtype=out_dtype,
-        out=check_out(out, "out", x, out_dtype, gamma, beta, *given),
-        unbiased=unbiased, batches=batches if mode == "train" else None, axis=axis,
-        residual=residual,
+        spec.name, np.ascontiguousarray(x, dtype=dtype), gamma_flat, beta_flat, eps, mode,
+        momentum, running_mean, running_var, param, layout, G, gamma_shape, beta_shape,
+        out_dtype, check_out(out, "out", x, out_dtype, gamma, beta, *given), unbiased,
+        batches if mode == "train" else None, axis, residual,
     )
 
 
