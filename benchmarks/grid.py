@@ -9,7 +9,8 @@ A path earns its place where it is the fastest; the results go into ``docs/decis
 Usage::
 
     python benchmarks/grid.py                  # the whole grid (tens of minutes on 2 cores)
-    python benchmarks/grid.py --family rows    # one family: cols, nhwc, planes or rows
+    python benchmarks/grid.py --family rows    # one family: cols, nhwc, planes, rows, rows_forward,
+                                               # or a finer grid: cols_small, rows_segments
     python benchmarks/grid.py --json grid.json --repeat 5
 """
 import argparse
@@ -34,6 +35,13 @@ FAMILIES = {
                                for N in (8, 32) for C in (3, 16, 64, 256) for HW in (7, 28, 56)]),
     "rows": ("rows_backward_path", [("layernorm", (M, D), "ND") for M in M_GRID for D in D_GRID]),
     "rows_forward": ("rows_forward_path", [("layernorm", (M, D), "ND") for M in M_GRID for D in D_GRID]),
+    # finer grids where the grids above left a rule in doubt (docs/decisions.md): the rows bound
+    # of the small-array blocked (M, D) path, and column segments for few or many long rows
+    "cols_small": ("cols_path", [("batchnorm", (M, D), "NC") for M in (128, 256, 512, 768, 1000, 1500, 2048)
+                                 for D in (256, 500, 1024)]),
+    "rows_segments": ("rows_backward_path", [("layernorm", (M, D), "ND") for M in (16, 32, 64, 128, 256)
+                                             for D in (500, 1024, 4099)]
+                      + [("layernorm", (M, 65536), "ND") for M in (64, 256, 1000)]),
 }
 
 
