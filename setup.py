@@ -13,6 +13,7 @@ FASTBN_SANITIZE=address,undefined (or thread, ...)
     ``-fwrapv`` so that signed overflow is checked too); undefined behaviour then aborts.
     A non-instrumented Python must preload the sanitizer runtime (see docs/development.md).
 """
+import ast
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 BUILD_INFO = "_build_info.py"
+PLANNER = "fastbn/_planner.py"
 OPENMP_PROBE = textwrap.dedent(
     """
     #include <omp.h>
@@ -132,6 +134,23 @@ class BuildExt(build_ext):
         self.copy_file(os.path.join(self.build_lib, "fastbn", BUILD_INFO), os.path.join("fastbn", BUILD_INFO))
 
 
+def _compiled_constants():
+    """The planner's compile-time constants of the loops (COMPILED in fastbn/_planner.py) as
+    define_macros, read from the file: importing fastbn at build time would import the package
+    and its kernels (absent, or those of an older build)."""
+    with open(PLANNER) as f:
+        module = ast.parse(f.read(), PLANNER)
+    assigned = {target.id: node.value for node in module.body if isinstance(node, ast.Assign)
+                for target in node.targets if isinstance(target, ast.Name)}
+    if "COMPILED" not in assigned:
+        raise RuntimeError(f"{PLANNER} has no COMPILED = {{...}} mapping")
+    constants = ast.literal_eval(assigned["COMPILED"])
+    for name, value in constants.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RuntimeError(f"{PLANNER}: COMPILED[{name!r}] must be an integer, got {value!r}")
+    return [(name, str(value)) for name, value in constants.items()]
+
+
 debug_build = _flag_enabled("FASTBN_DEBUG")
 extensions = [
     Extension(
@@ -143,9 +162,10 @@ extensions = [
             "fastbn/_src/loops_template.c",
             "fastbn/_src/simd.h",
             "fastbn/_src/omp_shim.h",
+            PLANNER,  # its COMPILED constants are macros of the loops
         ],
         include_dirs=[np.get_include(), "fastbn/_src"],
-        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"), *_compiled_constants()],
     ),
     Extension(
         "fastbn._buffers",

@@ -66,6 +66,7 @@ cdef extern from "loops.h" nogil:
                                         int center)
     void fastbn_simd_init()
     const char* fastbn_simd_name()
+    int FASTBN_REG_MAX
     # Each loop takes float or double arrays (see loops.h: a _Generic macro on the first pointer
     # picks the version for its type at compile time; the pointers are declared void here).
     fastbn_sums fastbn_sum(const void* x, Py_ssize_t n)
@@ -90,7 +91,7 @@ cdef extern from "loops.h" nogil:
     # (scalars of the element type are declared double: a float is passed exactly)
     void fastbn_plane_affine(const void* x, void* out, Py_ssize_t n, double mean, double scale,
                              double beta, int stream, const void* res, unsigned char* mask,
-                             Py_ssize_t pos)
+                             Py_ssize_t pos, Py_ssize_t mask_ahead)
     void fastbn_plane_dx(const void* x, const void* dy, void* dx, Py_ssize_t n, double mean,
                          double invstd, double k_dy, double k_b, double k_g, int stream,
                          const unsigned char* mask, Py_ssize_t pos, int train, void* dres)
@@ -105,11 +106,13 @@ cdef extern from "loops.h" nogil:
                                const unsigned char* mask, Py_ssize_t pos)
     void fastbn_cols_affine(const void* x, void* out, Py_ssize_t stride, Py_ssize_t n_rows,
                             Py_ssize_t w, const void* mean, const void* scale, const void* beta,
-                            int stream, const void* res, unsigned char* mask, Py_ssize_t pos)
+                            int stream, const void* res, unsigned char* mask, Py_ssize_t pos,
+                            Py_ssize_t short_run, Py_ssize_t ahead_bytes)
     void fastbn_cols_dx(const void* x, const void* dy, void* dx, Py_ssize_t stride,
                         Py_ssize_t n_rows, Py_ssize_t w, const void* mean, const void* invstd,
                         const void* k_dy, const void* k_b, const void* k_g, int stream,
-                        const unsigned char* mask, Py_ssize_t pos, int train, void* dres)
+                        const unsigned char* mask, Py_ssize_t pos, int train, void* dres,
+                        Py_ssize_t ahead_bytes)
 
 
 # The epilogue of the fused batchnorm + (residual add) + ReLU ops (see _src/loops_template.c): the
@@ -171,8 +174,10 @@ cdef inline Py_ssize_t _rows_per_byte(Py_ssize_t D) noexcept nogil:
 
 
 # Every path choice and tuning constant of the kernels is a field of `plan`, put in force by
-# fastbn._planner (which says what each governs; why each has its value is in docs/decisions.md).
-# Path fields hold -1 (chosen from the shape) or the index of a path forced by name.
+# fastbn._planner (which says what each governs; why each has its value is in docs/decisions.md),
+# except the few the loops need at compile time (fastbn._planner.COMPILED, see
+# compiled_constants). Path fields hold -1 (chosen from the shape) or the index of a path forced
+# by name.
 cdef struct Plan:
     Py_ssize_t handout_bytes
     Py_ssize_t col_block
@@ -192,7 +197,10 @@ cdef struct Plan:
     Py_ssize_t affine_rows
     Py_ssize_t affine_tile_bytes
     Py_ssize_t affine_cols
+    Py_ssize_t affine_short_run_bytes
+    Py_ssize_t sweep_prefetch_bytes
     Py_ssize_t min_channels_blocked
+    Py_ssize_t mask_prefetch_values
     Py_ssize_t short_row_bytes
     Py_ssize_t row_task_bytes
     Py_ssize_t rows4_min_values
@@ -236,6 +244,11 @@ def get_plan():
 
 
 fastbn_simd_init()
+
+
+def compiled_constants():
+    """The compile-time constants the loops were built with (fastbn._planner.COMPILED)."""
+    return {"FASTBN_REG_MAX": FASTBN_REG_MAX}
 
 
 def simd():
@@ -649,10 +662,10 @@ cdef inline void _cols_block(
     index pos."""
     if dy == NULL:
         fastbn_cols_affine(x, out, stride, n_rows, w, c1, c2, c3, stream, _res_at(ep, x, pos),
-                           _mask(ep), pos)
+                           _mask(ep), pos, plan.affine_short_run_bytes, plan.sweep_prefetch_bytes)
     else:
         fastbn_cols_dx(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream, _mask(ep), pos,
-                       train, _dres_at(ep, x, pos))
+                       train, _dres_at(ep, x, pos), plan.sweep_prefetch_bytes)
 
 
 cdef inline object _np_dtype(floating zero):
@@ -1119,7 +1132,8 @@ cdef inline void _affine_plane(
 ) noexcept nogil:
     """out = (x - mean) * scale + beta over n contiguous values (and the fused op's epilogue,
     x[0] at flat index pos)."""
-    fastbn_plane_affine(x, out, n, mean, scale, beta, stream, _res_at(ep, x, pos), _mask(ep), pos)
+    fastbn_plane_affine(x, out, n, mean, scale, beta, stream, _res_at(ep, x, pos), _mask(ep), pos,
+                        plan.mask_prefetch_values)
 
 
 cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):

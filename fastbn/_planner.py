@@ -2,9 +2,13 @@
 
 A :class:`Plan` holds each constant with a line on what it governs, and for each family of
 kernels a ``*_path`` field that forces one of its paths by name (``"auto"``: the shape decides).
-The kernels (:mod:`fastbn._kernels`) read the plan in force, which :func:`use` hands them; tests
-force every path with :func:`override`. Why a constant has its value -- the measurements -- is in
-``docs/decisions.md``, not here.
+The kernels (:mod:`fastbn._kernels`) read the plan in force, which :func:`use` hands them (the C
+loops get theirs as arguments); tests force every path with :func:`override`. The few constants
+the C loops need at compile time (they size register arrays and unrolled cases) are in
+``COMPILED``, a literal mapping that ``setup.py`` reads from this file without importing fastbn
+and passes to the compiler (``-DFASTBN_REG_MAX=...``): changing one takes a rebuild, and
+``fastbn._kernels.compiled_constants()`` says what the extension was built with. Why a constant
+has its value -- the measurements -- is in ``docs/decisions.md``, not here.
 
 Paths (``PATHS``) and where a forced one applies (elsewhere the shape still decides):
 
@@ -54,6 +58,13 @@ PATHS = {
 }
 
 
+# Compile-time constants of the C loops, as macros (a literal dict: setup.py reads it with
+# ast.literal_eval, without importing fastbn).
+COMPILED = {
+    "FASTBN_REG_MAX": 128,  # AVX-512: short rows of up to this many values stay in registers (16, 32, ..., 128)
+}
+
+
 @dataclass(frozen=True)
 class Plan:
     """Tuning constants and forced paths of the kernels (sizes in bytes or values, as named)."""
@@ -82,8 +93,11 @@ class Plan:
     affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least
     affine_tile_bytes: int = 1 << 18  # output bytes per tile of those sweeps, about
     affine_cols: int = 4096  # columns per tile of those sweeps, at most
+    affine_short_run_bytes: int = 2048  # the affine ones not streamed go four rows at a time over parts of rows shorter than this
+    sweep_prefetch_bytes: int = 2048  # streamed sweeps of long runs prefetch their inputs this far ahead (single rows: 2x)
     # --- (N, C, L): statistics per channel over planes
     min_channels_blocked: int = 8  # channels for the per-channel path, at least
+    mask_prefetch_values: int = 2048  # the fused forward over planes prefetches its ReLU mask this many values ahead
     # --- rows: layernorm, RMSNorm, groupnorm
     short_row_bytes: int = 4096  # layernorm rows shorter than this go many per C call
     row_task_bytes: int = 1 << 18  # bytes of rows per task of those calls

@@ -1,5 +1,6 @@
 """The planner: every kernel path, forced by name, matches the reference and keeps its bits for any
-thread count; forcing a path takes effect; bad settings raise naming the field."""
+thread count; forcing a path takes effect; the loops' own constants change no bits; the kernels
+were built with the planner's compile-time constants; bad settings raise naming the field."""
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
@@ -15,6 +16,10 @@ needs_compiled = pytest.mark.skipif("cython" not in fastbn.available_backends(),
 def _op(name, mode="train", layout=None):
     return next(op for op in OPS if op.name == name and op.mode == mode and not op.param_broadcast
                 and (layout is None or op.layout == layout))
+
+
+def _op_id(op_id):
+    return next(op for op in OPS if op.id == op_id)
 
 
 # The ops and shapes each path setting governs: shapes that would take another path from the
@@ -44,6 +49,12 @@ def _run(op, shape, dtype, backend):
     return [out, cache.mean, cache.invstd, *op.backward(dout, cache, backend=backend)], dout, gamma
 
 
+def _assert_matches_reference(got, want, dout, gamma, dtype):
+    dx_scale = float(np.max(np.abs(dout)) * np.max(np.abs(gamma)) * np.max(want[2], initial=0))
+    for name, a, b in zip(("out", "mean", "invstd", "dx", "dgamma", "dbeta"), got, want):
+        assert_close(a, b, dtype, name, scale=dx_scale if name == "dx" else 0.0)
+
+
 def test_every_path_setting_has_cases():
     assert set(GOVERNS) == set(_planner.PATHS)
 
@@ -60,10 +71,7 @@ def test_forced_path_matches_reference_and_keeps_bits_for_any_thread_count(field
                 runs.append(_run(op, shape, dtype, "cython")[0])
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
-    got = runs[0]
-    dx_scale = float(np.max(np.abs(dout)) * np.max(np.abs(gamma)) * np.max(want[2], initial=0))
-    for name, a, b in zip(("out", "mean", "invstd", "dx", "dgamma", "dbeta"), got, want):
-        assert_close(a, b, dtype, name, scale=dx_scale if name == "dx" else 0.0)
+    _assert_matches_reference(runs[0], want, dout, gamma, dtype)
 
 
 # Paths that sum in another order than the one the shape chooses: forcing them changes the last
@@ -89,6 +97,58 @@ def test_forcing_a_path_reaches_the_kernels(field, path, op, shape):
     assert any(not np.array_equal(a, b) for a, b in zip(auto, forced))
 
 
+# The loops' own constants choose a loop order or a prefetch distance, never a value: forced far
+# from their defaults, on shapes where that changes what the loops do, every result keeps the bits
+# of the plan without the change (other settings of a case, as streaming, apply to both).
+LOOP_FIELDS = ("affine_short_run_bytes", "sweep_prefetch_bytes", "mask_prefetch_values")
+LOOP_CASES = [
+    ({"affine_short_run_bytes": 1}, _op("batchnorm"), (300, 1001)),  # one row at a time
+    ({"affine_short_run_bytes": 1 << 30}, _op("batchnorm"), (64, 5000)),  # four rows, long runs
+    ({"affine_short_run_bytes": 1 << 30}, _op_id("batchnorm_relu-train-res"), (40, 5000)),
+    ({"sweep_prefetch_bytes": 64, "stream_path": "always"}, _op("batchnorm"), (300, 1001)),
+    ({"sweep_prefetch_bytes": 64, "stream_path": "always"}, _op("batchnorm"), (96, 1024)),
+    ({"sweep_prefetch_bytes": 64, "stream_path": "always"}, _op("batchnorm_relu"), (96, 1024)),
+    ({"sweep_prefetch_bytes": 1 << 20, "stream_path": "always"}, _op("batchnorm_relu", "test"),
+     (96, 1024)),
+    ({"mask_prefetch_values": 8}, _op("spatial_batchnorm_relu", layout="NCHW"), (4, 6, 45, 47)),
+    ({"mask_prefetch_values": 1 << 20}, _op_id("spatial_batchnorm_relu-train-NCHW-res"),
+     (3, 2, 33, 35)),
+]
+LOOP_IDS = [f"{'-'.join(f'{k}={v}' for k, v in changes.items())}-{op.id}-{'x'.join(map(str, shape))}"
+            for changes, op, shape in LOOP_CASES]
+
+
+def test_every_loop_constant_has_cases():
+    forced = {field for changes, _, _ in LOOP_CASES for field in changes}
+    assert forced & set(LOOP_FIELDS) == set(LOOP_FIELDS)
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("changes, op, shape", LOOP_CASES, ids=LOOP_IDS)
+def test_loop_constants_keep_the_bits_for_any_thread_count(changes, op, shape, dtype):
+    want, dout, gamma = _run(op, shape, dtype, "numpy")
+    with _planner.override(**{k: v for k, v in changes.items() if k not in LOOP_FIELDS}):
+        plain = _run(op, shape, dtype, "cython")[0]
+    with _planner.override(**changes):
+        runs = []
+        for n in (1, 2):
+            with threadpool_limits(n, user_api="openmp"):
+                runs.append(_run(op, shape, dtype, "cython")[0])
+    for a, b, c in zip(plain, *runs):
+        np.testing.assert_array_equal(b, a)
+        np.testing.assert_array_equal(c, a)
+    _assert_matches_reference(runs[0], want, dout, gamma, dtype)
+
+
+@needs_compiled
+def test_the_kernels_were_built_with_the_planners_compiled_constants():
+    """setup.py passes _planner.COMPILED to the compiler: a build from before a change of them
+    (or a constant the build does not pass) shows here."""
+    from fastbn import _kernels
+    assert _kernels.compiled_constants() == _planner.COMPILED
+
+
 def test_override_restores_the_plan():
     before = _planner.current()
     with pytest.raises(RuntimeError):
@@ -108,6 +168,9 @@ def test_override_restores_the_plan():
     ({"segment_bytes": 8.5}, "segment_bytes must be a positive integer, got 8.5"),
     ({"stream_min_bytes": True}, "stream_min_bytes must be a positive integer, got True"),
     ({"load_check_ms": -1}, "load_check_ms must be an integer >= 0, got -1"),
+    ({"affine_short_run_bytes": 0}, "affine_short_run_bytes must be a positive integer, got 0"),
+    ({"sweep_prefetch_bytes": 2048.0}, "sweep_prefetch_bytes must be a positive integer, got 2048.0"),
+    ({"mask_prefetch_values": -8}, "mask_prefetch_values must be a positive integer, got -8"),
 ])
 def test_bad_settings_raise_naming_the_field(changes, message):
     before = _planner.current()

@@ -46,9 +46,9 @@ def test_the_sdist_installs_and_passes_its_own_tests(tmp_path):
         tar.extractall(tmp_path / "src", filter="data")
     tree = tmp_path / "src" / sdist.name[:-len(".tar.gz")]
     for required in ("LICENSE", "README.md", "fastbn/py.typed", "fastbn/_kernels.pyx",
-                     "fastbn/_buffers.pyx", "fastbn/_src/buffer_pool.h", "tests/conftest.py",
-                     "tests/registry.py", "docs/fastbn-bench.png", "docs/performance.md",
-                     "benchmarks/test_benchmarks.py", "examples/_net.py"):
+                     "fastbn/_buffers.pyx", "fastbn/_src/buffer_pool.h", "fastbn/_planner.py",
+                     "tests/conftest.py", "tests/registry.py", "docs/fastbn-bench.png",
+                     "docs/performance.md", "benchmarks/test_benchmarks.py", "examples/_net.py"):
         assert (tree / required).is_file(), f"the sdist has no {required}"
     assert not [n for n in names if n.endswith((".so", "_kernels.c", "_buffers.c", "_build_info.py"))]
 

@@ -65,17 +65,28 @@ static inline fastbn_dx_coefs fastbn_row_dx_coefs(double invstd, double sum_g, d
     return k;
 }
 
-/* The affine sweep of an (M, D) output that is not streamed (its data come from and stay in the
- * caches) takes rows four at a time -- each column's coefficients loaded once per four rows --
- * only over short runs: parts of rows of fewer than FASTBN_SHORT_RUN bytes; over whole rows or
- * long runs one row at a time (the measurements are in docs/decisions.md). */
-#define FASTBN_SHORT_RUN 2048
-#define FASTBN_AFFINE_FOURS(n, stride, size) ((n) < (stride) && (n) * (ptrdiff_t)(size) < FASTBN_SHORT_RUN)
-/* Software prefetch distance of the streamed (M, D) sweeps, in bytes (see cols_affine). */
-#define FASTBN_AHEAD 2048
-/* Register-resident short rows: up to this many values (see ln_reg_rows). */
-#define FASTBN_REG_MAX 128
-#define FASTBN_REG_CASES FASTBN_REG_CASE(2) FASTBN_REG_CASE(4) FASTBN_REG_CASE(6) FASTBN_REG_CASE(8) FASTBN_REG_CASE(10) FASTBN_REG_CASE(12) FASTBN_REG_CASE(14) FASTBN_REG_CASE(16)
+/* Register-resident short rows (AVX-512, see ln_reg_rows): rows of up to FASTBN_REG_MAX values, a
+ * multiple of 16 from 16 to 128 (x and dy of a row of 128 values, as doubles, take 32 registers).
+ * The value is fastbn/_planner.py's (COMPILED), which setup.py passes to the compiler; the
+ * planner's runtime constants reach the loops as arguments. FASTBN_REG_CASES: a switch case per
+ * register-resident row length, 8 * NV values (NV even). */
+#ifndef FASTBN_REG_MAX
+#error "FASTBN_REG_MAX is set by setup.py from fastbn/_planner.py (COMPILED)"
+#endif
+#if FASTBN_REG_MAX % 16 || FASTBN_REG_MAX < 16 || FASTBN_REG_MAX > 128
+#error "FASTBN_REG_MAX must be a multiple of 16 from 16 to 128"
+#endif
+#define FASTBN_REG_CASES_16 FASTBN_REG_CASE(2)
+#define FASTBN_REG_CASES_32 FASTBN_REG_CASES_16 FASTBN_REG_CASE(4)
+#define FASTBN_REG_CASES_48 FASTBN_REG_CASES_32 FASTBN_REG_CASE(6)
+#define FASTBN_REG_CASES_64 FASTBN_REG_CASES_48 FASTBN_REG_CASE(8)
+#define FASTBN_REG_CASES_80 FASTBN_REG_CASES_64 FASTBN_REG_CASE(10)
+#define FASTBN_REG_CASES_96 FASTBN_REG_CASES_80 FASTBN_REG_CASE(12)
+#define FASTBN_REG_CASES_112 FASTBN_REG_CASES_96 FASTBN_REG_CASE(14)
+#define FASTBN_REG_CASES_128 FASTBN_REG_CASES_112 FASTBN_REG_CASE(16)
+#define FASTBN_REG_CASES_UPTO_(max) FASTBN_REG_CASES_##max
+#define FASTBN_REG_CASES_UPTO(max) FASTBN_REG_CASES_UPTO_(max)
+#define FASTBN_REG_CASES FASTBN_REG_CASES_UPTO(FASTBN_REG_MAX)
 
 /* Streaming stores (an output much larger than the caches): they skip reading each destination
  * cache line before overwriting it, so a sweep moves 2 bytes of memory traffic per output byte

@@ -66,7 +66,7 @@ typedef struct {
     void (*rows4_grad_sums)(const T *, const T *, ptrdiff_t, const T *, ptrdiff_t, const double *,
                             const double *, double *, double *, double *, int);
     void (*plane_affine)(const T *, T *, ptrdiff_t, T, T, T, int, const T *, uint8_t *,
-                         ptrdiff_t);
+                         ptrdiff_t, ptrdiff_t);
     void (*plane_dx)(const T *, const T *, T *, ptrdiff_t, T, T, T, T, T, int, const uint8_t *,
                      ptrdiff_t, int, T *);
     void (*row_affine)(const T *, T *, ptrdiff_t, T, T, const T *, const T *, int);
@@ -77,10 +77,10 @@ typedef struct {
     void (*cols_grad_sums)(const T *, const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
                            double *, double *, const uint8_t *, ptrdiff_t);
     void (*cols_affine)(const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, const T *,
-                        const T *, int, const T *, uint8_t *, ptrdiff_t);
+                        const T *, int, const T *, uint8_t *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
     void (*cols_dx)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
                     const T *, const T *, const T *, const T *, int, const uint8_t *, ptrdiff_t,
-                    int, T *);
+                    int, T *, ptrdiff_t);
     void (*layernorm_rows)(const T *, T *, ptrdiff_t, ptrdiff_t, const T *, const T *, double, int,
                            T *, T *);
     void (*layernorm_rows_grad)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, const T *,
@@ -238,19 +238,20 @@ static fastbn_sums FN(row_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy,
 }
 
 /* Contiguous runs (NCHW planes, rows), in T. out = (x - mean) * scale + beta, then the epilogue
- * (res, mask, pos: see the top of this file). */
+ * (res, mask, pos: see the top of this file), the mask's lines prefetched for writing
+ * mask_ahead values ahead. */
 FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *RESTRICT out,
                                         ptrdiff_t n, T mean, T scale, T beta, int stream,
                                         const T *RESTRICT res, uint8_t *RESTRICT mask,
-                                        ptrdiff_t pos) {
+                                        ptrdiff_t pos, ptrdiff_t mask_ahead) {
     ptrdiff_t j = 0;
     if (stream)
         for (; j < n && ((uintptr_t)(out + j) & 63); j++)
             out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
     fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + j : 0);
     for (; j + N <= n; j += N) {
-        if (relu && !((pos + j) & 255)) /* (mask lines ahead, for writing) */
-            __builtin_prefetch(mask + ((pos + j + 2048) >> 3), 1, 3);
+        if (relu && !((pos + j) & 255))
+            __builtin_prefetch(mask + ((pos + j + mask_ahead) >> 3), 1, 3);
         FN(put)(out + j, FN(relu_s)(relu, (FN(loadv)(x + j) - mean) * scale + beta, res, j, &sink),
                 stream);
     }
@@ -260,10 +261,13 @@ FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *
 }
 static void FN(plane_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean, T scale,
                              T beta, int stream, const T *RESTRICT res, uint8_t *RESTRICT mask,
-                             ptrdiff_t pos) {
-    if (!mask) FN(plane_affine_run)(0, x, out, n, mean, scale, beta, stream, NULL, NULL, 0);
-    else if (!res) FN(plane_affine_run)(1, x, out, n, mean, scale, beta, stream, NULL, mask, pos);
-    else FN(plane_affine_run)(2, x, out, n, mean, scale, beta, stream, res, mask, pos);
+                             ptrdiff_t pos, ptrdiff_t mask_ahead) {
+    if (!mask)
+        FN(plane_affine_run)(0, x, out, n, mean, scale, beta, stream, NULL, NULL, 0, 0);
+    else if (!res)
+        FN(plane_affine_run)(1, x, out, n, mean, scale, beta, stream, NULL, mask, pos, mask_ahead);
+    else
+        FN(plane_affine_run)(2, x, out, n, mean, scale, beta, stream, res, mask, pos, mask_ahead);
 }
 /* dx = k_dy * (dy - k_b - (x - mean) * invstd * k_g), dy read through the mask (relu 1); test
  * mode with the mask (relu 2): dx = k_dy * dy, x not read. dres (or NULL): dy as read. */
@@ -487,10 +491,11 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
 /* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time, so
  * that each column's coefficients are loaded once per four rows -- when streamed, only if every
  * row starts at the same offset within a cache line; otherwise one row at a time. An affine sweep
- * that is not streamed goes four at a time only over short runs (FASTBN_AFFINE_FOURS). Streamed
- * sweeps of long runs prefetch the inputs FASTBN_AHEAD bytes (four rows) or twice that (one row)
- * ahead: they read one line per vector per row from memory, and the hardware prefetchers alone
- * fall behind. */
+ * that is not streamed (its data come from and stay in the caches) goes four at a time only over
+ * short runs: parts of rows of fewer than `short_run` bytes; over whole rows or long runs one row
+ * at a time. Streamed sweeps of long runs prefetch the inputs `ahead_bytes` (four rows) or twice
+ * that (one row) ahead: they read one line per vector per row from memory, and the hardware
+ * prefetchers alone fall behind. (short_run, ahead_bytes: fastbn/_planner.py.) */
 /* Columns j.. (a vector, or `count` values when masked) of four rows, rows i.. of the call
  * (x0 = x + i * stride; `at` = i * stride, for the residual and the mask). */
 FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count, const T *x0,
@@ -520,14 +525,16 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
                                        ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n,
                                        const T *RESTRICT mean, const T *RESTRICT scale,
                                        const T *RESTRICT beta, int stream, const T *RESTRICT res,
-                                       uint8_t *RESTRICT mask, ptrdiff_t pos) {
+                                       uint8_t *RESTRICT mask, ptrdiff_t pos, ptrdiff_t short_run,
+                                       ptrdiff_t ahead_bytes) {
     ptrdiff_t i = 0, j, r, head;
     stream = fastbn_streamable(out, sizeof(T), stream);
     head = fastbn_head(out, n, sizeof(T), stream);
-    ptrdiff_t near = FASTBN_AHEAD / (ptrdiff_t)sizeof(T), far = 2 * near;
+    ptrdiff_t near = ahead_bytes / (ptrdiff_t)sizeof(T), far = 2 * near;
     /* runs of a block of columns: the prefetches would fetch another block's columns */
     int ahead = stream && n >= 4 * near;
-    if (stream ? !((stride * (ptrdiff_t)sizeof(T)) & 63) : FASTBN_AFFINE_FOURS(n, stride, sizeof(T)))
+    if (stream ? !((stride * (ptrdiff_t)sizeof(T)) & 63)
+               : n < stride && n * (ptrdiff_t)sizeof(T) < short_run)
         for (; i + 4 <= n_rows; i += 4) {
             const T *x0 = x + i * stride;
             T *o0 = out + i * stride;
@@ -615,15 +622,17 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
 static void FN(cols_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t stride,
                             ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
                             const T *RESTRICT scale, const T *RESTRICT beta, int stream,
-                            const T *RESTRICT res, uint8_t *RESTRICT mask, ptrdiff_t pos) {
+                            const T *RESTRICT res, uint8_t *RESTRICT mask, ptrdiff_t pos,
+                            ptrdiff_t short_run, ptrdiff_t ahead_bytes) {
     if (!mask)
-        FN(cols_affine_run)(0, x, out, stride, n_rows, n, mean, scale, beta, stream, NULL, NULL, 0);
+        FN(cols_affine_run)(0, x, out, stride, n_rows, n, mean, scale, beta, stream, NULL, NULL, 0,
+                            short_run, ahead_bytes);
     else if (!res)
         FN(cols_affine_run)(1, x, out, stride, n_rows, n, mean, scale, beta, stream, NULL, mask,
-                            pos);
+                            pos, short_run, ahead_bytes);
     else
         FN(cols_affine_run)(2, x, out, stride, n_rows, n, mean, scale, beta, stream, res, mask,
-                            pos);
+                            pos, short_run, ahead_bytes);
 }
 /* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T; dy read through
  * the mask (relu 1), or dx = k_dy[j] * dy without reading x (relu 2, test mode); dres (or NULL):
@@ -658,11 +667,11 @@ FASTBN_INLINE void FN(cols_dx_run)(const int relu, const T *RESTRICT x, const T 
                                    const T *RESTRICT mean, const T *RESTRICT invstd,
                                    const T *RESTRICT k_dy, const T *RESTRICT k_b,
                                    const T *RESTRICT k_g, int stream, const uint8_t *mask,
-                                   ptrdiff_t pos, T *RESTRICT dres) {
+                                   ptrdiff_t pos, T *RESTRICT dres, ptrdiff_t ahead_bytes) {
     ptrdiff_t i = 0, j, head;
     stream = fastbn_streamable(dx, sizeof(T), stream);
     head = fastbn_head(dx, n, sizeof(T), stream);
-    ptrdiff_t far = 2 * FASTBN_AHEAD / (ptrdiff_t)sizeof(T);
+    ptrdiff_t far = 2 * ahead_bytes / (ptrdiff_t)sizeof(T);
     int ahead = stream && n >= 2 * far; /* (as in cols_affine) */
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))
         for (; i + 4 <= n_rows; i += 4) {
@@ -721,16 +730,16 @@ static void FN(cols_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT d
                         ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
                         const T *RESTRICT invstd, const T *RESTRICT k_dy, const T *RESTRICT k_b,
                         const T *RESTRICT k_g, int stream, const uint8_t *mask, ptrdiff_t pos,
-                        int train, T *RESTRICT dres) {
+                        int train, T *RESTRICT dres, ptrdiff_t ahead_bytes) {
     if (!mask)
         FN(cols_dx_run)(0, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
-                        NULL, 0, NULL);
+                        NULL, 0, NULL, ahead_bytes);
     else if (train)
         FN(cols_dx_run)(1, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
-                        mask, pos, dres);
+                        mask, pos, dres, ahead_bytes);
     else
         FN(cols_dx_run)(2, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
-                        mask, pos, dres);
+                        mask, pos, dres, ahead_bytes);
 }
 
 /* Layernorm backward, four rows at once (row r at x + r * stride): per column j,
