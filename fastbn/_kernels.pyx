@@ -192,6 +192,7 @@ cdef struct Plan:
     Py_ssize_t block_bytes
     Py_ssize_t block_min_lines
     Py_ssize_t blocked_min_blocks
+    Py_ssize_t blocked_max_rows
     Py_ssize_t shared_max_run_bytes
     Py_ssize_t block_row_chunks
     Py_ssize_t affine_rows
@@ -204,6 +205,7 @@ cdef struct Plan:
     Py_ssize_t short_row_bytes
     Py_ssize_t row_task_bytes
     Py_ssize_t rows4_min_values
+    Py_ssize_t few_rows
     Py_ssize_t long_row_bytes
     Py_ssize_t segment_bytes
     Py_ssize_t run_bytes
@@ -561,7 +563,7 @@ cdef inline Py_ssize_t _block_width(
     values, or 0 when that path is not taken. Whether it is taken depends on the shape only."""
     cdef Py_ssize_t line = 64 // size, w
     if M * D * size < plan.blocked_min_bytes:
-        if D < plan.blocked_min_blocks * line or M < 2:
+        if D < plan.blocked_min_blocks * line or M < 2 or M > plan.blocked_max_rows:
             return 0
         w = _ceil_div(D, max(plan.blocked_min_blocks, 2 * n_threads))
         return max(_ceil_div(w, line) * line, line)
@@ -1569,17 +1571,17 @@ cdef inline int _rows_forward_path(
 
 
 cdef inline int _rows_backward_path(
-    Py_ssize_t Cg, Py_ssize_t L, Py_ssize_t groups, Py_ssize_t size,
+    Py_ssize_t n_rows, Py_ssize_t Cg, Py_ssize_t L, Py_ssize_t groups, Py_ssize_t size,
 ) noexcept nogil:
-    """The path of the rows backward: rows of layernorm/RMSNorm by column segments when long,
-    four at a time from plan.rows4_min_values values (their x and dy stay in L2 for the dx
+    """The path of the rows backward: rows of layernorm/RMSNorm by column segments when long or
+    few (plan.few_rows: few rows leave the threads too few row chunks to share), four at a time from plan.rows4_min_values values (their x and dy stay in L2 for the dx
     sweep), else many per C call; groupnorm rows one at a time. plan.rows_backward_path forces
     one for layernorm/RMSNorm rows."""
     if L != 1 or groups != 1:
         return ROWS_BWD_PER_ROW
     if plan.rows_backward_path != AUTO:
         return plan.rows_backward_path
-    if Cg * size > plan.long_row_bytes:
+    if Cg * size > plan.long_row_bytes or n_rows <= plan.few_rows:
         return ROWS_BWD_SEGMENTS
     return ROWS_BWD_FOUR if Cg >= plan.rows4_min_values else ROWS_BWD_SHORT
 
@@ -1647,7 +1649,7 @@ def rows_backward(
         dgamma[:] = 0
         dbeta[:] = 0
         return
-    cdef int path = _rows_backward_path(Cg, L, groups, sizeof(floating))
+    cdef int path = _rows_backward_path(R, Cg, L, groups, sizeof(floating))
     if path == ROWS_BWD_SEGMENTS:
         _rows_backward_long(x, dy, mean, invstd, gamma, center, dx, dgamma, dbeta, n_threads)
         return

@@ -24,7 +24,7 @@ Paths (``PATHS``) and where a forced one applies (elsewhere the shape still deci
 ``rows_forward_path`` / ``rows_backward_path`` -- layernorm, RMSNorm, groupnorm
     ``"short_rows"``: many rows per C call (forward: rows held in registers on AVX-512 when they
     fit); ``"four_rows"`` (backward): rows four at a time, their dgamma/dbeta partials added
-    once per four rows; ``"segments"``: long rows by column segments; ``"per_row"``: a row (or a
+    once per four rows; ``"segments"``: long rows (and, backward, few rows) by column segments; ``"per_row"``: a row (or a
     group's planes) at a time. ``short_rows``, ``four_rows`` and ``segments`` apply to rows of
     layernorm/RMSNorm (one group, contiguous values).
 ``stream_path``
@@ -88,6 +88,7 @@ class Plan:
     block_bytes: int = 1 << 22  # bytes of x (and dy) per column block of a large array
     block_min_lines: int = 4  # cache lines per block row of a large array, at least
     blocked_min_blocks: int = 4  # column blocks needed, at least (small arrays: also two per thread)
+    blocked_max_rows: int = 512  # arrays under blocked_min_bytes are blocked only with at most this many rows
     shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
     block_row_chunks: int = 4  # row chunks of a shared block
     affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least
@@ -102,6 +103,7 @@ class Plan:
     short_row_bytes: int = 4096  # layernorm rows shorter than this go many per C call
     row_task_bytes: int = 1 << 18  # bytes of rows per task of those calls
     rows4_min_values: int = 256  # layernorm backward takes rows of at least this many values four at a time
+    few_rows: int = 128  # layernorm backward of at most this many rows goes by column segments
     long_row_bytes: int = 1 << 16  # layernorm rows longer than this go by column segments (forward and backward)
     segment_bytes: int = 1 << 13  # bytes per row of a column segment of long rows
     run_bytes: int = 1 << 16  # bytes per run of the long rows' dx sweep

@@ -97,6 +97,33 @@ def test_forcing_a_path_reaches_the_kernels(field, path, op, shape):
     assert any(not np.array_equal(a, b) for a, b in zip(auto, forced))
 
 
+# The rules the grids decided (docs/decisions.md, "The grid"): the path the shape alone picks
+# gives the bits of that path forced by name, and not those of the path it replaced.
+RULES = [
+    # (M, D) arrays under blocked_min_bytes: blocked up to blocked_max_rows rows, else the grid
+    ("cols_path", "blocked", "grid", _op("batchnorm"), (300, 500)),
+    ("cols_path", "grid", "blocked", _op("batchnorm"), (1003, 500)),
+    # layernorm/RMSNorm backward of at most few_rows rows: column segments
+    ("rows_backward_path", "segments", "four_rows", _op("layernorm"), (100, 700)),
+    ("rows_backward_path", "segments", "short_rows", _op("rmsnorm"), (16, 500)),
+    ("rows_backward_path", "four_rows", "segments", _op("layernorm"), (300, 1024)),
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize("field, chosen, other, op, shape", RULES,
+                         ids=[f"{f}={c}-{op.id}-{'x'.join(map(str, s))}" for f, c, _, op, s in RULES])
+def test_the_shape_picks_the_path_the_grid_chose(field, chosen, other, op, shape):
+    auto, _, _ = _run(op, shape, np.float64, "cython")
+    results = {}
+    for path in (chosen, other):
+        with _planner.override(**{field: path}):
+            results[path] = _run(op, shape, np.float64, "cython")[0]
+    for a, b in zip(auto, results[chosen]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(auto, results[other]))
+
+
 # The loops' own constants choose a loop order or a prefetch distance, never a value: forced far
 # from their defaults, on shapes where that changes what the loops do, every result keeps the bits
 # of the plan without the change (other settings of a case, as streaming, apply to both).
