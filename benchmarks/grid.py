@@ -41,6 +41,7 @@ FAMILIES = {
                                  for D in (256, 500, 1024)]),
     "rows_segments": ("rows_backward_path", [("layernorm", (M, D), "ND") for M in (16, 32, 64, 128, 256)
                                              for D in (500, 1024, 4099)]
+                      + [("layernorm", (M, D), "ND") for M in (16, 64, 128) for D in (64, 128, 256)]
                       + [("layernorm", (M, 65536), "ND") for M in (64, 256, 1000)]),
 }
 
