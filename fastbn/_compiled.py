@@ -6,7 +6,7 @@ free reshape (``OpSpec.view``), and whether rows are centred.
 
 import numpy as np
 
-from fastbn import _backends, _memory
+from fastbn import _backends, _memory, _planner
 from fastbn._moments import Moments
 from fastbn._ops import OPS
 from fastbn._results import finish_backward, finish_forward, test_statistics
@@ -20,13 +20,13 @@ def _aligned(a):
     return a if a.flags.aligned else a.copy()
 
 
-def _buffer(out, like):
+def _buffer(out, like, page_shift=0):
     """The caller's ``out=`` array seen in like's shape when the kernel can write into it (same
-    dtype, aligned), else a new array like `like` from the buffer cache (finish_* then copy it
-    into `out`)."""
+    dtype, aligned), else a new array like `like` from the buffer cache, `page_shift` bytes past
+    like's offset in a page (finish_* then copy it into `out`)."""
     if out is not None and out.dtype == like.dtype and out.flags.aligned:
         return out.reshape(like.shape)
-    return _memory.empty_like(like)
+    return _memory.empty_like(like, page_shift)
 
 
 def _new_mask(n):
@@ -126,7 +126,7 @@ def backward(dout, cache, out=None):
     family, view_shape = spec.view(cache.x.shape, cache.layout, cache.groups, cache.axis)
     x = _aligned(cache.x).reshape(view_shape)
     dy = _aligned(dout).reshape(view_shape)
-    dx = _buffer(out, x)
+    dx = _buffer(out, x, _planner.current().dx_page_shift)
     gamma = _aligned(cache.gamma)
     C = gamma.size
     dgamma = np.empty(C, dtype=x.dtype)
@@ -183,7 +183,7 @@ def backward_given(dout, cache, sums, count, out=None):
     spec = OPS[cache.op]
     family, view_shape = spec.view(cache.x.shape, cache.layout)
     x = _aligned(cache.x).reshape(view_shape)
-    dx = _buffer(out, x)
+    dx = _buffer(out, x, _planner.current().dx_page_shift)
     C = cache.gamma.size
     dgamma = np.empty(C, dtype=x.dtype)
     dbeta = np.empty(C, dtype=x.dtype)

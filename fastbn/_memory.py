@@ -115,12 +115,14 @@ def empty(shape, dtype):
     return np.empty(shape, dtype)
 
 
-def empty_like(a):
+def empty_like(a, page_shift=0):
     """An uninitialised array like the C-contiguous `a`, for an output computed from it: from the
-    buffer cache when it is large enough, starting at the same offset within a page as `a` (the
-    kernels' loops then meet line and page boundaries in both at once; docs/decisions.md)."""
+    buffer cache when it is large enough, starting at `a`'s offset within a page plus
+    `page_shift` bytes (a multiple of 64) -- at the same offset, for a forward's output, the
+    kernels' loops meet line and page boundaries in both at once; a backward's dx goes half a page
+    further, away from x and dy, which usually share their offset (docs/decisions.md)."""
     if _buffers is not None and a.nbytes >= _planner.current().buffer_min_bytes:
-        return _buffers.empty(a.shape, a.dtype, a.ctypes.data % 4096)
+        return _buffers.empty(a.shape, a.dtype, (a.ctypes.data + page_shift) % 4096)
     return np.empty(a.shape, a.dtype)
 
 

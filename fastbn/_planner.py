@@ -64,6 +64,8 @@ COMPILED = {
     "FASTBN_REG_MAX": 128,  # AVX-512: short rows of up to this many values stay in registers (16, 32, ..., 128)
 }
 
+ZERO_ALLOWED = ("load_check_ms", "dx_page_shift")  # fields that may be 0 (the others: >= 1)
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -75,6 +77,7 @@ class Plan:
     handout_bytes: int = 1 << 18  # dynamic loops over small items hand out about this much input at a time
     # --- memory
     buffer_min_bytes: int = 1 << 20  # outputs this large come from the buffer cache (fastbn._memory)
+    dx_page_shift: int = 2048  # ... a backward's dx there starts this many bytes past x's offset in a page (< 4096)
     # --- (M, D): statistics per column
     col_block: int = 4096  # columns per task of the grid path, at most
     min_chunk_rows: int = 64  # rows per row chunk of the grid path, at least
@@ -125,9 +128,11 @@ class Plan:
                 if value not in allowed:
                     raise ValueError(f"{field.name} must be one of {list(allowed)}, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, int) or value < (
-                    0 if field.name == "load_check_ms" else 1):
-                what = "an integer >= 0" if field.name == "load_check_ms" else "a positive integer"
+                    0 if field.name in ZERO_ALLOWED else 1):
+                what = "an integer >= 0" if field.name in ZERO_ALLOWED else "a positive integer"
                 raise ValueError(f"{field.name} must be {what}, got {value!r}")
+        if self.dx_page_shift % 64 or self.dx_page_shift >= 4096:  # keeps the data aligned
+            raise ValueError(f"dx_page_shift must be a multiple of 64 below 4096, got {self.dx_page_shift!r}")
 
     def kernel_settings(self):
         """The plan as the kernels take it: paths as indices into PATHS (-1 for "auto")."""
@@ -136,6 +141,7 @@ class Plan:
             settings[name] = -1 if settings[name] == "auto" else paths.index(settings[name])
         # read by fastbn._threads and fastbn._memory
         del settings["min_elements_per_thread"], settings["load_check_ms"], settings["buffer_min_bytes"]
+        del settings["dx_page_shift"]
         return settings
 
 

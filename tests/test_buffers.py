@@ -76,7 +76,7 @@ def test_small_outputs_and_a_cache_of_zero_use_numpys_allocator(cache_on):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_outputs_start_at_the_offset_of_x_within_a_page(dtype, cache_on):
+def test_outputs_start_at_the_offset_of_x_within_a_page_and_dx_half_a_page_further(dtype, cache_on):
     op = OPS[0]
     x, gamma, beta, param = _large_inputs(op, dtype)
     for shift in (0, 1, 3):
@@ -85,7 +85,10 @@ def test_outputs_start_at_the_offset_of_x_within_a_page(dtype, cache_on):
         out, cache = op.forward(shifted, gamma, beta, copy_param(param), backend="cython")
         assert out.ctypes.data % 4096 == shifted.ctypes.data % 4096
         dx = op.backward(np.ones_like(x), cache, backend="cython")[0]
-        assert dx.ctypes.data % 4096 == shifted.ctypes.data % 4096
+        assert dx.ctypes.data % 4096 == (shifted.ctypes.data + 2048) % 4096
+        with _planner.override(dx_page_shift=64):
+            dx = op.backward(np.ones_like(x), cache, backend="cython")[0]
+        assert dx.ctypes.data % 4096 == (shifted.ctypes.data + 64) % 4096
 
 
 def test_returned_arrays_behave_as_ordinary_arrays(cache_on):
