@@ -53,6 +53,13 @@
 #define RELU FASTBN_ISA(relu_d)
 #endif
 
+/* Loop-carried sums of fastbn_vd values (see simd.h): ACC a = ACC_ZERO(); ACC_ADD(a, v);
+ * ACC_GET(a) the fastbn_vd. */
+#define ACC FASTBN_ISA(acc)
+#define ACC_ZERO FASTBN_ISA(acc_zero)
+#define ACC_ADD(a, v) FASTBN_ISA(acc_add)(&(a), (v))
+#define ACC_GET FASTBN_ISA(acc_get)
+
 #if FASTBN_ISA_LEVEL == 0 /* the first instruction set: the table's type, once per T */
 typedef struct {
     fastbn_sums (*sum)(const T *, ptrdiff_t);
@@ -143,8 +150,8 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
                                        const T *RESTRICT dy, ptrdiff_t n, double c,
                                        const T *next_x, const T *next_dy, const uint8_t *mask,
                                        ptrdiff_t pos) {
-    const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
-    fastbn_vd A0 = zero, A1 = zero, B0 = zero, B1 = zero, t, g;
+    ACC A0 = ACC_ZERO(), A1 = ACC_ZERO(), B0 = ACC_ZERO(), B1 = ACC_ZERO();
+    fastbn_vd t, g;
     ptrdiff_t j = 0;
     int h;
     for (; j + 16 <= n; j += 16)
@@ -155,18 +162,18 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
             }
             if (kind == 0) {
                 t = LOAD8(x + j + h);
-                if (h) A1 += t; else A0 += t;
+                if (h) ACC_ADD(A1, t); else ACC_ADD(A0, t);
             } else if (kind == 1) {
                 t = LOAD8(x + j + h) - c;
-                if (h) A1 += t, B1 += t * t; else A0 += t, B0 += t * t;
+                if (h) ACC_ADD(A1, t), ACC_ADD(B1, t * t); else ACC_ADD(A0, t), ACC_ADD(B0, t * t);
             } else {
                 g = LOAD8(dy + j + h);
                 if (kind == 3) g = FASTBN_ISA(keep_d)(g, fastbn_get_bits(mask, pos + j + h, 8));
                 t = g * (LOAD8(x + j + h) - c);
-                if (h) A1 += g, B1 += t; else A0 += g, B0 += t;
+                if (h) ACC_ADD(A1, g), ACC_ADD(B1, t); else ACC_ADD(A0, g), ACC_ADD(B0, t);
             }
         }
-    fastbn_sums s = {fastbn_hsum(A0 + A1), fastbn_hsum(B0 + B1)};
+    fastbn_sums s = {fastbn_hsum(ACC_GET(A0) + ACC_GET(A1)), fastbn_hsum(ACC_GET(B0) + ACC_GET(B1))};
     for (; j < n; j++) {
         if (kind == 0) {
             s.s1 += (double)x[j];
@@ -211,8 +218,7 @@ static fastbn_sums FN(grad_sums_pf)(const T *RESTRICT x, const T *RESTRICT dy, p
 static fastbn_sums FN(row_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy,
                                      const T *RESTRICT gamma, ptrdiff_t n, double mean,
                                      double invstd, double *RESTRICT db, double *RESTRICT dg) {
-    const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
-    fastbn_vd A[2] = {zero, zero}, B[2] = {zero, zero};
+    ACC A[2] = {ACC_ZERO(), ACC_ZERO()}, B[2] = {ACC_ZERO(), ACC_ZERO()};
     ptrdiff_t j = 0;
     int h;
     for (; j + 16 <= n; j += 16)
@@ -222,10 +228,11 @@ static fastbn_sums FN(row_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy,
             FASTBN_ISA(storev_d)(db + k, FASTBN_ISA(load8_d)(db + k) + g);
             FASTBN_ISA(storev_d)(dg + k, FASTBN_ISA(load8_d)(dg + k) + g * xc * invstd);
             g *= LOAD8(gamma + k);
-            A[h] += g;
-            B[h] += g * xc;
+            ACC_ADD(A[h], g);
+            ACC_ADD(B[h], g * xc);
         }
-    fastbn_sums s = {fastbn_hsum(A[0] + A[1]), fastbn_hsum(B[0] + B[1])};
+    fastbn_sums s = {fastbn_hsum(ACC_GET(A[0]) + ACC_GET(A[1])),
+                     fastbn_hsum(ACC_GET(B[0]) + ACC_GET(B[1]))};
     for (; j < n; j++) {
         double g = (double)dy[j], xc = (double)x[j] - mean;
         db[j] += g;
@@ -755,7 +762,8 @@ static void FN(rows4_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdi
                                 const double *invstd, double *RESTRICT db, double *RESTRICT dg,
                                 double *out, int ahead) {
     const fastbn_vd zero = {0, 0, 0, 0, 0, 0, 0, 0};
-    fastbn_vd A[4] = {zero, zero, zero, zero}, B[4] = {zero, zero, zero, zero};
+    ACC A[4] = {ACC_ZERO(), ACC_ZERO(), ACC_ZERO(), ACC_ZERO()};
+    ACC B[4] = {ACC_ZERO(), ACC_ZERO(), ACC_ZERO(), ACC_ZERO()};
     double sa[4] = {0, 0, 0, 0}, sb[4] = {0, 0, 0, 0};
     ptrdiff_t j = 0, r;
     for (; j + 8 <= n; j += 8) {
@@ -770,8 +778,8 @@ static void FN(rows4_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdi
             sdb += g;
             sdg += g * xc * invstd[r];
             g *= gm;
-            A[r] += g;
-            B[r] += g * xc;
+            ACC_ADD(A[r], g);
+            ACC_ADD(B[r], g * xc);
         }
         FASTBN_ISA(storev_d)(db + j, FASTBN_ISA(load8_d)(db + j) + sdb);
         FASTBN_ISA(storev_d)(dg + j, FASTBN_ISA(load8_d)(dg + j) + sdg);
@@ -786,8 +794,8 @@ static void FN(rows4_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdi
             sb[r] += g * xc;
         }
     for (r = 0; r < 4; r++) {
-        out[2 * r] = fastbn_hsum(A[r]) + sa[r];
-        out[2 * r + 1] = fastbn_hsum(B[r]) + sb[r];
+        out[2 * r] = fastbn_hsum(ACC_GET(A[r])) + sa[r];
+        out[2 * r + 1] = fastbn_hsum(ACC_GET(B[r])) + sb[r];
     }
 }
 
@@ -953,6 +961,10 @@ static const FN_TABLE FN(table) = {
 #undef LOADM
 #undef STOREM
 #undef STREAM
+#undef ACC
+#undef ACC_ZERO
+#undef ACC_ADD
+#undef ACC_GET
 #undef PACK
 #undef POS_BITS
 #undef KEEP

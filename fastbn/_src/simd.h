@@ -37,6 +37,8 @@
 typedef double fastbn_vd __attribute__((vector_size(64))); /* 8 doubles */
 typedef float fastbn_vf __attribute__((vector_size(64)));  /* 16 floats */
 typedef float fastbn_vf8 __attribute__((vector_size(32))); /* 8 floats */
+typedef double fastbn_vd4 __attribute__((vector_size(32))); /* 4 doubles (accumulators, AVX2) */
+typedef double fastbn_vd2 __attribute__((vector_size(16))); /* 2 doubles (accumulators, baseline) */
 
 /* The eight lanes of a, added in a fixed order: ((0 + 4) + (1 + 5)) + ((2 + 6) + (3 + 7)). */
 FASTBN_INLINE double fastbn_hsum(fastbn_vd a) {
@@ -51,6 +53,43 @@ FASTBN_INLINE double fastbn_hsum(fastbn_vd a) {
 #define FASTBN_ISA(name) FASTBN_CAT3(fastbn, name, FASTBN_ISA_SUFFIX)
 #endif /* FASTBN_SIMD_TYPES */
 
+
+/* A sum of fastbn_vd values carried from one loop iteration to the next (an accumulator), held
+ * as this instruction set's own vectors: below AVX-512, GCC keeps a carried 64-byte vector in
+ * memory and moves its lanes through general registers on every iteration (the AVX2 sums took
+ * 2-3x as long; docs/decisions.md). Lane for lane, acc_add makes the additions of fastbn_vd's +=. */
+#if FASTBN_ISA_LEVEL >= 2
+typedef struct { fastbn_vd v; } FASTBN_ISA(acc);
+FASTBN_INLINE void FASTBN_ISA(acc_add)(FASTBN_ISA(acc) *a, fastbn_vd x) { a->v += x; }
+FASTBN_INLINE fastbn_vd FASTBN_ISA(acc_get)(FASTBN_ISA(acc) a) { return a.v; }
+#elif FASTBN_ISA_LEVEL == 1
+typedef struct { fastbn_vd4 lo, hi; } FASTBN_ISA(acc);
+FASTBN_INLINE void FASTBN_ISA(acc_add)(FASTBN_ISA(acc) *a, fastbn_vd x) {
+    a->lo += __builtin_shufflevector(x, x, 0, 1, 2, 3);
+    a->hi += __builtin_shufflevector(x, x, 4, 5, 6, 7);
+}
+FASTBN_INLINE fastbn_vd FASTBN_ISA(acc_get)(FASTBN_ISA(acc) a) {
+    return __builtin_shufflevector(a.lo, a.hi, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+#else
+typedef struct { fastbn_vd2 p0, p1, p2, p3; } FASTBN_ISA(acc);
+FASTBN_INLINE void FASTBN_ISA(acc_add)(FASTBN_ISA(acc) *a, fastbn_vd x) {
+    a->p0 += __builtin_shufflevector(x, x, 0, 1);
+    a->p1 += __builtin_shufflevector(x, x, 2, 3);
+    a->p2 += __builtin_shufflevector(x, x, 4, 5);
+    a->p3 += __builtin_shufflevector(x, x, 6, 7);
+}
+FASTBN_INLINE fastbn_vd FASTBN_ISA(acc_get)(FASTBN_ISA(acc) a) {
+    fastbn_vd4 lo = __builtin_shufflevector(a.p0, a.p1, 0, 1, 2, 3);
+    fastbn_vd4 hi = __builtin_shufflevector(a.p2, a.p3, 0, 1, 2, 3);
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+}
+#endif
+FASTBN_INLINE FASTBN_ISA(acc) FASTBN_ISA(acc_zero)(void) {
+    FASTBN_ISA(acc) a;
+    memset(&a, 0, sizeof a);
+    return a;
+}
 
 /* Eight floats (or doubles) at p as doubles. */
 FASTBN_INLINE fastbn_vd FASTBN_ISA(load8_f)(const float *p) {
