@@ -57,7 +57,8 @@ def show_config(file: TextIO | None = None) -> None:
         f"threads: {get_num_threads()}",
         f"OpenMP idle wait: {_backends.OPENMP_WAIT}",
         f"SIMD: {kernels.simd() if kernels is not None else 'none'}"
-        " (FASTBN_DISABLE_AVX512=1 turns the AVX-512 loops off; results are the same bits)",
+        " (FASTBN_DISABLE_AVX512=1 / FASTBN_DISABLE_AVX2=1 stop at AVX2 / the baseline; results"
+        " are the same bits)",
         _buffer_cache_line(),
     ]
     if info:

@@ -256,8 +256,9 @@ def compiled_constants():
 def simd():
     """Return the instruction set of the hot loops: 'avx512', 'avx2' or 'baseline'.
 
-    The best of the three is chosen at import from the CPU; the environment variable
-    FASTBN_DISABLE_AVX512 (set to anything but 0) stops at AVX2. Every path gives the same bits.
+    The best of the three is chosen at import from the CPU; the environment variables
+    FASTBN_DISABLE_AVX512 and FASTBN_DISABLE_AVX2 (set to anything but 0) stop at AVX2 and at the
+    baseline. Every path gives the same bits.
     """
     return fastbn_simd_name().decode()
 

@@ -1,8 +1,8 @@
 """The AVX-512 loops and the baseline/AVX2 loops compute the same bits.
 
 The compiled kernels pick their instruction set once, at import (``fastbn._kernels.simd()``);
-``FASTBN_DISABLE_AVX512=1`` forces the baseline/AVX2 path. Every op is run in two fresh
-interpreters, one per path, over shapes that exercise full vectors, vector tails, unaligned rows,
+``FASTBN_DISABLE_AVX512=1`` stops at the AVX2 path (or the baseline on a CPU without AVX2) and
+``FASTBN_DISABLE_AVX2=1`` at the baseline. Every op is run in a fresh interpreter per path, over shapes that exercise full vectors, vector tails, unaligned rows,
 streamed (>= 8 MiB) and cached outputs, and the results are compared bit for bit.
 """
 import json
@@ -95,11 +95,14 @@ print(json.dumps(digests))
 """
 
 
-def _digests(disable_avx512):
+def _digests(disable_avx512, disable_avx2=False):
     env = dict(os.environ)
     env.pop("FASTBN_DISABLE_AVX512", None)
+    env.pop("FASTBN_DISABLE_AVX2", None)
     if disable_avx512:
         env["FASTBN_DISABLE_AVX512"] = "1"
+    if disable_avx2:
+        env["FASTBN_DISABLE_AVX2"] = "1"
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, tests_dir, json.dumps(CASES)],
@@ -124,6 +127,15 @@ def test_avx512_and_baseline_paths_give_identical_bits():
 
 def test_disable_switch_selects_the_baseline_path():
     assert _digests(disable_avx512=True)["simd"] in ("avx2", "baseline")
+
+
+def test_the_baseline_loops_give_the_bits_of_the_best_path():
+    best = _digests(disable_avx512=False)
+    base = _digests(disable_avx512=True, disable_avx2=True)
+    assert base.pop("simd") == "baseline"
+    best.pop("simd")
+    differing = [case for case in best if best[case] != base[case]]
+    assert not differing, f"the baseline and {_kernels.simd()} results differ for {differing}"
 
 
 MISALIGNED_SCRIPT = r"""

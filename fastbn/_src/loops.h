@@ -13,8 +13,8 @@
  * - this file: the scalar steps shared by the loops, then loops_template.c compiled for each
  *   instruction set (baseline, AVX2, AVX-512) and each T, under `#pragma GCC target`; each copy
  *   fills a table of function pointers, and fastbn_simd_init() picks one table per T once, at
- *   import, from the CPU (FASTBN_DISABLE_AVX512=1 stops at AVX2). Callers name a loop without its
- *   type: fastbn_sum(x, n) is a _Generic macro on the first pointer's type (float or double; a
+ *   import, from the CPU (FASTBN_DISABLE_AVX512=1 stops at AVX2, FASTBN_DISABLE_AVX2=1 at the
+ *   baseline). Callers name a loop without its type: fastbn_sum(x, n) is a _Generic macro on the first pointer's type (float or double; a
  *   wrong type is a compile error).
  * GCC on x86-64 builds the three instruction sets; other compilers and CPUs build the baseline.
  */
@@ -209,7 +209,8 @@ static fastbn_loops_d fastbn_d;
 static const char *fastbn_isa_name = "baseline";
 
 static void fastbn_simd_init(void) {
-    const char *off = getenv("FASTBN_DISABLE_AVX512");
+    const char *off = getenv("FASTBN_DISABLE_AVX512"), *off2 = getenv("FASTBN_DISABLE_AVX2");
+    int no_avx2 = off2 && *off2 && *off2 != '0';
     fastbn_f = fastbn_table_baseline_f;
     fastbn_d = fastbn_table_baseline_d;
     fastbn_isa_name = "baseline";
@@ -217,17 +218,18 @@ static void fastbn_simd_init(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")
         && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw")
-        && !(off && *off && *off != '0')) {
+        && !(off && *off && *off != '0') && !no_avx2) {
         fastbn_f = fastbn_table_avx512_f;
         fastbn_d = fastbn_table_avx512_d;
         fastbn_isa_name = "avx512";
-    } else if (__builtin_cpu_supports("avx2")) {
+    } else if (__builtin_cpu_supports("avx2") && !no_avx2) {
         fastbn_f = fastbn_table_avx2_f;
         fastbn_d = fastbn_table_avx2_d;
         fastbn_isa_name = "avx2";
     }
 #else
     (void)off;
+    (void)no_avx2;
 #endif
 }
 /* The instruction set the hot loops use, for fastbn.show_config(). */
