@@ -162,6 +162,7 @@ extensions = [
             "fastbn/_src/loops_template.c",
             "fastbn/_src/simd.h",
             "fastbn/_src/omp_shim.h",
+            "fastbn/_src/scratch.h",
             PLANNER,  # its COMPILED constants are macros of the loops
         ],
         include_dirs=[np.get_include(), "fastbn/_src"],

@@ -1,7 +1,14 @@
 """Compiled normalization kernels (float32 and float64 through the ``floating`` fused type).
 
-Every function here trusts its caller, :mod:`fastbn._validation`, for shapes, dtypes and
-contiguity: nothing is checked. Three families of kernels cover all public operations:
+Every function here trusts its caller, :mod:`fastbn._validation` through
+:mod:`fastbn._compiled`, for shapes, dtypes and contiguity: nothing is checked. The entry points
+take their arrays as plain NumPy arrays (C-contiguous and aligned; of x's dtype, float32 or
+float64, unless a comment says float64 or uint8; None where optional) and read their data
+pointers and shapes through the NumPy C API; x's dtype picks, once per call, the float or double
+version of a cdef function over pointers and sizes (no typed memoryview is made). The scratch
+memory of a call (per-chunk partials, merge weights, folded and tiled coefficients) is one block
+carved into pieces, from a buffer each OS thread keeps for its next call (``_src/scratch.h``; see
+``_scratch``). Three families of kernels cover all public operations:
 
 ``cols_*``
     x of shape (M, D), statistics per column: batchnorm and channels-last spatial batchnorm
@@ -41,17 +48,22 @@ columns read x from memory once: a channel's planes (a row, a block of columns) 
 right after their statistics, while they are in cache. (M, D) with few columns is swept as wide
 rows of several rows. Every choice of path depends on the shape only.
 """
-import threading
-
-import numpy as np
-
+cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.math cimport sqrt
+from libc.string cimport memset
+
+cnp.import_array()
 
 cdef extern from "omp_shim.h":
     int omp_get_max_threads() noexcept nogil
     int FASTBN_OPENMP
+
+cdef extern from "scratch.h":
+    int fastbn_scratch_init()
+    void* fastbn_scratch_get(size_t nbytes, size_t keep, int* owned) nogil
+    void fastbn_scratch_release(void* p, int owned) nogil
 
 cdef extern from "loops.h" nogil:
     ctypedef struct fastbn_sums:
@@ -142,20 +154,36 @@ cdef inline unsigned char* _mask(const Epilogue* ep) noexcept nogil:
     return ep.mask if ep != NULL else NULL
 
 
+cdef inline void* _data(object a):
+    """The data of the NumPy array `a`, or NULL for None (the caller guarantees an array)."""
+    if a is None:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline Py_ssize_t _dim(object a, int k):
+    """The length of axis k of the NumPy array `a`."""
+    return cnp.PyArray_DIMS(<cnp.ndarray>a)[k]
+
+
+cdef inline bint _single(object a):
+    """Whether the NumPy array `a` is float32 (else it is float64)."""
+    return cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32
+
+
+cdef inline void* _data_or_null(object a):
+    """The data of the NumPy array `a`, or NULL for None or an empty array."""
+    if a is None or cnp.PyArray_SIZE(<cnp.ndarray>a) == 0:
+        return NULL
+    return cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
 cdef inline Epilogue _epilogue(object residual, object mask, object dresidual):
     """The epilogue of a call from its optional arrays (C-contiguous, validated by the caller)."""
     cdef Epilogue ep
-    cdef const unsigned char[::1] m
-    ep.res = NULL
-    ep.mask = NULL
-    ep.dres = NULL
-    if mask is not None:
-        m = mask
-        ep.mask = <unsigned char*>&m[0] if m.shape[0] else NULL
-    if residual is not None and residual.size:
-        ep.res = <const void*><size_t>residual.ctypes.data
-    if dresidual is not None and dresidual.size:
-        ep.dres = <void*><size_t>dresidual.ctypes.data
+    ep.res = _data_or_null(residual)
+    ep.mask = <unsigned char*>_data_or_null(mask)
+    ep.dres = _data_or_null(dresidual)
     return ep
 
 
@@ -309,7 +337,7 @@ cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t n_chu
     return (k * n) // n_chunks
 
 
-cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
+cdef inline Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols) noexcept nogil:
     """Row chunks of the (M, D) grid: a function of the shape only."""
     cdef Py_ssize_t n_col_blocks = _ceil_div(n_cols, plan.col_block)
     cdef Py_ssize_t k = _ceil_div(plan.target_tasks, n_col_blocks)
@@ -318,25 +346,47 @@ cdef Py_ssize_t _n_row_chunks(Py_ssize_t n_rows, Py_ssize_t n_cols):
     return max(k, 1)
 
 
-_local = threading.local()
+# Scratch memory: one block per call (see _src/scratch.h) from _scratch, carved into its pieces
+# by _take; _release gives it back on every exit path.
+cdef struct Scratch:
+    char* data       # the block
+    char* free       # the first byte not yet taken
+    int owned        # a block of its own (else the calling thread's buffer)
 
 
-cdef object _scratch(Py_ssize_t rows, Py_ssize_t cols):
-    """Two (rows, cols) float64 work arrays, uninitialised, as one (2, rows, cols) array from this
-    Python thread's buffer.
+cdef inline Py_ssize_t _aligned_bytes(Py_ssize_t n) noexcept nogil:
+    """n rounded up to a multiple of 64 (each piece of a block starts on a cache line)."""
+    return (n + 63) // 64 * 64
 
-    Per-chunk partials can reach plan.max_partials values: allocating them anew for every call would
-    map fresh pages from the OS each time (a page fault per 4 KiB, a measurable share of a call),
-    so each thread keeps its buffer for the next call (at most 8 MiB, freed with the thread;
-    larger requests, which only very wide arrays make, are not kept).
-    """
-    cdef Py_ssize_t n = 2 * rows * cols
-    if n > 4 * plan.max_partials:
-        return np.empty((2, rows, cols))
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.shape[0] < n:
-        buf = _local.buf = np.empty(n)
-    return buf[:n].reshape(2, rows, cols)
+
+cdef int _scratch(Scratch* s, Py_ssize_t nbytes) except -1:
+    """A block of `nbytes` uninitialised bytes (the sum of the _aligned_bytes of its pieces) for
+    this call; MemoryError when there is none. Called with the GIL, before the nogil work.
+
+    Each OS thread keeps its block, up to 4 * plan.max_partials doubles (the per-chunk partials
+    would otherwise map fresh pages every call, a page fault per 4 KiB); larger requests, which
+    only very wide arrays make, get a block of their own, freed by _release."""
+    s.data = <char*>fastbn_scratch_get(<size_t>nbytes, <size_t>(4 * plan.max_partials) * sizeof(double),
+                                       &s.owned)
+    if s.data == NULL:
+        raise MemoryError(f"fastbn: no memory for {nbytes} bytes of kernel scratch")
+    s.free = s.data
+    return 0
+
+
+cdef inline void* _take(Scratch* s, Py_ssize_t nbytes) noexcept nogil:
+    """The next nbytes of the block (counted by the _scratch call's `nbytes`)."""
+    cdef char* p = s.free
+    s.free = s.free + _aligned_bytes(nbytes)
+    return p
+
+
+cdef inline void _release(Scratch* s) noexcept nogil:
+    fastbn_scratch_release(s.data, s.owned)
+
+
+if fastbn_scratch_init():
+    raise MemoryError("fastbn: cannot create the thread key of the kernels' scratch memory")
 
 
 cdef inline fastbn_sums _shifted_sums(const floating* x, Py_ssize_t n, double shift) noexcept nogil:
@@ -361,8 +411,8 @@ cdef inline double _variance(double m2, double count) noexcept nogil:
 
 
 cdef inline void _fold_one(
-    double mean, double var, const floating[::1] gamma, double eps, Py_ssize_t d,
-    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,
+    double mean, double var, const floating* gamma, double eps, Py_ssize_t d,
+    floating* mean_out, floating* invstd_out, floating* scale,
 ) noexcept nogil:
     """invstd = 1/sqrt(var + eps) and scale = gamma * invstd for feature d."""
     cdef double invstd = 1.0 / sqrt(var + eps)
@@ -372,105 +422,126 @@ cdef inline void _fold_one(
 
 
 cdef inline void _fold(
-    const double[:, ::1] moments, double count, const floating[::1] gamma, double eps,
-    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale, double[::1] var,
+    const double* moments, Py_ssize_t D, double count, const floating* gamma, double eps,
+    floating* mean_out, floating* invstd_out, floating* scale, double* var,
     Py_ssize_t c_start, Py_ssize_t c_stop,
 ) noexcept nogil:
     """The biased variance and the folded affine constants of channels c_start..c_stop-1 from
-    their mean (moments[0]) and sum of squared deviations (moments[1]) over `count` values."""
+    their mean (moments[d]) and sum of squared deviations (moments[D + d]) over `count`
+    values."""
     cdef Py_ssize_t d
     for d in range(c_start, c_stop):
-        var[d] = _variance(moments[1, d], count)
-        _fold_one(moments[0, d], var[d], gamma, eps, d, mean_out, invstd_out, scale)
+        var[d] = _variance(moments[D + d], count)
+        _fold_one(moments[d], var[d], gamma, eps, d, mean_out, invstd_out, scale)
 
 
 cdef inline void _merge_and_fold(
-    const double[:, ::1] part_mean,  # IN (K, D) per-chunk means
-    const double[:, ::1] part_m2,    # IN (K, D) per-chunk sums of squared deviations
-    const double[::1] counts,        # IN (K,) values per chunk and column
-    double[:, ::1] moments,          # OUT (2, D) mean and sum of squared deviations
+    const double* part_mean,         # IN (K, D) per-chunk means
+    const double* part_m2,           # IN (K, D) per-chunk sums of squared deviations
+    Py_ssize_t K, Py_ssize_t D,
+    const double* counts,            # IN (K,) values per chunk and column
+    double* moments,                 # OUT (2, D) mean and sum of squared deviations
     bint fold,                       # also the outputs below (else they are not touched)
-    const floating[::1] gamma, double eps,
-    floating[::1] mean_out, floating[::1] invstd_out, floating[::1] scale,  # OUT (D,)
-    double[::1] var,                 # OUT (D,) biased variance
-    double[:, ::1] weights,          # SCRATCH (2, K)
+    const floating* gamma, double eps,
+    floating* mean_out, floating* invstd_out, floating* scale,  # OUT (D,)
+    double* var,                     # OUT (D,) biased variance
+    double* weights,                 # SCRATCH (2, K)
     int n_threads,
 ) noexcept nogil:
     """Chan's pairwise merge of chunk moments, in chunk order, then (`fold`) the folded affine
     constants, for every column. The merge weights depend on the chunk only and are computed
     once."""
-    cdef Py_ssize_t K = part_mean.shape[0], D = part_mean.shape[1], k, d
+    cdef Py_ssize_t k, d
     cdef double n_a = counts[0], n_ab, mean_a, m2_a, delta
     for k in range(1, K):
         n_ab = n_a + counts[k]
-        weights[0, k] = counts[k] / n_ab
-        weights[1, k] = n_a * counts[k] / n_ab
+        weights[k] = counts[k] / n_ab
+        weights[K + k] = n_a * counts[k] / n_ab
         n_a = n_ab
     for d in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * K)):
-        mean_a = part_mean[0, d]
-        m2_a = part_m2[0, d]
+        mean_a = part_mean[d]
+        m2_a = part_m2[d]
         for k in range(1, K):
-            delta = part_mean[k, d] - mean_a
-            mean_a = mean_a + delta * weights[0, k]
-            m2_a = m2_a + part_m2[k, d] + delta * delta * weights[1, k]
-        moments[0, d] = mean_a
-        moments[1, d] = m2_a
+            delta = part_mean[k * D + d] - mean_a
+            mean_a = mean_a + delta * weights[k]
+            m2_a = m2_a + part_m2[k * D + d] + delta * delta * weights[K + k]
+        moments[d] = mean_a
+        moments[D + d] = m2_a
         if fold:
-            _fold(moments, n_a, gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
+            _fold(moments, D, n_a, gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
 
 
 def fold_moments(
-    const double[::1] count,       # IN (C,) values per channel
-    const double[:, ::1] moments,  # IN (2, C) mean, sum of squared deviations
-    const floating[::1] gamma,     # IN (C,)
+    count,                         # IN (C,) float64 values per channel
+    moments,                       # IN (2, C) float64 mean, sum of squared deviations
+    gamma,                         # IN (C,)
     double eps,
-    floating[::1] mean_out,        # OUT (C,) mean in the computation dtype
-    floating[::1] invstd_out,      # OUT (C,) 1/sqrt(var + eps)
-    floating[::1] scale,           # OUT (C,) gamma * invstd
-    double[::1] var,               # OUT (C,) biased variance
+    mean_out,                      # OUT (C,) mean in the computation dtype
+    invstd_out,                    # OUT (C,) 1/sqrt(var + eps)
+    scale,                         # OUT (C,) gamma * invstd
+    var,                           # OUT (C,) float64 biased variance
 ):
     """What a train-mode forward derives from its statistics, from given ones: the forward fed
     moments (fastbn.batchnorm_moments, fastbn.merge_moments) runs this, then the affine sweep of
     its family (cols_affine, planes_affine) with mean_out, scale and beta."""
+    cdef Py_ssize_t C = _dim(count, 0)
+    cdef const double* n = <const double*>_data(count)
+    cdef const double* m = <const double*>_data(moments)
+    if _single(gamma):
+        _fold_given(n, m, C, <const float*>_data(gamma), eps, <float*>_data(mean_out),
+                    <float*>_data(invstd_out), <float*>_data(scale), <double*>_data(var))
+    else:
+        _fold_given(n, m, C, <const double*>_data(gamma), eps, <double*>_data(mean_out),
+                    <double*>_data(invstd_out), <double*>_data(scale), <double*>_data(var))
+
+
+cdef inline void _fold_given(
+    const double* count, const double* moments, Py_ssize_t C, const floating* gamma, double eps,
+    floating* mean_out, floating* invstd_out, floating* scale, double* var,
+) noexcept nogil:
+    """fold_moments for one dtype."""
     cdef Py_ssize_t d
-    for d in range(count.shape[0]):
-        _fold(moments, count[d], gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
+    for d in range(C):
+        _fold(moments, C, count[d], gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
 
 
 cdef inline fastbn_sums _partial_sums(
-    const double[:, ::1] part_dy, const double[:, ::1] part_dyxc, Py_ssize_t c,
+    const double* part_dy, const double* part_dyxc, Py_ssize_t K, Py_ssize_t D, Py_ssize_t c,
 ) noexcept nogil:
-    """Column c's per-chunk gradient sums added in chunk order: sum dy, sum dy * (x - mean)."""
+    """Column c's per-chunk gradient sums ((K, D) arrays) added in chunk order: sum dy,
+    sum dy * (x - mean)."""
     cdef Py_ssize_t k
     cdef fastbn_sums sums
     sums.s1 = 0.0
     sums.s2 = 0.0
-    for k in range(part_dy.shape[0]):
-        sums.s1 = sums.s1 + part_dy[k, c]
-        sums.s2 = sums.s2 + part_dyxc[k, c]
+    for k in range(K):
+        sums.s1 = sums.s1 + part_dy[k * D + c]
+        sums.s2 = sums.s2 + part_dyxc[k * D + c]
     return sums
 
 
 cdef inline void _store_sums(
-    const double[:, ::1] part_dy, const double[:, ::1] part_dyxc, double[:, ::1] sums,
+    const double* part_dy, const double* part_dyxc, Py_ssize_t K, Py_ssize_t D, double* sums,
     Py_ssize_t c_start, Py_ssize_t c_stop,
 ) noexcept nogil:
-    """sums[0, c], sums[1, c] = _partial_sums of columns c_start..c_stop-1 (the gradient-sums
-    entries, which stop where the backward would fold them into dx coefficients)."""
+    """sums[0, c], sums[1, c] ((2, D)) = _partial_sums of columns c_start..c_stop-1 (the
+    gradient-sums entries, which stop where the backward would fold them into dx
+    coefficients)."""
     cdef Py_ssize_t c
     cdef fastbn_sums t
     for c in range(c_start, c_stop):
-        t = _partial_sums(part_dy, part_dyxc, c)
-        sums[0, c] = t.s1
-        sums[1, c] = t.s2
+        t = _partial_sums(part_dy, part_dyxc, K, D, c)
+        sums[c] = t.s1
+        sums[D + c] = t.s2
 
 
 cdef inline void _backward_coefficients(
-    const double[:, ::1] part_dy,    # IN (K, C) per-chunk sums of dy
-    const double[:, ::1] part_dyxc,  # IN (K, C) per-chunk sums of dy * (x - mean)
-    const floating[::1] invstd, const floating[::1] gamma, double count, bint train,
-    floating[::1] dgamma, floating[::1] dbeta,   # OUT (C,)
-    floating[::1] k_dy, floating[::1] k_b, floating[::1] k_g,  # OUT, see below
+    const double* part_dy,           # IN (K, C) per-chunk sums of dy
+    const double* part_dyxc,         # IN (K, C) per-chunk sums of dy * (x - mean)
+    Py_ssize_t K, Py_ssize_t C,
+    const floating* invstd, const floating* gamma, double count, bint train,
+    floating* dgamma, floating* dbeta,   # OUT (C,)
+    floating* k_dy, floating* k_b, floating* k_g,  # OUT (C,), see below
     Py_ssize_t c_start, Py_ssize_t c_stop,  # the columns/channels to do
 ) noexcept nogil:
     """Sum per-chunk partials in chunk order and fold the closed-form dx into coefficients:
@@ -483,7 +554,7 @@ cdef inline void _backward_coefficients(
     cdef double sum_dy, sum_dyxc, dg
     cdef fastbn_sums sums
     for c in range(c_start, c_stop):
-        sums = _partial_sums(part_dy, part_dyxc, c)
+        sums = _partial_sums(part_dy, part_dyxc, K, C, c)
         sum_dy = sums.s1
         sum_dyxc = sums.s2
         dg = sum_dyxc * invstd[c]
@@ -498,13 +569,13 @@ cdef inline void _backward_coefficients(
             k_g[c] = 0
 
 
-cdef void _update_running(
-    const floating[::1] mean, const double[::1] var, floating[::1] running_mean,
-    floating[::1] running_var, double momentum,
-):
-    """running = momentum * running + (1 - momentum) * batch, in place, for each running array
-    given (None: fastbn._validation.update_running does it; the caller passes both or neither,
-    and never one array as both). The operations and their precision are those of that NumPy
+cdef inline void _update_running(
+    const floating* mean, const double* var, floating* running_mean, floating* running_var,
+    Py_ssize_t D, double momentum,
+) noexcept nogil:
+    """running = momentum * running + (1 - momentum) * batch over D values, in place, for each
+    running array given (NULL, for None: fastbn._validation.update_running does it; the caller
+    passes both or neither, and never one array as both). The operations and their precision are those of that NumPy
     code, so that both give the same bits: NumPy computes ``momentum * running`` in the array's
     precision (the Python float is cast to it), the mean term in the precision of the mean, and
     the variance term, the variance being float64, in double. Run after the kernel, as the NumPy
@@ -512,12 +583,12 @@ cdef void _update_running(
     output."""
     cdef Py_ssize_t d
     cdef floating m = <floating>momentum, rest = <floating>(1.0 - momentum), t
-    if running_mean is not None:
-        for d in range(mean.shape[0]):
+    if running_mean != NULL:
+        for d in range(D):
             t = m * running_mean[d]
             running_mean[d] = t + rest * mean[d]
-    if running_var is not None:
-        for d in range(var.shape[0]):
+    if running_var != NULL:
+        for d in range(D):
             t = m * running_var[d]
             running_var[d] = <floating>(<double>t + (1.0 - momentum) * var[d])
 
@@ -671,379 +742,474 @@ cdef inline void _cols_block(
                        train, _dres_at(ep, x, pos), plan.sweep_prefetch_bytes)
 
 
-cdef inline object _np_dtype(floating zero):
-    """The NumPy dtype of a fused-type specialisation (call as ``_np_dtype(<floating>0)``)."""
-    if floating is float:
-        return np.float32
-    else:
-        return np.float64
+cdef struct Wide:
+    # How an (M, D) array is cut for the column kernels: k consecutive rows make one wide row
+    # of k * D values (k = 1: none), Mw = M // k wide rows in K chunks of rows, and the
+    # rem = M - Mw * k rows left over form one more chunk. Per-column partials are stored as
+    # P = K * k (+ 1 for the rest) rows of D values: chunk q's column group g is row q * k + g.
+    Py_ssize_t M, D, k, Mw, Dw, rem, K, n_col_blocks, P
 
 
-cdef class _Wide:
-    """How an (M, D) array is cut for the column kernels: k consecutive rows make one wide row
-    of k * D values (k = 1: none), Mw = M // k wide rows in K chunks of rows, and the
-    rem = M - Mw * k rows left over form one more chunk. Per-column partials are stored as
-    P = K * k (+ 1 for the rest) rows of D values: chunk q's column group g is row q * k + g."""
-    cdef Py_ssize_t M, D, k, Mw, Dw, rem, K, n_col_blocks, P
-
-    def __cinit__(self, Py_ssize_t M, Py_ssize_t D):
-        self.M = M
-        self.D = D
-        self.k = _wide_factor(M, D)
-        self.Mw = M // self.k
-        self.Dw = self.k * D
-        self.rem = M - self.Mw * self.k
-        self.K = _n_row_chunks(self.Mw, self.Dw)
-        self.n_col_blocks = _ceil_div(self.Dw, plan.col_block)
-        self.P = self.K * self.k + (1 if self.rem > 0 else 0)
+cdef inline Wide _wide(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
+    """The cut of an (M, D) array (see Wide)."""
+    cdef Wide cut
+    cut.M = M
+    cut.D = D
+    cut.k = _wide_factor(M, D)
+    cut.Mw = M // cut.k
+    cut.Dw = cut.k * D
+    cut.rem = M - cut.Mw * cut.k
+    cut.K = _n_row_chunks(cut.Mw, cut.Dw)
+    cut.n_col_blocks = _ceil_div(cut.Dw, plan.col_block)
+    cut.P = cut.K * cut.k + (1 if cut.rem > 0 else 0)
+    return cut
 
 
 def cols_forward_train(
-    const floating[:, ::1] x,      # IN (M, D)
-    const floating[::1] gamma,     # IN (D,)
-    const floating[::1] beta,      # IN (D,)
+    x,                             # IN (M, D)
+    gamma,                         # IN (D,)
+    beta,                          # IN (D,)
     double eps,
-    floating[:, ::1] out,          # OUT (M, D)
-    floating[::1] mean,            # OUT (D,) batch mean
-    floating[::1] invstd,          # OUT (D,) 1/sqrt(var + eps)
-    double[::1] var,               # OUT (D,) biased batch variance, for the running statistics
-    floating[::1] running_mean,    # INOUT (D,) or None, see _update_running
-    floating[::1] running_var,     # INOUT (D,) or None
+    out,                           # OUT (M, D)
+    mean,                          # OUT (D,) batch mean
+    invstd,                        # OUT (D,) 1/sqrt(var + eps)
+    var,                           # OUT (D,) float64 biased batch variance, for the running statistics
+    running_mean,                  # INOUT (D,) or None, see _update_running
+    running_var,                   # INOUT (D,) or None
     double momentum,
     int n_threads,
     residual=None,                 # IN (M, D) or None: the fused op's residual
-    unsigned char[::1] mask=None,  # OUT (ceil(M * D / 8),) or None: the fused op's ReLU mask
+    mask=None,                     # OUT uint8 (ceil(M * D / 8),) or None: the fused op's ReLU mask
 ):
     """Batch statistics per column, then out = (x - mean) * gamma * invstd + beta; then the
     running statistics that are given are updated. With a mask (the fused op): out =
     max(out + residual, 0) and the mask of out > 0 (see _src/loops.h, fastbn_put_bits)."""
     cdef Epilogue ep = _epilogue(residual, mask, None)
-    cdef double[:, ::1] moments = np.empty((2, x.shape[1]))
-    _cols_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads,
-                        &ep if mask is not None else NULL)
-    _update_running(mean, var, running_mean, running_var, momentum)
+    cdef const Epilogue* e = &ep if mask is not None else NULL
+    cdef Py_ssize_t M = _dim(x, 0), D = _dim(x, 1)
+    if _single(x):
+        _cols_forward_train(<const float*>_data(x), M, D, <const float*>_data(gamma),
+                            <const float*>_data(beta), eps, <float*>_data(out),
+                            <float*>_data(mean), <float*>_data(invstd), <double*>_data(var), NULL,
+                            True, n_threads, e)
+        _update_running(<const float*>_data(mean), <const double*>_data(var),
+                        <float*>_data(running_mean), <float*>_data(running_var), D, momentum)
+    else:
+        _cols_forward_train(<const double*>_data(x), M, D, <const double*>_data(gamma),
+                            <const double*>_data(beta), eps, <double*>_data(out),
+                            <double*>_data(mean), <double*>_data(invstd), <double*>_data(var),
+                            NULL, True, n_threads, e)
+        _update_running(<const double*>_data(mean), <const double*>_data(var),
+                        <double*>_data(running_mean), <double*>_data(running_var), D, momentum)
 
 
 def cols_moments(
-    const floating[:, ::1] x,      # IN (M, D)
-    double[:, ::1] moments,        # OUT (2, D) per column: mean, sum of squared deviations
+    x,                             # IN (M, D)
+    moments,                       # OUT (2, D) float64 per column: mean, sum of squared deviations
     int n_threads,
 ):
     """The statistics pass of cols_forward_train alone (the same paths, chunks and merge, so the
     same bits as the statistics the forward normalises with); x is read once."""
-    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
-    cdef floating[:, ::1] no_out = None
-    cdef double[::1] no_var = None
-    _cols_forward_train(x, unused, unused, 0.0, no_out, unused, unused, no_var, moments, False,
-                        n_threads, NULL)
+    cdef Py_ssize_t M = _dim(x, 0), D = _dim(x, 1)
+    cdef double* m = <double*>_data(moments)
+    if _single(x):
+        _cols_forward_train(<const float*>_data(x), M, D, NULL, NULL, 0.0, NULL, NULL, NULL, NULL,
+                            m, False, n_threads, NULL)
+    else:
+        _cols_forward_train(<const double*>_data(x), M, D, NULL, NULL, 0.0, NULL, NULL, NULL, NULL,
+                            m, False, n_threads, NULL)
 
 
-cdef void _cols_forward_train(
-    const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
-    floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    double[:, ::1] moments, bint sweep, int n_threads, const Epilogue* ep,
-):
-    """The statistics of every column into `moments`; with `sweep`, also the folded constants
-    (mean, invstd, var) and the normalised output (without it those arguments may be None)."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+cdef int _cols_forward_train(
+    const floating* x, Py_ssize_t M, Py_ssize_t D, const floating* gamma, const floating* beta,
+    double eps, floating* out, floating* mean, floating* invstd, double* var, double* moments,
+    bint sweep, int n_threads, const Epilogue* ep,
+) except -1:
+    """The statistics of every column into `moments` ((2, D); NULL: scratch, for a forward that
+    only needs the folded constants); with `sweep`, also the folded constants (mean, invstd,
+    var) and the normalised output (without it those arguments may be NULL)."""
     if M == 0 or D == 0:
-        return
+        return 0
     cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 1, n_threads, ep != NULL)
     if w:
-        _cols_forward_blocked(x, gamma, beta, eps, out, mean, invstd, var, moments, sweep, w,
-                              n_threads, ep)
-        return
-    cdef _Wide cut = _Wide(M, D)
+        return _cols_forward_blocked(x, M, D, gamma, beta, eps, out, mean, invstd, var, moments,
+                                     sweep, w, n_threads, ep)
+    cdef Wide cut = _wide(M, D)
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
-    cdef double[:, :, ::1] parts = _scratch(cut.P, D)
-    cdef double[:, ::1] part_mean = parts[0]
-    cdef double[:, ::1] part_m2 = parts[1]
-    cdef double[::1] counts = np.empty(cut.P)
-    cdef double[:, ::1] weights = np.empty((2, cut.P))
-    dtype = _np_dtype(<floating>0)
-    cdef floating[::1] scale = np.empty(D if sweep else 0, dtype=dtype)
-    cdef floating[:, ::1] tiled = np.empty((3, Dw if sweep else 0), dtype=dtype)
-    for q in range(cut.K):
+    cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
+    cdef Py_ssize_t size = sizeof(floating)
+    cdef Scratch s
+    _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(P * 8) + _aligned_bytes(2 * P * 8)
+             + (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
+             + (_aligned_bytes(D * size) + _aligned_bytes(3 * Dw * size) if sweep else 0))
+    cdef double* part_mean = <double*>_take(&s, P * D * 8)
+    cdef double* part_m2 = <double*>_take(&s, P * D * 8)
+    cdef double* counts = <double*>_take(&s, P * 8)
+    cdef double* weights = <double*>_take(&s, 2 * P * 8)
+    if moments == NULL:
+        moments = <double*>_take(&s, 2 * D * 8)
+    cdef floating* scale = NULL
+    cdef floating* tiled = NULL
+    if sweep:
+        scale = <floating*>_take(&s, D * size)
+        tiled = <floating*>_take(&s, 3 * Dw * size)
+    for q in range(K):
         for g in range(k):
-            counts[q * k + g] = _chunk_start(q + 1, Mw, cut.K) - _chunk_start(q, Mw, cut.K)
-    if cut.rem:
-        counts[cut.P - 1] = cut.rem
+            counts[q * k + g] = _chunk_start(q + 1, Mw, K) - _chunk_start(q, Mw, K)
+    if rem:
+        counts[P - 1] = rem
     with nogil:
-        for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
+        for task in prange(K * n_col_blocks + (1 if rem else 0), num_threads=n_threads,
                            schedule='dynamic'):
-            if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
-                _cols_task_moments(&x[rest, 0], D, cut.rem, D, &part_mean[cut.P - 1, 0],
-                                   &part_m2[cut.P - 1, 0])
+            if task == K * n_col_blocks:  # the rows left over, as (rem, D)
+                _cols_task_moments(x + rest * D, D, rem, D, part_mean + (P - 1) * D,
+                                   part_m2 + (P - 1) * D)
             else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
-                q = task // cut.n_col_blocks
-                b = task % cut.n_col_blocks
-                r0 = _chunk_start(q, Mw, cut.K)
-                r1 = _chunk_start(q + 1, Mw, cut.K)
-                c0 = _chunk_start(b, Dw, cut.n_col_blocks)
-                c1 = _chunk_start(b + 1, Dw, cut.n_col_blocks)
-                _cols_task_moments(&x[0, 0] + r0 * Dw + c0, Dw, r1 - r0, c1 - c0,
-                                   &part_mean[0, 0] + q * Dw + c0, &part_m2[0, 0] + q * Dw + c0)
-        _merge_and_fold(part_mean, part_m2, counts, moments, sweep, gamma, eps, mean, invstd,
+                q = task // n_col_blocks
+                b = task % n_col_blocks
+                r0 = _chunk_start(q, Mw, K)
+                r1 = _chunk_start(q + 1, Mw, K)
+                c0 = _chunk_start(b, Dw, n_col_blocks)
+                c1 = _chunk_start(b + 1, Dw, n_col_blocks)
+                _cols_task_moments(x + r0 * Dw + c0, Dw, r1 - r0, c1 - c0,
+                                   part_mean + q * Dw + c0, part_m2 + q * Dw + c0)
+        _merge_and_fold(part_mean, part_m2, P, D, counts, moments, sweep, gamma, eps, mean, invstd,
                         scale, var, weights, n_threads)
-        if not sweep:
-            return
-        _tile(&mean[0], D, k, &tiled[0, 0])
-        _tile(&scale[0], D, k, &tiled[1, 0])
-        _tile(&beta[0], D, k, &tiled[2, 0])
-        _cols_sweep(&x[0, 0], NULL, &out[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0], &tiled[2, 0],
-                    NULL, NULL, n_threads, ep, 0)
-        if cut.rem:
-            _cols_sweep(&x[rest, 0], NULL, &out[rest, 0], cut.rem, D, &mean[0], &scale[0],
-                        &beta[0], NULL, NULL, 1, ep, rest * D)
+        if sweep:
+            _tile(mean, D, k, tiled)
+            _tile(scale, D, k, tiled + Dw)
+            _tile(beta, D, k, tiled + 2 * Dw)
+            _cols_sweep(x, NULL, out, Mw, Dw, tiled, tiled + Dw, tiled + 2 * Dw, NULL, NULL,
+                        n_threads, ep, 0)
+            if rem:
+                _cols_sweep(x + rest * D, NULL, out + rest * D, rem, D, mean, scale, beta, NULL,
+                            NULL, 1, ep, rest * D)
+        _release(&s)
+    return 0
 
 
-cdef void _cols_forward_blocked(
-    const floating[:, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
-    floating[:, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    double[:, ::1] moments, bint sweep, Py_ssize_t w, int n_threads, const Epilogue* ep,
-):
+cdef int _cols_forward_blocked(
+    const floating* x, Py_ssize_t M, Py_ssize_t D, const floating* gamma, const floating* beta,
+    double eps, floating* out, floating* mean, floating* invstd, double* var, double* moments,
+    bint sweep, Py_ssize_t w, int n_threads, const Epilogue* ep,
+) except -1:
     """_cols_forward_train by blocks of w columns: a block's statistics over all M rows, then
     its normalisation while it is still in cache. The blocks start at the output's first cache
     line boundary (x's without a sweep: no column's value depends on its block); the fused op's
     (`ep`) at a multiple of 8 columns, whole bytes of its mask (D % 8 == 0 there)."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1
-    cdef Py_ssize_t head = _line_head(&out[0, 0] if sweep else &x[0, 0], sizeof(floating))
+    cdef Py_ssize_t b, c0, c1
+    cdef Py_ssize_t head = _line_head(<const void*>out if sweep else <const void*>x, sizeof(floating))
     if ep != NULL:
         head = head // 8 * 8
     cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef floating[::1] scale = np.empty(D if sweep else 0, dtype=_np_dtype(<floating>0))
+    cdef Scratch s
+    _scratch(&s, (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
+             + _aligned_bytes(D * <Py_ssize_t>sizeof(floating)))
+    if moments == NULL:
+        moments = <double*>_take(&s, 2 * D * 8)
+    cdef floating* scale = <floating*>_take(&s, D * <Py_ssize_t>sizeof(floating))
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             c0 = _block_start(b, D, w, head)
             c1 = _block_start(b + 1, D, w, head)
-            _cols_task_moments(&x[0, c0], D, M, c1 - c0, &moments[0, c0], &moments[1, c0])
+            _cols_task_moments(x + c0, D, M, c1 - c0, moments + c0, moments + D + c0)
             if sweep:
-                _fold(moments, <double>M, gamma, eps, mean, invstd, scale, var, c0, c1)
-                _cols_block(&x[0, c0], NULL, &out[0, c0], D, M, c1 - c0, &mean[c0], &scale[c0],
-                            &beta[c0], NULL, NULL, stream, ep, c0)
+                _fold(moments, D, <double>M, gamma, eps, mean, invstd, scale, var, c0, c1)
+                _cols_block(x + c0, NULL, out + c0, D, M, c1 - c0, mean + c0, scale + c0,
+                            beta + c0, NULL, NULL, stream, ep, c0)
+        _release(&s)
+    return 0
 
 
 def cols_affine(
-    const floating[:, ::1] x,      # IN (M, D)
-    const floating[::1] mean,      # IN (D,)
-    const floating[::1] scale,     # IN (D,) gamma * invstd
-    const floating[::1] beta,      # IN (D,)
-    floating[:, ::1] out,          # OUT (M, D)
+    x,                             # IN (M, D)
+    mean,                          # IN (D,)
+    scale,                         # IN (D,) gamma * invstd
+    beta,                          # IN (D,)
+    out,                           # OUT (M, D)
     int n_threads,
     residual=None,                 # IN (M, D) or None, as in cols_forward_train
-    unsigned char[::1] mask=None,  # OUT or None, as in cols_forward_train
+    mask=None,                     # OUT or None, as in cols_forward_train
 ):
     """out = (x - mean) * scale + beta per column (test-mode forward), and the fused op's
     epilogue with a mask."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t M = _dim(x, 0), D = _dim(x, 1)
     if M == 0 or D == 0:
         return
     cdef Epilogue epilogue = _epilogue(residual, mask, None)
     cdef const Epilogue* ep = &epilogue if mask is not None else NULL
-    cdef Py_ssize_t k = _wide_factor(M, D), rest = (M // k) * k
-    cdef floating[:, ::1] tiled = np.empty((3, k * D), dtype=_np_dtype(<floating>0))
+    if _single(x):
+        _cols_affine(<const float*>_data(x), M, D, <const float*>_data(mean),
+                     <const float*>_data(scale), <const float*>_data(beta), <float*>_data(out),
+                     n_threads, ep)
+    else:
+        _cols_affine(<const double*>_data(x), M, D, <const double*>_data(mean),
+                     <const double*>_data(scale), <const double*>_data(beta), <double*>_data(out),
+                     n_threads, ep)
+
+
+cdef int _cols_affine(
+    const floating* x, Py_ssize_t M, Py_ssize_t D, const floating* mean, const floating* scale,
+    const floating* beta, floating* out, int n_threads, const Epilogue* ep,
+) except -1:
+    """cols_affine of an (M, D) array, M and D > 0, swept as wide rows (see Wide)."""
+    cdef Py_ssize_t k = _wide_factor(M, D), rest = (M // k) * k, Dw = k * D
+    cdef Scratch s
+    _scratch(&s, _aligned_bytes(3 * Dw * <Py_ssize_t>sizeof(floating)))
+    cdef floating* tiled = <floating*>_take(&s, 3 * Dw * <Py_ssize_t>sizeof(floating))
     with nogil:
-        _tile(&mean[0], D, k, &tiled[0, 0])
-        _tile(&scale[0], D, k, &tiled[1, 0])
-        _tile(&beta[0], D, k, &tiled[2, 0])
-        _cols_sweep(&x[0, 0], NULL, &out[0, 0], M // k, k * D, &tiled[0, 0], &tiled[1, 0],
-                    &tiled[2, 0], NULL, NULL, n_threads, ep, 0)
+        _tile(mean, D, k, tiled)
+        _tile(scale, D, k, tiled + Dw)
+        _tile(beta, D, k, tiled + 2 * Dw)
+        _cols_sweep(x, NULL, out, M // k, Dw, tiled, tiled + Dw, tiled + 2 * Dw, NULL, NULL,
+                    n_threads, ep, 0)
         if rest < M:
-            _cols_sweep(&x[rest, 0], NULL, &out[rest, 0], M - rest, D, &mean[0], &scale[0],
-                        &beta[0], NULL, NULL, 1, ep, rest * D)
+            _cols_sweep(x + rest * D, NULL, out + rest * D, M - rest, D, mean, scale, beta, NULL,
+                        NULL, 1, ep, rest * D)
+        _release(&s)
+    return 0
 
 
 def cols_backward(
-    const floating[:, ::1] x,      # IN (M, D) forward input
-    const floating[:, ::1] dy,     # IN (M, D) upstream gradient
-    const floating[::1] mean,      # IN (D,) mean used in the forward
-    const floating[::1] invstd,    # IN (D,) invstd used in the forward
-    const floating[::1] gamma,     # IN (D,)
+    x,                             # IN (M, D) forward input
+    dy,                            # IN (M, D) upstream gradient
+    mean,                          # IN (D,) mean used in the forward
+    invstd,                        # IN (D,) invstd used in the forward
+    gamma,                         # IN (D,)
     bint train,                    # statistics were the batch's own (True) or fixed (False)
-    floating[:, ::1] dx,           # OUT (M, D)
-    floating[::1] dgamma,          # OUT (D,)
-    floating[::1] dbeta,           # OUT (D,)
+    dx,                            # OUT (M, D)
+    dgamma,                        # OUT (D,)
+    dbeta,                         # OUT (D,)
     int n_threads,
-    const unsigned char[::1] mask=None,  # IN or None: the fused op's ReLU mask, read in place of dy's zeros
+    mask=None,                     # IN uint8 or None: the fused op's ReLU mask, read in place of dy's zeros
     dresidual=None,                # OUT (M, D) or None: dy * mask
 ):
     """One reduction sweep (sum dy, sum dy*(x - mean)) and one elementwise sweep for dx (with a
     mask: of dy * mask, also written into dresidual when given)."""
-    cdef double[:, ::1] no_sums = None
     cdef Epilogue ep = _epilogue(None, mask, dresidual)
-    _cols_backward(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, no_sums, True, n_threads,
-                   &ep if mask is not None else NULL)
+    cdef const Epilogue* e = &ep if mask is not None else NULL
+    cdef Py_ssize_t M = _dim(x, 0), D = _dim(x, 1)
+    if _single(x):
+        _cols_backward(<const float*>_data(x), <const float*>_data(dy), M, D,
+                       <const float*>_data(mean), <const float*>_data(invstd),
+                       <const float*>_data(gamma), train, <float*>_data(dx),
+                       <float*>_data(dgamma), <float*>_data(dbeta), NULL, True, n_threads, e)
+    else:
+        _cols_backward(<const double*>_data(x), <const double*>_data(dy), M, D,
+                       <const double*>_data(mean), <const double*>_data(invstd),
+                       <const double*>_data(gamma), train, <double*>_data(dx),
+                       <double*>_data(dgamma), <double*>_data(dbeta), NULL, True, n_threads, e)
 
 
 def cols_grad_sums(
-    const floating[:, ::1] x,      # IN (M, D) forward input
-    const floating[:, ::1] dy,     # IN (M, D) upstream gradient
-    const floating[::1] mean,      # IN (D,) mean used in the forward
-    double[:, ::1] sums,           # OUT (2, D) per column: sum dy, sum dy * (x - mean)
+    x,                             # IN (M, D) forward input
+    dy,                            # IN (M, D) upstream gradient
+    mean,                          # IN (D,) mean used in the forward
+    sums,                          # OUT (2, D) float64 per column: sum dy, sum dy * (x - mean)
     int n_threads,
 ):
     """The reduction sweep of cols_backward alone (the same paths and chunks, so the same bits as
     the sums that cols_backward folds into its dx coefficients)."""
-    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
-    cdef floating[:, ::1] no_dx = None
-    _cols_backward(x, dy, mean, unused, unused, True, no_dx, unused, unused, sums, False,
-                   n_threads, NULL)
+    cdef Py_ssize_t M = _dim(x, 0), D = _dim(x, 1)
+    cdef double* s = <double*>_data(sums)
+    if _single(x):
+        _cols_backward(<const float*>_data(x), <const float*>_data(dy), M, D,
+                       <const float*>_data(mean), NULL, NULL, True, NULL, NULL, NULL, s, False,
+                       n_threads, NULL)
+    else:
+        _cols_backward(<const double*>_data(x), <const double*>_data(dy), M, D,
+                       <const double*>_data(mean), NULL, NULL, True, NULL, NULL, NULL, s, False,
+                       n_threads, NULL)
 
 
 def cols_backward_given(
-    const floating[:, ::1] x,      # IN (M, D) forward input
-    const floating[:, ::1] dy,     # IN (M, D) upstream gradient
-    const floating[::1] mean,      # IN (D,)
-    const floating[::1] invstd,    # IN (D,)
-    const floating[::1] gamma,     # IN (D,)
+    x,                             # IN (M, D) forward input
+    dy,                            # IN (M, D) upstream gradient
+    mean,                          # IN (D,)
+    invstd,                        # IN (D,)
+    gamma,                         # IN (D,)
     bint train,
-    const double[:, ::1] sums,     # IN (2, D) sum dy, sum dy * (x - mean) over the whole batch
+    sums,                          # IN (2, D) float64 sum dy, sum dy * (x - mean) over the whole batch
     double count,                  # rows of the whole batch
-    floating[:, ::1] dx,           # OUT (M, D)
-    floating[::1] dgamma,          # OUT (D,)
-    floating[::1] dbeta,           # OUT (D,)
+    dx,                            # OUT (M, D)
+    dgamma,                        # OUT (D,)
+    dbeta,                         # OUT (D,)
     int n_threads,
 ):
     """The dx sweep of cols_backward (its grid path) with given gradient sums: x and dy are one
     part of a batch of `count` rows whose sums (cols_grad_sums, added over the parts) are
     `sums`; dgamma and dbeta are the whole batch's."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+    cdef Py_ssize_t M = _dim(x, 0), D = _dim(x, 1)
+    cdef const double* s = <const double*>_data(sums)
     if D == 0:
         return
-    dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, D), dtype=dtype)
-    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
+    if _single(x):
+        _cols_backward_given(<const float*>_data(x), <const float*>_data(dy), M, D,
+                             <const float*>_data(mean), <const float*>_data(invstd),
+                             <const float*>_data(gamma), train, s, count, <float*>_data(dx),
+                             <float*>_data(dgamma), <float*>_data(dbeta), n_threads)
+    else:
+        _cols_backward_given(<const double*>_data(x), <const double*>_data(dy), M, D,
+                             <const double*>_data(mean), <const double*>_data(invstd),
+                             <const double*>_data(gamma), train, s, count, <double*>_data(dx),
+                             <double*>_data(dgamma), <double*>_data(dbeta), n_threads)
+
+
+cdef int _cols_backward_given(
+    const floating* x, const floating* dy, Py_ssize_t M, Py_ssize_t D, const floating* mean,
+    const floating* invstd, const floating* gamma, bint train, const double* sums, double count,
+    floating* dx, floating* dgamma, floating* dbeta, int n_threads,
+) except -1:
+    """cols_backward_given for one dtype (D > 0)."""
+    cdef Py_ssize_t size = sizeof(floating), Dw = _wide_factor(M, D) * D
+    cdef Scratch s
+    _scratch(&s, _aligned_bytes(3 * D * size) + _aligned_bytes(5 * Dw * size))
+    cdef floating* coefs = <floating*>_take(&s, 3 * D * size)
+    cdef floating* tiled = <floating*>_take(&s, 5 * Dw * size)
     with nogil:
-        _backward_coefficients(sums[0:1], sums[1:2], invstd, gamma, count, train, dgamma, dbeta,
-                               k_dy, k_b, k_g, 0, D)
-    if M:
-        _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, NULL)
+        _backward_coefficients(sums, sums + D, 1, D, invstd, gamma, count, train, dgamma, dbeta,
+                               coefs, coefs + D, coefs + 2 * D, 0, D)
+        if M:
+            _cols_dx_sweep(x, dy, M, D, mean, invstd, coefs, coefs + D, coefs + 2 * D, train, dx,
+                           tiled, n_threads, NULL)
+        _release(&s)
+    return 0
 
 
-cdef void _cols_backward(
-    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, ::1] dx,
-    floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, int n_threads,
-    const Epilogue* ep,
-):
-    """With `sweep`, dx, dgamma and dbeta (`sums` is None); without, only the column sums into
-    `sums` (invstd, gamma, dx, dgamma and dbeta may be None). With the fused op's epilogue
-    (`ep`), dy is read through its mask."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+cdef int _cols_backward(
+    const floating* x, const floating* dy, Py_ssize_t M, Py_ssize_t D, const floating* mean,
+    const floating* invstd, const floating* gamma, bint train, floating* dx, floating* dgamma,
+    floating* dbeta, double* sums, bint sweep, int n_threads, const Epilogue* ep,
+) except -1:
+    """With `sweep`, dx, dgamma and dbeta (`sums` is NULL); without, only the column sums into
+    `sums` ((2, D); invstd, gamma, dx, dgamma and dbeta may be NULL). With the fused op's
+    epilogue (`ep`), dy is read through its mask."""
+    cdef Py_ssize_t c
     if D == 0:
-        return
+        return 0
     if M == 0:
         if sweep:
-            dgamma[:] = 0
-            dbeta[:] = 0
+            for c in range(D):
+                dgamma[c] = 0
+                dbeta[c] = 0
         else:
-            sums[:, :] = 0
-        return
+            memset(sums, 0, 2 * D * sizeof(double))
+        return 0
     cdef Py_ssize_t w = _cols_path_width(M, D, sizeof(floating), 2, n_threads, ep != NULL)
     if w:
-        _cols_backward_blocked(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, sums, sweep,
-                               w, n_threads, ep)
-        return
-    cdef _Wide cut = _Wide(M, D)
+        return _cols_backward_blocked(x, dy, M, D, mean, invstd, gamma, train, dx, dgamma, dbeta,
+                                      sums, sweep, w, n_threads, ep)
+    cdef Wide cut = _wide(M, D)
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
-    cdef Py_ssize_t p0, stride, P = cut.P
-    cdef double[:, :, ::1] parts = _scratch(P, D)
-    cdef double[:, ::1] part_dy = parts[0]
-    cdef double[:, ::1] part_dyxc = parts[1]
-    dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, D if sweep else 0), dtype=dtype)
-    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
-    cdef floating[::1] tiled_mean = np.empty(Dw, dtype=dtype)
+    cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
+    cdef Py_ssize_t p0, stride, size = sizeof(floating)
+    cdef Scratch s
+    _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(Dw * size)
+             + (_aligned_bytes(3 * D * size) + _aligned_bytes(5 * Dw * size) if sweep else 0))
+    cdef double* part_dy = <double*>_take(&s, P * D * 8)
+    cdef double* part_dyxc = <double*>_take(&s, P * D * 8)
+    cdef floating* tiled_mean = <floating*>_take(&s, Dw * size)
+    cdef floating* coefs = NULL
+    cdef floating* tiled = NULL
+    if sweep:
+        coefs = <floating*>_take(&s, 3 * D * size)
+        tiled = <floating*>_take(&s, 5 * Dw * size)
     with nogil:
-        _tile(&mean[0], D, k, &tiled_mean[0])
-        for task in prange(cut.K * cut.n_col_blocks + (1 if cut.rem else 0), num_threads=n_threads,
+        _tile(mean, D, k, tiled_mean)
+        for task in prange(K * n_col_blocks + (1 if rem else 0), num_threads=n_threads,
                            schedule='dynamic'):
-            if task == cut.K * cut.n_col_blocks:  # the rows left over, as (rem, D)
-                r0, r1, c0, c1, stride, p0 = rest, M, 0, D, D, (cut.P - 1) * D
+            if task == K * n_col_blocks:  # the rows left over, as (rem, D)
+                r0, r1, c0, c1, stride, p0 = rest, M, 0, D, D, (P - 1) * D
             else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
-                q = task // cut.n_col_blocks
-                b = task % cut.n_col_blocks
+                q = task // n_col_blocks
+                b = task % n_col_blocks
                 stride = Dw
-                r0 = _chunk_start(q, Mw, cut.K)
-                r1 = _chunk_start(q + 1, Mw, cut.K)
-                c0 = _chunk_start(b, Dw, cut.n_col_blocks)
-                c1 = _chunk_start(b + 1, Dw, cut.n_col_blocks)
+                r0 = _chunk_start(q, Mw, K)
+                r1 = _chunk_start(q + 1, Mw, K)
+                c0 = _chunk_start(b, Dw, n_col_blocks)
+                c1 = _chunk_start(b + 1, Dw, n_col_blocks)
                 p0 = q * Dw
-            _cols_grad_sums(&x[0, 0] + r0 * stride + c0, &dy[0, 0] + r0 * stride + c0, stride,
-                            r1 - r0, c1 - c0, &tiled_mean[0] + c0, &part_dy[0, 0] + p0 + c0,
-                            &part_dyxc[0, 0] + p0 + c0, ep, r0 * stride + c0)
+            _cols_grad_sums(x + r0 * stride + c0, dy + r0 * stride + c0, stride, r1 - r0, c1 - c0,
+                            tiled_mean + c0, part_dy + p0 + c0, part_dyxc + p0 + c0, ep,
+                            r0 * stride + c0)
         if not sweep:
-            _store_sums(part_dy, part_dyxc, sums, 0, D)
-            return
-        for c0 in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * P)):
-            _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
-                                   dgamma, dbeta, k_dy, k_b, k_g, c0, c0 + 1)
-    _cols_dx_sweep(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, ep)
+            _store_sums(part_dy, part_dyxc, P, D, sums, 0, D)
+        else:
+            for c0 in prange(D, num_threads=n_threads, schedule='dynamic',
+                             chunksize=_handout(16 * P)):
+                _backward_coefficients(part_dy, part_dyxc, P, D, invstd, gamma, <double>M, train,
+                                       dgamma, dbeta, coefs, coefs + D, coefs + 2 * D, c0, c0 + 1)
+            _cols_dx_sweep(x, dy, M, D, mean, invstd, coefs, coefs + D, coefs + 2 * D, train, dx,
+                           tiled, n_threads, ep)
+        _release(&s)
+    return 0
 
 
 cdef void _cols_dx_sweep(
-    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
-    const floating[::1] k_g, bint train, floating[:, ::1] dx, int n_threads, const Epilogue* ep,
-):
+    const floating* x, const floating* dy, Py_ssize_t M, Py_ssize_t D, const floating* mean,
+    const floating* invstd, const floating* k_dy, const floating* k_b, const floating* k_g,
+    bint train, floating* dx, floating* tiled, int n_threads, const Epilogue* ep,
+) noexcept nogil:
     """dx of an (M, D) array (M > 0) from the coefficients of _backward_coefficients, swept as
-    wide rows (see _Wide); with the fused op's epilogue (`ep`), dy read through its mask."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1]
+    wide rows (see Wide; `tiled`: scratch of 5 * k * D values); with the fused op's epilogue
+    (`ep`), dy read through its mask."""
     cdef Py_ssize_t k = _wide_factor(M, D), Mw = M // k, Dw = k * D, rest = Mw * k
-    cdef floating[:, ::1] tiled = np.empty((5, Dw), dtype=_np_dtype(<floating>0))
-    with nogil:
-        _tile(&mean[0], D, k, &tiled[0, 0])  # mean, invstd, k_dy, k_b, k_g
-        _tile(&invstd[0], D, k, &tiled[1, 0])
-        _tile(&k_dy[0], D, k, &tiled[2, 0])
-        _tile(&k_b[0], D, k, &tiled[3, 0])
-        _tile(&k_g[0], D, k, &tiled[4, 0])
-        if ep != NULL:  # dy read through the mask; in test mode dx = k_dy * dy, x not read
-            _cols_sweep(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0],
-                        &tiled[2, 0], &tiled[3, 0], &tiled[4, 0], n_threads, ep, 0, train)
-            if rest < M:
-                _cols_sweep(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], M - rest, D, &mean[0],
-                            &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1, ep, rest * D, train)
-        elif not train:
-            # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in);
-            # k_b is 0 in test mode, and serves as the zero mean and beta
-            _cols_sweep(&dy[0, 0], NULL, &dx[0, 0], Mw, Dw, &tiled[3, 0], &tiled[2, 0],
-                        &tiled[3, 0], NULL, NULL, n_threads)
-            if rest < M:
-                _cols_sweep(&dy[rest, 0], NULL, &dx[rest, 0], M - rest, D, &k_b[0], &k_dy[0],
-                            &k_b[0], NULL, NULL, 1)
-        else:
-            _cols_sweep(&x[0, 0], &dy[0, 0], &dx[0, 0], Mw, Dw, &tiled[0, 0], &tiled[1, 0],
-                        &tiled[2, 0], &tiled[3, 0], &tiled[4, 0], n_threads)
-            if rest < M:
-                _cols_sweep(&x[rest, 0], &dy[rest, 0], &dx[rest, 0], M - rest, D, &mean[0],
-                            &invstd[0], &k_dy[0], &k_b[0], &k_g[0], 1)
+    _tile(mean, D, k, tiled)  # mean, invstd, k_dy, k_b, k_g
+    _tile(invstd, D, k, tiled + Dw)
+    _tile(k_dy, D, k, tiled + 2 * Dw)
+    _tile(k_b, D, k, tiled + 3 * Dw)
+    _tile(k_g, D, k, tiled + 4 * Dw)
+    if ep != NULL:  # dy read through the mask; in test mode dx = k_dy * dy, x not read
+        _cols_sweep(x, dy, dx, Mw, Dw, tiled, tiled + Dw, tiled + 2 * Dw, tiled + 3 * Dw,
+                    tiled + 4 * Dw, n_threads, ep, 0, train)
+        if rest < M:
+            _cols_sweep(x + rest * D, dy + rest * D, dx + rest * D, M - rest, D, mean, invstd,
+                        k_dy, k_b, k_g, 1, ep, rest * D, train)
+    elif not train:
+        # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in);
+        # k_b is 0 in test mode, and serves as the zero mean and beta
+        _cols_sweep(dy, NULL, dx, Mw, Dw, tiled + 3 * Dw, tiled + 2 * Dw, tiled + 3 * Dw, NULL,
+                    NULL, n_threads)
+        if rest < M:
+            _cols_sweep(dy + rest * D, NULL, dx + rest * D, M - rest, D, k_b, k_dy, k_b, NULL,
+                        NULL, 1)
+    else:
+        _cols_sweep(x, dy, dx, Mw, Dw, tiled, tiled + Dw, tiled + 2 * Dw, tiled + 3 * Dw,
+                    tiled + 4 * Dw, n_threads)
+        if rest < M:
+            _cols_sweep(x + rest * D, dy + rest * D, dx + rest * D, M - rest, D, mean, invstd,
+                        k_dy, k_b, k_g, 1)
 
 
-cdef void _cols_backward_blocked(
-    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, ::1] dx,
-    floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, Py_ssize_t w,
-    int n_threads, const Epilogue* ep,
-):
+cdef int _cols_backward_blocked(
+    const floating* x, const floating* dy, Py_ssize_t M, Py_ssize_t D, const floating* mean,
+    const floating* invstd, const floating* gamma, bint train, floating* dx, floating* dgamma,
+    floating* dbeta, double* sums, bint sweep, Py_ssize_t w, int n_threads, const Epilogue* ep,
+) except -1:
     """_cols_backward by blocks of w columns: a block's gradient sums over all M rows, then its
     dx while x and dy are still in cache: a block per thread, or, for arrays of
     plan.blocked_min_bytes or more with blocks of short rows, one block at a time shared among the
     threads (see plan.shared_max_run_bytes). Without `sweep`, the block's sums go to `sums`."""
-    cdef Py_ssize_t M = x.shape[0], D = x.shape[1], b, c0, c1, q, r0, r1
-    cdef Py_ssize_t head = _line_head(&dx[0, 0] if sweep else &x[0, 0], sizeof(floating))
+    cdef Py_ssize_t b, c0, c1, q, r0, r1, size = sizeof(floating)
+    cdef Py_ssize_t head = _line_head(<const void*>dx if sweep else <const void*>x, sizeof(floating))
     cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef bint shared = plan.cols_path == COLS_SHARED_BLOCKS or (
         plan.cols_path == AUTO and M * D * <Py_ssize_t>sizeof(floating) >= plan.blocked_min_bytes
         and w * <Py_ssize_t>sizeof(floating) <= plan.shared_max_run_bytes)
     cdef Py_ssize_t K = plan.block_row_chunks if shared else 1
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef double[:, :, ::1] parts = _scratch(K, D)
-    cdef double[:, ::1] part_dy = parts[0]
-    cdef double[:, ::1] part_dyxc = parts[1]
-    dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, D if sweep else 0), dtype=dtype)
-    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
+    cdef Scratch s
+    _scratch(&s, 2 * _aligned_bytes(K * D * 8) + (_aligned_bytes(3 * D * size) if sweep else 0))
+    cdef double* part_dy = <double*>_take(&s, K * D * 8)
+    cdef double* part_dyxc = <double*>_take(&s, K * D * 8)
+    cdef floating* k_dy = NULL
+    cdef floating* k_b = NULL
+    cdef floating* k_g = NULL
+    if sweep:
+        k_dy = <floating*>_take(&s, 3 * D * size)
+        k_b = k_dy + D
+        k_g = k_dy + 2 * D
     with nogil:
         if shared:
             for b in range(n_blocks):
@@ -1052,31 +1218,34 @@ cdef void _cols_backward_blocked(
                 for q in prange(K, num_threads=n_threads, schedule='dynamic'):
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
-                    _cols_grad_sums(&x[r0, c0], &dy[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                                    &part_dy[q, c0], &part_dyxc[q, c0], ep, r0 * D + c0)
+                    _cols_grad_sums(x + r0 * D + c0, dy + r0 * D + c0, D, r1 - r0, c1 - c0,
+                                    mean + c0, part_dy + q * D + c0, part_dyxc + q * D + c0, ep,
+                                    r0 * D + c0)
                 if not sweep:
-                    _store_sums(part_dy, part_dyxc, sums, c0, c1)
+                    _store_sums(part_dy, part_dyxc, K, D, sums, c0, c1)
                     continue
-                _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
+                _backward_coefficients(part_dy, part_dyxc, K, D, invstd, gamma, <double>M, train,
                                        dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
                 for q in prange(K, num_threads=n_threads, schedule='dynamic'):
                     r0 = _chunk_start(q, M, K)
                     r1 = _chunk_start(q + 1, M, K)
-                    _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, r0, r1, c0, c1,
+                    _block_dx(x, dy, D, mean, invstd, k_dy, k_b, k_g, train, dx, r0, r1, c0, c1,
                               stream, ep)
         else:
             for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
-                _cols_grad_sums(&x[0, c0], &dy[0, c0], D, M, c1 - c0, &mean[c0], &part_dy[0, c0],
-                                &part_dyxc[0, c0], ep, c0)
+                _cols_grad_sums(x + c0, dy + c0, D, M, c1 - c0, mean + c0, part_dy + c0,
+                                part_dyxc + c0, ep, c0)
                 if not sweep:
-                    _store_sums(part_dy, part_dyxc, sums, c0, c1)
+                    _store_sums(part_dy, part_dyxc, 1, D, sums, c0, c1)
                 else:
-                    _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>M, train,
-                                           dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
-                    _block_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, 0, M, c0, c1,
+                    _backward_coefficients(part_dy, part_dyxc, 1, D, invstd, gamma, <double>M,
+                                           train, dgamma, dbeta, k_dy, k_b, k_g, c0, c1)
+                    _block_dx(x, dy, D, mean, invstd, k_dy, k_b, k_g, train, dx, 0, M, c0, c1,
                               stream, ep)
+        _release(&s)
+    return 0
 
 
 cdef inline void _cols_grad_sums(
@@ -1094,22 +1263,23 @@ cdef inline void _cols_grad_sums(
 
 
 cdef inline void _block_dx(
-    const floating[:, ::1] x, const floating[:, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
-    const floating[::1] k_g, bint train, floating[:, ::1] dx, Py_ssize_t r0, Py_ssize_t r1,
-    Py_ssize_t c0, Py_ssize_t c1, int stream, const Epilogue* ep,
+    const floating* x, const floating* dy, Py_ssize_t D, const floating* mean,
+    const floating* invstd, const floating* k_dy, const floating* k_b, const floating* k_g,
+    bint train, floating* dx, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0, Py_ssize_t c1,
+    int stream, const Epilogue* ep,
 ) noexcept nogil:
-    """dx of rows r0..r1-1, columns c0..c1-1, from the coefficients of _backward_coefficients."""
-    cdef Py_ssize_t D = x.shape[1]
+    """dx of rows r0..r1-1, columns c0..c1-1 of (M, D) arrays, from the coefficients of
+    _backward_coefficients."""
+    cdef Py_ssize_t o = r0 * D + c0
     if ep != NULL:  # dy read through the mask (test mode: x not read)
-        _cols_block(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                    &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream, ep, r0 * D + c0, train)
+        _cols_block(x + o, dy + o, dx + o, D, r1 - r0, c1 - c0, mean + c0, invstd + c0,
+                    k_dy + c0, k_b + c0, k_g + c0, stream, ep, o, train)
     elif not train:  # dx = k_dy * dy (k_b is 0: the zero mean and beta); x is not read
-        _cols_block(&dy[r0, c0], NULL, &dx[r0, c0], D, r1 - r0, c1 - c0, &k_b[c0], &k_dy[c0],
-                    &k_b[c0], NULL, NULL, stream)
+        _cols_block(dy + o, NULL, dx + o, D, r1 - r0, c1 - c0, k_b + c0, k_dy + c0, k_b + c0,
+                    NULL, NULL, stream)
     else:
-        _cols_block(&x[r0, c0], &dy[r0, c0], &dx[r0, c0], D, r1 - r0, c1 - c0, &mean[c0],
-                    &invstd[c0], &k_dy[c0], &k_b[c0], &k_g[c0], stream)
+        _cols_block(x + o, dy + o, dx + o, D, r1 - r0, c1 - c0, mean + c0, invstd + c0,
+                    k_dy + c0, k_b + c0, k_g + c0, stream)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1151,15 +1321,17 @@ cdef Py_ssize_t _n_plane_chunks(Py_ssize_t N, Py_ssize_t C):
 
 
 cdef inline void _chunk_moments(
-    const floating[:, :, ::1] x, Py_ssize_t c, Py_ssize_t n0, Py_ssize_t n1,
+    const floating* x, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, Py_ssize_t n0, Py_ssize_t n1,
     double* mean, double* m2,
 ) noexcept nogil:
-    """Moments of channel c's planes n0..n1-1, merged in plane order."""
-    cdef Py_ssize_t L = x.shape[2], n
+    """Moments of channel c's planes n0..n1-1 of an (N, C, L) array, merged in plane order."""
+    cdef Py_ssize_t n, step = C * L
+    cdef const floating* p = x + (n0 * C + c) * L
     cdef double n_a = <double>L, mean_b, m2_b
-    _plane_moments(&x[n0, c, 0], L, mean, m2, &x[n0 + 1, c, 0] if n0 + 1 < n1 else NULL, 1)
+    _plane_moments(p, L, mean, m2, p + step if n0 + 1 < n1 else NULL, 1)
     for n in range(n0 + 1, n1):
-        _plane_moments(&x[n, c, 0], L, &mean_b, &m2_b, &x[n + 1, c, 0] if n + 1 < n1 else NULL, 1)
+        p = x + (n * C + c) * L
+        _plane_moments(p, L, &mean_b, &m2_b, p + step if n + 1 < n1 else NULL, 1)
         _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
@@ -1186,68 +1358,91 @@ cdef inline fastbn_sums _segment_moments(
 
 
 def planes_forward_train(
-    const floating[:, :, ::1] x,   # IN (N, C, L)
-    const floating[::1] gamma,     # IN (C,)
-    const floating[::1] beta,      # IN (C,)
+    x,                             # IN (N, C, L)
+    gamma,                         # IN (C,)
+    beta,                          # IN (C,)
     double eps,
-    floating[:, :, ::1] out,       # OUT (N, C, L)
-    floating[::1] mean,            # OUT (C,)
-    floating[::1] invstd,          # OUT (C,)
-    double[::1] var,               # OUT (C,) biased batch variance
-    floating[::1] running_mean,    # INOUT (C,) or None, see _update_running
-    floating[::1] running_var,     # INOUT (C,) or None
+    out,                           # OUT (N, C, L)
+    mean,                          # OUT (C,)
+    invstd,                        # OUT (C,)
+    var,                           # OUT (C,) float64 biased batch variance
+    running_mean,                  # INOUT (C,) or None, see _update_running
+    running_var,                   # INOUT (C,) or None
     double momentum,
     int n_threads,
     residual=None,                 # IN (N, C, L) or None, as in cols_forward_train
-    unsigned char[::1] mask=None,  # OUT or None, as in cols_forward_train
+    mask=None,                     # OUT or None, as in cols_forward_train
 ):
     """As _planes_forward_train; then the running statistics that are given are updated."""
     cdef Epilogue ep = _epilogue(residual, mask, None)
-    cdef double[:, ::1] moments = np.empty((2, x.shape[1]))
-    _planes_forward_train(x, gamma, beta, eps, out, mean, invstd, var, moments, True, n_threads,
-                          &ep if mask is not None else NULL)
-    _update_running(mean, var, running_mean, running_var, momentum)
+    cdef const Epilogue* e = &ep if mask is not None else NULL
+    cdef Py_ssize_t N = _dim(x, 0), C = _dim(x, 1), L = _dim(x, 2)
+    if _single(x):
+        _planes_forward_train(<const float*>_data(x), N, C, L, <const float*>_data(gamma),
+                              <const float*>_data(beta), eps, <float*>_data(out),
+                              <float*>_data(mean), <float*>_data(invstd), <double*>_data(var),
+                              NULL, True, n_threads, e)
+        _update_running(<const float*>_data(mean), <const double*>_data(var),
+                        <float*>_data(running_mean), <float*>_data(running_var), C, momentum)
+    else:
+        _planes_forward_train(<const double*>_data(x), N, C, L, <const double*>_data(gamma),
+                              <const double*>_data(beta), eps, <double*>_data(out),
+                              <double*>_data(mean), <double*>_data(invstd), <double*>_data(var),
+                              NULL, True, n_threads, e)
+        _update_running(<const double*>_data(mean), <const double*>_data(var),
+                        <double*>_data(running_mean), <double*>_data(running_var), C, momentum)
 
 
 def planes_moments(
-    const floating[:, :, ::1] x,   # IN (N, C, L)
-    double[:, ::1] moments,        # OUT (2, C) per channel: mean, sum of squared deviations
+    x,                             # IN (N, C, L)
+    moments,                       # OUT (2, C) float64 per channel: mean, sum of squared deviations
     int n_threads,
 ):
     """The statistics pass of planes_forward_train alone (the same tasks and merge, so the same
     bits as the statistics the forward normalises with); x is read once."""
-    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
-    cdef floating[:, :, ::1] no_out = None
-    cdef double[::1] no_var = None
-    _planes_forward_train(x, unused, unused, 0.0, no_out, unused, unused, no_var, moments, False,
-                          n_threads, NULL)
+    cdef Py_ssize_t N = _dim(x, 0), C = _dim(x, 1), L = _dim(x, 2)
+    cdef double* m = <double*>_data(moments)
+    if _single(x):
+        _planes_forward_train(<const float*>_data(x), N, C, L, NULL, NULL, 0.0, NULL, NULL, NULL,
+                              NULL, m, False, n_threads, NULL)
+    else:
+        _planes_forward_train(<const double*>_data(x), N, C, L, NULL, NULL, 0.0, NULL, NULL, NULL,
+                              NULL, m, False, n_threads, NULL)
 
 
-cdef void _planes_forward_train(
-    const floating[:, :, ::1] x, const floating[::1] gamma, const floating[::1] beta, double eps,
-    floating[:, :, ::1] out, floating[::1] mean, floating[::1] invstd, double[::1] var,
-    double[:, ::1] moments, bint sweep, int n_threads, const Epilogue* ep,
-):
-    """Per-plane moments merged per channel in plane order into `moments`; with `sweep`, then
-    the folded constants and the normalising sweep (without it those arguments may be None).
+cdef int _planes_forward_train(
+    const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, const floating* gamma,
+    const floating* beta, double eps, floating* out, floating* mean, floating* invstd,
+    double* var, double* moments, bint sweep, int n_threads, const Epilogue* ep,
+) except -1:
+    """Per-plane moments merged per channel in plane order into `moments` ((2, C); NULL:
+    scratch); with `sweep`, then the folded constants and the normalising sweep (without it
+    those arguments may be NULL).
 
     A task covers one chunk of a channel's planes (see ``_n_plane_chunks``). With one chunk per
     channel the task also normalises the channel while it is in cache: x is read from memory once
     -- for the fused op (`ep`) only when planes are whole bytes of its mask (L % 8 == 0); else
     its sweep comes after, over chunks of whole bytes (_planes_affine).
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, c, n
+    cdef Py_ssize_t Q, task, q, c, n, o
     if N == 0 or C == 0 or L == 0:
-        return
+        return 0
     Q = _n_plane_chunks(N, C)
     cdef bint in_cache = Q == 1 and (ep == NULL or L % 8 == 0)
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
-    cdef double[:, :, ::1] parts = _scratch(Q, C)
-    cdef double[:, ::1] part_mean = parts[0]
-    cdef double[:, ::1] part_m2 = parts[1]
-    cdef double[::1] counts = np.empty(Q)
-    cdef double[:, ::1] weights = np.empty((2, Q))
-    cdef floating[::1] scale = np.empty(C if sweep else 0, dtype=_np_dtype(<floating>0))
+    cdef Scratch s
+    _scratch(&s, 2 * _aligned_bytes(Q * C * 8) + _aligned_bytes(Q * 8) + _aligned_bytes(2 * Q * 8)
+             + (_aligned_bytes(2 * C * 8) if moments == NULL else 0)
+             + (_aligned_bytes(C * <Py_ssize_t>sizeof(floating)) if sweep else 0))
+    cdef double* part_mean = <double*>_take(&s, Q * C * 8)
+    cdef double* part_m2 = <double*>_take(&s, Q * C * 8)
+    cdef double* counts = <double*>_take(&s, Q * 8)
+    cdef double* weights = <double*>_take(&s, 2 * Q * 8)
+    if moments == NULL:
+        moments = <double*>_take(&s, 2 * C * 8)
+    cdef floating* scale = NULL
+    if sweep:
+        scale = <floating*>_take(&s, C * <Py_ssize_t>sizeof(floating))
     for q in range(Q):
         counts[q] = <double>((_chunk_start(q + 1, N, Q) - _chunk_start(q, N, Q)) * L)
     with nogil:
@@ -1255,31 +1450,36 @@ cdef void _planes_forward_train(
                            chunksize=_handout(_ceil_div(N, Q) * L * <Py_ssize_t>sizeof(floating))):
             c = task // Q
             q = task % Q
-            _chunk_moments(x, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
-                           &part_mean[q, c], &part_m2[q, c])
+            _chunk_moments(x, C, L, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
+                           part_mean + q * C + c, part_m2 + q * C + c)
             if Q == 1:
-                moments[0, c] = part_mean[0, c]
-                moments[1, c] = part_m2[0, c]
+                moments[c] = part_mean[c]
+                moments[C + c] = part_m2[c]
                 if sweep:
-                    _fold(moments, counts[0], gamma, eps, mean, invstd, scale, var, c, c + 1)
+                    _fold(moments, C, counts[0], gamma, eps, mean, invstd, scale, var, c, c + 1)
                     if in_cache:
                         for n in range(N):
-                            _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c],
-                                          beta[c], stream, ep, (n * C + c) * L)
+                            o = (n * C + c) * L
+                            _affine_plane(x + o, out + o, L, mean[c], scale[c], beta[c], stream,
+                                          ep, o)
         if Q > 1:
-            _merge_and_fold(part_mean, part_m2, counts, moments, sweep, gamma, eps, mean, invstd,
-                            scale, var, weights, n_threads)
+            _merge_and_fold(part_mean, part_m2, Q, C, counts, moments, sweep, gamma, eps, mean,
+                            invstd, scale, var, weights, n_threads)
         if sweep and not in_cache:
-            _planes_affine(x, mean, scale, beta, out, n_threads, ep)
+            _planes_affine(x, N, C, L, mean, scale, beta, out, n_threads, ep)
+        _release(&s)
+    return 0
 
 
 cdef inline void _planes_affine(
-    const floating[:, :, ::1] x, const floating[::1] mean, const floating[::1] scale,
-    const floating[::1] beta, floating[:, :, ::1] out, int n_threads, const Epilogue* ep=NULL,
+    const floating* x, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L, const floating* mean,
+    const floating* scale, const floating* beta, floating* out, int n_threads,
+    const Epilogue* ep=NULL,
 ) noexcept nogil:
-    """The normalising sweep, a plane per task; the fused op's (`ep`) with planes that are not
-    whole bytes of its mask (L % 8 != 0) over chunks of the flat array that are."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    """The normalising sweep of (N, C, L) arrays, a plane per task; the fused op's (`ep`) with
+    planes that are not whole bytes of its mask (L % 8 != 0) over chunks of the flat array that
+    are."""
+    cdef Py_ssize_t p, c
     cdef Py_ssize_t total = N * C * L, size = sizeof(floating), e0, e1, end, t
     cdef Py_ssize_t chunk = _ceil_div(max(plan.handout_bytes // size, 8), 8) * 8
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
@@ -1291,36 +1491,46 @@ cdef inline void _planes_affine(
                 p = e0 // L
                 end = min((p + 1) * L, e1)
                 c = p % C
-                _affine_plane(&x[0, 0, 0] + e0, &out[0, 0, 0] + e0, end - e0, mean[c], scale[c],
-                              beta[c], stream, ep, e0)
+                _affine_plane(x + e0, out + e0, end - e0, mean[c], scale[c], beta[c], stream, ep,
+                              e0)
                 e0 = end
         return
     for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
                     chunksize=_handout(L * <Py_ssize_t>sizeof(floating))):
-        n = p // C
         c = p % C
-        _affine_plane(&x[n, c, 0], &out[n, c, 0], L, mean[c], scale[c], beta[c], stream, ep,
-                      p * L)
+        _affine_plane(x + p * L, out + p * L, L, mean[c], scale[c], beta[c], stream, ep, p * L)
 
 
 def planes_affine(
-    const floating[:, :, ::1] x,   # IN (N, C, L)
-    const floating[::1] mean,      # IN (C,)
-    const floating[::1] scale,     # IN (C,)
-    const floating[::1] beta,      # IN (C,)
-    floating[:, :, ::1] out,       # OUT (N, C, L)
+    x,                             # IN (N, C, L)
+    mean,                          # IN (C,)
+    scale,                         # IN (C,)
+    beta,                          # IN (C,)
+    out,                           # OUT (N, C, L)
     int n_threads,
     residual=None,                 # IN (N, C, L) or None, as in cols_forward_train
-    unsigned char[::1] mask=None,  # OUT or None, as in cols_forward_train
+    mask=None,                     # OUT or None, as in cols_forward_train
 ):
     """out = (x - mean[c]) * scale[c] + beta[c] (test-mode forward), and the fused op's epilogue
     with a mask."""
-    if x.shape[0] == 0 or x.shape[1] == 0 or x.shape[2] == 0:
+    cdef Py_ssize_t N = _dim(x, 0), C = _dim(x, 1), L = _dim(x, 2)
+    if N == 0 or C == 0 or L == 0:
         return
     cdef Epilogue ep = _epilogue(residual, mask, None)
     cdef const Epilogue* e = &ep if mask is not None else NULL
+    cdef const void* px = _data(x)
+    cdef const void* pm = _data(mean)
+    cdef const void* ps = _data(scale)
+    cdef const void* pb = _data(beta)
+    cdef void* po = _data(out)
+    cdef bint single = _single(x)
     with nogil:
-        _planes_affine(x, mean, scale, beta, out, n_threads, e)
+        if single:
+            _planes_affine(<const float*>px, N, C, L, <const float*>pm, <const float*>ps,
+                           <const float*>pb, <float*>po, n_threads, e)
+        else:
+            _planes_affine(<const double*>px, N, C, L, <const double*>pm, <const double*>ps,
+                           <const double*>pb, <double*>po, n_threads, e)
 
 
 cdef inline void _dx_plane(
@@ -1341,103 +1551,148 @@ cdef inline void _dx_plane(
 
 
 def planes_backward(
-    const floating[:, :, ::1] x,   # IN (N, C, L)
-    const floating[:, :, ::1] dy,  # IN (N, C, L)
-    const floating[::1] mean,      # IN (C,)
-    const floating[::1] invstd,    # IN (C,)
-    const floating[::1] gamma,     # IN (C,)
+    x,                             # IN (N, C, L)
+    dy,                            # IN (N, C, L)
+    mean,                          # IN (C,)
+    invstd,                        # IN (C,)
+    gamma,                         # IN (C,)
     bint train,
-    floating[:, :, ::1] dx,        # OUT (N, C, L)
-    floating[::1] dgamma,          # OUT (C,)
-    floating[::1] dbeta,           # OUT (C,)
+    dx,                            # OUT (N, C, L)
+    dgamma,                        # OUT (C,)
+    dbeta,                         # OUT (C,)
     int n_threads,
-    const unsigned char[::1] mask=None,  # IN or None, as in cols_backward
+    mask=None,                     # IN or None, as in cols_backward
     dresidual=None,                # OUT (N, C, L) or None, as in cols_backward
 ):
     """Per-plane gradient sums, added per channel in plane order, then the dx sweep; tasks as in
     :func:`planes_forward_train` (one chunk per channel: dx while the planes are in cache). With a
     mask, of dy * mask (also written into dresidual when given)."""
-    cdef double[:, ::1] no_sums = None
     cdef Epilogue ep = _epilogue(None, mask, dresidual)
-    _planes_backward(x, dy, mean, invstd, gamma, train, dx, dgamma, dbeta, no_sums, True,
-                     n_threads, &ep if mask is not None else NULL)
+    cdef const Epilogue* e = &ep if mask is not None else NULL
+    cdef Py_ssize_t N = _dim(x, 0), C = _dim(x, 1), L = _dim(x, 2)
+    if _single(x):
+        _planes_backward(<const float*>_data(x), <const float*>_data(dy), N, C, L,
+                         <const float*>_data(mean), <const float*>_data(invstd),
+                         <const float*>_data(gamma), train, <float*>_data(dx),
+                         <float*>_data(dgamma), <float*>_data(dbeta), NULL, True, n_threads, e)
+    else:
+        _planes_backward(<const double*>_data(x), <const double*>_data(dy), N, C, L,
+                         <const double*>_data(mean), <const double*>_data(invstd),
+                         <const double*>_data(gamma), train, <double*>_data(dx),
+                         <double*>_data(dgamma), <double*>_data(dbeta), NULL, True, n_threads, e)
 
 
 def planes_grad_sums(
-    const floating[:, :, ::1] x,   # IN (N, C, L)
-    const floating[:, :, ::1] dy,  # IN (N, C, L)
-    const floating[::1] mean,      # IN (C,)
-    double[:, ::1] sums,           # OUT (2, C) per channel: sum dy, sum dy * (x - mean)
+    x,                             # IN (N, C, L)
+    dy,                            # IN (N, C, L)
+    mean,                          # IN (C,)
+    sums,                          # OUT (2, C) float64 per channel: sum dy, sum dy * (x - mean)
     int n_threads,
 ):
     """The reduction sweep of planes_backward alone (the same tasks, so the same bits as the sums
     that planes_backward folds into its dx coefficients)."""
-    cdef floating[::1] unused = None  # (typed: a None argument would not pick the dtype)
-    cdef floating[:, :, ::1] no_dx = None
-    _planes_backward(x, dy, mean, unused, unused, True, no_dx, unused, unused, sums, False,
-                     n_threads, NULL)
+    cdef Py_ssize_t N = _dim(x, 0), C = _dim(x, 1), L = _dim(x, 2)
+    cdef double* s = <double*>_data(sums)
+    if _single(x):
+        _planes_backward(<const float*>_data(x), <const float*>_data(dy), N, C, L,
+                         <const float*>_data(mean), NULL, NULL, True, NULL, NULL, NULL, s, False,
+                         n_threads, NULL)
+    else:
+        _planes_backward(<const double*>_data(x), <const double*>_data(dy), N, C, L,
+                         <const double*>_data(mean), NULL, NULL, True, NULL, NULL, NULL, s, False,
+                         n_threads, NULL)
 
 
 def planes_backward_given(
-    const floating[:, :, ::1] x,   # IN (N, C, L)
-    const floating[:, :, ::1] dy,  # IN (N, C, L)
-    const floating[::1] mean,      # IN (C,)
-    const floating[::1] invstd,    # IN (C,)
-    const floating[::1] gamma,     # IN (C,)
+    x,                             # IN (N, C, L)
+    dy,                            # IN (N, C, L)
+    mean,                          # IN (C,)
+    invstd,                        # IN (C,)
+    gamma,                         # IN (C,)
     bint train,
-    const double[:, ::1] sums,     # IN (2, C) sum dy, sum dy * (x - mean) over the whole batch
+    sums,                          # IN (2, C) float64 sum dy, sum dy * (x - mean) over the whole batch
     double count,                  # values per channel of the whole batch
-    floating[:, :, ::1] dx,        # OUT (N, C, L)
-    floating[::1] dgamma,          # OUT (C,)
-    floating[::1] dbeta,           # OUT (C,)
+    dx,                            # OUT (N, C, L)
+    dgamma,                        # OUT (C,)
+    dbeta,                         # OUT (C,)
     int n_threads,
 ):
     """The dx sweep of planes_backward with given gradient sums: x and dy are one part of a batch
     of `count` values per channel whose sums (planes_grad_sums, added over the parts) are `sums`;
     dgamma and dbeta are the whole batch's."""
-    cdef Py_ssize_t C = x.shape[1]
+    cdef Py_ssize_t N = _dim(x, 0), C = _dim(x, 1), L = _dim(x, 2)
+    cdef const double* s = <const double*>_data(sums)
     if C == 0:
         return
-    dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, C), dtype=dtype)
-    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
+    if _single(x):
+        _planes_backward_given(<const float*>_data(x), <const float*>_data(dy), N, C, L,
+                               <const float*>_data(mean), <const float*>_data(invstd),
+                               <const float*>_data(gamma), train, s, count, <float*>_data(dx),
+                               <float*>_data(dgamma), <float*>_data(dbeta), n_threads)
+    else:
+        _planes_backward_given(<const double*>_data(x), <const double*>_data(dy), N, C, L,
+                               <const double*>_data(mean), <const double*>_data(invstd),
+                               <const double*>_data(gamma), train, s, count, <double*>_data(dx),
+                               <double*>_data(dgamma), <double*>_data(dbeta), n_threads)
+
+
+cdef int _planes_backward_given(
+    const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+    const floating* mean, const floating* invstd, const floating* gamma, bint train,
+    const double* sums, double count, floating* dx, floating* dgamma, floating* dbeta,
+    int n_threads,
+) except -1:
+    """planes_backward_given for one dtype (C > 0)."""
+    cdef Scratch s
+    _scratch(&s, _aligned_bytes(3 * C * <Py_ssize_t>sizeof(floating)))
+    cdef floating* coefs = <floating*>_take(&s, 3 * C * <Py_ssize_t>sizeof(floating))
     with nogil:
-        _backward_coefficients(sums[0:1], sums[1:2], invstd, gamma, count, train, dgamma, dbeta,
-                               k_dy, k_b, k_g, 0, C)
-        if x.shape[0] and x.shape[2]:
-            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, NULL)
+        _backward_coefficients(sums, sums + C, 1, C, invstd, gamma, count, train, dgamma, dbeta,
+                               coefs, coefs + C, coefs + 2 * C, 0, C)
+        if N and L:
+            _planes_dx(x, dy, N, C, L, mean, invstd, coefs, coefs + C, coefs + 2 * C, train, dx,
+                       n_threads, NULL)
+        _release(&s)
+    return 0
 
 
-cdef void _planes_backward(
-    const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] gamma, bint train, floating[:, :, ::1] dx,
-    floating[::1] dgamma, floating[::1] dbeta, double[:, ::1] sums, bint sweep, int n_threads,
+cdef int _planes_backward(
+    const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+    const floating* mean, const floating* invstd, const floating* gamma, bint train,
+    floating* dx, floating* dgamma, floating* dbeta, double* sums, bint sweep, int n_threads,
     const Epilogue* ep,
-):
-    """With `sweep`, dx, dgamma and dbeta (`sums` is None); without, only the channel sums into
-    `sums` (invstd, gamma, dx, dgamma and dbeta may be None). With the fused op's epilogue
-    (`ep`), dy is read through its mask."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], Q, task, q, n, n1, c
+) except -1:
+    """With `sweep`, dx, dgamma and dbeta (`sums` is NULL); without, only the channel sums into
+    `sums` ((2, C); invstd, gamma, dx, dgamma and dbeta may be NULL). With the fused op's
+    epilogue (`ep`), dy is read through its mask."""
+    cdef Py_ssize_t Q, task, q, n, n1, c, o, step = C * L
     cdef double s1, s2
     cdef fastbn_sums t
     if C == 0:
-        return
+        return 0
     if N == 0 or L == 0:
         if sweep:
-            dgamma[:] = 0
-            dbeta[:] = 0
+            for c in range(C):
+                dgamma[c] = 0
+                dbeta[c] = 0
         else:
-            sums[:, :] = 0
-        return
+            memset(sums, 0, 2 * C * sizeof(double))
+        return 0
     Q = _n_plane_chunks(N, C)
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
     cdef const unsigned char* m = _mask(ep)
-    cdef double[:, :, ::1] parts = _scratch(Q, C)
-    cdef double[:, ::1] part_dy = parts[0]
-    cdef double[:, ::1] part_dyxc = parts[1]
-    dtype = _np_dtype(<floating>0)
-    cdef floating[:, ::1] coefs = np.empty((3, C if sweep else 0), dtype=dtype)
-    cdef floating[::1] k_dy = coefs[0], k_b = coefs[1], k_g = coefs[2]
+    cdef Scratch s
+    _scratch(&s, 2 * _aligned_bytes(Q * C * 8)
+             + (_aligned_bytes(3 * C * <Py_ssize_t>sizeof(floating)) if sweep else 0))
+    cdef double* part_dy = <double*>_take(&s, Q * C * 8)
+    cdef double* part_dyxc = <double*>_take(&s, Q * C * 8)
+    cdef floating* k_dy = NULL
+    cdef floating* k_b = NULL
+    cdef floating* k_g = NULL
+    if sweep:
+        k_dy = <floating*>_take(&s, 3 * C * <Py_ssize_t>sizeof(floating))
+        k_b = k_dy + C
+        k_g = k_dy + 2 * C
     with nogil:
         for task in prange(C * Q, num_threads=n_threads, schedule='dynamic',
                            chunksize=_handout(_ceil_div(N, Q) * L * <Py_ssize_t>sizeof(floating))):
@@ -1447,44 +1702,45 @@ cdef void _planes_backward(
             s2 = 0.0
             n1 = _chunk_start(q + 1, N, Q)
             for n in range(_chunk_start(q, N, Q), n1):
-                t = fastbn_grad_sums_pf(&x[n, c, 0], &dy[n, c, 0], L, <double>mean[c],
-                                        &x[n + 1, c, 0] if n + 1 < n1 else NULL,
-                                        &dy[n + 1, c, 0] if n + 1 < n1 else NULL, m,
-                                        (n * C + c) * L)
+                o = (n * C + c) * L
+                t = fastbn_grad_sums_pf(x + o, dy + o, L, <double>mean[c],
+                                        x + o + step if n + 1 < n1 else NULL,
+                                        dy + o + step if n + 1 < n1 else NULL, m, o)
                 s1 = s1 + t.s1
                 s2 = s2 + t.s2
-            part_dy[q, c] = s1
-            part_dyxc[q, c] = s2
+            part_dy[q * C + c] = s1
+            part_dyxc[q * C + c] = s2
             if Q == 1 and sweep:
-                _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
-                                       dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
+                _backward_coefficients(part_dy, part_dyxc, 1, C, invstd, gamma, <double>(N * L),
+                                       train, dgamma, dbeta, k_dy, k_b, k_g, c, c + 1)
                 for n in range(N):
-                    _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                              k_dy[c], k_b[c], k_g[c], train, stream, ep, (n * C + c) * L)
+                    o = (n * C + c) * L
+                    _dx_plane(x + o, dy + o, dx + o, L, mean[c], invstd[c], k_dy[c], k_b[c],
+                              k_g[c], train, stream, ep, o)
         if not sweep:
-            _store_sums(part_dy, part_dyxc, sums, 0, C)
+            _store_sums(part_dy, part_dyxc, Q, C, sums, 0, C)
         elif Q > 1:
-            _backward_coefficients(part_dy, part_dyxc, invstd, gamma, <double>(N * L), train,
+            _backward_coefficients(part_dy, part_dyxc, Q, C, invstd, gamma, <double>(N * L), train,
                                    dgamma, dbeta, k_dy, k_b, k_g, 0, C)
-            _planes_dx(x, dy, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, ep)
+            _planes_dx(x, dy, N, C, L, mean, invstd, k_dy, k_b, k_g, train, dx, n_threads, ep)
+        _release(&s)
+    return 0
 
 
 cdef inline void _planes_dx(
-    const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] k_dy, const floating[::1] k_b,
-    const floating[::1] k_g, bint train, floating[:, :, ::1] dx, int n_threads,
-    const Epilogue* ep,
+    const floating* x, const floating* dy, Py_ssize_t N, Py_ssize_t C, Py_ssize_t L,
+    const floating* mean, const floating* invstd, const floating* k_dy, const floating* k_b,
+    const floating* k_g, bint train, floating* dx, int n_threads, const Epilogue* ep,
 ) noexcept nogil:
-    """dx of every plane from the coefficients of _backward_coefficients (dy read through the
-    fused op's mask with `ep`)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], L = x.shape[2], p, n, c
+    """dx of every plane of (N, C, L) arrays from the coefficients of _backward_coefficients (dy
+    read through the fused op's mask with `ep`)."""
+    cdef Py_ssize_t p, c
     cdef int stream = _streams_runs(N * C * L * <Py_ssize_t>sizeof(floating), L * <Py_ssize_t>sizeof(floating))
     for p in prange(N * C, num_threads=n_threads, schedule='dynamic',
                     chunksize=_handout(2 * L * <Py_ssize_t>sizeof(floating))):
-        n = p // C
         c = p % C
-        _dx_plane(&x[n, c, 0], &dy[n, c, 0], &dx[n, c, 0], L, mean[c], invstd[c],
-                  k_dy[c], k_b[c], k_g[c], train, stream, ep, p * L)
+        _dx_plane(x + p * L, dy + p * L, dx + p * L, L, mean[c], invstd[c], k_dy[c], k_b[c],
+                  k_g[c], train, stream, ep, p * L)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1492,21 +1748,46 @@ cdef inline void _planes_dx(
 # --------------------------------------------------------------------------------------------
 
 def rows_forward_train(
-    const floating[:, :, ::1] x,   # IN (R, Cg, L)
-    const floating[::1] gamma,     # IN (G * Cg,)
-    const floating[::1] beta,      # IN (G * Cg,)
+    x,                             # IN (R, Cg, L)
+    gamma,                         # IN (G * Cg,)
+    beta,                          # IN (G * Cg,)
     Py_ssize_t groups,             # G: rows r use parameters of group r % G
     double eps,
     int center,                    # 1: mean and variance (layernorm, groupnorm); 0: RMSNorm
-    floating[:, :, ::1] out,       # OUT (R, Cg, L)
-    floating[::1] mean,            # OUT (R,) (0 when not centred)
-    floating[::1] invstd,          # OUT (R,)
+    out,                           # OUT (R, Cg, L)
+    mean,                          # OUT (R,) (0 when not centred)
+    invstd,                        # OUT (R,)
     int n_threads,
 ):
     """Each row is read for its statistics and normalised while it is still in cache:
     out = (x - mean) * gamma * invstd + beta, with invstd = 1/sqrt(var + eps); not centred
     (RMSNorm), mean = 0 and var = the mean of x^2 (no pass for the mean)."""
-    cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], n = Cg * L, r, k, c0
+    cdef Py_ssize_t R = _dim(x, 0), Cg = _dim(x, 1), L = _dim(x, 2)
+    cdef const void* px = _data(x)
+    cdef const void* pg = _data(gamma)
+    cdef const void* pb = _data(beta)
+    cdef void* po = _data(out)
+    cdef void* pm = _data(mean)
+    cdef void* pi = _data(invstd)
+    cdef bint single = _single(x)
+    with nogil:
+        if single:
+            _rows_forward_train(<const float*>px, R, Cg, L, <const float*>pg, <const float*>pb,
+                                groups, eps, center, <float*>po, <float*>pm, <float*>pi,
+                                n_threads)
+        else:
+            _rows_forward_train(<const double*>px, R, Cg, L, <const double*>pg,
+                                <const double*>pb, groups, eps, center, <double*>po,
+                                <double*>pm, <double*>pi, n_threads)
+
+
+cdef void _rows_forward_train(
+    const floating* x, Py_ssize_t R, Py_ssize_t Cg, Py_ssize_t L, const floating* gamma,
+    const floating* beta, Py_ssize_t groups, double eps, int center, floating* out,
+    floating* mean, floating* invstd, int n_threads,
+) noexcept nogil:
+    """rows_forward_train for one dtype."""
+    cdef Py_ssize_t n = Cg * L, r, k, c0
     cdef int stream = _streams_runs(R * n * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
     cdef double shift, s
@@ -1522,38 +1803,36 @@ def rows_forward_train(
     cdef int path = _rows_forward_path(Cg, L, groups, sizeof(floating))
     if path == ROWS_FWD_SHORT:
         # Short layernorm rows: tasks of about 16 KiB of rows, each handled by one C call.
-        with nogil:
-            for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='static'):
-                r0 = t * rows_per_task
-                fastbn_layernorm_rows(&x[r0, 0, 0], &out[r0, 0, 0], min(rows_per_task, R - r0), n,
-                                      &gamma[0], &beta[0], eps, center, &mean[r0], &invstd[r0])
+        for t in prange(_ceil_div(R, rows_per_task), num_threads=n_threads, schedule='static'):
+            r0 = t * rows_per_task
+            fastbn_layernorm_rows(x + r0 * n, out + r0 * n, min(rows_per_task, R - r0), n,
+                                  gamma, beta, eps, center, mean + r0, invstd + r0)
         return
-    with nogil:
-        for r in prange(R, num_threads=n_threads, schedule='dynamic',
-                        chunksize=_handout(n * <Py_ssize_t>sizeof(floating))):
-            xr = &x[r, 0, 0]
-            yr = &out[r, 0, 0]
-            if path == ROWS_FWD_SEGMENTS:  # one read (see plan.segment_bytes)
-                sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL, center)
-            else:
-                # Two passes over the cached row: the mean (prefetching the next row; none when
-                # not centred), then the sums shifted by it (the corrected two-pass algorithm,
-                # accurate for any offset).
-                shift = 0.0
-                if center:
-                    shift = fastbn_sum_pf(xr, n, xr + n if r + 1 < R else NULL).s1 / n
-                sums = fastbn_moments(_shifted_sums(xr, n, shift), shift, n, center)
-            s = fastbn_row_invstd(sums.s2, n, eps)
-            mf = <floating>sums.s1
-            mean[r] = mf
-            invstd[r] = <floating>s
-            c0 = (r % groups) * Cg
-            if L == 1:
-                fastbn_row_affine(xr, yr, Cg, mf, <floating>s, &gamma[c0], &beta[c0], stream)
-            else:
-                for k in range(Cg):
-                    _affine_plane(xr + k * L, yr + k * L, L, mf,
-                                  <floating>(gamma[c0 + k] * s), beta[c0 + k], stream)
+    for r in prange(R, num_threads=n_threads, schedule='dynamic',
+                    chunksize=_handout(n * <Py_ssize_t>sizeof(floating))):
+        xr = x + r * n
+        yr = out + r * n
+        if path == ROWS_FWD_SEGMENTS:  # one read (see plan.segment_bytes)
+            sums = _segment_moments(xr, n, seg, xr + n if r + 1 < R else NULL, center)
+        else:
+            # Two passes over the cached row: the mean (prefetching the next row; none when
+            # not centred), then the sums shifted by it (the corrected two-pass algorithm,
+            # accurate for any offset).
+            shift = 0.0
+            if center:
+                shift = fastbn_sum_pf(xr, n, xr + n if r + 1 < R else NULL).s1 / n
+            sums = fastbn_moments(_shifted_sums(xr, n, shift), shift, n, center)
+        s = fastbn_row_invstd(sums.s2, n, eps)
+        mf = <floating>sums.s1
+        mean[r] = mf
+        invstd[r] = <floating>s
+        c0 = (r % groups) * Cg
+        if L == 1:
+            fastbn_row_affine(xr, yr, Cg, mf, <floating>s, gamma + c0, beta + c0, stream)
+        else:
+            for k in range(Cg):
+                _affine_plane(xr + k * L, yr + k * L, L, mf,
+                              <floating>(gamma[c0 + k] * s), beta[c0 + k], stream)
 
 
 cdef inline int _rows_forward_path(
@@ -1613,16 +1892,16 @@ cdef inline void _dx_run(
 
 
 def rows_backward(
-    const floating[:, :, ::1] x,   # IN (R, Cg, L)
-    const floating[:, :, ::1] dy,  # IN (R, Cg, L)
-    const floating[::1] mean,      # IN (R,)
-    const floating[::1] invstd,    # IN (R,)
-    const floating[::1] gamma,     # IN (G * Cg,)
+    x,                             # IN (R, Cg, L)
+    dy,                            # IN (R, Cg, L)
+    mean,                          # IN (R,)
+    invstd,                        # IN (R,)
+    gamma,                         # IN (G * Cg,)
     Py_ssize_t groups,
     int center,                    # as in rows_forward_train (0: mean is not read)
-    floating[:, :, ::1] dx,        # OUT (R, Cg, L)
-    floating[::1] dgamma,          # OUT (G * Cg,)
-    floating[::1] dbeta,           # OUT (G * Cg,)
+    dx,                            # OUT (R, Cg, L)
+    dgamma,                        # OUT (G * Cg,)
+    dbeta,                         # OUT (G * Cg,)
     int n_threads,
 ):
     """Per row: one sweep for the two row sums (and dgamma/dbeta partials), one for dx.
@@ -1633,7 +1912,26 @@ def rows_backward(
     dgamma/dbeta partials are kept per chunk of samples (G consecutive rows make one sample) and
     added in chunk order.
     """
-    cdef Py_ssize_t R = x.shape[0], Cg = x.shape[1], L = x.shape[2], C = groups * Cg
+    cdef Py_ssize_t R = _dim(x, 0), Cg = _dim(x, 1), L = _dim(x, 2)
+    if _single(x):
+        _rows_backward(<const float*>_data(x), <const float*>_data(dy), R, Cg, L,
+                       <const float*>_data(mean), <const float*>_data(invstd),
+                       <const float*>_data(gamma), groups, center, <float*>_data(dx),
+                       <float*>_data(dgamma), <float*>_data(dbeta), n_threads)
+    else:
+        _rows_backward(<const double*>_data(x), <const double*>_data(dy), R, Cg, L,
+                       <const double*>_data(mean), <const double*>_data(invstd),
+                       <const double*>_data(gamma), groups, center, <double*>_data(dx),
+                       <double*>_data(dgamma), <double*>_data(dbeta), n_threads)
+
+
+cdef int _rows_backward(
+    const floating* x, const floating* dy, Py_ssize_t R, Py_ssize_t Cg, Py_ssize_t L,
+    const floating* mean, const floating* invstd, const floating* gamma, Py_ssize_t groups,
+    int center, floating* dx, floating* dgamma, floating* dbeta, int n_threads,
+) except -1:
+    """rows_backward for one dtype."""
+    cdef Py_ssize_t C = groups * Cg, n_row = Cg * L
     cdef Py_ssize_t N = R // groups if groups > 0 else 0
     cdef int stream = _streams_runs(R * Cg * L * <Py_ssize_t>sizeof(floating),
                                     (Cg if L == 1 else L) * <Py_ssize_t>sizeof(floating))
@@ -1645,62 +1943,64 @@ def rows_backward(
     cdef const floating* dr
     cdef floating* oxr
     if C == 0:
-        return
+        return 0
     if R == 0 or L == 0:
-        dgamma[:] = 0
-        dbeta[:] = 0
-        return
+        for c in range(C):
+            dgamma[c] = 0
+            dbeta[c] = 0
+        return 0
     cdef int path = _rows_backward_path(R, Cg, L, groups, sizeof(floating))
     if path == ROWS_BWD_SEGMENTS:
-        _rows_backward_long(x, dy, mean, invstd, gamma, center, dx, dgamma, dbeta, n_threads)
-        return
+        return _rows_backward_long(x, dy, R, Cg, mean, invstd, gamma, center, dx, dgamma, dbeta,
+                                   n_threads)
     K = max(min(N, plan.target_tasks, plan.max_partials // C), 1)
-    # Partials are zeroed by the thread that uses them (np.zeros' fresh pages would be copied on
+    # Partials are zeroed by the thread that uses them (a fresh zeroed page would be copied on
     # first write, each copy flushing the TLB of every thread of the process).
-    cdef double[:, :, ::1] parts = _scratch(K, C)
-    cdef double[:, ::1] part_dgamma = parts[0]
-    cdef double[:, ::1] part_dbeta = parts[1]
-    cdef double[:, ::1] scratch = np.empty((K, 16))  # per chunk: 4 means, 4 invstds, 4 x 2 sums
+    cdef Scratch sc
+    _scratch(&sc, 2 * _aligned_bytes(K * C * 8) + _aligned_bytes(K * 16 * 8))
+    cdef double* part_dgamma = <double*>_take(&sc, K * C * 8)  # (K, C)
+    cdef double* part_dbeta = <double*>_take(&sc, K * C * 8)   # (K, C)
+    cdef double* scratch = <double*>_take(&sc, K * 16 * 8)  # per chunk: 4 means, 4 invstds, 4 x 2 sums
+    cdef double* sq
     with nogil:
         for q in prange(K, num_threads=n_threads, schedule='dynamic'):
             for c in range(C):
-                part_dgamma[q, c] = 0.0
-                part_dbeta[q, c] = 0.0
+                part_dgamma[q * C + c] = 0.0
+                part_dbeta[q * C + c] = 0.0
+            sq = scratch + q * 16
             n0 = _chunk_start(q, N, K)
             n1 = _chunk_start(q + 1, N, K)
             n = n0
             if path == ROWS_BWD_FOUR:  # four at a time, the rows left over as short rows
                 while n + 4 <= n1:
                     for k in range(4):
-                        scratch[q, k] = <double>mean[n + k] if center else 0.0
-                        scratch[q, 4 + k] = <double>invstd[n + k]
-                    _rows4_grad_sums(&x[n, 0, 0], &dy[n, 0, 0], Cg, &gamma[0], Cg, &scratch[q, 0],
-                                     &scratch[q, 4], &part_dbeta[q, 0], &part_dgamma[q, 0],
-                                     &scratch[q, 8], n + 8 <= n1)
+                        sq[k] = <double>mean[n + k] if center else 0.0
+                        sq[4 + k] = <double>invstd[n + k]
+                    _rows4_grad_sums(x + n * n_row, dy + n * n_row, Cg, gamma, Cg, sq, sq + 4,
+                                     part_dbeta + q * C, part_dgamma + q * C, sq + 8, n + 8 <= n1)
                     for k in range(4):
-                        s = scratch[q, 4 + k]
-                        coefs = fastbn_row_dx_coefs(s, scratch[q, 8 + 2 * k],
-                                                    scratch[q, 9 + 2 * k], Cg, center)
-                        _dx_run(&x[n + k, 0, 0], &dy[n + k, 0, 0], &dx[n + k, 0, 0], Cg,
-                                scratch[q, k], s, &gamma[0], 0.0, coefs.s3, coefs.b, stream)
+                        s = sq[4 + k]
+                        coefs = fastbn_row_dx_coefs(s, sq[8 + 2 * k], sq[9 + 2 * k], Cg, center)
+                        _dx_run(x + (n + k) * n_row, dy + (n + k) * n_row, dx + (n + k) * n_row,
+                                Cg, sq[k], s, gamma, 0.0, coefs.s3, coefs.b, stream)
                     n = n + 4
             if (path == ROWS_BWD_FOUR or path == ROWS_BWD_SHORT) and n < n1:  # the rest, in one C call
-                fastbn_layernorm_rows_grad(&x[n, 0, 0], &dy[n, 0, 0], &dx[n, 0, 0], n1 - n, Cg,
-                                           &gamma[0], &mean[n], &invstd[n], center,
-                                           &part_dbeta[q, 0], &part_dgamma[q, 0], stream)
+                fastbn_layernorm_rows_grad(x + n * n_row, dy + n * n_row, dx + n * n_row, n1 - n,
+                                           Cg, gamma, mean + n, invstd + n, center,
+                                           part_dbeta + q * C, part_dgamma + q * C, stream)
                 n = n1
             for n in range(n, n1):
                 for g in range(groups):
                     r = n * groups + g
-                    xr = &x[r, 0, 0]
-                    dr = &dy[r, 0, 0]
-                    oxr = &dx[r, 0, 0]
+                    xr = x + r * n_row
+                    dr = dy + r * n_row
+                    oxr = dx + r * n_row
                     c0 = g * Cg
                     s = <double>invstd[r]
                     m = <double>mean[r] if center else 0.0
                     if L == 1:
-                        sums = _row_grad_sums(xr, dr, &gamma[c0], Cg, m, s,
-                                              &part_dbeta[q, c0], &part_dgamma[q, c0])
+                        sums = _row_grad_sums(xr, dr, gamma + c0, Cg, m, s,
+                                              part_dbeta + q * C + c0, part_dgamma + q * C + c0)
                         sum_g = sums.s1
                         sum_gxc = sums.s2
                     else:
@@ -1711,14 +2011,14 @@ def rows_backward(
                                 xr + k * L, dr + k * L, L, m,
                                 xr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL,
                                 dr + (k + 1) * L if r + 1 < R or k + 1 < Cg else NULL, NULL, 0)
-                            part_dbeta[q, c0 + k] += sums.s1
-                            part_dgamma[q, c0 + k] += sums.s2 * s
+                            part_dbeta[q * C + c0 + k] += sums.s1
+                            part_dgamma[q * C + c0 + k] += sums.s2 * s
                             sum_g = sum_g + sums.s1 * gamma[c0 + k]
                             sum_gxc = sum_gxc + sums.s2 * gamma[c0 + k]
                     # dx = s * (g - sum_g / M - xc * s^2 * sum_gxc / M), g = dy * gamma
                     coefs = fastbn_row_dx_coefs(s, sum_g, sum_gxc, Cg * L, center)
                     if L == 1:
-                        _dx_run(xr, dr, oxr, Cg, m, s, &gamma[c0], 0.0, coefs.s3, coefs.b, stream)
+                        _dx_run(xr, dr, oxr, Cg, m, s, gamma + c0, 0.0, coefs.s3, coefs.b, stream)
                     else:
                         for k in range(Cg):
                             _dx_run(xr + k * L, dr + k * L, oxr + k * L, L, m, s, NULL,
@@ -1727,36 +2027,41 @@ def rows_backward(
             pdg = 0.0
             pdb = 0.0
             for q in range(K):
-                pdg = pdg + part_dgamma[q, c]
-                pdb = pdb + part_dbeta[q, c]
+                pdg = pdg + part_dgamma[q * C + c]
+                pdb = pdb + part_dbeta[q * C + c]
             dgamma[c] = <floating>pdg
             dbeta[c] = <floating>pdb
+        _release(&sc)
+    return 0
 
 
-cdef void _rows_backward_long(
-    const floating[:, :, ::1] x, const floating[:, :, ::1] dy, const floating[::1] mean,
-    const floating[::1] invstd, const floating[::1] gamma, int center, floating[:, :, ::1] dx,
-    floating[::1] dgamma, floating[::1] dbeta, int n_threads,
-):
+cdef int _rows_backward_long(
+    const floating* x, const floating* dy, Py_ssize_t R, Py_ssize_t n, const floating* mean,
+    const floating* invstd, const floating* gamma, int center, floating* dx, floating* dgamma,
+    floating* dbeta, int n_threads,
+) except -1:
     """rows_backward of (R, n, 1) layernorm rows too long for per-chunk partials: per column
     segment (in parallel), the gradient sums of every row's part of it, four rows at a time,
     while the segment's dgamma/dbeta sums stay in L1 (each column's sum is then final: no
     partials to merge); each row's sums added over the segments in order; then dx. Every sum's
     grouping depends on the shape only."""
-    cdef Py_ssize_t R = x.shape[0], n = x.shape[1], r, j, t, c0, w
+    cdef Py_ssize_t r, j, t, c0, w
     cdef Py_ssize_t seg = plan.segment_bytes // <Py_ssize_t>sizeof(floating), n_seg = _ceil_div(n, seg)
     cdef Py_ssize_t run = plan.run_bytes // <Py_ssize_t>sizeof(floating), n_runs = _ceil_div(n, run)
     cdef int stream = _streams(R * n * <Py_ssize_t>sizeof(floating))
     cdef double sum_g, sum_gxc
     cdef fastbn_sums sums
     cdef fastbn_dx_coefs coefs
-    cdef double[:, :, ::1] parts = _scratch(1, n)  # dbeta, dgamma sums
-    cdef double[::1] col_db = parts[0, 0], col_dg = parts[1, 0]
-    cdef double[:, :, ::1] row_sums = np.empty((n_seg, R, 2))  # sum(g dy), sum(g dy (x - mean))
-    cdef double[:, ::1] coef = np.empty((4, R))  # per row: mean, invstd, s3, b
+    cdef Scratch s
+    _scratch(&s, 2 * _aligned_bytes(n * 8) + _aligned_bytes(n_seg * R * 2 * 8)
+             + _aligned_bytes(4 * R * 8))
+    cdef double* col_db = <double*>_take(&s, n * 8)  # dbeta, dgamma sums
+    cdef double* col_dg = <double*>_take(&s, n * 8)
+    cdef double* row_sums = <double*>_take(&s, n_seg * R * 2 * 8)  # (n_seg, R, 2): sum(g dy), sum(g dy (x - mean))
+    cdef double* coef = <double*>_take(&s, 4 * R * 8)  # (4, R) per row: mean, invstd, s3, b
     for r in range(R):
-        coef[0, r] = mean[r] if center else 0.0
-        coef[1, r] = invstd[r]
+        coef[r] = mean[r] if center else 0.0
+        coef[R + r] = invstd[r]
     with nogil:
         for t in prange(n_seg, num_threads=n_threads, schedule='dynamic'):
             c0 = t * seg
@@ -1766,15 +2071,15 @@ cdef void _rows_backward_long(
                 col_dg[j] = 0.0
             r = 0
             while r + 4 <= R:
-                _rows4_grad_sums(&x[r, c0, 0], &dy[r, c0, 0], n, &gamma[c0], w, &coef[0, r],
-                                 &coef[1, r], &col_db[c0], &col_dg[c0], &row_sums[t, r, 0],
+                _rows4_grad_sums(x + r * n + c0, dy + r * n + c0, n, gamma + c0, w, coef + r,
+                                 coef + R + r, col_db + c0, col_dg + c0, row_sums + (t * R + r) * 2,
                                  r + 8 <= R)
                 r = r + 4
             while r < R:
-                sums = _row_grad_sums(&x[r, c0, 0], &dy[r, c0, 0], &gamma[c0], w, coef[0, r],
-                                      coef[1, r], &col_db[c0], &col_dg[c0])
-                row_sums[t, r, 0] = sums.s1
-                row_sums[t, r, 1] = sums.s2
+                sums = _row_grad_sums(x + r * n + c0, dy + r * n + c0, gamma + c0, w, coef[r],
+                                      coef[R + r], col_db + c0, col_dg + c0)
+                row_sums[(t * R + r) * 2] = sums.s1
+                row_sums[(t * R + r) * 2 + 1] = sums.s2
                 r = r + 1
             for j in range(c0, c0 + w):
                 dbeta[j] = <floating>col_db[j]
@@ -1783,45 +2088,70 @@ cdef void _rows_backward_long(
             sum_g = 0.0
             sum_gxc = 0.0
             for t in range(n_seg):
-                sum_g = sum_g + row_sums[t, r, 0]
-                sum_gxc = sum_gxc + row_sums[t, r, 1]
-            coefs = fastbn_row_dx_coefs(coef[1, r], sum_g, sum_gxc, n, center)
-            coef[2, r] = coefs.s3
-            coef[3, r] = coefs.b
+                sum_g = sum_g + row_sums[(t * R + r) * 2]
+                sum_gxc = sum_gxc + row_sums[(t * R + r) * 2 + 1]
+            coefs = fastbn_row_dx_coefs(coef[R + r], sum_g, sum_gxc, n, center)
+            coef[2 * R + r] = coefs.s3
+            coef[3 * R + r] = coefs.b
         for t in prange(R * n_runs, num_threads=n_threads, schedule='dynamic'):
             r = t // n_runs
             c0 = (t % n_runs) * run
-            _dx_run(&x[r, c0, 0], &dy[r, c0, 0], &dx[r, c0, 0], min(run, n - c0), coef[0, r],
-                    coef[1, r], &gamma[c0], 0.0, coef[2, r], coef[3, r], stream)
+            _dx_run(x + r * n + c0, dy + r * n + c0, dx + r * n + c0, min(run, n - c0), coef[r],
+                    coef[R + r], gamma + c0, 0.0, coef[2 * R + r], coef[3 * R + r], stream)
+        _release(&s)
+    return 0
 
 
 def parallel_read(
-    const floating[::1] x,         # IN
+    x,                             # IN (n,)
     int n_threads,
 ):
     """Sum of x, read in blocks by n_threads threads: the read-only yardstick of the benchmarks
     (one sweep that reads x and writes nothing, as a statistics pass does). The block sums are
     added in block order (the same bits for any thread count)."""
-    cdef Py_ssize_t n = x.shape[0], block = 1 << 16, n_blocks = _ceil_div(n, block), b
+    cdef Py_ssize_t n = _dim(x, 0)
+    if _single(x):
+        return _parallel_read(<const float*>_data(x), n, n_threads)
+    return _parallel_read(<const double*>_data(x), n, n_threads)
+
+
+cdef double _parallel_read(const floating* x, Py_ssize_t n, int n_threads) except? -1:
+    """parallel_read for one dtype."""
+    cdef Py_ssize_t block = 1 << 16, n_blocks = _ceil_div(n, block), b
     cdef double total = 0.0
-    cdef double[::1] block_sums = np.empty(n_blocks)
+    cdef Scratch s
+    _scratch(&s, _aligned_bytes(n_blocks * 8))
+    cdef double* block_sums = <double*>_take(&s, n_blocks * 8)
     with nogil:
         for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
-            block_sums[b] = fastbn_sum(&x[b * block], min(block, n - b * block)).s1
+            block_sums[b] = fastbn_sum(x + b * block, min(block, n - b * block)).s1
         for b in range(n_blocks):
             total = total + block_sums[b]
+        _release(&s)
     return total
 
 
 def parallel_copy(
-    const floating[::1] src,       # IN
-    floating[::1] dst,             # OUT
+    src,                           # IN (n,)
+    dst,                           # OUT (n,)
     int n_threads,
 ):
     """Copy src into dst with n_threads threads: the memory-bandwidth yardstick of the benchmarks."""
-    cdef Py_ssize_t n = src.shape[0], block = 1 << 16, n_blocks = _ceil_div(n, block), b, j, j1
+    cdef Py_ssize_t n = _dim(src, 0)
+    cdef const void* ps = _data(src)
+    cdef void* pd = _data(dst)
+    cdef bint single = _single(src)
     with nogil:
-        for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
-            j1 = min((b + 1) * block, n)
-            for j in range(b * block, j1):
-                dst[j] = src[j]
+        if single:
+            _parallel_copy(<const float*>ps, <float*>pd, n, n_threads)
+        else:
+            _parallel_copy(<const double*>ps, <double*>pd, n, n_threads)
+
+
+cdef void _parallel_copy(const floating* src, floating* dst, Py_ssize_t n, int n_threads) noexcept nogil:
+    """parallel_copy for one dtype."""
+    cdef Py_ssize_t block = 1 << 16, n_blocks = _ceil_div(n, block), b, j, j1
+    for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
+        j1 = min((b + 1) * block, n)
+        for j in range(b * block, j1):
+            dst[j] = src[j]
