@@ -6,7 +6,8 @@
  * In this file: T, the element type; VT, a vector of N values of T (64 bytes); fastbn_vd, 8
  * doubles. LOADV/STOREV: a vector of T at any address; LOAD8: 8 values of T as doubles; LOADM and
  * STOREM: the first `count` lanes of a vector; STREAM: a streaming store to a 64-byte aligned
- * address; PACK(h): the N / 8 vectors of doubles h[] rounded to a vector of T. POS_BITS, KEEP,
+ * address; PUT_PACKED(p, h, stream): the N / 8 vectors of doubles h[] rounded to T and stored at p
+ * (streamed when `stream`). POS_BITS, KEEP,
  * RELU: the lane operations of the ReLU epilogue (simd.h).
  *
  * Epilogues (fused batchnorm + residual add + ReLU): the affine sweeps take `relu` (0: none; 1:
@@ -33,7 +34,8 @@
 #define LOADM FASTBN_ISA(loadm_f)
 #define STOREM FASTBN_ISA(storem_f)
 #define STREAM FASTBN_ISA(stream_f)
-#define PACK(h) FASTBN_ISA(narrow16)((h)[0], (h)[1])
+#define PUT_PACKED(p, h, stream) FASTBN_ISA(put_narrow16)((p), (h)[0], (h)[1], (stream))
+#define SPLAT FASTBN_ISA(splat_f)
 #define POS_BITS FASTBN_ISA(pos_bits_f)
 #define KEEP FASTBN_ISA(keep_f)
 #define RELU FASTBN_ISA(relu_f)
@@ -47,7 +49,8 @@
 #define LOADM FASTBN_ISA(loadm_d)
 #define STOREM FASTBN_ISA(storem_d)
 #define STREAM FASTBN_ISA(stream_d)
-#define PACK(h) (h)[0]
+#define PUT_PACKED(p, h, stream) FN(put)((p), (h)[0], (stream))
+#define SPLAT FASTBN_ISA(splat_d)
 #define POS_BITS FASTBN_ISA(pos_bits_d)
 #define KEEP FASTBN_ISA(keep_d)
 #define RELU FASTBN_ISA(relu_d)
@@ -59,6 +62,9 @@
 #define ACC_ZERO FASTBN_ISA(acc_zero)
 #define ACC_ADD(a, v) FASTBN_ISA(acc_add)(&(a), (v))
 #define ACC_GET FASTBN_ISA(acc_get)
+/* Loop-invariant vectors of a scalar: SPLAT (a VT of a T), SPLAT8 (a fastbn_vd of a double), made
+ * once before a loop (see simd.h). */
+#define SPLAT8 FASTBN_ISA(splat_d)
 
 #if FASTBN_ISA_LEVEL == 0 /* the first instruction set: the table's type, once per T */
 typedef struct {
@@ -151,6 +157,7 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
                                        const T *next_x, const T *next_dy, const uint8_t *mask,
                                        ptrdiff_t pos) {
     ACC A0 = ACC_ZERO(), A1 = ACC_ZERO(), B0 = ACC_ZERO(), B1 = ACC_ZERO();
+    const fastbn_vd cv = SPLAT8(c);
     fastbn_vd t, g;
     ptrdiff_t j = 0;
     int h;
@@ -164,12 +171,12 @@ FASTBN_INLINE fastbn_sums FN(run_sums)(const int kind, const int pf, const T *RE
                 t = LOAD8(x + j + h);
                 if (h) ACC_ADD(A1, t); else ACC_ADD(A0, t);
             } else if (kind == 1) {
-                t = LOAD8(x + j + h) - c;
+                t = LOAD8(x + j + h) - cv;
                 if (h) ACC_ADD(A1, t), ACC_ADD(B1, t * t); else ACC_ADD(A0, t), ACC_ADD(B0, t * t);
             } else {
                 g = LOAD8(dy + j + h);
                 if (kind == 3) g = FASTBN_ISA(keep_d)(g, fastbn_get_bits(mask, pos + j + h, 8));
-                t = g * (LOAD8(x + j + h) - c);
+                t = g * (LOAD8(x + j + h) - cv);
                 if (h) ACC_ADD(A1, g), ACC_ADD(B1, t); else ACC_ADD(A0, g), ACC_ADD(B0, t);
             }
         }
@@ -219,14 +226,15 @@ static fastbn_sums FN(row_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy,
                                      const T *RESTRICT gamma, ptrdiff_t n, double mean,
                                      double invstd, double *RESTRICT db, double *RESTRICT dg) {
     ACC A[2] = {ACC_ZERO(), ACC_ZERO()}, B[2] = {ACC_ZERO(), ACC_ZERO()};
+    const fastbn_vd mv = SPLAT8(mean), sv = SPLAT8(invstd);
     ptrdiff_t j = 0;
     int h;
     for (; j + 16 <= n; j += 16)
         for (h = 0; h < 2; h++) {
             ptrdiff_t k = j + 8 * h;
-            fastbn_vd g = LOAD8(dy + k), xc = LOAD8(x + k) - mean;
+            fastbn_vd g = LOAD8(dy + k), xc = LOAD8(x + k) - mv;
             FASTBN_ISA(storev_d)(db + k, FASTBN_ISA(load8_d)(db + k) + g);
-            FASTBN_ISA(storev_d)(dg + k, FASTBN_ISA(load8_d)(dg + k) + g * xc * invstd);
+            FASTBN_ISA(storev_d)(dg + k, FASTBN_ISA(load8_d)(dg + k) + g * xc * sv);
             g *= LOAD8(gamma + k);
             ACC_ADD(A[h], g);
             ACC_ADD(B[h], g * xc);
@@ -251,6 +259,7 @@ FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *
                                         ptrdiff_t n, T mean, T scale, T beta, int stream,
                                         const T *RESTRICT res, uint8_t *RESTRICT mask,
                                         ptrdiff_t pos, ptrdiff_t mask_ahead) {
+    const VT mv = SPLAT(mean), sv = SPLAT(scale), bv = SPLAT(beta);
     ptrdiff_t j = 0;
     if (stream)
         for (; j < n && ((uintptr_t)(out + j) & 63); j++)
@@ -259,8 +268,7 @@ FASTBN_INLINE void FN(plane_affine_run)(const int relu, const T *RESTRICT x, T *
     for (; j + N <= n; j += N) {
         if (relu && !((pos + j) & 255))
             __builtin_prefetch(mask + ((pos + j + mask_ahead) >> 3), 1, 3);
-        FN(put)(out + j, FN(relu_s)(relu, (FN(loadv)(x + j) - mean) * scale + beta, res, j, &sink),
-                stream);
+        FN(put)(out + j, FN(relu_s)(relu, (FN(loadv)(x + j) - mv) * sv + bv, res, j, &sink), stream);
     }
     if (relu) fastbn_sink_end(&sink);
     for (; j < n; j++) out[j] = FN(relu1)(relu, (x[j] - mean) * scale + beta, res, j, mask, pos + j);
@@ -282,6 +290,7 @@ FASTBN_INLINE void FN(plane_dx_run)(const int relu, const T *RESTRICT x, const T
                                     T *RESTRICT dx, ptrdiff_t n, T mean, T invstd, T k_dy, T k_b,
                                     T k_g, int stream, const uint8_t *RESTRICT mask, ptrdiff_t pos,
                                     T *RESTRICT dres) {
+    const VT mv = SPLAT(mean), sv = SPLAT(invstd), av = SPLAT(k_dy), bv = SPLAT(k_b), gv_ = SPLAT(k_g);
     ptrdiff_t j = 0;
     T g;
     if (stream)
@@ -294,8 +303,7 @@ FASTBN_INLINE void FN(plane_dx_run)(const int relu, const T *RESTRICT x, const T
         VT gv = FN(masked_dy)(relu, FN(loadv)(dy + j), mask, pos + j, 0, 0);
         if (relu && dres) FN(storev)(dres + j, gv);
         FN(put)(dx + j,
-                relu == 2 ? k_dy * gv
-                          : k_dy * (gv - k_b - (FN(loadv)(x + j) - mean) * invstd * k_g),
+                relu == 2 ? av * gv : av * (gv - bv - (FN(loadv)(x + j) - mv) * sv * gv_),
                 stream);
     }
     for (; j < n; j++) {
@@ -320,13 +328,13 @@ static void FN(plane_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT 
 FASTBN_INLINE void FN(row_affine_run)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T mean,
                                       T invstd, const T *RESTRICT gamma, const T *RESTRICT beta,
                                       const int stream) {
+    const VT mv = SPLAT(mean), sv = SPLAT(invstd);
     ptrdiff_t j = 0;
     if (stream)
         for (; j < n && ((uintptr_t)(out + j) & 63); j++)
             out[j] = (x[j] - mean) * (gamma[j] * invstd) + beta[j];
     for (; j + N <= n; j += N)
-        FN(put)(out + j,
-                (FN(loadv)(x + j) - mean) * (FN(loadv)(gamma + j) * invstd) + FN(loadv)(beta + j),
+        FN(put)(out + j, (FN(loadv)(x + j) - mv) * (FN(loadv)(gamma + j) * sv) + FN(loadv)(beta + j),
                 stream);
     for (; j < n; j++) out[j] = (x[j] - mean) * (gamma[j] * invstd) + beta[j];
     if (stream) FASTBN_ISA(sfence)();
@@ -337,9 +345,9 @@ static void FN(row_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t n, T 
 }
 /* Layernorm/groupnorm dx in double, rounded to T: dx = invstd * gamma * dy - s3 * (x - mean) + b,
  * or a * dy - s3 * (x - mean) + b without gamma (NULL). */
-FASTBN_INLINE fastbn_vd FN(row_dx8)(const T *x, const T *dy, const T *gamma, double mean,
-                                    double invstd, double a, double s3, double b) {
-    fastbn_vd c = gamma ? invstd * LOAD8(gamma) : (fastbn_vd){a, a, a, a, a, a, a, a};
+FASTBN_INLINE fastbn_vd FN(row_dx8)(const T *x, const T *dy, const T *gamma, fastbn_vd mean,
+                                    fastbn_vd invstd, fastbn_vd a, fastbn_vd s3, fastbn_vd b) {
+    fastbn_vd c = gamma ? invstd * LOAD8(gamma) : a;
     return c * LOAD8(dy) - s3 * (LOAD8(x) - mean) + b;
 }
 FASTBN_INLINE T FN(row_dx1)(const T *x, const T *dy, const T *gamma, ptrdiff_t j, double mean,
@@ -351,6 +359,8 @@ FASTBN_INLINE void FN(row_dx_run)(const int has_gamma, const T *RESTRICT x, cons
                                   T *RESTRICT dx, ptrdiff_t n, double mean, double invstd,
                                   const T *RESTRICT gamma, double a, double s3, double b,
                                   int stream) {
+    const fastbn_vd mv = SPLAT8(mean), sv = SPLAT8(invstd), av = SPLAT8(a), s3v = SPLAT8(s3),
+                    bv = SPLAT8(b);
     ptrdiff_t j = 0;
     int k;
     if (stream)
@@ -360,8 +370,8 @@ FASTBN_INLINE void FN(row_dx_run)(const int has_gamma, const T *RESTRICT x, cons
         fastbn_vd h[N / 8];
         for (k = 0; k < N / 8; k++)
             h[k] = FN(row_dx8)(x + j + 8 * k, dy + j + 8 * k, has_gamma ? gamma + j + 8 * k : NULL,
-                               mean, invstd, a, s3, b);
-        FN(put)(dx + j, PACK(h), stream);
+                               mv, sv, av, s3v, bv);
+        PUT_PACKED(dx + j, h, stream);
     }
     for (; j < n; j++)
         dx[j] = FN(row_dx1)(x, dy, has_gamma ? gamma : NULL, j, mean, invstd, a, s3, b);
@@ -917,7 +927,7 @@ FASTBN_INLINE void FN(lng_reg)(const int NV, const T *RESTRICT x, const T *RESTR
             fastbn_vd h[N / 8];
             for (q = 0; q < N / 8; q++)
                 h[q] = s * LOAD8(gamma + 8 * (k + q)) * gv[k + q] - c.s3 * (xv[k + q] - m) + c.b;
-            FN(storev)(dx + r * n + 8 * k, PACK(h));
+            PUT_PACKED(dx + r * n + 8 * k, h, 0);
         }
     }
 }
@@ -965,7 +975,9 @@ static const FN_TABLE FN(table) = {
 #undef ACC_ZERO
 #undef ACC_ADD
 #undef ACC_GET
-#undef PACK
+#undef SPLAT
+#undef SPLAT8
+#undef PUT_PACKED
 #undef POS_BITS
 #undef KEEP
 #undef RELU

@@ -91,6 +91,49 @@ FASTBN_INLINE FASTBN_ISA(acc) FASTBN_ISA(acc_zero)(void) {
     return a;
 }
 
+/* Vectors of one value in every lane, made by this instruction set's own broadcast: below
+ * AVX-512, GCC builds a 64-byte vector from a scalar (wherever a scalar meets a vector) through
+ * eight or sixteen scalar stores and wider loads, a stalled store forward per vector half, in
+ * every call of a loop (short rows and planes call them once per row or plane). */
+FASTBN_INLINE fastbn_vd FASTBN_ISA(splat_d)(double a) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vd)_mm512_set1_pd(a);
+#elif FASTBN_ISA_LEVEL == 1
+    __m256d h = _mm256_set1_pd(a);
+    fastbn_vd v;
+    memcpy(&v, &h, 32);
+    memcpy((char *)&v + 32, &h, 32);
+    return v;
+#elif defined(__SSE2__)
+    __m128d q = _mm_set1_pd(a);
+    fastbn_vd v;
+    int k;
+    for (k = 0; k < 4; k++) memcpy((char *)&v + 16 * k, &q, 16);
+    return v;
+#else
+    return (fastbn_vd){a, a, a, a, a, a, a, a};
+#endif
+}
+FASTBN_INLINE fastbn_vf FASTBN_ISA(splat_f)(float a) {
+#if FASTBN_ISA_LEVEL >= 2
+    return (fastbn_vf)_mm512_set1_ps(a);
+#elif FASTBN_ISA_LEVEL == 1
+    __m256 h = _mm256_set1_ps(a);
+    fastbn_vf v;
+    memcpy(&v, &h, 32);
+    memcpy((char *)&v + 32, &h, 32);
+    return v;
+#elif defined(__SSE2__)
+    __m128 q = _mm_set1_ps(a);
+    fastbn_vf v;
+    int k;
+    for (k = 0; k < 4; k++) memcpy((char *)&v + 16 * k, &q, 16);
+    return v;
+#else
+    return (fastbn_vf){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a};
+#endif
+}
+
 /* Eight floats (or doubles) at p as doubles. */
 FASTBN_INLINE fastbn_vd FASTBN_ISA(load8_f)(const float *p) {
 #if FASTBN_ISA_LEVEL >= 2
@@ -115,6 +158,37 @@ FASTBN_INLINE fastbn_vf FASTBN_ISA(narrow16)(fastbn_vd lo, fastbn_vd hi) {
 #else
     fastbn_vf8 l = __builtin_convertvector(lo, fastbn_vf8), h = __builtin_convertvector(hi, fastbn_vf8);
     return __builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#endif
+}
+
+/* Sixteen doubles (lo: values 0-7, hi: 8-15) rounded to floats and stored at p, streamed when
+ * `stream` (p 64-byte aligned): below AVX-512 each half is stored as it is converted, not first
+ * gathered into one 64-byte vector (which GCC moves through general registers there). */
+FASTBN_INLINE void FASTBN_ISA(put_narrow16)(float *p, fastbn_vd lo, fastbn_vd hi, int stream) {
+#if FASTBN_ISA_LEVEL >= 2
+    fastbn_vf v = FASTBN_ISA(narrow16)(lo, hi);
+    if (stream) _mm512_stream_ps(p, (__m512)v);
+    else memcpy(p, &v, sizeof v);
+#else
+    fastbn_vf8 l = __builtin_convertvector(lo, fastbn_vf8), h = __builtin_convertvector(hi, fastbn_vf8);
+#if FASTBN_ISA_LEVEL == 1
+    if (stream) {
+        _mm256_stream_ps(p, (__m256)l);
+        _mm256_stream_ps(p + 8, (__m256)h);
+        return;
+    }
+#elif defined(__SSE2__)
+    if (stream) {
+        __m128 q[4];
+        int k;
+        memcpy(q, &l, 32);
+        memcpy(q + 2, &h, 32);
+        for (k = 0; k < 4; k++) _mm_stream_ps(p + 4 * k, q[k]);
+        return;
+    }
+#endif
+    memcpy(p, &l, sizeof l);
+    memcpy(p + 8, &h, sizeof h);
 #endif
 }
 
