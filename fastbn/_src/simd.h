@@ -231,10 +231,30 @@ FASTBN_INLINE void FASTBN_ISA(sfence)(void) {
 #endif
 }
 
-/* The first `count` (< lanes) values at p, zeros after them; and their store. */
+/* The first `count` (< lanes) values at p, zeros after them; and their store. AVX2: masked moves
+ * of each 32-byte half (the lanes past the end are not touched; a variable-length memcpy there
+ * cost more than the vector loop it ends). */
+#if FASTBN_ISA_LEVEL == 1
+FASTBN_INLINE __m256i FASTBN_ISA(lanes32)(unsigned count, int first) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)count),
+                              _mm256_setr_epi32(first, first + 1, first + 2, first + 3, first + 4,
+                                                first + 5, first + 6, first + 7));
+}
+FASTBN_INLINE __m256i FASTBN_ISA(lanes64)(unsigned count, int first) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)count),
+                              _mm256_setr_epi64x(first, first + 1, first + 2, first + 3));
+}
+#endif
 FASTBN_INLINE fastbn_vf FASTBN_ISA(loadm_f)(const float *p, unsigned count) {
 #if FASTBN_ISA_LEVEL >= 2
     return (fastbn_vf)_mm512_maskz_loadu_ps((__mmask16)((1u << count) - 1), p);
+#elif FASTBN_ISA_LEVEL == 1
+    __m256 l = _mm256_maskload_ps(p, FASTBN_ISA(lanes32)(count, 0));
+    __m256 h = _mm256_maskload_ps(p + 8, FASTBN_ISA(lanes32)(count, 8));
+    fastbn_vf v;
+    memcpy(&v, &l, 32);
+    memcpy((char *)&v + 32, &h, 32);
+    return v;
 #else
     fastbn_vf v = {0};
     memcpy(&v, p, count * sizeof *p);
@@ -244,6 +264,13 @@ FASTBN_INLINE fastbn_vf FASTBN_ISA(loadm_f)(const float *p, unsigned count) {
 FASTBN_INLINE fastbn_vd FASTBN_ISA(loadm_d)(const double *p, unsigned count) {
 #if FASTBN_ISA_LEVEL >= 2
     return (fastbn_vd)_mm512_maskz_loadu_pd((__mmask8)((1u << count) - 1), p);
+#elif FASTBN_ISA_LEVEL == 1
+    __m256d l = _mm256_maskload_pd(p, FASTBN_ISA(lanes64)(count, 0));
+    __m256d h = _mm256_maskload_pd(p + 4, FASTBN_ISA(lanes64)(count, 4));
+    fastbn_vd v;
+    memcpy(&v, &l, 32);
+    memcpy((char *)&v + 32, &h, 32);
+    return v;
 #else
     fastbn_vd v = {0};
     memcpy(&v, p, count * sizeof *p);
@@ -253,6 +280,11 @@ FASTBN_INLINE fastbn_vd FASTBN_ISA(loadm_d)(const double *p, unsigned count) {
 FASTBN_INLINE void FASTBN_ISA(storem_f)(float *p, unsigned count, fastbn_vf v) {
 #if FASTBN_ISA_LEVEL >= 2
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << count) - 1), (__m512)v);
+#elif FASTBN_ISA_LEVEL == 1
+    __m256 h[2];
+    memcpy(h, &v, sizeof v);
+    _mm256_maskstore_ps(p, FASTBN_ISA(lanes32)(count, 0), h[0]);
+    _mm256_maskstore_ps(p + 8, FASTBN_ISA(lanes32)(count, 8), h[1]);
 #else
     memcpy(p, &v, count * sizeof *p);
 #endif
@@ -260,6 +292,11 @@ FASTBN_INLINE void FASTBN_ISA(storem_f)(float *p, unsigned count, fastbn_vf v) {
 FASTBN_INLINE void FASTBN_ISA(storem_d)(double *p, unsigned count, fastbn_vd v) {
 #if FASTBN_ISA_LEVEL >= 2
     _mm512_mask_storeu_pd(p, (__mmask8)((1u << count) - 1), (__m512d)v);
+#elif FASTBN_ISA_LEVEL == 1
+    __m256d h[2];
+    memcpy(h, &v, sizeof v);
+    _mm256_maskstore_pd(p, FASTBN_ISA(lanes64)(count, 0), h[0]);
+    _mm256_maskstore_pd(p + 4, FASTBN_ISA(lanes64)(count, 4), h[1]);
 #else
     memcpy(p, &v, count * sizeof *p);
 #endif
