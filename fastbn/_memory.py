@@ -53,7 +53,7 @@ def _parse(text):
 def set_buffer_cache(max_bytes: int) -> None:
     """Bound the memory fastbn keeps for reuse by later outputs; 0 turns the cache off.
 
-    Outputs and ``dx`` arrays of the compiled backend of at least 1 MiB are allocated through
+    Outputs and ``dx`` arrays of the compiled backend of at least 128 KiB are allocated through
     fastbn's buffer cache: when you drop such an array, its memory is kept (up to `max_bytes`
     in all, oldest blocks evicted first) and the next output of a similar size reuses it
     without the OS mapping and zeroing fresh pages. Blocks of 2 MiB or more ask for

@@ -76,7 +76,7 @@ class Plan:
     load_check_ms: int = 20  # large calls leave cores to other running processes, counted this often (0: never)
     handout_bytes: int = 1 << 18  # dynamic loops over small items hand out about this much input at a time
     # --- memory
-    buffer_min_bytes: int = 1 << 20  # outputs this large come from the buffer cache (fastbn._memory)
+    buffer_min_bytes: int = 1 << 17  # outputs this large come from the buffer cache (fastbn._memory)
     dx_page_shift: int = 2048  # ... a backward's dx there starts this many bytes past x's offset in a page (< 4096)
     # --- (M, D): statistics per column
     col_block: int = 4096  # columns per task of the grid path, at most

@@ -75,6 +75,16 @@ def test_small_outputs_and_a_cache_of_zero_use_numpys_allocator(cache_on):
     assert _handler_name(out) == "default_allocator"
 
 
+def test_cs231n_sized_outputs_come_from_the_cache(cache_on):
+    # 200x500 float64 (800 KB) is above glibc's mmap threshold: from NumPy's allocator, a loop
+    # that drops each output page-faults it anew every call (docs/decisions.md)
+    op = OPS[0]
+    x, gamma, beta, param = op.make((200, 500), np.float64)
+    out, cache = op.forward(x, gamma, beta, param, backend="cython")
+    dx = op.backward(np.ones_like(x), cache, backend="cython")[0]
+    assert _handler_name(out) == _handler_name(dx) != "default_allocator"
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_outputs_start_at_the_offset_of_x_within_a_page_and_dx_half_a_page_further(dtype, cache_on):
     op = OPS[0]
