@@ -24,8 +24,8 @@ Paths (``PATHS``) and where a forced one applies (elsewhere the shape still deci
 ``rows_forward_path`` / ``rows_backward_path`` -- layernorm, RMSNorm, groupnorm
     ``"short_rows"``: many rows per C call (forward: rows held in registers on AVX-512 when they
     fit); ``"four_rows"`` (backward): rows four at a time, their dgamma/dbeta partials added
-    once per four rows; ``"segments"``: long rows (and, backward, few rows) by column segments; ``"per_row"``: a row (or a
-    group's planes) at a time. ``short_rows``, ``four_rows`` and ``segments`` apply to rows of
+    once per four rows; ``"segments"``: long rows (and, backward, few rows) by column segments;
+    ``"per_row"``: a row (or a group's planes) at a time. ``short_rows``, ``four_rows`` and ``segments`` apply to rows of
     layernorm/RMSNorm (one group, contiguous values).
 ``stream_path``
     ``"always"`` / ``"never"``: write large outputs with streaming stores or not (no value
