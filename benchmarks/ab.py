@@ -68,13 +68,6 @@ def import_other(tree):
     return fastbn_old
 
 
-def page_aligned(shape, dtype):
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = np.empty(n + 4096, np.uint8)
-    start = (-buf.ctypes.data) % 4096
-    return buf[start:start + n].view(dtype).reshape(shape)
-
-
 def functions(mod, op, extra):
     if op == "bn":
         return mod.batchnorm_forward, mod.batchnorm_backward
@@ -99,7 +92,7 @@ def main(argv=None):
         if args.only and not any(o in name for o in args.only):
             continue
         rng = np.random.default_rng(0)
-        x, d = page_aligned(shape, dtype), page_aligned(shape, dtype)
+        x, d = _bench.at_page_offset(shape, dtype), _bench.at_page_offset(shape, dtype)
         x[...] = rng.standard_normal(shape) * 2 + 1
         d[...] = rng.standard_normal(shape)
         C = shape[-1] if (op in ("bn", "ln") or extra == "NHWC") else shape[1]
@@ -110,7 +103,7 @@ def main(argv=None):
         for side, mod in (("old", old), ("new", fastbn)):
             fwd, bwd = functions(mod, op, extra)
             p = {"mode": "train", **({"layout": extra} if op == "sp" else {})}
-            out, dx = page_aligned(shape, dtype), page_aligned(shape, dtype)
+            out, dx = _bench.at_page_offset(shape, dtype), _bench.at_page_offset(shape, dtype)
             o1, c1 = fwd(x, g, b, p)
             r = [o1, c1.mean, c1.invstd]
             pt = dict(p, mode="test")

@@ -27,19 +27,11 @@ CASES = [  # op, shape, dtype, layout (the caches' 1 MiB threshold: arrays at le
 ]
 
 
-def at_page_offset(shape, dtype, offset=16):
-    """An uninitialised array whose data start `offset` bytes past a page boundary."""
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = np.empty(n + 8192, np.uint8)
-    start = (-buf.ctypes.data) % 4096 + offset
-    return buf[start:start + n].view(dtype).reshape(shape)
-
-
 def main():
     print(f"CPU {_bench.cpu_model()} | threads {fastbn.get_num_threads()} | backward time / time with dx at x's offset")
     rng = np.random.default_rng(0)
     for op, shape, dtype, layout in CASES:
-        x, dout = at_page_offset(shape, dtype), at_page_offset(shape, dtype)
+        x, dout = _bench.at_page_offset(shape, dtype, 16), _bench.at_page_offset(shape, dtype, 16)
         x[...] = rng.standard_normal(shape)
         dout[...] = rng.standard_normal(shape)
         C = shape[1] if layout == "NCHW" else shape[-1]

@@ -196,6 +196,15 @@ def make_inputs(case, seed=0):
     return x, dout, gamma, beta
 
 
+def at_page_offset(shape, dtype, offset=0):
+    """An uninitialised array whose data start `offset` bytes past a page boundary (where an
+    array starts within a page changes the speed of the loops: docs/decisions.md)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = np.empty(n + 4096 + offset, np.uint8)
+    start = (-buf.ctypes.data) % 4096 + offset
+    return buf[start:start + n].view(dtype).reshape(shape)
+
+
 def _functions(module, case):
     """(forward(x, gamma, beta, param), backward(dout, cache), param) of fastbn or the reference."""
     spec = case.spec
