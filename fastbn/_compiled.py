@@ -43,8 +43,7 @@ def forward(p, moments=None):
     train-mode batchnorm normalises with given `moments` (a checked Moments) when there are."""
     kernels = _backends.kernels()
     spec = OPS[p.op]
-    family, view_shape = spec.view(p.x.shape, p.layout, p.groups, p.axis)
-    dtype = p.x.dtype
+    family, view_shape, dtype = p.shapes.family, p.shapes.view_shape, p.x.dtype
     x = _aligned(p.x).reshape(view_shape)
     gamma = _aligned(p.gamma)
     beta = _aligned(p.beta) if spec.beta else np.zeros_like(gamma)
@@ -56,38 +55,36 @@ def forward(p, moments=None):
         invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
-        stat_shape = spec.stat_shape(p.x.shape, p.layout, p.groups, p.axis)
+        stat_shape = p.shapes.stat_shape
         return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
-    C = p.gamma.size
+    C = gamma.size
     epilogue = {}
     if spec.relu:  # the fused ReLU: its packed mask (the last byte's unused bits are 0)
         mask = _new_mask((x.size + 7) // 8)
         epilogue = {"mask": mask, "residual": None if p.residual is None
                     else _aligned(p.residual).reshape(view_shape)}
-    affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
-    if p.mode == "train" and moments is not None:
-        mean = np.empty(C, dtype=dtype)
-        invstd = np.empty(C, dtype=dtype)
+    if p.mode == "test":
+        mean, invstd = test_statistics(p)
+        affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
+        affine(x, mean, gamma * invstd, beta, out, n_threads, **epilogue)
+        return finish_forward(p, out.reshape(p.x.shape), mean, invstd, None, False,
+                              epilogue.get("mask"))
+    mean = np.empty(C, dtype=dtype)
+    invstd = np.empty(C, dtype=dtype)
+    batch_var = np.empty(C)
+    if moments is not None:
         scale = np.empty(C, dtype=dtype)
-        batch_var = np.empty(C)
         kernels.fold_moments(moments.count, np.stack([moments.mean, moments.m2]), gamma, p.eps,
                              mean, invstd, scale, batch_var)
+        affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
         affine(x, mean, scale, beta, out, n_threads, **epilogue)
         updated = False
-    elif p.mode == "train":
-        mean = np.empty(C, dtype=dtype)
-        invstd = np.empty(C, dtype=dtype)
-        batch_var = np.empty(C)
-        running = _in_place(p, dtype)
-        train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
-        train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, *running, p.momentum,
-              n_threads, **epilogue)
-        updated = running[0] is not None
     else:
-        mean, invstd = test_statistics(p)
-        batch_var = None
-        updated = False
-        affine(x, mean, gamma * invstd, beta, out, n_threads, **epilogue)
+        running_mean, running_var = _in_place(p, dtype)
+        train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
+        train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, running_mean, running_var,
+              p.momentum, n_threads, **epilogue)
+        updated = running_mean is not None
     return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated,
                           epilogue.get("mask"))
 
@@ -100,14 +97,14 @@ def _in_place(p, dtype):
     dtype, and separate arrays (one array passed as both must get the update of its old values),
     and the variance is the biased one (``bn_param['unbiased']`` is false)."""
     rm, rv = p.running_mean, p.running_var
-    if (not p.unbiased and rm is not None and rv is not None and rm.dtype == dtype and rv.dtype == dtype
-            and rm.flags.c_contiguous and rv.flags.c_contiguous
-            and rm.flags.aligned and rv.flags.aligned
+    if rm is None or rv is None or rm is rv or p.unbiased or rm.dtype != dtype or rv.dtype != dtype:
+        return None, None
+    rm_flags, rv_flags = rm.flags, rv.flags
+    if not (rm_flags.c_contiguous and rv_flags.c_contiguous and rm_flags.aligned and rv_flags.aligned
             # two arrays that own their memory (those a first call creates) cannot overlap
-            and rm is not rv and (rm.base is None and rv.base is None
-                                  or not np.may_share_memory(rm, rv))):
-        return (rm if rm.ndim == 1 else rm.reshape(-1)), (rv if rv.ndim == 1 else rv.reshape(-1))
-    return None, None
+            and (rm_flags.owndata and rv_flags.owndata or not np.may_share_memory(rm, rv))):
+        return None, None
+    return (rm if rm.ndim == 1 else rm.reshape(-1)), (rv if rv.ndim == 1 else rv.reshape(-1))
 
 
 def _flat(a, dtype):
@@ -123,31 +120,29 @@ def backward(dout, cache, out=None):
     dx is written into `out` when given."""
     kernels = _backends.kernels()
     spec = OPS[cache.op]
-    family, view_shape = spec.view(cache.x.shape, cache.layout, cache.groups, cache.axis)
-    x = _aligned(cache.x).reshape(view_shape)
-    dy = _aligned(dout).reshape(view_shape)
+    shapes = spec.shapes(cache.x.shape, cache.layout, cache.axis, cache.groups)
+    x = _aligned(cache.x).reshape(shapes.view_shape)
+    dy = _aligned(dout).reshape(shapes.view_shape)
     dx = _buffer(out, x, _planner.current().dx_page_shift)
     gamma = _aligned(cache.gamma)
-    C = gamma.size
-    dgamma = np.empty(C, dtype=x.dtype)
-    dbeta = np.empty(C, dtype=x.dtype)
+    dgamma = np.empty(gamma.size, dtype=x.dtype)
+    dbeta = np.empty(gamma.size, dtype=x.dtype)
     mean = _flat(cache.mean, x.dtype)
     invstd = _flat(cache.invstd, x.dtype)
     n_threads = threads_for(x.size)
-    if family == "rows":
+    if shapes.family == "rows":
         kernels.rows_backward(x, dy, mean, invstd, gamma, cache.groups, spec.center, dx, dgamma,
                               dbeta, n_threads)
-    else:
-        epilogue = {}
-        if spec.relu:  # dy read through the ReLU mask; dresidual = dy * mask
-            epilogue = {"mask": cache.mask, "dresidual": np.empty_like(x) if cache.residual else None}
-        run = kernels.cols_backward if family == "cols" else kernels.planes_backward
-        run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads,
-            **epilogue)
-        if epilogue.get("dresidual") is not None:
-            return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out,
-                                   epilogue["dresidual"])
-    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+        return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+    run = kernels.cols_backward if shapes.family == "cols" else kernels.planes_backward
+    if not spec.relu:
+        run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
+        return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+    # the fused ReLU: dy read through its mask; dresidual = dy * mask
+    dresidual = np.empty_like(x) if cache.residual else None
+    run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads,
+        mask=cache.mask, dresidual=dresidual)
+    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out, dresidual)
 
 
 def moments(spec, x, layout):

@@ -122,7 +122,7 @@ def empty_like(a, page_shift=0):
     kernels' loops meet line and page boundaries in both at once; a backward's dx goes half a page
     further, away from x and dy, which usually share their offset (docs/decisions.md)."""
     if _buffers is not None and a.nbytes >= _planner.current().buffer_min_bytes:
-        return _buffers.empty(a.shape, a.dtype, (a.ctypes.data + page_shift) % 4096)
+        return _buffers.empty_like(a, page_shift)
     return np.empty(a.shape, a.dtype)
 
 

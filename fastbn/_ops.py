@@ -36,8 +36,9 @@ after it.
 import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
-__all__ = ["OpSpec", "OPS", "LAYOUTS", "LAYOUT_SYNONYMS", "public_functions"]
+__all__ = ["OpSpec", "Shapes", "OPS", "LAYOUTS", "LAYOUT_SYNONYMS", "public_functions"]
 
 
 def _remembered(method):
@@ -202,57 +203,69 @@ class OpSpec:
         first = geometry.channel_axis % len(shape)
         return first, first + 1
 
+    @_remembered
+    def shapes(self, shape, layout, axis=None, groups=1):
+        """Everything that follows from the shape of x (a :class:`Shapes` record), looked up
+        once per call: ``groups`` must divide the channel count (the channels themselves do not
+        depend on it, so a caller that has still to check G asks with the default 1 first)."""
+        first, stop = self.feature_axes(shape, layout, axis)
+        before, after = math.prod(shape[:first]), math.prod(shape[stop:])
+        channels = shape[first] if stop == first + 1 else math.prod(shape[first:stop])
+        param_shape = (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
+        family = self.family(layout)
+        if family == "cols":
+            view_shape = (before * after, channels)
+        elif family == "planes":
+            view_shape = (before, channels, after)
+        else:
+            view_shape = (before * groups, channels // groups if groups else 0, after)
+        if self.running_stats:
+            stat_shape = (channels,)
+        else:
+            stat_shape = tuple(shape[:first]) + ((groups,) if self.grouped else ())
+        return Shapes(before, channels, after, param_shape, family, view_shape, stat_shape)
+
     def split(self, shape, layout, axis=None):
         """``(before, C, after)``: the products of the axes before the channel axes, of the
         channel axes (the channel count) and of the axes after them."""
-        return self.geometry(shape, layout, axis)[:3]
+        return self.shapes(shape, layout, axis)[:3]
 
-    @_remembered
-    def geometry(self, shape, layout, axis=None):
-        """``(before, C, after, param_shape)``: :meth:`split` and :meth:`param_shape` at once."""
-        first, stop = self.feature_axes(shape, layout, axis)
-        channels = shape[first] if stop == first + 1 else math.prod(shape[first:stop])
-        param_shape = (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
-        return math.prod(shape[:first]), channels, math.prod(shape[stop:]), param_shape
-
-    @_remembered
     def channels(self, shape, layout, axis=None):
         """The number of channels (features) of an x of `shape`."""
-        first, stop = self.feature_axes(shape, layout, axis)
-        return shape[first] if stop == first + 1 else math.prod(shape[first:stop])
+        return self.shapes(shape, layout, axis).channels
 
     def param_shape(self, shape, layout, axis=None):
         """The shape of gamma/beta that broadcasts against x ((C,) is accepted too)."""
-        first, stop = self.feature_axes(shape, layout, axis)
-        return (1,) * first + tuple(shape[first:stop]) + (1,) * (len(shape) - stop)
+        return self.shapes(shape, layout, axis).param_shape
 
-    @_remembered
     def view(self, shape, layout, groups=1, axis=None):
         """``(family, view_shape)``: the free reshape of x that the kernels and the reference
         process: ``cols`` (M, C), ``planes`` (N, C, L), ``rows`` (N * G, C // G, L), where N is
         the product of the axes before the channel axes and L of those after them."""
-        family = self.family(layout)
-        before, C, after = self.split(shape, layout, axis)
-        if family == "cols":
-            return family, (before * after, C)
-        if family == "planes":
-            return family, (before, C, after)
-        return family, (before * groups, C // groups if groups else 0, after)
+        s = self.shapes(shape, layout, axis, groups)
+        return s.family, s.view_shape
 
-    @_remembered
     def stat_shape(self, shape, layout, groups=1, axis=None):
         """Shape of ``cache.mean`` / ``cache.invstd``: (C,) for batch statistics; else the axes
         before the channel axes, then G for grouped ops."""
-        if self.running_stats:
-            return (self.channels(shape, layout),)
-        first, _ = self.feature_axes(shape, layout, axis)
-        return tuple(shape[:first]) + ((groups,) if self.grouped else ())
+        return self.shapes(shape, layout, axis, groups).stat_shape
 
-    @_remembered
     def per_channel(self, shape, layout, axis=None):
         """Values per channel: the count M of the batch statistics."""
-        before, _, after = self.split(shape, layout, axis)
-        return before * after
+        s = self.shapes(shape, layout, axis)
+        return s.before * s.after
+
+
+class Shapes(NamedTuple):
+    """What follows from the shape of x for one op, layout, axis and G (:meth:`OpSpec.shapes`)."""
+
+    before: int  # product of the axes before the channel axes (N)
+    channels: int  # C: product of the channel axes
+    after: int  # product of the axes after them (L)
+    param_shape: tuple  # gamma/beta's shape that broadcasts against x
+    family: str  # the kernel family: "cols", "planes" or "rows"
+    view_shape: tuple  # x's free reshape for that family: (M, C), (N, C, L) or (N * G, C // G, L)
+    stat_shape: tuple  # shape of the statistics (cache.mean, cache.invstd)
 
 
 OPS = {

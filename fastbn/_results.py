@@ -101,19 +101,21 @@ def finish_forward(p, out, mean, invstd, batch_var=None, updated=False, mask=Non
     """Update running statistics (train-mode batchnorm), build the cache, cast the output.
 
     Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
-    `updated`: the backend updated running_mean and running_var already. `mask`: the fused ops'
-    packed ReLU mask.
+    `updated`: the backend updated running_mean and running_var already (then only
+    num_batches_tracked is counted here). `mask`: the fused ops' packed ReLU
+    mask.
     """
     if p.mode == "train" and OPS[p.op].running_stats:
-        update_running(p, mean, batch_var, updated)
-    # positional: NamedTuple keywords cost a third of this function's time
-    if mask is None:
-        cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
-                          p.gamma_shape, p.beta_shape, p.dtype, p.axis)
-    else:
-        cache = NormCache(p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
-                          p.gamma_shape, p.beta_shape, p.dtype, p.axis, mask,
-                          p.residual is not None)
+        if updated:
+            _count_batch(p)
+        else:
+            update_running(p, mean, batch_var)
+    # _make: a third of the time of the keyword (or positional) constructor
+    cache = NormCache._make((p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
+                             p.gamma_shape, p.beta_shape, p.dtype, p.axis, mask,
+                             mask is not None and p.residual is not None))
+    if p.out is None and out.dtype == p.dtype:  # the usual case: the result as computed
+        return out, cache
     return _into(p.out, out, p.dtype), cache
 
 
@@ -126,10 +128,9 @@ def _into(out, result, dtype):
     return out
 
 
-def update_running(p, batch_mean, batch_var, updated=False):
+def update_running(p, batch_mean, batch_var):
     """running = momentum * running + (1 - momentum) * batch, in place, shapes and dtypes kept;
-    a missing running statistic starts as zeros. Nothing to do for the statistics when the
-    backend `updated` both. With ``p.unbiased`` the variance term is the unbiased batch variance
+    a missing running statistic starts as zeros. With ``p.unbiased`` the variance term is the unbiased batch variance
     ``var * M / (M - 1)`` (PyTorch's); ``p.momentum`` is already the cumulative average's
     ``n / (n + 1)`` when ``bn_param['momentum']`` is None. ``bn_param['num_batches_tracked']``
     is counted (``p.batches``: its value before this call, or None) last.
@@ -139,9 +140,6 @@ def update_running(p, batch_mean, batch_var, updated=False):
     this arithmetic, bit for bit, for separate arrays in the computation dtype
     (``_kernels._update_running``; they are not given the statistics when ``p.unbiased``).
     """
-    if updated:
-        _count_batch(p)
-        return
     m = p.momentum
     if p.unbiased:
         count = OPS[p.op].per_channel(p.x.shape, p.layout)

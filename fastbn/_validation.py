@@ -43,6 +43,7 @@ class Prepared(NamedTuple):
     batches: object = None  # num_batches_tracked before this call, or None: not counted
     axis: object = None  # layernorm/RMSNorm: the first normalized axis, from 0; None: the last
     residual: object = None  # fused ops: the residual, like x (C-contiguous, computation dtype), or None
+    shapes: object = None  # what follows from x's shape (fastbn._ops.Shapes, for this layout, axis and G)
 
 
 def _type_name(value):
@@ -176,6 +177,26 @@ def check_batches_tracked(param, name, momentum):
     return count
 
 
+def check_running_settings(param, name):
+    """A batchnorm's settings in `param`: ``(mode, eps, momentum, unbiased, batches)``, checked
+    in that order as :func:`check_mode`, :func:`check_eps`, :func:`check_momentum`,
+    :func:`check_flag` and :func:`check_batches_tracked` do (the usual values -- a float, True
+    or False -- are taken without calling them: this runs on every call)."""
+    mode = check_mode(param, name)
+    get = param.get
+    eps = get("eps")
+    if not (type(eps) is float and 0.0 <= eps < np.inf):
+        eps = check_eps(param, name)
+    momentum = get("momentum")
+    if not (type(momentum) is float and 0.0 <= momentum <= 1.0):
+        momentum = check_momentum(param, name)
+    unbiased = get("unbiased", False)
+    if unbiased is not False and unbiased is not True:
+        unbiased = check_flag(param, name, "unbiased")
+    batches = check_batches_tracked(param, name, momentum)
+    return mode, eps, momentum, unbiased, batches
+
+
 def _fits(shape, broadcast_shape, channels, allow_single):
     """`shape` holds the `channels` values (or, `allow_single`, one value) and broadcasts
     against x as `broadcast_shape` does."""
@@ -257,22 +278,20 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
     name = spec.param_name
     check_param_dict(param, name)
     layout = check_layout(param, name, spec.layouts) if "NCHW" in spec.layouts else spec.layouts[0]
-    ndim_range = spec.ndim_range(layout)
-    dtype, out_dtype = check_x(x, "x", ndim_range, LAYOUTS[layout])
+    dtype, out_dtype = check_x(x, "x", spec.ndim_range(layout), LAYOUTS[layout])
     axis = check_axis(param, name, x.ndim) if LAYOUTS[layout].trailing else None
-    unbiased, batches = False, None
     if spec.running_stats:
-        mode = check_mode(param, name)
-        eps = check_eps(param, name)
-        momentum = check_momentum(param, name)
-        unbiased = check_flag(param, name, "unbiased")
-        batches = check_batches_tracked(param, name, momentum)
+        mode, eps, momentum, unbiased, batches = check_running_settings(param, name)
         if momentum is None:  # the cumulative average of the batches so far and this one
             momentum = batches / (batches + 1)
     else:
-        mode, eps, momentum = "train", check_eps(param, name), 0.0
-    before, channels, after, broadcast_shape = spec.geometry(x.shape, layout, axis)
-    G = check_groups(groups, channels) if spec.grouped else 1
+        mode, eps, momentum, unbiased, batches = "train", check_eps(param, name), 0.0, False, None
+    shapes = spec.shapes(x.shape, layout, axis)
+    channels, broadcast_shape = shapes.channels, shapes.param_shape
+    G = 1
+    if spec.grouped:
+        G = check_groups(groups, channels)
+        shapes = spec.shapes(x.shape, layout, axis, G)
     gamma_flat, gamma_shape = check_affine(gamma, "gamma", channels, broadcast_shape, dtype)
     beta_flat, beta_shape = (check_affine(beta, "beta", channels, broadcast_shape, dtype)
                              if spec.beta else (None, None))
@@ -280,7 +299,7 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
     if spec.running_stats:
         running_mean = check_running(param, name, "running_mean", channels, broadcast_shape, mode)
         running_var = check_running(param, name, "running_var", channels, broadcast_shape, mode)
-        per_channel = before * after
+        per_channel = shapes.before * shapes.after
         if whole_batch and mode == "train" and per_channel < 2:
             why = ("an empty batch has no statistics" if per_channel == 0 else
                    "with one value the output would be beta for every input")
@@ -293,13 +312,13 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
         beta_flat = np.zeros(channels, dtype=dtype) if beta_flat is None and spec.beta else beta_flat
     given = (residual,) if spec.relu and residual is not None else ()
     residual = check_residual(residual, x, dtype) if given else None
-    # positional, in the order of Prepared's fields: keywords cost a third of this constructor
-    return Prepared(
+    # _make: a third of the time of the keyword (or positional) constructor
+    return Prepared._make((
         spec.name, np.ascontiguousarray(x, dtype=dtype), gamma_flat, beta_flat, eps, mode,
         momentum, running_mean, running_var, param, layout, G, gamma_shape, beta_shape,
         out_dtype, check_out(out, "out", x, out_dtype, gamma, beta, *given), unbiased,
-        batches if mode == "train" else None, axis, residual,
-    )
+        batches if mode == "train" else None, axis, residual, shapes,
+    ))
 
 
 def check_residual(residual, x, dtype):
@@ -396,9 +415,11 @@ def check_cache(cache, spec, function):
     modes = ("train", "test") if spec.running_stats else ("train",)
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"cache.mode must be one of {list(modes)}, got {mode!r}")
-    channels = spec.channels(x.shape, layout, axis)
+    shapes = spec.shapes(x.shape, layout, axis)
+    channels = shapes.channels
     if spec.grouped:
         check_groups(groups, channels)
+        shapes = spec.shapes(x.shape, layout, axis, groups)
     elif type(groups) is not int or groups != 1:
         raise ValueError(f"cache.groups must be 1 for {spec.name}, got {groups!r}")
     if not (type(eps) is float and 0.0 <= eps < np.inf):  # what a forward stores
@@ -411,29 +432,31 @@ def check_cache(cache, spec, function):
             f"cache.gamma must be a C-contiguous array of shape {(channels,)} and dtype {x.dtype}, "
             f"got {_array_text(gamma)}"
         )
-    stat_shape = spec.stat_shape(x.shape, layout, groups, axis)
+    stat_shape = shapes.stat_shape
     for name, stat in (("mean", mean), ("invstd", invstd)):
         if not (isinstance(stat, np.ndarray) and stat.shape == stat_shape and stat.dtype == x.dtype):
             raise ValueError(
                 f"cache.{name} must be an array of shape {stat_shape} and dtype {x.dtype} (those of "
                 f"the statistics of cache.x), got {_array_text(stat)}"
             )
-    shapes = (("gamma_shape", gamma_shape), ("beta_shape", beta_shape)) if spec.beta else (
+    params = (("gamma_shape", gamma_shape), ("beta_shape", beta_shape)) if spec.beta else (
         ("gamma_shape", gamma_shape),)
-    for name, shape in shapes:
+    for name, shape in params:
         if not (shape is None or isinstance(shape, tuple) and (
                 shape == (channels,)  # the usual shape first: the cheapest check
                 or all(type(n) is int for n in shape)
-                and _fits(shape, spec.param_shape(x.shape, layout, axis), channels, True))):
+                and _fits(shape, shapes.param_shape, channels, True))):
             raise ValueError(
                 f"cache.{name} must be None or a shape the forward takes for gamma/beta of an x "
-                f"of shape {x.shape} ({(channels,)}, {spec.param_shape(x.shape, layout, axis)}, "
+                f"of shape {x.shape} ({(channels,)}, {shapes.param_shape}, "
                 f"or another of {channels} values or of one value that broadcasts like it), "
                 f"got {shape!r}"
             )
     if not spec.beta and beta_shape is not None:
         raise ValueError(f"cache.beta_shape must be None for {spec.name} (it has no beta), got {beta_shape!r}")
     check_mask(cache, spec, x)
+    if dtype is x.dtype:  # the usual case (dtypes of one kind are one object)
+        return
     outputs = _output_dtypes(x.dtype)
     if not isinstance(dtype, np.dtype) or dtype not in outputs:
         raise ValueError(
