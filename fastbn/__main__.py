@@ -243,16 +243,25 @@ def _parser(prog="python -m fastbn"):
     parser.add_argument("--shared-core", action="store_true",
                         help="instead of the comparison: fastbn on 1 and on 2 threads for every case "
                              "while another process keeps one core busy (2 threads / 1 thread)")
+    parser.add_argument("--scaling", action="store_true",
+                        help="instead of the comparison: fastbn's and the memcpy's speed-up from 1 "
+                             "to 2 threads for every case, on the machine as it is")
     return parser
 
 
 def shared_core_table(records):
-    """The --shared-core results: 1- and 2-thread times and their ratio per case and direction."""
-    lines = [f"{'case':46s} {'dir':4s} {'1 thread':>10s} {'2 threads':>10s} {'2t/1t':>6s}"]
+    """The --shared-core and --scaling results: per case and direction, fastbn's 1- and
+    2-thread times, its speed-up (1 thread / 2 threads) and the memcpy yardstick's measured in
+    the same rounds; ``<`` marks a speed-up below the memcpy's."""
+    lines = [f"{'case':46s} {'dir':4s} {'1 thread':>10s} {'2 threads':>10s} {'speed-up':>8s} "
+             f"{'memcpy':>6s}"]
     for r in records:
-        t1, t2 = r["times"]["1 thread"], r["times"]["2 threads"]
+        t = r["times"]
+        gain = round(t["1 thread"] / t["2 threads"], 2)  # as printed: the mark agrees with the digits
+        copy_gain = round(t["memcpy 1 thread"] / t["memcpy 2 threads"], 2)
         lines.append(f"{r['case'].name:46s} {DIRECTION_LABELS[r['direction']]:4s} "
-                     f"{_format_time(t1):>10s} {_format_time(t2):>10s} {t2 / t1:6.2f}")
+                     f"{_format_time(t['1 thread']):>10s} {_format_time(t['2 threads']):>10s} "
+                     f"{gain:8.2f} {copy_gain:6.2f}{' <' if gain < copy_gain else ''}")
     return "\n".join(lines)
 
 
@@ -295,12 +304,15 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
               "benchmark. Reinstall with `pip install .`.", file=sys.stderr)
         return 1
 
-    if args.shared_core:
+    if args.shared_core or args.scaling:
         cases = cases or (_bench.HEADLINE_CASES if args.quick else _bench.LARGE_CASES)
-        print(f"Timing {len(cases)} cases on 1 and 2 threads beside a busy process:", flush=True)
-        records = _bench.thread_scaling(cases, repeat=args.repeat or 5,
+        where = "beside a busy process" if args.shared_core else "on the machine as it is"
+        print(f"Timing {len(cases)} cases on 1 and 2 threads {where}:", flush=True)
+        records = _bench.thread_scaling(cases, repeat=args.repeat or 5, busy=args.shared_core,
                                         progress=lambda message: print(f"  {message}", flush=True))
         print(shared_core_table(records))
+        print("\nspeed-up: time on 1 thread / time on 2 threads (out= calls); memcpy: the same for "
+              "an OpenMP copy of x, in the same rounds; <: fastbn gains less than the copy.")
         return 0
     if cases is None and args.fused:
         cases = _bench.FUSED_CASES

@@ -457,10 +457,13 @@ def busy_core():
 
 
 def thread_scaling(cases, repeat=5, busy=True, progress=None):
-    """fastbn's time on 1 and on 2 threads for every case and direction, with (`busy`) another
-    process keeping one core busy all along (:func:`busy_core`); one record per case and
-    direction with ``times`` {``'1 thread'``, ``'2 threads'``} measured in interleaved rounds."""
+    """fastbn's time (``out=`` calls) and the memcpy yardstick's on 1 and on 2 threads for every
+    case and direction, with (`busy`) another process keeping one core busy all along
+    (:func:`busy_core`) or on the machine as it is; one record per case and direction with
+    ``times`` {``'1 thread'``, ``'2 threads'``, ``'memcpy 1 thread'``, ``'memcpy 2 threads'``}
+    measured in interleaved rounds."""
     previous = _threads._user_threads
+    kernels = _backends.kernels()
     records = []
     with busy_core() if busy else nullcontext():
         try:
@@ -468,6 +471,8 @@ def thread_scaling(cases, repeat=5, busy=True, progress=None):
                 if progress is not None:
                     progress(f"[{i + 1}/{len(cases)}] {case.name}")
                 calls = implementations(case)
+                flat = make_inputs(case)[0].reshape(-1)
+                dst = np.empty_like(flat)
                 for direction in case.directions:
                     call = calls[direction]["fastbn out="]
 
@@ -475,8 +480,11 @@ def thread_scaling(cases, repeat=5, busy=True, progress=None):
                         fastbn.set_num_threads(n)
                         return call()
 
-                    times = time_calls({"1 thread": lambda: on(1), "2 threads": lambda: on(2)},
-                                       repeat=repeat, min_time=0.002, max_time=1.0)
+                    times = time_calls({
+                        "1 thread": lambda: on(1), "2 threads": lambda: on(2),
+                        "memcpy 1 thread": lambda: kernels.parallel_copy(flat, dst, 1),
+                        "memcpy 2 threads": lambda: kernels.parallel_copy(flat, dst, 2),
+                    }, repeat=repeat, min_time=0.002, max_time=1.0)
                     records.append({"case": case, "direction": direction, "times": times})
         finally:
             fastbn.set_num_threads(previous)

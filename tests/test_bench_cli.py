@@ -83,14 +83,19 @@ def test_python_dash_m_fastbn_runs(tmp_path):
 
 
 @needs_compiled
-def test_shared_core_mode_times_one_and_two_threads_beside_a_busy_process(capsys):
-    status = cli.main(["--shared-core", "--repeat", "1"], cases=TINY_CASES)
+@pytest.mark.parametrize("mode", ["--shared-core", "--scaling"])
+def test_thread_modes_time_one_and_two_threads_against_the_memcpy(mode, capsys):
+    status = cli.main([mode, "--repeat", "1"], cases=TINY_CASES)
     out = capsys.readouterr().out
     assert status == 0
-    assert "2t/1t" in out
+    assert ("beside a busy process" in out) == (mode == "--shared-core")
+    assert "speed-up" in out and "memcpy" in out
     rows = [line for line in out.splitlines() if line.startswith(tuple(c.name for c in TINY_CASES))]
     assert len(rows) == sum(len(case.directions) for case in TINY_CASES)
-    assert all(float(line.split()[-1]) > 0 for line in rows)
+    for line in rows:
+        fastbn_gain, copy_gain = (float(v) for v in line.removesuffix(" <").split()[-2:])
+        assert fastbn_gain > 0 and copy_gain > 0
+        assert line.endswith(" <") == (fastbn_gain < copy_gain)
 
 
 def test_busy_core_runs_a_spinning_process_only_within_the_block():
