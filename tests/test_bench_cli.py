@@ -94,7 +94,7 @@ def test_thread_modes_time_one_and_two_threads_against_the_memcpy(mode, capsys):
     assert len(rows) == sum(len(case.directions) for case in TINY_CASES)
     for line in rows:
         fastbn_gain, copy_gain = (float(v) for v in line.removesuffix(" <").split()[-2:])
-        assert fastbn_gain > 0 and copy_gain > 0
+        assert fastbn_gain >= 0 and copy_gain >= 0  # tiny cases: the copy on 2 threads may round to 0.00
         assert line.endswith(" <") == (fastbn_gain < copy_gain)
 
 
