@@ -10,7 +10,7 @@ Usage::
 
     python benchmarks/grid.py                  # the whole grid (tens of minutes on 2 cores)
     python benchmarks/grid.py --family rows    # one family: cols, nhwc, planes, rows, rows_forward,
-                                               # or a finer grid: cols_small, rows_segments
+                                               # or a finer grid: cols_small, cols_large, rows_segments
     python benchmarks/grid.py --json grid.json --repeat 5
 """
 import argparse
@@ -43,6 +43,9 @@ FAMILIES = {
                                              for D in (500, 1024, 4099)]
                       + [("layernorm", (M, D), "ND") for M in (16, 64, 128) for D in (64, 128, 256)]
                       + [("layernorm", (M, 65536), "ND") for M in (64, 256, 1000)]),
+    # large (M, D) arrays around the shared-block rule of the backward (shared_max_run_bytes)
+    "cols_large": ("cols_path", [("batchnorm", (M, D), "NC") for M, D in (
+        (2048, 4096), (4096, 4096), (8192, 2048), (16384, 1024), (2048, 8192), (8192, 4096))]),
 }
 
 

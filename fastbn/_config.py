@@ -30,6 +30,17 @@ def _buffer_cache_line() -> str:
             f"{info['hits']} reuses, {info['misses']} new")
 
 
+def _planner_line() -> str:
+    from fastbn import _planner
+
+    settings = _planner.CPU_SETTINGS.get(_planner.CPU_VENDOR)
+    vendor = _planner.CPU_VENDOR or "unknown"
+    if not settings:
+        return f"planner: the defaults (CPU vendor {vendor})"
+    return (f"planner: the defaults with the settings for {vendor} "
+            f"({', '.join(f'{k}={v}' for k, v in settings.items())})")
+
+
 def show_config(file: TextIO | None = None) -> None:
     """Print fastbn's version, backends, OpenMP status, thread count, SIMD path and compile flags.
 
@@ -60,6 +71,7 @@ def show_config(file: TextIO | None = None) -> None:
         " (FASTBN_DISABLE_AVX512=1 / FASTBN_DISABLE_AVX2=1 stop at AVX2 / the baseline; results"
         " are the same bits)",
         _buffer_cache_line(),
+        _planner_line(),
     ]
     if info:
         lines += [

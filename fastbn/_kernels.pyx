@@ -221,6 +221,7 @@ cdef struct Plan:
     Py_ssize_t block_min_lines
     Py_ssize_t blocked_min_blocks
     Py_ssize_t blocked_max_rows
+    Py_ssize_t blocked_large_max_rows
     Py_ssize_t shared_max_run_bytes
     Py_ssize_t block_row_chunks
     Py_ssize_t affine_rows
@@ -641,6 +642,8 @@ cdef inline Py_ssize_t _block_width(
         return max(_ceil_div(w, line) * line, line)
     if (D * size) % 64:
         return 0  # rows not all at the same offset within a cache line
+    if M > plan.blocked_large_max_rows:
+        return 0
     w = (plan.block_bytes // (M * size * arrays)) // line * line
     if w < plan.block_min_lines * line or _ceil_div(D, w) < plan.blocked_min_blocks:
         return 0

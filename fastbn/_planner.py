@@ -31,6 +31,11 @@ Paths (``PATHS``) and where a forced one applies (elsewhere the shape still deci
     ``"always"`` / ``"never"``: write large outputs with streaming stores or not (no value
     changes).
 
+Settings that won on one of the project's CPUs only are in ``CPU_SETTINGS``, keyed by the CPU's
+vendor (``/proc/cpuinfo``'s ``vendor_id``): the plan in force at import is :func:`for_cpu` of
+the CPU fastbn runs on, the defaults of :class:`Plan` amended by that entry. ``show_config()``
+says which.
+
 Every path computes with chunks fixed by the shape (and the plan): results do not depend on the
 thread count. Different paths may differ in the last bits (they sum in other orders).
 
@@ -64,6 +69,12 @@ COMPILED = {
     "FASTBN_REG_MAX": 128,  # AVX-512: short rows of up to this many values stay in registers (16, 32, ..., 128)
 }
 
+# Settings measured to win on one vendor's CPUs only (docs/decisions.md: "Per CPU"); other
+# CPUs keep the defaults, which were measured on the other vendor or on both.
+CPU_SETTINGS = {
+    "AuthenticAMD": {"blocked_large_max_rows": 4096},
+}
+
 ZERO_ALLOWED = ("load_check_ms", "dx_page_shift")  # fields that may be 0 (the others: >= 1)
 
 
@@ -92,6 +103,7 @@ class Plan:
     block_min_lines: int = 4  # cache lines per block row of a large array, at least
     blocked_min_blocks: int = 4  # column blocks needed, at least (small arrays: also two per thread)
     blocked_max_rows: int = 512  # arrays under blocked_min_bytes are blocked only with at most this many rows
+    blocked_large_max_rows: int = 1 << 40  # ... and larger arrays only with at most this many (default: no limit)
     shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
     block_row_chunks: int = 4  # row chunks of a shared block
     affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least
@@ -145,7 +157,27 @@ class Plan:
         return settings
 
 
-_current = Plan()
+def cpu_vendor():
+    """The CPU's vendor string (``'GenuineIntel'``, ``'AuthenticAMD'``, ...) from
+    ``/proc/cpuinfo``, or None where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def for_cpu(vendor):
+    """The default plan for a CPU of `vendor`: :class:`Plan` with ``CPU_SETTINGS[vendor]``."""
+    return dataclasses.replace(Plan(), **CPU_SETTINGS.get(vendor, {}))
+
+
+CPU_VENDOR = cpu_vendor()
+_current = for_cpu(CPU_VENDOR)
 
 
 def current():

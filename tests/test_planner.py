@@ -124,6 +124,37 @@ def test_the_shape_picks_the_path_the_grid_chose(field, chosen, other, op, shape
     assert any(not np.array_equal(a, b) for a, b in zip(auto, results[other]))
 
 
+# Large (M, D) arrays (blocked_min_bytes or more): blocked -- the backward's short-run blocks
+# shared by the threads -- up to blocked_large_max_rows rows, else the grid; checked with the
+# limit on both sides of the shape, whatever this CPU's setting.
+@needs_compiled
+@pytest.mark.parametrize("limit, chosen, other", [(4096, "grid", "shared_blocks"),
+                                                  (8192, "shared_blocks", "grid")])
+def test_large_arrays_are_blocked_up_to_the_row_limit(limit, chosen, other):
+    op, shape = _op("batchnorm"), (8192, 256)  # 16 MiB of float64: blocks of 512-byte runs
+    with _planner.override(blocked_large_max_rows=limit):
+        auto, _, _ = _run(op, shape, np.float64, "cython")
+        results = {}
+        for path in (chosen, other):
+            with _planner.override(cols_path=path):
+                results[path] = _run(op, shape, np.float64, "cython")[0]
+    for a, b in zip(auto, results[chosen]):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(auto, results[other]))
+
+
+def test_the_plan_at_import_is_the_defaults_with_this_cpus_settings():
+    assert _planner.for_cpu(None) == _planner.Plan() == _planner.for_cpu("no such vendor")
+    for vendor, settings in _planner.CPU_SETTINGS.items():
+        plan = _planner.for_cpu(vendor)
+        changed = {f for f in _planner.Plan.__dataclass_fields__
+                   if getattr(plan, f) != getattr(_planner.Plan(), f)}
+        assert changed == set(settings)
+        assert all(getattr(plan, f) == v for f, v in settings.items())
+    mine = _planner.for_cpu(_planner.cpu_vendor())
+    assert _planner.current().blocked_large_max_rows == mine.blocked_large_max_rows
+
+
 # The loops' own constants choose a loop order or a prefetch distance, never a value: forced far
 # from their defaults, on shapes where that changes what the loops do, every result keeps the bits
 # of the plan without the change (other settings of a case, as streaming, apply to both).
