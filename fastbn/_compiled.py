@@ -64,9 +64,9 @@ def forward(p, moments=None):
         epilogue = {"mask": mask, "residual": None if p.residual is None
                     else _aligned(p.residual).reshape(view_shape)}
     if p.mode == "test":
-        mean, invstd = test_statistics(p)
+        mean, invstd, scale = _test_coefficients(p, gamma, dtype)
         affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
-        affine(x, mean, gamma * invstd, beta, out, n_threads, **epilogue)
+        affine(x, mean, scale, beta, out, n_threads, **epilogue)
         return finish_forward(p, out.reshape(p.x.shape), mean, invstd, None, False,
                               epilogue.get("mask"))
     mean = np.empty(C, dtype=dtype)
@@ -87,6 +87,23 @@ def forward(p, moments=None):
         updated = running_mean is not None
     return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated,
                           epilogue.get("mask"))
+
+
+def _test_coefficients(p, gamma, dtype):
+    """mean, invstd and scale = gamma * invstd of a test-mode forward: from the kernels when the
+    running statistics are flat arrays in the computation dtype (the bits of the NumPy
+    test_statistics, computed without its temporaries), else from test_statistics."""
+    rm, rv = p.running_mean, p.running_var
+    if rm.dtype == dtype and rv.dtype == dtype and rm.ndim == 1 and rv.ndim == 1:
+        rm_flags, rv_flags = rm.flags, rv.flags
+        if rm_flags.c_contiguous and rv_flags.c_contiguous and rm_flags.aligned and rv_flags.aligned:
+            mean = np.empty(gamma.size, dtype=dtype)
+            invstd = np.empty(gamma.size, dtype=dtype)
+            scale = np.empty(gamma.size, dtype=dtype)
+            _backends.kernels().test_coefficients(rm, rv, gamma, p.eps, mean, invstd, scale)
+            return mean, invstd, scale
+    mean, invstd = test_statistics(p)
+    return mean, invstd, gamma * invstd
 
 
 def _in_place(p, dtype):

@@ -506,6 +506,42 @@ cdef inline void _fold_given(
         _fold(moments, C, count[d], gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
 
 
+def test_coefficients(
+    running_mean,                  # IN (C,) in the computation dtype
+    running_var,                   # IN (C,) in the computation dtype
+    gamma,                         # IN (C,)
+    double eps,
+    mean_out,                      # OUT (C,) the running mean
+    invstd_out,                    # OUT (C,) 1/sqrt(running_var + eps)
+    scale,                         # OUT (C,) gamma * invstd
+):
+    """What a test-mode forward derives from the running statistics, for its affine sweep
+    (cols_affine, planes_affine): invstd computed in float64 and rounded to the dtype, then
+    scale = gamma * invstd in the dtype -- the bits of fastbn._results.test_statistics and its
+    product with gamma."""
+    cdef Py_ssize_t C = _dim(gamma, 0)
+    if _single(gamma):
+        _test_fold(<const float*>_data(running_mean), <const float*>_data(running_var), C,
+                   <const float*>_data(gamma), eps, <float*>_data(mean_out),
+                   <float*>_data(invstd_out), <float*>_data(scale))
+    else:
+        _test_fold(<const double*>_data(running_mean), <const double*>_data(running_var), C,
+                   <const double*>_data(gamma), eps, <double*>_data(mean_out),
+                   <double*>_data(invstd_out), <double*>_data(scale))
+
+
+cdef inline void _test_fold(
+    const floating* running_mean, const floating* running_var, Py_ssize_t C,
+    const floating* gamma, double eps, floating* mean_out, floating* invstd_out, floating* scale,
+) noexcept nogil:
+    """test_coefficients for one dtype."""
+    cdef Py_ssize_t d
+    for d in range(C):
+        mean_out[d] = running_mean[d]
+        invstd_out[d] = <floating>(1.0 / sqrt(<double>running_var[d] + eps))
+        scale[d] = gamma[d] * invstd_out[d]
+
+
 cdef inline fastbn_sums _partial_sums(
     const double* part_dy, const double* part_dyxc, Py_ssize_t K, Py_ssize_t D, Py_ssize_t c,
 ) noexcept nogil:

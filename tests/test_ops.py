@@ -85,6 +85,36 @@ def test_column_blocked_batchnorm_matches_reference(M, D, dtype, mode):
 
 
 @needs_compiled
+@pytest.mark.parametrize("running_dtype", [np.float32, np.float64, np.float16], ids=["f32", "f64", "f16"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("name, shape, layout", [("batchnorm", (40, 37), None),
+                                                 ("spatial_batchnorm", (3, 5, 4, 7), "NCHW"),
+                                                 ("spatial_batchnorm", (3, 4, 7, 5), "NHWC")])
+def test_test_mode_statistics_have_the_reference_bits(name, shape, layout, dtype, running_dtype):
+    # the compiled forward derives mean, invstd and gamma * invstd in one kernel call when the
+    # running statistics are in the computation dtype, else as the reference does
+    rng = np.random.default_rng(7)
+    C = shape[-1] if layout != "NCHW" else shape[1]
+    x = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    running_mean = rng.standard_normal(C).astype(running_dtype)
+    running_var = rng.uniform(0.1, 3.0, C).astype(running_dtype)
+    results = {}
+    for backend in ("cython", "numpy"):
+        param = {"mode": "test", "eps": 1e-3, **({"layout": layout} if layout else {}),
+                 "running_mean": running_mean.copy(), "running_var": running_var.copy()}
+        _, cache = getattr(fastbn, f"{name}_forward")(x, gamma, beta, param, backend=backend)
+        results[backend] = (cache.mean, cache.invstd)
+    for a, b in zip(results["cython"], results["numpy"]):
+        np.testing.assert_array_equal(a, b)
+    if running_dtype == dtype:  # the kernel's scale: gamma * invstd in the dtype
+        mean, invstd, scale = (np.empty(C, dtype) for _ in range(3))
+        fastbn._backends.kernels().test_coefficients(running_mean, running_var, gamma, 1e-3, mean,
+                                                     invstd, scale)
+        np.testing.assert_array_equal(scale, gamma * results["numpy"][1])
+
+
+@needs_compiled
 @pytest.mark.parametrize("backend_fwd", ["cython", "numpy"])
 @pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
 def test_cache_is_accepted_by_either_backend(op, backend_fwd):
