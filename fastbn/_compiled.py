@@ -51,8 +51,8 @@ def forward(p, moments=None):
     n_threads = threads_for(x.size)
     if family == "rows":
         R = view_shape[0]
-        mean = np.zeros(R, dtype=dtype)
-        invstd = np.full(R, 1.0 / np.sqrt(p.eps) if p.eps > 0 else np.inf, dtype=dtype)
+        mean = np.empty(R, dtype=dtype)
+        invstd = np.empty(R, dtype=dtype)
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
         stat_shape = p.shapes.stat_shape

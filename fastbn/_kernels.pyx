@@ -51,7 +51,7 @@ rows of several rows. Every choice of path depends on the shape only.
 cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.math cimport sqrt
+from libc.math cimport INFINITY, sqrt
 from libc.string cimport memset
 
 cnp.import_array()
@@ -1795,7 +1795,7 @@ def rows_forward_train(
     int center,                    # 1: mean and variance (layernorm, groupnorm); 0: RMSNorm
     out,                           # OUT (R, Cg, L)
     mean,                          # OUT (R,) (0 when not centred)
-    invstd,                        # OUT (R,)
+    invstd,                        # OUT (R,) (1/sqrt(eps) for empty rows, inf when eps is 0)
     int n_threads,
 ):
     """Each row is read for its statistics and normalised while it is still in cache:
@@ -1835,7 +1835,10 @@ cdef void _rows_forward_train(
     cdef Py_ssize_t seg = plan.segment_bytes // <Py_ssize_t>sizeof(floating)
     cdef const floating* xr
     cdef floating* yr
-    if R == 0 or Cg == 0 or L == 0:
+    if n == 0:  # empty rows: mean 0 and var 0
+        for r in range(R):
+            mean[r] = 0
+            invstd[r] = <floating>(1.0 / sqrt(eps) if eps > 0 else INFINITY)
         return
     cdef Py_ssize_t rows_per_task = max(1, plan.row_task_bytes // (n * <Py_ssize_t>sizeof(floating)))
     cdef Py_ssize_t t, r0

@@ -735,6 +735,11 @@ def test_empty_input_gives_empty_output_and_zero_parameter_gradients(case, backe
     args = spec.forward_args(x, np.ones(C, dtype), np.zeros(C, dtype), param, 1)
     out, cache = getattr(fastbn, spec.forward)(*args, backend=backend)
     assert out.shape == shape and out.dtype == dtype
+    # the statistics of empty rows (layernorm D=0, ...): mean 0, invstd 1/sqrt(eps), as the reference
+    reference_args = spec.forward_args(x, np.ones(C, dtype), np.zeros(C, dtype), copy_param(case[3]), 1)
+    _, reference = getattr(fastbn, spec.forward)(*reference_args, backend="numpy")
+    np.testing.assert_array_equal(cache.mean, reference.mean, strict=True)
+    np.testing.assert_array_equal(cache.invstd, reference.invstd, strict=True)
     dx, *param_grads = getattr(fastbn, spec.backward[0])(np.ones(shape, dtype), cache, backend=backend)
     assert dx.shape == shape and dx.dtype == dtype
     assert len(param_grads) == (2 if spec.beta else 1)
