@@ -12,6 +12,7 @@ Usage::
     python benchmarks/grid.py --family rows    # one family: cols, nhwc, planes, rows, rows_forward,
                                                # or a finer grid: cols_small, cols_large, rows_segments
     python benchmarks/grid.py --json grid.json --repeat 5
+    python benchmarks/grid.py --family cols_large --split   # forward and backward timed apart
 """
 import argparse
 import dataclasses
@@ -24,6 +25,7 @@ import numpy as np
 import fastbn
 from fastbn import _bench, _planner
 
+SHORT = {"forward": "fwd", "backward": "bwd"}
 MAX_BYTES = 1 << 28  # shapes whose x exceeds this are left out (x, out, dy and dx must fit)
 M_GRID = (64, 1000, 4096, 65536)
 D_GRID = (3, 64, 500, 1024, 4099, 65536)
@@ -56,10 +58,11 @@ def _cases(family, dtype):
             yield field, _bench.Case(op, shape, dtype, layout=layout)
 
 
-def time_paths(case, field, repeat):
-    """Median seconds of forward + backward per path of `field` (and "auto") for `case`."""
+def time_paths(case, field, repeat, directions=("forward", "backward")):
+    """Median seconds of the `directions` together (forward + backward by default) per path of
+    `field` (and "auto") for `case`."""
     calls = _bench.implementations(case)
-    forward, backward = calls["forward"]["fastbn out="], calls["backward"]["fastbn out="]
+    steps = [calls[d]["fastbn out="] for d in directions]
     base = _planner.current()
     plans = {"auto": base, **{p: dataclasses.replace(base, **{field: p}) for p in _planner.PATHS[field]}}
     times = {name: [] for name in plans}
@@ -68,16 +71,16 @@ def time_paths(case, field, repeat):
         for name, plan in plans.items():  # warm-up, and calls per timed run for small shapes
             _planner.use(plan)
             start = time.perf_counter()
-            forward()
-            backward()
+            for step in steps:
+                step()
             inner = max(inner, min(int(0.002 / max(time.perf_counter() - start, 1e-7)) + 1, 1000))
         for _ in range(repeat):
             for name, plan in plans.items():
                 _planner.use(plan)
                 start = time.perf_counter()
                 for _ in range(inner):
-                    forward()
-                    backward()
+                    for step in steps:
+                        step()
                 times[name].append((time.perf_counter() - start) / inner)
     finally:
         _planner.use(base)
@@ -91,19 +94,24 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--split", action="store_true",
+                        help="time the forward and the backward apart (default: together)")
     args = parser.parse_args(argv)
     print(f"fastbn {fastbn.__version__} | CPU {_bench.cpu_model()} | threads {fastbn.get_num_threads()} "
-          f"| {args.dtype} | forward + backward, median of {args.repeat} interleaved rounds")
+          f"| {args.dtype} | {'forward and backward apart' if args.split else 'forward + backward'}, "
+          f"median of {args.repeat} interleaved rounds")
     records = []
     for family in args.family or list(FAMILIES):
         print(f"\n{family}: time of each path / time of the planner's choice (auto)")
         for field, case in _cases(family, args.dtype):
-            t = time_paths(case, field, args.repeat)
-            best = min((p for p in t if p != "auto"), key=t.get)
-            ratios = "  ".join(f"{p}={t[p] / t['auto']:.2f}" for p in t if p != "auto")
-            print(f"  {case.name:44s} auto {t['auto'] * 1e3:9.3f} ms  {ratios}  best: {best}", flush=True)
-            records.append({"family": family, "field": field, "case": case.id, "seconds": t,
-                            "best": best})
+            for directions in ((("forward",), ("backward",)) if args.split else (("forward", "backward"),)):
+                t = time_paths(case, field, args.repeat, directions)
+                best = min((p for p in t if p != "auto"), key=t.get)
+                ratios = "  ".join(f"{p}={t[p] / t['auto']:.2f}" for p in t if p != "auto")
+                label = f"{case.name} {'+'.join(SHORT[d] for d in directions)}"
+                print(f"  {label:52s} auto {t['auto'] * 1e3:9.3f} ms  {ratios}  best: {best}", flush=True)
+                records.append({"family": family, "field": field, "case": case.id,
+                                "directions": list(directions), "seconds": t, "best": best})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": _bench.cpu_model(), "machine": platform.machine(), "dtype": args.dtype,
