@@ -45,7 +45,7 @@ FAMILIES = {
                                              for D in (500, 1024, 4099)]
                       + [("layernorm", (M, D), "ND") for M in (16, 64, 128) for D in (64, 128, 256)]
                       + [("layernorm", (M, 65536), "ND") for M in (64, 256, 1000)]),
-    # large (M, D) arrays around the shared-block rule of the backward (shared_max_run_bytes)
+    # large (M, D) arrays of 2048 to 16384 rows, on both sides of blocked_large_max_rows
     "cols_large": ("cols_path", [("batchnorm", (M, D), "NC") for M, D in (
         (2048, 4096), (4096, 4096), (8192, 2048), (16384, 1024), (2048, 8192), (8192, 4096))]),
 }

@@ -30,7 +30,7 @@ import numpy as np
 import fastbn
 from fastbn import _bench
 
-DIRECTION_LABELS = {"forward": "fwd", "test": "test", "backward": "bwd"}
+DIRECTION_LABELS = _bench.DIRECTION_LABELS
 
 
 def _format_time(seconds):
@@ -240,28 +240,39 @@ def _parser(prog="python -m fastbn"):
     parser.add_argument("--fused", action="store_true",
                         help="only the fused batchnorm + ReLU cases, against batchnorm alone and "
                              "batchnorm followed by NumPy's ReLU")
-    parser.add_argument("--shared-core", action="store_true",
-                        help="instead of the comparison: fastbn on 1 and on 2 threads for every case "
-                             "while another process keeps one core busy (2 threads / 1 thread)")
-    parser.add_argument("--scaling", action="store_true",
-                        help="instead of the comparison: fastbn's and the memcpy's speed-up from 1 "
-                             "to 2 threads for every case, on the machine as it is")
+    threads = parser.add_mutually_exclusive_group()
+    threads.add_argument("--shared-core", action="store_true",
+                         help="instead of the comparison: fastbn on 1 and on 2 threads for every case "
+                              "while another process keeps one core busy (speed-up: 1 thread / 2 "
+                              "threads)")
+    threads.add_argument("--scaling", action="store_true",
+                         help="instead of the comparison: fastbn's and the memcpy's speed-up from 1 "
+                              "to 2 threads for every case, on the machine as it is")
     return parser
 
 
-def shared_core_table(records):
+def _significant(value):
+    """`value` to three significant digits, as the thread table prints it."""
+    return float(f"{value:.3g}")
+
+
+def thread_table(records):
     """The --shared-core and --scaling results: per case and direction, fastbn's 1- and
-    2-thread times, its speed-up (1 thread / 2 threads) and the memcpy yardstick's measured in
-    the same rounds; ``<`` marks a speed-up below the memcpy's."""
-    lines = [f"{'case':46s} {'dir':4s} {'1 thread':>10s} {'2 threads':>10s} {'speed-up':>8s} "
-             f"{'memcpy':>6s}"]
+    2-thread times and its speed-up (1 thread / 2 threads); with the memcpy yardstick's
+    times (--scaling), its speed-up in the same rounds too, ``<`` marking a speed-up of fastbn
+    below the copy's."""
+    yardstick = "memcpy 1 thread" in records[0]["times"] if records else False
+    lines = [f"{'case':46s} {'dir':4s} {'1 thread':>10s} {'2 threads':>10s} {'speed-up':>8s}"
+             + (f" {'memcpy':>6s}" if yardstick else "")]
     for r in records:
         t = r["times"]
-        gain = round(t["1 thread"] / t["2 threads"], 2)  # as printed: the mark agrees with the digits
-        copy_gain = round(t["memcpy 1 thread"] / t["memcpy 2 threads"], 2)
-        lines.append(f"{r['case'].name:46s} {DIRECTION_LABELS[r['direction']]:4s} "
-                     f"{_format_time(t['1 thread']):>10s} {_format_time(t['2 threads']):>10s} "
-                     f"{gain:8.2f} {copy_gain:6.2f}{' <' if gain < copy_gain else ''}")
+        gain = _significant(t["1 thread"] / t["2 threads"])  # as printed: the mark agrees with the digits
+        line = (f"{r['case'].name:46s} {DIRECTION_LABELS[r['direction']]:4s} "
+                f"{_format_time(t['1 thread']):>10s} {_format_time(t['2 threads']):>10s} {gain:8.3g}")
+        if yardstick:
+            copy_gain = _significant(t["memcpy 1 thread"] / t["memcpy 2 threads"])
+            line += f" {copy_gain:6.3g}{' <' if gain < copy_gain else ''}"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -310,9 +321,10 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
         print(f"Timing {len(cases)} cases on 1 and 2 threads {where}:", flush=True)
         records = _bench.thread_scaling(cases, repeat=args.repeat or 5, busy=args.shared_core,
                                         progress=lambda message: print(f"  {message}", flush=True))
-        print(shared_core_table(records))
-        print("\nspeed-up: time on 1 thread / time on 2 threads (out= calls); memcpy: the same for "
-              "an OpenMP copy of x, in the same rounds; <: fastbn gains less than the copy.")
+        print(thread_table(records))
+        print("\nspeed-up: time on 1 thread / time on 2 threads (out= calls)"
+              + ("." if args.shared_core else "; memcpy: the same for an OpenMP copy of x, in the "
+                 "same rounds; <: fastbn gains less than the copy."))
         return 0
     if cases is None and args.fused:
         cases = _bench.FUSED_CASES

@@ -13,6 +13,7 @@ public call alone.
 one record per case and direction with the times of all implementations, measured in the same run,
 so the ratios between them are meaningful even on a noisy machine.
 """
+import math
 import subprocess
 import sys
 import time
@@ -156,6 +157,9 @@ CHECK_CASES = (
 )
 # A small shape per layout, for smoke runs of the benchmark suite.
 SMOKE_SHAPES = {"NC": (64, 48), "NCHW": (4, 8, 6, 6), "NHWC": (4, 6, 6, 8), "ND": (32, 40)}
+
+
+DIRECTION_LABELS = {"forward": "fwd", "test": "test", "backward": "bwd"}  # as the tables print them
 
 
 def cpu_model():
@@ -457,11 +461,12 @@ def busy_core():
 
 
 def thread_scaling(cases, repeat=5, busy=True, progress=None):
-    """fastbn's time (``out=`` calls) and the memcpy yardstick's on 1 and on 2 threads for every
-    case and direction, with (`busy`) another process keeping one core busy all along
-    (:func:`busy_core`) or on the machine as it is; one record per case and direction with
-    ``times`` {``'1 thread'``, ``'2 threads'``, ``'memcpy 1 thread'``, ``'memcpy 2 threads'``}
-    measured in interleaved rounds."""
+    """fastbn's time (``out=`` calls) on 1 and on 2 threads for every case and direction, with
+    (`busy`) another process keeping one core busy all along (:func:`busy_core`), or else on
+    the machine as it is and beside the memcpy yardstick's on 1 and 2 threads (a copy beside a
+    busy process measures the contention, not the scaling); one record per case and direction
+    with ``times`` {``'1 thread'``, ``'2 threads'``[, ``'memcpy 1 thread'``,
+    ``'memcpy 2 threads'``]} measured in interleaved rounds."""
     previous = _threads._user_threads
     kernels = _backends.kernels()
     records = []
@@ -471,8 +476,12 @@ def thread_scaling(cases, repeat=5, busy=True, progress=None):
                 if progress is not None:
                     progress(f"[{i + 1}/{len(cases)}] {case.name}")
                 calls = implementations(case)
-                flat = make_inputs(case)[0].reshape(-1)
-                dst = np.empty_like(flat)
+                copies = {}
+                if not busy:
+                    src = np.ones(math.prod(case.shape), case.dtype)
+                    dst = np.empty_like(src)
+                    copies = {f"memcpy {n} thread{'s' if n > 1 else ''}":
+                              (lambda n=n: kernels.parallel_copy(src, dst, n)) for n in (1, 2)}
                 for direction in case.directions:
                     call = calls[direction]["fastbn out="]
 
@@ -480,11 +489,8 @@ def thread_scaling(cases, repeat=5, busy=True, progress=None):
                         fastbn.set_num_threads(n)
                         return call()
 
-                    times = time_calls({
-                        "1 thread": lambda: on(1), "2 threads": lambda: on(2),
-                        "memcpy 1 thread": lambda: kernels.parallel_copy(flat, dst, 1),
-                        "memcpy 2 threads": lambda: kernels.parallel_copy(flat, dst, 2),
-                    }, repeat=repeat, min_time=0.002, max_time=1.0)
+                    times = time_calls({"1 thread": lambda: on(1), "2 threads": lambda: on(2),
+                                        **copies}, repeat=repeat, min_time=0.002, max_time=1.0)
                     records.append({"case": case, "direction": direction, "times": times})
         finally:
             fastbn.set_num_threads(previous)

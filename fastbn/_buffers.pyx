@@ -47,7 +47,7 @@ def empty(shape, dtype, size_t offset=0):
 def empty_like(a, size_t page_shift=0):
     """:func:`empty` of a's shape and dtype, its data at a's offset within a page plus
     `page_shift` bytes."""
-    return empty(a.shape, a.dtype, (<size_t>cnp.PyArray_DATA(<cnp.ndarray>a) + page_shift) % 4096)
+    return empty(a.shape, a.dtype, (<size_t>cnp.PyArray_DATA(<cnp.ndarray?>a) + page_shift) % 4096)
 
 
 def set_max_bytes(size_t max_bytes):

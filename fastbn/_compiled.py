@@ -137,7 +137,7 @@ def backward(dout, cache, out=None):
     dx is written into `out` when given."""
     kernels = _backends.kernels()
     spec = OPS[cache.op]
-    shapes = spec.shapes(cache.x.shape, cache.layout, cache.axis, cache.groups)
+    shapes = spec.shapes(cache.x.shape, cache.layout, cache.groups, cache.axis)
     x = _aligned(cache.x).reshape(shapes.view_shape)
     dy = _aligned(dout).reshape(shapes.view_shape)
     dx = _buffer(out, x, _planner.current().dx_page_shift)

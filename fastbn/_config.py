@@ -31,14 +31,17 @@ def _buffer_cache_line() -> str:
 
 
 def _planner_line() -> str:
+    """The CPU vendor and the plan's fields in force that differ from the defaults: this CPU's
+    settings (fastbn._planner.CPU_SETTINGS) and any later change."""
+    import dataclasses
+
     from fastbn import _planner
 
-    settings = _planner.CPU_SETTINGS.get(_planner.CPU_VENDOR)
-    vendor = _planner.CPU_VENDOR or "unknown"
-    if not settings:
-        return f"planner: the defaults (CPU vendor {vendor})"
-    return (f"planner: the defaults with the settings for {vendor} "
-            f"({', '.join(f'{k}={v}' for k, v in settings.items())})")
+    plan, defaults = _planner.current(), _planner.Plan()
+    changed = [f"{f.name}={getattr(plan, f.name)}" for f in dataclasses.fields(plan)
+               if getattr(plan, f.name) != getattr(defaults, f.name)]
+    return (f"planner: CPU vendor {_planner.CPU_VENDOR or 'unknown'}; "
+            f"{'changed from the defaults: ' + ', '.join(changed) if changed else 'the defaults'}")
 
 
 def show_config(file: TextIO | None = None) -> None:

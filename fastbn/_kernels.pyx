@@ -1835,6 +1835,8 @@ cdef void _rows_forward_train(
     cdef Py_ssize_t seg = plan.segment_bytes // <Py_ssize_t>sizeof(floating)
     cdef const floating* xr
     cdef floating* yr
+    if R == 0:
+        return
     if n == 0:  # empty rows: mean 0 and var 0
         for r in range(R):
             mean[r] = 0

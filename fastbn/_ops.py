@@ -204,10 +204,11 @@ class OpSpec:
         return first, first + 1
 
     @_remembered
-    def shapes(self, shape, layout, axis=None, groups=1):
+    def shapes(self, shape, layout, groups=1, axis=None):
         """Everything that follows from the shape of x (a :class:`Shapes` record), looked up
-        once per call: ``groups`` must divide the channel count (the channels themselves do not
-        depend on it, so a caller that has still to check G asks with the default 1 first)."""
+        once per call; the arguments in the order of :meth:`view`. `groups` must divide the
+        channel count (the channels themselves do not depend on it, so a caller that has still
+        to check G asks with 1 first)."""
         first, stop = self.feature_axes(shape, layout, axis)
         before, after = math.prod(shape[:first]), math.prod(shape[stop:])
         channels = shape[first] if stop == first + 1 else math.prod(shape[first:stop])
@@ -225,34 +226,29 @@ class OpSpec:
             stat_shape = tuple(shape[:first]) + ((groups,) if self.grouped else ())
         return Shapes(before, channels, after, param_shape, family, view_shape, stat_shape)
 
-    def split(self, shape, layout, axis=None):
-        """``(before, C, after)``: the products of the axes before the channel axes, of the
-        channel axes (the channel count) and of the axes after them."""
-        return self.shapes(shape, layout, axis)[:3]
-
     def channels(self, shape, layout, axis=None):
         """The number of channels (features) of an x of `shape`."""
-        return self.shapes(shape, layout, axis).channels
+        return self.shapes(shape, layout, 1, axis).channels
 
     def param_shape(self, shape, layout, axis=None):
         """The shape of gamma/beta that broadcasts against x ((C,) is accepted too)."""
-        return self.shapes(shape, layout, axis).param_shape
+        return self.shapes(shape, layout, 1, axis).param_shape
 
     def view(self, shape, layout, groups=1, axis=None):
         """``(family, view_shape)``: the free reshape of x that the kernels and the reference
         process: ``cols`` (M, C), ``planes`` (N, C, L), ``rows`` (N * G, C // G, L), where N is
         the product of the axes before the channel axes and L of those after them."""
-        s = self.shapes(shape, layout, axis, groups)
+        s = self.shapes(shape, layout, groups, axis)
         return s.family, s.view_shape
 
     def stat_shape(self, shape, layout, groups=1, axis=None):
         """Shape of ``cache.mean`` / ``cache.invstd``: (C,) for batch statistics; else the axes
         before the channel axes, then G for grouped ops."""
-        return self.shapes(shape, layout, axis, groups).stat_shape
+        return self.shapes(shape, layout, groups, axis).stat_shape
 
     def per_channel(self, shape, layout, axis=None):
         """Values per channel: the count M of the batch statistics."""
-        s = self.shapes(shape, layout, axis)
+        s = self.shapes(shape, layout, 1, axis)
         return s.before * s.after
 
 

@@ -102,15 +102,14 @@ def finish_forward(p, out, mean, invstd, batch_var=None, updated=False, mask=Non
 
     Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
     `updated`: the backend updated running_mean and running_var already (then only
-    num_batches_tracked is counted here). `mask`: the fused ops' packed ReLU
-    mask.
+    num_batches_tracked is counted here). `mask`: the fused ops' packed ReLU mask.
     """
     if p.mode == "train" and OPS[p.op].running_stats:
         if updated:
             _count_batch(p)
         else:
             update_running(p, mean, batch_var)
-    # _make: a third of the time of the keyword (or positional) constructor
+    # _make: faster than the keyword or positional constructor (0.3 instead of 0.45-0.5 us)
     cache = NormCache._make((p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
                              p.gamma_shape, p.beta_shape, p.dtype, p.axis, mask,
                              mask is not None and p.residual is not None))
@@ -130,10 +129,11 @@ def _into(out, result, dtype):
 
 def update_running(p, batch_mean, batch_var):
     """running = momentum * running + (1 - momentum) * batch, in place, shapes and dtypes kept;
-    a missing running statistic starts as zeros. With ``p.unbiased`` the variance term is the unbiased batch variance
-    ``var * M / (M - 1)`` (PyTorch's); ``p.momentum`` is already the cumulative average's
-    ``n / (n + 1)`` when ``bn_param['momentum']`` is None. ``bn_param['num_batches_tracked']``
-    is counted (``p.batches``: its value before this call, or None) last.
+    a missing running statistic starts as zeros. With ``p.unbiased`` the variance term is the
+    unbiased batch variance ``var * M / (M - 1)`` (PyTorch's); ``p.momentum`` is already the
+    cumulative average's ``n / (n + 1)`` when ``bn_param['momentum']`` is None.
+    ``bn_param['num_batches_tracked']`` is counted (``p.batches``: its value before this call, or
+    None) last.
 
     Both new values are computed before either is written, so that a running array passed as both
     statistics ends up with the variance's update of its old values. The compiled kernels repeat

@@ -286,12 +286,12 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
             momentum = batches / (batches + 1)
     else:
         mode, eps, momentum, unbiased, batches = "train", check_eps(param, name), 0.0, False, None
-    shapes = spec.shapes(x.shape, layout, axis)
+    shapes = spec.shapes(x.shape, layout, 1, axis)
     channels, broadcast_shape = shapes.channels, shapes.param_shape
     G = 1
     if spec.grouped:
         G = check_groups(groups, channels)
-        shapes = spec.shapes(x.shape, layout, axis, G)
+        shapes = spec.shapes(x.shape, layout, G, axis)
     gamma_flat, gamma_shape = check_affine(gamma, "gamma", channels, broadcast_shape, dtype)
     beta_flat, beta_shape = (check_affine(beta, "beta", channels, broadcast_shape, dtype)
                              if spec.beta else (None, None))
@@ -312,7 +312,7 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
         beta_flat = np.zeros(channels, dtype=dtype) if beta_flat is None and spec.beta else beta_flat
     given = (residual,) if spec.relu and residual is not None else ()
     residual = check_residual(residual, x, dtype) if given else None
-    # _make: a third of the time of the keyword (or positional) constructor
+    # _make: faster than the keyword or positional constructor (0.3 instead of 0.45-0.5 us)
     return Prepared._make((
         spec.name, np.ascontiguousarray(x, dtype=dtype), gamma_flat, beta_flat, eps, mode,
         momentum, running_mean, running_var, param, layout, G, gamma_shape, beta_shape,
@@ -415,11 +415,11 @@ def check_cache(cache, spec, function):
     modes = ("train", "test") if spec.running_stats else ("train",)
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"cache.mode must be one of {list(modes)}, got {mode!r}")
-    shapes = spec.shapes(x.shape, layout, axis)
+    shapes = spec.shapes(x.shape, layout, 1, axis)
     channels = shapes.channels
     if spec.grouped:
         check_groups(groups, channels)
-        shapes = spec.shapes(x.shape, layout, axis, groups)
+        shapes = spec.shapes(x.shape, layout, groups, axis)
     elif type(groups) is not int or groups != 1:
         raise ValueError(f"cache.groups must be 1 for {spec.name}, got {groups!r}")
     if not (type(eps) is float and 0.0 <= eps < np.inf):  # what a forward stores

@@ -84,18 +84,25 @@ def test_python_dash_m_fastbn_runs(tmp_path):
 
 @needs_compiled
 @pytest.mark.parametrize("mode", ["--shared-core", "--scaling"])
-def test_thread_modes_time_one_and_two_threads_against_the_memcpy(mode, capsys):
+def test_thread_modes_time_one_and_two_threads(mode, capsys):
     status = cli.main([mode, "--repeat", "1"], cases=TINY_CASES)
     out = capsys.readouterr().out
     assert status == 0
-    assert ("beside a busy process" in out) == (mode == "--shared-core")
-    assert "speed-up" in out and "memcpy" in out
+    scaling = mode == "--scaling"
+    assert ("beside a busy process" in out) != scaling
+    assert "speed-up" in out and ("memcpy" in out) == scaling  # the copy's speed-up: idle only
     rows = [line for line in out.splitlines() if line.startswith(tuple(c.name for c in TINY_CASES))]
     assert len(rows) == sum(len(case.directions) for case in TINY_CASES)
     for line in rows:
-        fastbn_gain, copy_gain = (float(v) for v in line.removesuffix(" <").split()[-2:])
-        assert fastbn_gain >= 0 and copy_gain >= 0  # tiny cases: the copy on 2 threads may round to 0.00
-        assert line.endswith(" <") == (fastbn_gain < copy_gain)
+        gains = [float(v) for v in line.removesuffix(" <").split()[-2 if scaling else -1:]]
+        assert all(g > 0 for g in gains)
+        assert line.endswith(" <") == (scaling and gains[0] < gains[1])
+
+
+def test_the_thread_modes_exclude_each_other(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--shared-core", "--scaling"])
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_busy_core_runs_a_spinning_process_only_within_the_block():

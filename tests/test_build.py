@@ -24,6 +24,19 @@ def test_show_config_reports_build():
         assert f"SIMD: {_backends.kernels().simd()}" in text
 
 
+def test_show_config_names_the_planner_settings_in_force():
+    from fastbn import _planner
+
+    with _planner.override(few_rows=64):
+        buf = io.StringIO()
+        fastbn.show_config(file=buf)
+    line = next(line for line in buf.getvalue().splitlines() if line.startswith("planner: "))
+    assert f"CPU vendor {_planner.CPU_VENDOR or 'unknown'}" in line
+    assert "few_rows=64" in line  # a change in force, beside this CPU's settings:
+    for name, value in _planner.CPU_SETTINGS.get(_planner.CPU_VENDOR, {}).items():
+        assert f"{name}={value}" in line
+
+
 def test_binary_matches_the_build_decision():
     """The extension was compiled as setup.py decided (no stale objects from another build);
     CI also says which build it made through FASTBN_EXPECT_OPENMP=0/1."""

@@ -230,6 +230,7 @@ def test_override_restores_the_plan():
     ({"sweep_prefetch_bytes": 2048.0}, "sweep_prefetch_bytes must be a positive integer, got 2048.0"),
     ({"mask_prefetch_values": -8}, "mask_prefetch_values must be a positive integer, got -8"),
     ({"blocked_max_rows": 0}, "blocked_max_rows must be a positive integer, got 0"),
+    ({"blocked_large_max_rows": -4096}, "blocked_large_max_rows must be a positive integer, got -4096"),
     ({"few_rows": "128"}, "few_rows must be a positive integer, got '128'"),
     ({"dx_page_shift": 100}, "dx_page_shift must be a multiple of 64 below 4096, got 100"),
     ({"dx_page_shift": 4096}, "dx_page_shift must be a multiple of 64 below 4096, got 4096"),
