@@ -63,9 +63,9 @@ def forward(p, moments=None):
         mask = _new_mask((x.size + 7) // 8)
         epilogue = {"mask": mask, "residual": None if p.residual is None
                     else _aligned(p.residual).reshape(view_shape)}
+    affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
     if p.mode == "test":
         mean, invstd, scale = _test_coefficients(p, gamma, dtype)
-        affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
         affine(x, mean, scale, beta, out, n_threads, **epilogue)
         return finish_forward(p, out.reshape(p.x.shape), mean, invstd, None, False,
                               epilogue.get("mask"))
@@ -76,7 +76,6 @@ def forward(p, moments=None):
         scale = np.empty(C, dtype=dtype)
         kernels.fold_moments(moments.count, np.stack([moments.mean, moments.m2]), gamma, p.eps,
                              mean, invstd, scale, batch_var)
-        affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
         affine(x, mean, scale, beta, out, n_threads, **epilogue)
         updated = False
     else:
@@ -94,14 +93,12 @@ def _test_coefficients(p, gamma, dtype):
     running statistics are flat arrays in the computation dtype (the bits of the NumPy
     test_statistics, computed without its temporaries), else from test_statistics."""
     rm, rv = p.running_mean, p.running_var
-    if rm.dtype == dtype and rv.dtype == dtype and rm.ndim == 1 and rv.ndim == 1:
-        rm_flags, rv_flags = rm.flags, rv.flags
-        if rm_flags.c_contiguous and rv_flags.c_contiguous and rm_flags.aligned and rv_flags.aligned:
-            mean = np.empty(gamma.size, dtype=dtype)
-            invstd = np.empty(gamma.size, dtype=dtype)
-            scale = np.empty(gamma.size, dtype=dtype)
-            _backends.kernels().test_coefficients(rm, rv, gamma, p.eps, mean, invstd, scale)
-            return mean, invstd, scale
+    if _is_flat(rm, dtype) and _is_flat(rv, dtype):
+        mean = np.empty(gamma.size, dtype=dtype)
+        invstd = np.empty(gamma.size, dtype=dtype)
+        scale = np.empty(gamma.size, dtype=dtype)
+        _backends.kernels().test_coefficients(rm, rv, gamma, p.eps, mean, invstd, scale)
+        return mean, invstd, scale
     mean, invstd = test_statistics(p)
     return mean, invstd, gamma * invstd
 
@@ -124,10 +121,15 @@ def _in_place(p, dtype):
     return (rm if rm.ndim == 1 else rm.reshape(-1)), (rv if rv.ndim == 1 else rv.reshape(-1))
 
 
+def _is_flat(a, dtype):
+    """Whether the kernels take `a` as it is: a flat, aligned, C-contiguous array of `dtype`."""
+    return a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned
+
+
 def _flat(a, dtype):
     """`a` as a flat, aligned, C-contiguous array of `dtype`: `a` itself when it is one, else
     a view or a copy."""
-    if a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned:
+    if _is_flat(a, dtype):
         return a
     return _aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
 
