@@ -1,4 +1,6 @@
-"""Build script for fastbn: compiles ``fastbn/_kernels.pyx``, with OpenMP when it works.
+"""Build script for fastbn: compiles ``fastbn/_kernels.pyx``, with OpenMP when it works, the
+buffer cache (``fastbn/_buffers.pyx``), the glue's array checks (``fastbn/_arrays.pyx``) and the
+Python modules every call runs through (GLUE).
 
 Environment switches
 --------------------
@@ -14,6 +16,7 @@ FASTBN_SANITIZE=address,undefined (or thread, ...)
     A non-instrumented Python must preload the sanitizer runtime (see docs/development.md).
 """
 import ast
+import hashlib
 import os
 import subprocess
 import sys
@@ -28,6 +31,11 @@ from setuptools.command.build_ext import build_ext
 
 BUILD_INFO = "_build_info.py"
 PLANNER = "fastbn/_planner.py"
+# The modules of validation, dispatch and results that every public call runs through. Cython
+# compiles them from these .py files, which stay their only source; compiled, the fixed cost of a
+# call is about a fifth lower (docs/decisions.md, "Fixed cost per call, fourth session").
+GLUE = ["_backends", "_compiled", "_memory", "_ops", "_planner", "_results", "_threads",
+        "_validation"]
 OPENMP_PROBE = textwrap.dedent(
     """
     #include <omp.h>
@@ -110,6 +118,7 @@ class BuildExt(build_ext):
             link_args=sanitize_args[:1] + link_args,
             debug=debug,
             sanitize=sanitize if sanitize_args else "",
+            glue=_glue_digests(),
         )
         super().build_extensions()
 
@@ -132,6 +141,16 @@ class BuildExt(build_ext):
                 built = self.get_ext_fullpath(ext.name)
                 self.copy_file(built, os.path.join("fastbn", os.path.basename(built)))
         self.copy_file(os.path.join(self.build_lib, "fastbn", BUILD_INFO), os.path.join("fastbn", BUILD_INFO))
+
+
+def _glue_digests():
+    """SHA-256 of each GLUE module's source as it is compiled: the test suite checks them against
+    the sources, so that tests never run an extension built from an older version of a module."""
+    digests = {}
+    for module in GLUE:
+        with open(f"fastbn/{module}.py", "rb") as f:
+            digests[module] = hashlib.sha256(f.read()).hexdigest()
+    return digests
 
 
 def _compiled_constants():
@@ -169,6 +188,12 @@ extensions = [
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION"), *_compiled_constants()],
     ),
     Extension(
+        "fastbn._arrays",
+        sources=["fastbn/_arrays.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
+    ),
+    Extension(
         "fastbn._buffers",
         sources=["fastbn/_buffers.pyx"],
         depends=["fastbn/_src/buffer_pool.h"],
@@ -179,8 +204,14 @@ extensions = [
     ),
 ]
 
+glue = [Extension(f"fastbn.{module}", sources=[f"fastbn/{module}.py"]) for module in GLUE]
+
 setup(
     ext_modules=cythonize(
+        glue,
+        # Python semantics throughout: annotations (``n: int``) are documentation, not C types
+        compiler_directives={"language_level": 3, "annotation_typing": False},
+    ) + cythonize(
         extensions,
         compiler_directives={
             "language_level": 3,

@@ -22,6 +22,8 @@ cdef extern from "buffer_pool.h":
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
+    object PyArray_NewLikeArray(cnp.ndarray prototype, cnp.NPY_ORDER order,
+                                cnp.PyArray_Descr *descr, int subok)
 
 cdef object _handler = fastbn_pool_capsule()
 cdef bint _enabled = False
@@ -44,10 +46,13 @@ def empty(shape, dtype, size_t offset=0):
         PyDataMem_SetHandler(previous)
 
 
-def empty_like(a, size_t page_shift=0):
-    """:func:`empty` of a's shape and dtype, its data at a's offset within a page plus
-    `page_shift` bytes."""
-    return empty(a.shape, a.dtype, (<size_t>cnp.PyArray_DATA(<cnp.ndarray?>a) + page_shift) % 4096)
+def empty_like(cnp.ndarray a not None, size_t page_shift=0, size_t min_bytes=0):
+    """An uninitialised array of a's shape and dtype: from the pool (:func:`empty`) when it has at
+    least `min_bytes`, its data at a's offset within a page plus `page_shift` bytes; else
+    ``np.empty``."""
+    if not _enabled or <size_t>cnp.PyArray_NBYTES(a) < min_bytes:
+        return PyArray_NewLikeArray(a, cnp.NPY_CORDER, NULL, 0)
+    return empty((<object>a).shape, a.dtype, (<size_t>cnp.PyArray_DATA(a) + page_shift) % 4096)
 
 
 def set_max_bytes(size_t max_bytes):

@@ -12,12 +12,12 @@ from fastbn._ops import OPS
 from fastbn._results import finish_backward, finish_forward, test_statistics
 from fastbn._threads import threads_for
 
+try:  # built with the kernels, and used only when they are
+    from fastbn._arrays import aligned, aligned_as, disjoint_flat, empty_vector, is_flat
+except ImportError:
+    pass
 
-def _aligned(a):
-    """`a`, or a copy of it when it does not start on a multiple of its element size (an array
-    from ``np.frombuffer(..., offset=1)``): the kernels load and store through ``float*`` and
-    ``double*``, and an unaligned one is undefined behaviour in C (UBSan reports it)."""
-    return a if a.flags.aligned else a.copy()
+_FLOAT64 = np.dtype(np.float64)
 
 
 def _buffer(out, like, page_shift=0):
@@ -25,7 +25,7 @@ def _buffer(out, like, page_shift=0):
     dtype, aligned), else a new array like `like` from the buffer cache, `page_shift` bytes past
     like's offset in a page (finish_* then copy it into `out`)."""
     if out is not None and out.dtype == like.dtype and out.flags.aligned:
-        return out.reshape(like.shape)
+        return aligned_as(out, like.shape)
     return _memory.empty_like(like, page_shift)
 
 
@@ -44,15 +44,15 @@ def forward(p, moments=None):
     kernels = _backends.kernels()
     spec = OPS[p.op]
     family, view_shape, dtype = p.shapes.family, p.shapes.view_shape, p.x.dtype
-    x = _aligned(p.x).reshape(view_shape)
-    gamma = _aligned(p.gamma)
-    beta = _aligned(p.beta) if spec.beta else np.zeros_like(gamma)
+    x = aligned_as(p.x, view_shape)
+    gamma = aligned(p.gamma)
+    beta = aligned(p.beta) if spec.beta else np.zeros_like(gamma)
     out = _buffer(p.out, x)
     n_threads = threads_for(x.size)
     if family == "rows":
         R = view_shape[0]
-        mean = np.empty(R, dtype=dtype)
-        invstd = np.empty(R, dtype=dtype)
+        mean = empty_vector(R, dtype)
+        invstd = empty_vector(R, dtype)
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
         stat_shape = p.shapes.stat_shape
@@ -62,18 +62,18 @@ def forward(p, moments=None):
     if spec.relu:  # the fused ReLU: its packed mask (the last byte's unused bits are 0)
         mask = _new_mask((x.size + 7) // 8)
         epilogue = {"mask": mask, "residual": None if p.residual is None
-                    else _aligned(p.residual).reshape(view_shape)}
+                    else aligned_as(p.residual, view_shape)}
     affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
     if p.mode == "test":
         mean, invstd, scale = _test_coefficients(p, gamma, dtype)
         affine(x, mean, scale, beta, out, n_threads, **epilogue)
         return finish_forward(p, out.reshape(p.x.shape), mean, invstd, None, False,
                               epilogue.get("mask"))
-    mean = np.empty(C, dtype=dtype)
-    invstd = np.empty(C, dtype=dtype)
-    batch_var = np.empty(C)
+    mean = empty_vector(C, dtype)
+    invstd = empty_vector(C, dtype)
+    batch_var = empty_vector(C, _FLOAT64)
     if moments is not None:
-        scale = np.empty(C, dtype=dtype)
+        scale = empty_vector(C, dtype)
         kernels.fold_moments(moments.count, np.stack([moments.mean, moments.m2]), gamma, p.eps,
                              mean, invstd, scale, batch_var)
         affine(x, mean, scale, beta, out, n_threads, **epilogue)
@@ -93,10 +93,11 @@ def _test_coefficients(p, gamma, dtype):
     running statistics are flat arrays in the computation dtype (the bits of the NumPy
     test_statistics, computed without its temporaries), else from test_statistics."""
     rm, rv = p.running_mean, p.running_var
-    if _is_flat(rm, dtype) and _is_flat(rv, dtype):
-        mean = np.empty(gamma.size, dtype=dtype)
-        invstd = np.empty(gamma.size, dtype=dtype)
-        scale = np.empty(gamma.size, dtype=dtype)
+    if is_flat(rm, dtype) and is_flat(rv, dtype):
+        C = gamma.size
+        mean = empty_vector(C, dtype)
+        invstd = empty_vector(C, dtype)
+        scale = empty_vector(C, dtype)
         _backends.kernels().test_coefficients(rm, rv, gamma, p.eps, mean, invstd, scale)
         return mean, invstd, scale
     mean, invstd = test_statistics(p)
@@ -104,34 +105,24 @@ def _test_coefficients(p, gamma, dtype):
 
 
 def _in_place(p, dtype):
-    """The running statistics as the flat views the kernel updates in place (the same bits as
-    the NumPy update, see _kernels._update_running), or (None, None): then finish_forward updates
-    them. The kernel takes them only when both exist (a first call creates them, in
-    finish_forward, after the kernel succeeded), are C-contiguous and aligned, in the computation
-    dtype, and separate arrays (one array passed as both must get the update of its old values),
-    and the variance is the biased one (``bn_param['unbiased']`` is false)."""
+    """The running statistics for the kernel to update in place (the same bits as the NumPy
+    update, see _kernels._update_running), or (None, None): then finish_forward updates them.
+    The kernel takes them only when both exist (a first call creates them, in finish_forward,
+    after the kernel succeeded), are flat, C-contiguous and aligned, in the computation dtype,
+    and apart in memory (one array passed as both must get the update of its old values), and
+    the variance is the biased one (``bn_param['unbiased']`` is false)."""
     rm, rv = p.running_mean, p.running_var
-    if rm is None or rv is None or rm is rv or p.unbiased or rm.dtype != dtype or rv.dtype != dtype:
+    if p.unbiased or not disjoint_flat(rm, rv, dtype):
         return None, None
-    rm_flags, rv_flags = rm.flags, rv.flags
-    if not (rm_flags.c_contiguous and rv_flags.c_contiguous and rm_flags.aligned and rv_flags.aligned
-            # two arrays that own their memory (those a first call creates) cannot overlap
-            and (rm_flags.owndata and rv_flags.owndata or not np.may_share_memory(rm, rv))):
-        return None, None
-    return (rm if rm.ndim == 1 else rm.reshape(-1)), (rv if rv.ndim == 1 else rv.reshape(-1))
-
-
-def _is_flat(a, dtype):
-    """Whether the kernels take `a` as it is: a flat, aligned, C-contiguous array of `dtype`."""
-    return a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned
+    return rm, rv
 
 
 def _flat(a, dtype):
     """`a` as a flat, aligned, C-contiguous array of `dtype`: `a` itself when it is one, else
     a view or a copy."""
-    if _is_flat(a, dtype):
+    if is_flat(a, dtype):
         return a
-    return _aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
+    return aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
 
 
 def backward(dout, cache, out=None):
@@ -140,12 +131,12 @@ def backward(dout, cache, out=None):
     kernels = _backends.kernels()
     spec = OPS[cache.op]
     shapes = spec.shapes(cache.x.shape, cache.layout, cache.groups, cache.axis)
-    x = _aligned(cache.x).reshape(shapes.view_shape)
-    dy = _aligned(dout).reshape(shapes.view_shape)
+    x = aligned_as(cache.x, shapes.view_shape)
+    dy = aligned_as(dout, shapes.view_shape)
     dx = _buffer(out, x, _planner.current().dx_page_shift)
-    gamma = _aligned(cache.gamma)
-    dgamma = np.empty(gamma.size, dtype=x.dtype)
-    dbeta = np.empty(gamma.size, dtype=x.dtype)
+    gamma = aligned(cache.gamma)
+    dgamma = empty_vector(gamma.size, x.dtype)
+    dbeta = empty_vector(gamma.size, x.dtype)
     mean = _flat(cache.mean, x.dtype)
     invstd = _flat(cache.invstd, x.dtype)
     n_threads = threads_for(x.size)
@@ -172,7 +163,7 @@ def moments(spec, x, layout):
     C = spec.channels(x.shape, layout)
     result = np.zeros((2, C))  # mean and m2 stay 0 when there are no values
     run = kernels.cols_moments if family == "cols" else kernels.planes_moments
-    run(_aligned(x).reshape(view_shape), result, threads_for(x.size))
+    run(aligned_as(x, view_shape), result, threads_for(x.size))
     return Moments(np.full(C, float(spec.per_channel(x.shape, layout))), result[0], result[1])
 
 
@@ -184,7 +175,7 @@ def grad_sums(dout, cache):
     family, view_shape = spec.view(cache.x.shape, cache.layout)
     sums = np.zeros((2, cache.gamma.size))
     run = kernels.cols_grad_sums if family == "cols" else kernels.planes_grad_sums
-    run(_aligned(cache.x).reshape(view_shape), _aligned(dout).reshape(view_shape),
+    run(aligned_as(cache.x, view_shape), aligned_as(dout, view_shape),
         _flat(cache.mean, cache.x.dtype), sums, threads_for(cache.x.size))
     return sums
 
@@ -196,14 +187,14 @@ def backward_given(dout, cache, sums, count, out=None):
     kernels = _backends.kernels()
     spec = OPS[cache.op]
     family, view_shape = spec.view(cache.x.shape, cache.layout)
-    x = _aligned(cache.x).reshape(view_shape)
+    x = aligned_as(cache.x, view_shape)
     dx = _buffer(out, x, _planner.current().dx_page_shift)
     C = cache.gamma.size
-    dgamma = np.empty(C, dtype=x.dtype)
-    dbeta = np.empty(C, dtype=x.dtype)
+    dgamma = empty_vector(C, x.dtype)
+    dbeta = empty_vector(C, x.dtype)
     run = kernels.cols_backward_given if family == "cols" else kernels.planes_backward_given
-    run(x, _aligned(dout).reshape(view_shape), _flat(cache.mean, x.dtype),
-        _flat(cache.invstd, x.dtype), _aligned(cache.gamma), cache.mode == "train",
+    run(x, aligned_as(dout, view_shape), _flat(cache.mean, x.dtype),
+        _flat(cache.invstd, x.dtype), aligned(cache.gamma), cache.mode == "train",
         np.ascontiguousarray(sums, dtype=np.float64), float(count), dx, dgamma, dbeta,
         threads_for(x.size))
     return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)

@@ -19,6 +19,33 @@ def build_info():
     return dict(BUILD_INFO)
 
 
+def compiled_glue():
+    """The Python modules the build compiled (setup.py's GLUE), each with whether it runs
+    compiled now (its extension imported rather than its .py file)."""
+    import importlib
+    import importlib.machinery
+
+    return {name: importlib.import_module(f"fastbn.{name}").__file__.endswith(
+                tuple(importlib.machinery.EXTENSION_SUFFIXES))
+            for name in build_info().get("glue", ())}
+
+
+def stale_glue():
+    """The compiled modules whose .py file beside them is not the source they were compiled
+    from (a checkout edited since its last build): their extensions run older code."""
+    import hashlib
+    import pathlib
+
+    here = pathlib.Path(__file__).parent
+    return [name for name, digest in build_info().get("glue", {}).items()
+            if hashlib.sha256((here / f"{name}.py").read_bytes()).hexdigest() != digest]
+
+
+def _glue_line() -> str:
+    compiled = [name for name, is_compiled in compiled_glue().items() if is_compiled]
+    return f"compiled Python modules: {', '.join(compiled) or 'none'}"
+
+
 def _buffer_cache_line() -> str:
     from fastbn._memory import buffer_cache_info
 
@@ -75,6 +102,7 @@ def show_config(file: TextIO | None = None) -> None:
         " are the same bits)",
         _buffer_cache_line(),
         _planner_line(),
+        _glue_line(),
     ]
     if info:
         lines += [

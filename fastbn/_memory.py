@@ -121,9 +121,9 @@ def empty_like(a, page_shift=0):
     `page_shift` bytes (a multiple of 64) -- at the same offset, for a forward's output, the
     kernels' loops meet line and page boundaries in both at once; a backward's dx goes half a page
     further, away from x and dy, which usually share their offset (docs/decisions.md)."""
-    if _buffers is not None and a.nbytes >= _planner.current().buffer_min_bytes:
-        return _buffers.empty_like(a, page_shift)
-    return np.empty(a.shape, a.dtype)
+    if _buffers is None:
+        return np.empty(a.shape, a.dtype)
+    return _buffers.empty_like(a, page_shift, _planner.current().buffer_min_bytes)
 
 
 set_buffer_cache(_parse(os.environ[ENV]) if ENV in os.environ else _default_max_bytes())

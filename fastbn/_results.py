@@ -113,7 +113,7 @@ def finish_forward(p, out, mean, invstd, batch_var=None, updated=False, mask=Non
     cache = NormCache._make((p.op, p.x, p.gamma, mean, invstd, p.eps, p.mode, p.layout, p.groups,
                              p.gamma_shape, p.beta_shape, p.dtype, p.axis, mask,
                              mask is not None and p.residual is not None))
-    if p.out is None and out.dtype == p.dtype:  # the usual case: the result as computed
+    if p.out is None and (out.dtype is p.dtype or out.dtype == p.dtype):  # the usual case
         return out, cache
     return _into(p.out, out, p.dtype), cache
 

@@ -184,10 +184,10 @@ def check_running_settings(param, name):
     or False -- are taken without calling them: this runs on every call)."""
     mode = check_mode(param, name)
     get = param.get
-    eps = get("eps")
-    if not (type(eps) is float and 0.0 <= eps < np.inf):
+    eps = get("eps", DEFAULT_EPS)
+    if not (type(eps) is float and 0.0 <= eps < math.inf):
         eps = check_eps(param, name)
-    momentum = get("momentum")
+    momentum = get("momentum", DEFAULT_MOMENTUM)
     if not (type(momentum) is float and 0.0 <= momentum <= 1.0):
         momentum = check_momentum(param, name)
     unbiased = get("unbiased", False)
@@ -212,7 +212,7 @@ def _fits(shape, broadcast_shape, channels, allow_single):
 def check_affine(a, name, channels, broadcast_shape, dtype):
     """gamma/beta: shape (C,) or one of C values (or a single value) that broadcasts against x;
     returned flat (C,), with the shape as given. None (no parameter) gives ``(None, None)``."""
-    if type(a) is np.ndarray and a.dtype == dtype and a.shape == (channels,) and a.flags.c_contiguous:
+    if type(a) is np.ndarray and a.dtype is dtype and a.shape == (channels,) and a.flags.c_contiguous:
         return a, a.shape  # the usual case, already what the kernels take
     if a is None:
         return None, None

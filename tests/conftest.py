@@ -2,6 +2,16 @@
 import pytest
 
 from fastbn import _planner
+from fastbn._config import stale_glue
+
+
+def pytest_configure(config):
+    """Stop before any test runs compiled modules built from older sources (a checkout edited
+    since its last build)."""
+    stale = stale_glue()
+    if stale:
+        pytest.exit(f"fastbn's compiled {', '.join(stale)} are older than their .py sources: "
+                    "rebuild (python setup.py build_ext --inplace, or pip install .)", returncode=4)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -54,6 +54,28 @@ def test_compiled_backend_is_built():
     assert _backends.resolve("auto") == "cython"
 
 
+def test_the_modules_every_call_runs_through_are_compiled_from_their_sources():
+    """setup.py compiles the validation, dispatch and results modules (its GLUE) with Cython:
+    each runs from its extension, built from the .py file beside it, and show_config says so."""
+    from fastbn import _config
+
+    compiled = _config.compiled_glue()
+    assert {"_validation", "_compiled", "_results", "_ops"} <= set(compiled)
+    assert all(compiled.values()), compiled
+    assert _config.stale_glue() == []
+    buf = io.StringIO()
+    fastbn.show_config(file=buf)
+    assert f"compiled Python modules: {', '.join(compiled)}" in buf.getvalue()
+
+
+def test_a_module_edited_after_its_build_is_reported_stale(tmp_path, monkeypatch):
+    from fastbn import _config
+
+    (name, digest), *_ = build_info()["glue"].items()
+    monkeypatch.setattr(_config, "build_info", lambda: {"glue": {name: digest[::-1]}})
+    assert _config.stale_glue() == [name]
+
+
 @pytest.mark.parametrize("backend", ["gpu", "", None, "Cython"])
 def test_unknown_backend_lists_available(backend):
     import numpy as np

@@ -16,6 +16,8 @@ import zipfile
 
 import pytest
 
+from fastbn._config import build_info
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SUBSET = ["test_build.py", "test_docs.py", "test_errors.py", "test_typing.py", "test_bench_cli.py",
           "test_ops.py"]
@@ -50,7 +52,9 @@ def test_the_sdist_installs_and_passes_its_own_tests(tmp_path):
                      "tests/conftest.py", "tests/registry.py", "docs/fastbn-bench.png",
                      "docs/performance.md", "benchmarks/test_benchmarks.py", "examples/_net.py"):
         assert (tree / required).is_file(), f"the sdist has no {required}"
-    assert not [n for n in names if n.endswith((".so", "_kernels.c", "_buffers.c", "_build_info.py"))]
+    generated = [n for n in names if n.endswith((".so", "_build_info.py"))
+                 or n.split("/")[-2:-1] == ["fastbn"] and n.endswith((".c", ".html"))]
+    assert not generated, generated
 
     venv = tmp_path / "venv"
     # without a pip of its own: the venv's python runs this environment's pip and builds with
@@ -65,6 +69,9 @@ def test_the_sdist_installs_and_passes_its_own_tests(tmp_path):
         (extension,) = [n for n in files if n.startswith("fastbn/_kernels") and n.endswith(".so")]
         binary = z.read(extension)
     assert "fastbn/py.typed" in files and "fastbn/_build_info.py" in files
+    for module in build_info()["glue"]:  # each compiled, beside its source
+        assert f"fastbn/{module}.py" in files
+        assert [n for n in files if n.startswith(f"fastbn/{module}.") and n.endswith(".so")], module
     assert not [n for n in files if n.endswith((".c", ".h", ".pyx"))], files
     assert b".debug_info" not in binary, "the release extension carries debug information"
 
