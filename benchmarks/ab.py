@@ -6,7 +6,10 @@ directory as the package ``fastbn_old`` (its imports renamed), and both run the 
 starting build's ``python -m fastbn`` (batchnorm, spatial NCHW/NHWC, layernorm, groupnorm;
 large and cs231n-sized) forward, test mode and backward, with ``out=`` arrays and plain calls,
 in shuffled interleaved rounds (``fastbn._bench.time_calls``); inputs and outputs start at page
-offset 0. Every result of both builds is compared bit for bit.
+offset 0. Every result of both builds is compared bit for bit. The other build's Python modules
+run from their .py files even where its build compiled them (those extensions would import this
+build's modules): compare the kernels with it, and fixed costs only against a build of before
+the compiled glue.
 
     git worktree add /tmp/old 2daeb16 && (cd /tmp/old && python setup.py build_ext --inplace)
     python benchmarks/ab.py /tmp/old                 # FASTBN_DISABLE_AVX512=1: the AVX2 path
@@ -51,8 +54,15 @@ def import_other(tree):
     """The package of the checkout `tree`, imported as ``fastbn_old``."""
     tmp = tempfile.mkdtemp(prefix="fastbn-ab-")
     target = os.path.join(tmp, "fastbn_old")
-    shutil.copytree(os.path.join(tree, "fastbn"), target,
-                    ignore=shutil.ignore_patterns("__pycache__", "*.c"))
+    source = os.path.join(tree, "fastbn")
+
+    def ignore(directory, names):
+        # the extensions Cython compiled from .py modules import their siblings as fastbn.*,
+        # which is this build: the other build runs those modules from their .py files
+        compiled = {n for n in names if n.endswith(".so") and n.split(".")[0] + ".py" in names}
+        return compiled | set(shutil.ignore_patterns("__pycache__", "*.c")(directory, names))
+
+    shutil.copytree(source, target, ignore=ignore)
     for name in os.listdir(target):
         if name.endswith(".py"):
             path = os.path.join(target, name)

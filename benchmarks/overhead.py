@@ -1,83 +1,146 @@
-"""Fixed cost per call: a public call on a tiny batch against its compiled kernel alone.
+"""Fixed cost per call: the Python side of every public call on a tiny batch.
 
-For a 4x5 batchnorm (and the other ops on tiny inputs) this times the plain public call
-(validation, dispatch, output allocation, cache) and the compiled kernel function it ends in,
-called directly with arguments prepared once; the difference is the Python-side overhead.
-Both are the best of several rounds of many calls, measured in the same run. With
-``--other CHECKOUT`` it instead times the public calls of this build and of another one (a
-checkout whose kernels are built in place, imported as ``fastbn_old`` as ``ab.py`` does) in
-one process, in shuffled interleaved rounds, and prints both and their ratio.
+Every op of the op table, in each of its layouts, runs on a 4x5 batch (spatial ops and
+groupnorm on 2x2 planes, groupnorm with G=5; float64), forward, test mode where it has one, and
+backward. Each call is timed as it is and with the compiled kernels swapped for functions that
+do nothing: that time is the Python side (validation, dispatch, allocation of the outputs, the
+cache, the running statistics' bookkeeping), and the difference is the kernels'. Best of 15
+shuffled, interleaved rounds of 1000 calls, so that both columns meet the same machine state.
+
+With ``--other CHECKOUT`` it instead times the public calls of this build and of another one (a
+checkout built in place, imported as ``fastbn_old`` as ``ab.py`` does; its Python modules run
+interpreted) in one process, in shuffled interleaved rounds, with a cs231n-sized forward +
+backward (200x500 float64) besides, and prints both and their ratio.
 
     python benchmarks/overhead.py
     python benchmarks/overhead.py --other /tmp/old     # this build's public calls against another's
 """
 import argparse
+import contextlib
 import random
 import time
-import timeit
+import types
 
 import numpy as np
 
 import fastbn
-from fastbn import _backends
+from fastbn import _backends, _bench
+from fastbn._ops import OPS
 
-NUMBER = 2000
-REPEAT = 9
-
-
-def best(call):
-    """Best time per call, in microseconds."""
-    return min(timeit.repeat(call, number=NUMBER, repeat=REPEAT)) / NUMBER * 1e6
+NUMBER = 1000
+ROUNDS = 15
+TINY_SHAPES = {"NC": (4, 5), "ND": (4, 5), "NCHW": (4, 5, 2, 2), "NHWC": (4, 2, 2, 5)}
 
 
-def public_calls(module):
-    """The public calls of `module` (fastbn or another build of it) on tiny inputs, and a
-    cs231n-sized forward + backward (200x500 float64)."""
-    rng = np.random.default_rng(0)
-    x, dout = rng.standard_normal((4, 5)), np.ones((4, 5))
-    gamma, beta = np.ones(5), np.zeros(5)
-    param = {"mode": "train"}
-    _, cache = module.batchnorm_forward(x, gamma, beta, param)
-    _, ln_cache = module.layernorm_forward(x, gamma, beta, {})
-    test = dict(param, mode="test")
-    big, big_dout = rng.standard_normal((200, 500)), rng.standard_normal((200, 500))
-    big_gamma, big_beta, big_param = np.ones(500), np.zeros(500), {"mode": "train"}
-
-    def step():
-        _, c = module.batchnorm_forward(big, big_gamma, big_beta, big_param)
-        return module.batchnorm_backward(big_dout, c)
-
-    return {
-        "batchnorm 4x5 forward": lambda: module.batchnorm_forward(x, gamma, beta, param),
-        "batchnorm 4x5 backward": lambda: module.batchnorm_backward(dout, cache),
-        "batchnorm 4x5 test": lambda: module.batchnorm_forward(x, gamma, beta, test),
-        "layernorm 4x5 forward": lambda: module.layernorm_forward(x, gamma, beta, {}),
-        "layernorm 4x5 backward": lambda: module.layernorm_backward(dout, ln_cache),
-        "cs231n 200x500 fwd+bwd": step,
-    }
+def tiny_cases():
+    """Every op in each of its layouts on a 4x5 batch (float64)."""
+    return [_bench.Case(name, TINY_SHAPES[layout], "float64", 5 if spec.grouped else 1, layout)
+            for name, spec in OPS.items() for layout in spec.layouts]
 
 
-def compare(other_tree, rounds=15):
-    """This build's public calls against those of the build in `other_tree`, interleaved."""
-    from ab import import_other
+def public_calls(module, cases):
+    """``{(case label, direction): call}``: the plain public calls of `module` (fastbn or another
+    build of it), each calling the public function itself with arguments made once."""
+    calls = {}
+    for case in cases:
+        spec = case.spec
+        x, dout, gamma, beta = _bench.make_inputs(case)
+        forward, backward = getattr(module, spec.forward), getattr(module, spec.backward[0])
+        param = {"mode": "train"} if spec.running_stats else {}
+        if len(spec.layouts) > 1:
+            param["layout"] = case.layout
+        args = spec.forward_args(x, gamma, beta, param, case.groups)
+        _, cache = forward(*args)
+        calls[case.label, "forward"] = lambda forward=forward, args=args: forward(*args)
+        if "test" in case.directions:
+            test_args = spec.forward_args(x, gamma, beta, dict(param, mode="test"), case.groups)
+            calls[case.label, "test"] = lambda forward=forward, args=test_args: forward(*args)
+        calls[case.label, "backward"] = (
+            lambda backward=backward, dout=dout, cache=cache: backward(dout, cache))
+    return calls
 
-    old = import_other(other_tree)
-    calls = {(name, side): call for side, module in (("other", old), ("this", fastbn))
-             for name, call in public_calls(module).items()}
-    fastest = dict.fromkeys(calls, float("inf"))
+
+def _noop(*args, **kwargs):
+    return None
+
+
+@contextlib.contextmanager
+def kernels_that_do_nothing():
+    """Swap the compiled kernels for functions of the same names that return at once."""
+    real = _backends._kernels
+    _backends._kernels = types.SimpleNamespace(
+        **{name: _noop for name in dir(real) if not name.startswith("_")})
+    try:
+        yield
+    finally:
+        _backends._kernels = real
+
+
+def fastest(calls, rounds=ROUNDS, number=NUMBER, setting=None):
+    """Best time per call of each of `calls` (``{key: (call, number)}``), in microseconds, over
+    shuffled interleaved rounds; `setting(key)` is a context entered around each key's timing."""
+    best = dict.fromkeys(calls, float("inf"))
     order = list(calls)
     for r in range(rounds):
         random.Random(r).shuffle(order)
         for key in order:
-            n = 40 if key[0].startswith("cs231n") else NUMBER // 2
-            start = time.perf_counter()
-            for _ in range(n):
-                calls[key]()
-            fastest[key] = min(fastest[key], (time.perf_counter() - start) / n * 1e6)
-    print(f"{'call':26s} {'other':>9s} {'this':>9s} {'this/other':>10s}  (us, best of {rounds} rounds)")
-    for name in public_calls(fastbn):
-        a, b = fastest[name, "other"], fastest[name, "this"]
-        print(f"{name:26s} {a:9.2f} {b:9.2f} {b / a:10.3f}")
+            call, n = calls[key]
+            with setting(key) if setting else contextlib.nullcontext():
+                start = time.perf_counter()
+                for _ in range(n):
+                    call()
+                best[key] = min(best[key], (time.perf_counter() - start) / n * 1e6)
+    return best
+
+
+def python_side():
+    """Print the table: each tiny call whole, without its kernels, and their difference."""
+    if _backends.kernels() is None:
+        raise SystemExit("the compiled kernels are not built")
+    calls = public_calls(fastbn, tiny_cases())
+    timed = {(key, side): (call, NUMBER) for key, call in calls.items()
+             for side in ("whole", "python")}
+    best = fastest(timed, setting=lambda key: kernels_that_do_nothing() if key[1] == "python"
+                   else contextlib.nullcontext())
+    print(f"{_bench.cpu_model()}; best of {ROUNDS} rounds x {NUMBER} calls, in us")
+    print(f"{'call':34s} {'whole':>7s} {'python':>7s} {'kernels':>7s}")
+    for (label, direction) in calls:
+        whole, python = best[(label, direction), "whole"], best[(label, direction), "python"]
+        name = f"{label} {_bench.DIRECTION_LABELS[direction]}"
+        print(f"{name:34s} {whole:7.2f} {python:7.2f} {whole - python:7.2f}")
+
+
+def cs231n_step(module):
+    """A cs231n-sized batchnorm forward + backward (200x500 float64) of `module`."""
+    rng = np.random.default_rng(0)
+    x, dout = rng.standard_normal((200, 500)), rng.standard_normal((200, 500))
+    gamma, beta, param = np.ones(500), np.zeros(500), {"mode": "train"}
+
+    def step():
+        _, cache = module.batchnorm_forward(x, gamma, beta, param)
+        return module.batchnorm_backward(dout, cache)
+
+    return step
+
+
+def compare(other_tree):
+    """This build's public calls against those of the build in `other_tree`, interleaved."""
+    from ab import import_other
+
+    old = import_other(other_tree)
+    cases = tiny_cases()
+    timed = {}
+    for side, module in (("other", old), ("this", fastbn)):
+        for key, call in public_calls(module, cases).items():
+            timed[key, side] = (call, NUMBER // 2)
+        timed[("cs231n 200x500 f64", "fwd+bwd"), side] = (cs231n_step(module), 40)
+    best = fastest(timed)
+    print(f"{_bench.cpu_model()}; best of {ROUNDS} rounds, in us")
+    print(f"{'call':34s} {'other':>9s} {'this':>9s} {'this/other':>10s}")
+    for (label, direction) in dict.fromkeys(key for key, _ in timed):
+        a, b = best[(label, direction), "other"], best[(label, direction), "this"]
+        name = f"{label} {_bench.DIRECTION_LABELS.get(direction, direction)}"
+        print(f"{name:34s} {a:9.2f} {b:9.2f} {b / a:10.3f}")
 
 
 def main():
@@ -88,43 +151,7 @@ def main():
     args = parser.parse_args()
     if args.other:
         return compare(args.other)
-    kernels = _backends.kernels()
-    if kernels is None:
-        raise SystemExit("the compiled kernels are not built")
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 5))
-    gamma, beta, dout = np.ones(5), np.zeros(5), np.ones((4, 5))
-    param = {"mode": "train"}
-    _, cache = fastbn.batchnorm_forward(x, gamma, beta, param)
-    out = np.empty_like(x)
-    mean, invstd, var, dgamma, dbeta = (np.empty(5) for _ in range(5))
-    running_mean, running_var = param["running_mean"], param["running_var"]
-    h = rng.standard_normal((4, 5))
-    _, ln_cache = fastbn.layernorm_forward(h, gamma, beta, {})
-    rows = (np.empty(4), np.empty(4))
-    cases = {
-        "batchnorm 4x5 forward": (
-            lambda: fastbn.batchnorm_forward(x, gamma, beta, param),
-            lambda: kernels.cols_forward_train(x, gamma, beta, 1e-5, out, mean, invstd, var,
-                                               running_mean, running_var, 0.9, 1)),
-        "batchnorm 4x5 backward": (
-            lambda: fastbn.batchnorm_backward(dout, cache),
-            lambda: kernels.cols_backward(x, dout, cache.mean, cache.invstd, gamma, True, out,
-                                          dgamma, dbeta, 1)),
-        "layernorm 4x5 forward": (
-            lambda: fastbn.layernorm_forward(h, gamma, beta, {}),
-            lambda: kernels.rows_forward_train(h.reshape(4, 5, 1), gamma, beta, 1, 1e-5, True,
-                                               out.reshape(4, 5, 1), *rows, 1)),
-        "layernorm 4x5 backward": (
-            lambda: fastbn.layernorm_backward(dout, ln_cache),
-            lambda: kernels.rows_backward(h.reshape(4, 5, 1), dout.reshape(4, 5, 1),
-                                          ln_cache.mean, ln_cache.invstd, gamma, 1, True,
-                                          out.reshape(4, 5, 1), dgamma, dbeta, 1)),
-    }
-    print(f"{'call':26s} {'public':>9s} {'kernel':>9s} {'overhead':>9s}  (us, best of {REPEAT} x {NUMBER})")
-    for name, (public, kernel) in cases.items():
-        total, alone = best(public), best(kernel)
-        print(f"{name:26s} {total:9.2f} {alone:9.2f} {total - alone:9.2f}")
+    return python_side()
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 Each is what a line of NumPy in Python does (``a.flags.aligned``, ``a.dtype == dtype``,
 ``np.empty(n, dtype)``), without creating the flags, shape and dtype objects those lookups build:
 on a small batch they are a measurable part of a call's fixed cost (docs/decisions.md, "Fixed
-cost per call, fourth session").
+cost per call, fourth session"). :mod:`fastbn._validation` keeps NumPy versions of
+:func:`is_vector` and :func:`is_running` for a checkout that is not built; tests/test_arrays.py
+checks every function here against its NumPy spelling. A `dtype` argument is a computation
+dtype, float32 or float64 in native byte order.
 """
 cimport numpy as cnp
 
@@ -26,18 +29,36 @@ def aligned(cnp.ndarray a not None):
     return a if cnp.PyArray_ISALIGNED(a) else a.copy()
 
 
-def aligned_as(cnp.ndarray a not None, tuple shape not None):
-    """``aligned(a).reshape(shape)``; `a` itself when it is aligned and has that shape already."""
+cdef object _reshape(cnp.ndarray a, tuple shape):
+    """``a.reshape(shape)`` without the method's argument parsing (-1 allowed, as there)."""
+    cdef cnp.npy_intp dims[64]  # NPY_MAXDIMS
+    cdef cnp.PyArray_Dims new_shape
+    cdef Py_ssize_t i, n = len(shape)
+    if n > 64:
+        return a.reshape(shape)
+    for i in range(n):
+        dims[i] = shape[i]
+    new_shape.ptr = dims
+    new_shape.len = <int>n
+    return cnp.PyArray_Newshape(a, &new_shape, cnp.NPY_CORDER)
+
+
+def shaped(cnp.ndarray a not None, tuple shape not None):
+    """``a.reshape(shape)``; `a` itself when it has that shape already."""
     cdef int ndim = cnp.PyArray_NDIM(a)
     cdef cnp.npy_intp *dims = cnp.PyArray_DIMS(a)
     cdef Py_ssize_t i
-    if cnp.PyArray_ISALIGNED(a) and len(shape) == ndim:
-        for i in range(ndim):
-            if dims[i] != <cnp.npy_intp>shape[i]:
-                break
-        else:
-            return a
-    return aligned(a).reshape(shape)
+    if len(shape) != ndim:
+        return _reshape(a, shape)
+    for i in range(ndim):
+        if dims[i] != <cnp.npy_intp>shape[i]:
+            return _reshape(a, shape)
+    return a
+
+
+def aligned_as(cnp.ndarray a not None, tuple shape not None):
+    """``aligned(a).reshape(shape)``, without a new array object where neither changes `a`."""
+    return shaped(aligned(a), shape)
 
 
 def is_flat(a, cnp.dtype dtype not None):
@@ -50,6 +71,17 @@ def is_flat(a, cnp.dtype dtype not None):
             and _equivalent(array, dtype))
 
 
+def as_flat(a, cnp.dtype dtype not None):
+    """`a` seen as 1-D without a copy when it is a C-contiguous, aligned ndarray whose dtype
+    equals `dtype` (`a` itself when it is 1-D already); else None."""
+    if not isinstance(a, cnp.ndarray):
+        return None
+    cdef cnp.ndarray array = <cnp.ndarray>a
+    if not (cnp.PyArray_ISCARRAY_RO(array) and _equivalent(array, dtype)):
+        return None
+    return a if cnp.PyArray_NDIM(array) == 1 else _reshape(array, (cnp.PyArray_SIZE(array),))
+
+
 def is_vector(a, cnp.dtype dtype not None, cnp.npy_intp n):
     """Whether `a` is exactly an ndarray (no subclass) of shape ``(n,)``, C-contiguous and
     aligned, whose dtype equals `dtype`: a per-channel array the kernels take as it is."""
@@ -58,6 +90,17 @@ def is_vector(a, cnp.dtype dtype not None, cnp.npy_intp n):
     cdef cnp.ndarray array = <cnp.ndarray>a
     return (cnp.PyArray_NDIM(array) == 1 and cnp.PyArray_DIMS(array)[0] == n
             and cnp.PyArray_ISCARRAY_RO(array) and _equivalent(array, dtype))
+
+
+def is_running(a, cnp.npy_intp n, bint writeable):
+    """Whether `a` is exactly an ndarray (no subclass) of shape ``(n,)`` with a floating dtype,
+    writeable when `writeable`: running statistics as a train-mode call stores them."""
+    if type(a) is not np.ndarray:
+        return False
+    cdef cnp.ndarray array = <cnp.ndarray>a
+    return (cnp.PyArray_NDIM(array) == 1 and cnp.PyArray_DIMS(array)[0] == n
+            and cnp.PyTypeNum_ISFLOAT(cnp.PyArray_TYPE(array))
+            and (not writeable or cnp.PyArray_ISWRITEABLE(array)))
 
 
 def empty_vector(cnp.npy_intp n, cnp.dtype dtype not None):

@@ -22,37 +22,42 @@ cdef extern from "buffer_pool.h":
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
-    object PyArray_NewLikeArray(cnp.ndarray prototype, cnp.NPY_ORDER order,
-                                cnp.PyArray_Descr *descr, int subok)
 
 cdef object _handler = fastbn_pool_capsule()
 cdef bint _enabled = False
 
 
-def empty(shape, dtype, size_t offset=0):
-    """``np.empty(shape, dtype)`` with its memory from the pool (when the pool is on), its data
-    `offset` bytes (mod the page size) past a page boundary.
+def empty(tuple shape not None, cnp.dtype dtype not None, size_t offset=0, size_t min_bytes=0):
+    """``np.empty(shape, dtype)`` (a native-byte-order builtin `dtype`), with its memory from the
+    pool when the pool is on and the array has at least `min_bytes`, its data then `offset`
+    bytes (mod the page size) past a page boundary.
 
     The handler is set in the calling thread's context only for this one allocation; the array
     records it, so that its memory returns to the pool whenever and wherever it is freed.
     """
-    if not _enabled:
-        return np.empty(shape, dtype)
+    cdef cnp.npy_intp dims[64]  # NPY_MAXDIMS
+    cdef int nd = len(shape), i
+    cdef size_t nbytes = dtype.itemsize
+    if nd > 64:
+        raise ValueError(f"at most 64 dimensions, got {nd}")
+    for i in range(nd):
+        dims[i] = shape[i]
+        nbytes *= <size_t>dims[i]
+    if not _enabled or nbytes < min_bytes:
+        return cnp.PyArray_EMPTY(nd, dims, dtype.type_num, 0)
     fastbn_pool_set_offset(offset)
     previous = PyDataMem_SetHandler(_handler)
     try:
-        return np.empty(shape, dtype)
+        return cnp.PyArray_EMPTY(nd, dims, dtype.type_num, 0)
     finally:
         PyDataMem_SetHandler(previous)
 
 
 def empty_like(cnp.ndarray a not None, size_t page_shift=0, size_t min_bytes=0):
-    """An uninitialised array of a's shape and dtype: from the pool (:func:`empty`) when it has at
-    least `min_bytes`, its data at a's offset within a page plus `page_shift` bytes; else
-    ``np.empty``."""
-    if not _enabled or <size_t>cnp.PyArray_NBYTES(a) < min_bytes:
-        return PyArray_NewLikeArray(a, cnp.NPY_CORDER, NULL, 0)
-    return empty((<object>a).shape, a.dtype, (<size_t>cnp.PyArray_DATA(a) + page_shift) % 4096)
+    """:func:`empty` of a's shape and dtype with at least `min_bytes`, its data at a's offset
+    within a page plus `page_shift` bytes."""
+    return empty((<object>a).shape, a.dtype, (<size_t>cnp.PyArray_DATA(a) + page_shift) % 4096,
+                 min_bytes)
 
 
 def set_max_bytes(size_t max_bytes):

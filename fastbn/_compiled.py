@@ -4,6 +4,8 @@ The op's row of the op table (:mod:`fastbn._ops`) says which kernel family takes
 free reshape (``OpSpec.view``), and whether rows are centred.
 """
 
+import functools
+
 import numpy as np
 
 from fastbn import _backends, _memory, _planner
@@ -13,11 +15,12 @@ from fastbn._results import finish_backward, finish_forward, test_statistics
 from fastbn._threads import threads_for
 
 try:  # built with the kernels, and used only when they are
-    from fastbn._arrays import aligned, aligned_as, disjoint_flat, empty_vector, is_flat
+    from fastbn._arrays import (aligned, aligned_as, as_flat, disjoint_flat, empty_vector, is_flat,
+                                shaped)
 except ImportError:
     pass
 
-_FLOAT64 = np.dtype(np.float64)
+_FLOAT64, _UINT8 = np.dtype(np.float64), np.dtype(np.uint8)
 
 
 def _buffer(out, like, page_shift=0):
@@ -29,12 +32,22 @@ def _buffer(out, like, page_shift=0):
     return _memory.empty_like(like, page_shift)
 
 
+@functools.lru_cache(maxsize=8)
+def _zeros(n, dtype):
+    """A read-only vector of n zeros in `dtype`: the shift the kernels add for an op without beta
+    (RMSNorm), made once per size."""
+    zeros = np.zeros(n, dtype)
+    zeros.flags.writeable = False
+    return zeros
+
+
 def _new_mask(n):
     """A uint8 array of n bytes for a packed ReLU mask (from the buffer cache when it is large),
     its last byte zeroed (the bits past the last element stay 0; the kernels write every other
     bit)."""
-    mask = _memory.empty((n,), np.uint8)
-    mask[-1:] = 0
+    mask = _memory.empty((n,), _UINT8)
+    if n:
+        mask[n - 1] = 0
     return mask
 
 
@@ -46,7 +59,7 @@ def forward(p, moments=None):
     family, view_shape, dtype = p.shapes.family, p.shapes.view_shape, p.x.dtype
     x = aligned_as(p.x, view_shape)
     gamma = aligned(p.gamma)
-    beta = aligned(p.beta) if spec.beta else np.zeros_like(gamma)
+    beta = aligned(p.beta) if spec.beta else _zeros(gamma.size, dtype)
     out = _buffer(p.out, x)
     n_threads = threads_for(x.size)
     if family == "rows":
@@ -56,19 +69,18 @@ def forward(p, moments=None):
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
         stat_shape = p.shapes.stat_shape
-        return finish_forward(p, out.reshape(p.x.shape), mean.reshape(stat_shape), invstd.reshape(stat_shape))
+        return finish_forward(p, shaped(out, p.x.shape), shaped(mean, stat_shape),
+                              shaped(invstd, stat_shape))
     C = gamma.size
-    epilogue = {}
+    residual = mask = None
     if spec.relu:  # the fused ReLU: its packed mask (the last byte's unused bits are 0)
         mask = _new_mask((x.size + 7) // 8)
-        epilogue = {"mask": mask, "residual": None if p.residual is None
-                    else aligned_as(p.residual, view_shape)}
+        residual = None if p.residual is None else aligned_as(p.residual, view_shape)
     affine = kernels.cols_affine if family == "cols" else kernels.planes_affine
     if p.mode == "test":
         mean, invstd, scale = _test_coefficients(p, gamma, dtype)
-        affine(x, mean, scale, beta, out, n_threads, **epilogue)
-        return finish_forward(p, out.reshape(p.x.shape), mean, invstd, None, False,
-                              epilogue.get("mask"))
+        affine(x, mean, scale, beta, out, n_threads, residual, mask)
+        return finish_forward(p, shaped(out, p.x.shape), mean, invstd, None, False, mask)
     mean = empty_vector(C, dtype)
     invstd = empty_vector(C, dtype)
     batch_var = empty_vector(C, _FLOAT64)
@@ -76,16 +88,15 @@ def forward(p, moments=None):
         scale = empty_vector(C, dtype)
         kernels.fold_moments(moments.count, np.stack([moments.mean, moments.m2]), gamma, p.eps,
                              mean, invstd, scale, batch_var)
-        affine(x, mean, scale, beta, out, n_threads, **epilogue)
+        affine(x, mean, scale, beta, out, n_threads, residual, mask)
         updated = False
     else:
         running_mean, running_var = _in_place(p, dtype)
         train = kernels.cols_forward_train if family == "cols" else kernels.planes_forward_train
         train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, running_mean, running_var,
-              p.momentum, n_threads, **epilogue)
+              p.momentum, n_threads, residual, mask)
         updated = running_mean is not None
-    return finish_forward(p, out.reshape(p.x.shape), mean, invstd, batch_var, updated,
-                          epilogue.get("mask"))
+    return finish_forward(p, shaped(out, p.x.shape), mean, invstd, batch_var, updated, mask)
 
 
 def _test_coefficients(p, gamma, dtype):
@@ -120,9 +131,8 @@ def _in_place(p, dtype):
 def _flat(a, dtype):
     """`a` as a flat, aligned, C-contiguous array of `dtype`: `a` itself when it is one, else
     a view or a copy."""
-    if is_flat(a, dtype):
-        return a
-    return aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
+    flat = as_flat(a, dtype)
+    return flat if flat is not None else aligned(np.ascontiguousarray(a, dtype=dtype)).reshape(-1)
 
 
 def backward(dout, cache, out=None):
@@ -143,16 +153,16 @@ def backward(dout, cache, out=None):
     if shapes.family == "rows":
         kernels.rows_backward(x, dy, mean, invstd, gamma, cache.groups, spec.center, dx, dgamma,
                               dbeta, n_threads)
-        return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+        return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out)
     run = kernels.cols_backward if shapes.family == "cols" else kernels.planes_backward
     if not spec.relu:
         run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
-        return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+        return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out)
     # the fused ReLU: dy read through its mask; dresidual = dy * mask
     dresidual = np.empty_like(x) if cache.residual else None
     run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads,
         mask=cache.mask, dresidual=dresidual)
-    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out, dresidual)
+    return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out, dresidual)
 
 
 def moments(spec, x, layout):
@@ -197,4 +207,4 @@ def backward_given(dout, cache, sums, count, out=None):
         _flat(cache.invstd, x.dtype), aligned(cache.gamma), cache.mode == "train",
         np.ascontiguousarray(sums, dtype=np.float64), float(count), dx, dgamma, dbeta,
         threads_for(x.size))
-    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+    return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out)

@@ -7,7 +7,6 @@ therefore allocates its outputs of at least ``Plan.buffer_min_bytes`` through a 
 handler (NEP 49) whose freed blocks go to a bounded pool (``_src/buffer_pool.h``); the arrays
 are ordinary NumPy arrays that own their data.
 """
-import math
 import os
 
 import numpy as np
@@ -107,12 +106,11 @@ def buffer_cache_info() -> dict:
 
 
 def empty(shape, dtype):
-    """An uninitialised array of `shape` and `dtype` for an output: from the buffer cache when it
-    is large enough."""
-    dtype = np.dtype(dtype)
-    if _buffers is not None and math.prod(shape) * dtype.itemsize >= _planner.current().buffer_min_bytes:
-        return _buffers.empty(shape, dtype)
-    return np.empty(shape, dtype)
+    """An uninitialised array of `shape` (a tuple) and `dtype` (a native-byte-order NumPy dtype)
+    for an output: from the buffer cache when it is large enough."""
+    if _buffers is None:
+        return np.empty(shape, dtype)
+    return _buffers.empty(shape, dtype, 0, _planner.current().buffer_min_bytes)
 
 
 def empty_like(a, page_shift=0):

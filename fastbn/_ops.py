@@ -44,18 +44,18 @@ __all__ = ["OpSpec", "Shapes", "OPS", "LAYOUTS", "LAYOUT_SYNONYMS", "public_func
 def _remembered(method):
     """`method` of an :class:`OpSpec`, remembered per op and arguments (a shape, a layout, ...):
     a training loop calls an op with the same few shapes again and again, and these answers are
-    looked up on every call. At most 4096 answers are kept per method."""
-    answers = {}
+    looked up on every call. At most 4096 answers are kept per method and op."""
+    answers = {}  # op name -> {arguments: answer}
 
     @functools.wraps(method)
     def remembered(self, *args):
-        key = (self.name, *args)
         try:
-            return answers[key]
+            return answers[self.name][args]
         except KeyError:
-            if len(answers) >= 4096:
-                answers.clear()
-            answer = answers[key] = method(self, *args)
+            mine = answers.setdefault(self.name, {})
+            if len(mine) >= 4096:
+                mine.clear()
+            answer = mine[args] = method(self, *args)
             return answer
 
     return remembered
