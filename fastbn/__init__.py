@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from fastbn import _api, layers  # noqa: F401  (fastbn.layers: stateful layers, trained state)
 from fastbn._api import *  # noqa: F403  (the public functions of every op, fastbn._ops)
-from fastbn._backends import available_backends, warn_if_serial_build
+from fastbn._backends import available_backends, serial_build_message
 from fastbn._config import show_config
 from fastbn._fold import fold_batchnorm
 from fastbn._memory import buffer_cache_info, set_buffer_cache
@@ -54,4 +54,10 @@ if TYPE_CHECKING:  # the op table's functions by name, for type checkers (tests/
     from fastbn._api import spatial_groupnorm_backward as spatial_groupnorm_backward
     from fastbn._api import spatial_groupnorm_forward as spatial_groupnorm_forward
 
-warn_if_serial_build()
+# warned here, in Python, so that the warning points at the line that imports fastbn (a compiled
+# module has no frame of its own to count from)
+if serial_build_message() is not None:
+    import warnings
+
+    warnings.warn(serial_build_message(), RuntimeWarning, stacklevel=2)
+    del warnings

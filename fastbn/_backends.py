@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 
 # After a parallel region, libgomp's idle threads spin before they sleep: by default for about
 # 10 ms of CPU time after every call here (measured on the 2-core CI machine), taking the core
@@ -77,14 +76,6 @@ def serial_build_message(kernels=None, cpus=None, environ=None):
     return (f"fastbn's compiled kernels were built without OpenMP: they run on one thread of the "
             f"{cpus} CPUs here. Rebuild with a compiler that supports OpenMP (and without "
             f"FASTBN_NO_OPENMP) for multithreaded kernels, or set {SERIAL_OK}=1 to silence this.")
-
-
-def warn_if_serial_build():
-    """Issue the RuntimeWarning of :func:`serial_build_message` (at ``import fastbn``)."""
-    message = serial_build_message()
-    if message is not None:
-        # the importer's line, past fastbn/__init__.py (importlib's frames are skipped)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def kernels():

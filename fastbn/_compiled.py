@@ -28,7 +28,7 @@ def _buffer(out, like, page_shift=0):
     dtype, aligned), else a new array like `like` from the buffer cache, `page_shift` bytes past
     like's offset in a page (finish_* then copy it into `out`)."""
     if out is not None and out.dtype == like.dtype and out.flags.aligned:
-        return aligned_as(out, like.shape)
+        return shaped(out, like.shape)
     return _memory.empty_like(like, page_shift)
 
 

@@ -18,6 +18,7 @@ from fastbn._results import NormCache
 
 DEFAULT_EPS = 1e-5
 DEFAULT_MOMENTUM = 0.9
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _numpy_is_vector(a, dtype, n):
@@ -71,9 +72,6 @@ def _type_name(value):
 
 def _shape_text(a):
     return f"a {a.ndim}-D array of shape {a.shape}"
-
-
-_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def compute_dtype(a, name):
