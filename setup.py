@@ -34,8 +34,8 @@ PLANNER = "fastbn/_planner.py"
 # The modules of validation, dispatch and results that every public call runs through. Cython
 # compiles them from these .py files, which stay their only source; compiled, the fixed cost of a
 # call is about a fifth lower (docs/decisions.md, "Fixed cost per call, fourth session").
-GLUE = ["_backends", "_compiled", "_memory", "_ops", "_planner", "_results", "_threads",
-        "_validation"]
+GLUE = ["_backends", "_compiled", "_dispatch", "_memory", "_ops", "_planner", "_results",
+        "_threads", "_validation"]
 OPENMP_PROBE = textwrap.dedent(
     """
     #include <omp.h>

@@ -1,7 +1,7 @@
 """Public normalization functions: validate once, then run the chosen backend.
 
-Each function is a documented one-line call of :func:`_forward` or :func:`_backward` with its
-op's name; what the op takes and computes is its row of the op table (:mod:`fastbn._ops`).
+Each function is a documented one-line call of :func:`fastbn._dispatch.forward` or
+:func:`fastbn._dispatch.backward` with its op's name; what the op takes and computes is its row of the op table (:mod:`fastbn._ops`).
 
 Annotations (one style for every public function): arrays are ``NDArray[Any]`` (any dtype is
 accepted and validated at run time), parameter dicts ``MutableMapping[str, Any]``, ``backend`` a
@@ -12,14 +12,14 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from fastbn import _backends, _compiled, reference
-from fastbn._moments import Moments, check_forward_moments, prepare_moments
-from fastbn._ops import OPS, public_functions
+from fastbn._dispatch import backward as _backward
+from fastbn._dispatch import forward as _forward
+from fastbn._moments import Moments, prepare_moments
+from fastbn._ops import public_functions
 from fastbn._results import NormCache
-from fastbn._validation import prepare, prepare_backward
 
 __all__ = [*public_functions(), "batchnorm_moments"]
 
@@ -43,26 +43,6 @@ _BN_PARAM_DOC = """bn_param : dict
 
         A call that raises changes none of them. Other keys are ignored; the conventions of
         other frameworks are mapped to these keys in ``docs/conventions.md``."""
-
-
-def _forward(name, x, gamma, beta, param, groups=None, *, backend, out, moments=None,
-             residual=None):
-    """Validate the arguments of op `name`'s forward, then run it on `backend` (batchnorm ops:
-    with the given `moments`, when there are; fused ops: with the `residual`)."""
-    spec = OPS[name]
-    prepared = prepare(spec, x, gamma, beta, param, groups, out, residual,
-                       whole_batch=moments is None)
-    if moments is not None:
-        moments = check_forward_moments(moments, prepared)
-    return run_forward(spec, prepared, backend, moments)
-
-
-def run_forward(spec, prepared, backend, moments=None):
-    """Run `spec`'s forward on a Prepared input on `backend`, with checked `moments` or None:
-    the one place where the local and the distributed forward (fastbn.distributed) compute."""
-    numpy = _backends.resolve(backend) == "numpy"
-    run = reference.forward_impl(spec) if numpy else _compiled.forward
-    return run(prepared) if moments is None else run(prepared, moments)
 
 
 def batchnorm_moments(x: NDArray[Any], *, layout: str = "NCHW", backend: str = "auto") -> Moments:
@@ -100,15 +80,6 @@ def batchnorm_moments(x: NDArray[Any], *, layout: str = "NCHW", backend: str = "
     spec, x, layout = prepare_moments(x, layout)
     impl = reference.moments if _backends.resolve(backend) == "numpy" else _compiled.moments
     return impl(spec, x, layout)
-
-
-def _backward(name, function, dout, cache, *, backend, out):
-    """Validate the arguments of op `name`'s backward `function`, then run it on `backend`."""
-    spec = OPS[name]
-    dout, out = prepare_backward(dout, cache, spec, function, out)
-    if _backends.resolve(backend) == "numpy":
-        return reference.backward_impl(spec, function)(dout, cache, out)
-    return _compiled.backward(dout, cache, out)
 
 
 def batchnorm_forward(

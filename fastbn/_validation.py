@@ -137,6 +137,8 @@ def check_layout(param, name, allowed):
     """``param['layout']``: one of `allowed` or a synonym of one (LAYOUT_SYNONYMS); returned
     as the layout's own name."""
     layout = param.get("layout", allowed[0])
+    if type(layout) is str and layout in allowed:  # the usual case: a layout's own name
+        return layout
     if isinstance(layout, str) and LAYOUT_SYNONYMS.get(layout, layout) in allowed:
         return LAYOUT_SYNONYMS.get(layout, layout)
     synonyms = [s for s, target in LAYOUT_SYNONYMS.items() if target in allowed]
@@ -299,8 +301,9 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
     name = spec.param_name
     check_param_dict(param, name)
     layout = check_layout(param, name, spec.layouts) if "NCHW" in spec.layouts else spec.layouts[0]
-    dtype, out_dtype = check_x(x, "x", spec.ndim_range(layout), LAYOUTS[layout])
-    axis = check_axis(param, name, x.ndim) if LAYOUTS[layout].trailing else None
+    geometry = LAYOUTS[layout]
+    dtype, out_dtype = check_x(x, "x", spec.ndim_range(layout), geometry)
+    axis = check_axis(param, name, x.ndim) if geometry.trailing else None
     if spec.running_stats:
         mode, eps, momentum, unbiased, batches = check_running_settings(param, name)
         if momentum is None:  # the cumulative average of the batches so far and this one
@@ -514,5 +517,6 @@ def prepare_backward(dout, cache, spec, function, out=None):
     compute_dtype(dout, "dout")
     if dout.shape != cache.x.shape:
         raise ValueError(f"dout must have the shape of x, {cache.x.shape}, got shape {dout.shape}")
-    out = check_out(out, "out", dout, cache.dtype, cache.x)
+    if out is not None:
+        out = check_out(out, "out", dout, cache.dtype, cache.x)
     return np.ascontiguousarray(dout, dtype=cache.x.dtype), out

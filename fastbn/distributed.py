@@ -37,7 +37,7 @@ import numpy as np
 from mpi4py import MPI
 
 from fastbn import _backends, _compiled, reference
-from fastbn._api import run_forward
+from fastbn._dispatch import run_forward
 from fastbn._moments import Moments, merge_moments
 from fastbn._ops import OPS
 from fastbn._results import NormCache
