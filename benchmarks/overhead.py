@@ -93,16 +93,16 @@ def fastest(calls, rounds=ROUNDS, number=NUMBER, setting=None):
     return best
 
 
-def python_side():
+def python_side(rounds=ROUNDS, number=NUMBER):
     """Print the table: each tiny call whole, without its kernels, and their difference."""
     if _backends.kernels() is None:
         raise SystemExit("the compiled kernels are not built")
     calls = public_calls(fastbn, tiny_cases())
-    timed = {(key, side): (call, NUMBER) for key, call in calls.items()
+    timed = {(key, side): (call, number) for key, call in calls.items()
              for side in ("whole", "python")}
-    best = fastest(timed, setting=lambda key: kernels_that_do_nothing() if key[1] == "python"
-                   else contextlib.nullcontext())
-    print(f"{_bench.cpu_model()}; best of {ROUNDS} rounds x {NUMBER} calls, in us")
+    best = fastest(timed, rounds, setting=lambda key: kernels_that_do_nothing()
+                   if key[1] == "python" else contextlib.nullcontext())
+    print(f"{_bench.cpu_model()}; best of {rounds} rounds x {number} calls, in us")
     print(f"{'call':34s} {'whole':>7s} {'python':>7s} {'kernels':>7s}")
     for (label, direction) in calls:
         whole, python = best[(label, direction), "whole"], best[(label, direction), "python"]
@@ -123,7 +123,7 @@ def cs231n_step(module):
     return step
 
 
-def compare(other_tree):
+def compare(other_tree, rounds=ROUNDS, number=NUMBER):
     """This build's public calls against those of the build in `other_tree`, interleaved."""
     from ab import import_other
 
@@ -132,10 +132,10 @@ def compare(other_tree):
     timed = {}
     for side, module in (("other", old), ("this", fastbn)):
         for key, call in public_calls(module, cases).items():
-            timed[key, side] = (call, NUMBER // 2)
-        timed[("cs231n 200x500 f64", "fwd+bwd"), side] = (cs231n_step(module), 40)
-    best = fastest(timed)
-    print(f"{_bench.cpu_model()}; best of {ROUNDS} rounds, in us")
+            timed[key, side] = (call, max(1, number // 2))
+        timed[("cs231n 200x500 f64", "fwd+bwd"), side] = (cs231n_step(module), max(1, number // 25))
+    best = fastest(timed, rounds)
+    print(f"{_bench.cpu_model()}; best of {rounds} rounds, in us")
     print(f"{'call':34s} {'other':>9s} {'this':>9s} {'this/other':>10s}")
     for (label, direction) in dict.fromkeys(key for key, _ in timed):
         a, b = best[(label, direction), "other"], best[(label, direction), "this"]
@@ -148,10 +148,13 @@ def main():
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--other", metavar="CHECKOUT",
                         help="compare the public calls with those of this other build")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"default {ROUNDS}")
+    parser.add_argument("--number", type=int, default=NUMBER,
+                        help=f"calls per round and call (default {NUMBER})")
     args = parser.parse_args()
     if args.other:
-        return compare(args.other)
-    return python_side()
+        return compare(args.other, args.rounds, args.number)
+    return python_side(args.rounds, args.number)
 
 
 if __name__ == "__main__":

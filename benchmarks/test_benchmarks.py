@@ -113,3 +113,37 @@ def test_training_step(benchmark, backend, request):
     benchmark.group = "cs231n two-layer training step (NumPy matmuls around batchnorm)"
     dW1, dgamma, dbeta = benchmark(_training_step(backend, small))
     assert np.all(np.isfinite(dW1)) and np.all(np.isfinite(dgamma))
+
+
+def test_overhead_script_times_every_tiny_call_with_and_without_its_kernels():
+    """benchmarks/overhead.py, one short round: a row per op, layout and direction of the op
+    table, each with its whole time, its Python side and their difference; the kernels are
+    back in place afterwards."""
+    import contextlib
+    import io
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import overhead
+
+    from fastbn import _backends
+
+    if _backends.kernels() is None:
+        pytest.skip("compiled kernels are not built")
+    kernels = _backends.kernels()
+    with overhead.kernels_that_do_nothing():
+        assert _backends.kernels() is not kernels
+        assert _backends.kernels().cols_forward_train(1, 2, three=3) is None
+    assert _backends.kernels() is kernels
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        overhead.python_side(rounds=1, number=2)
+    rows = buf.getvalue().splitlines()[2:]
+    expected = {(case.label, direction) for case in overhead.tiny_cases()
+                for direction in case.directions}
+    assert len(rows) == len(expected)
+    for row in rows:
+        whole, python, kernels_time = map(float, row.split()[-3:])
+        assert whole > 0 and python > 0
+        assert abs(whole - python - kernels_time) < 0.02
