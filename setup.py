@@ -32,8 +32,8 @@ from setuptools.command.build_ext import build_ext
 BUILD_INFO = "_build_info.py"
 PLANNER = "fastbn/_planner.py"
 # The modules of validation, dispatch and results that every public call runs through. Cython
-# compiles them from these .py files, which stay their only source; compiled, the fixed cost of a
-# call is about a fifth lower (docs/decisions.md, "Fixed cost per call, fourth session").
+# compiles them from these .py files, which stay their only source, for a lower fixed cost per
+# call (docs/decisions.md, "Fixed cost per call, fourth session").
 GLUE = ["_backends", "_compiled", "_dispatch", "_memory", "_ops", "_planner", "_results",
         "_threads", "_validation"]
 OPENMP_PROBE = textwrap.dedent(
