@@ -109,7 +109,11 @@ class BuildExt(build_ext):
             compile_args, link_args = [], []
         else:
             compile_args, link_args = omp
+        glue = {f"fastbn.{module}" for module in GLUE}
         for ext in self.extensions:
+            if ext.name in glue:  # C that Cython generates from Python: no OpenMP, not instrumented
+                ext.extra_compile_args, ext.extra_link_args = list(base_args), []
+                continue
             ext.extra_compile_args = base_args + sanitize_args + compile_args
             ext.extra_link_args = sanitize_args[:1] + link_args
         self._write_build_info(
