@@ -54,10 +54,16 @@ if TYPE_CHECKING:  # the op table's functions by name, for type checkers (tests/
     from fastbn._api import spatial_groupnorm_backward as spatial_groupnorm_backward
     from fastbn._api import spatial_groupnorm_forward as spatial_groupnorm_forward
 
-# warned here, in Python, so that the warning points at the line that imports fastbn (a compiled
-# module has no frame of its own to count from)
-if serial_build_message() is not None:
-    import warnings
+def _warn_if_serial_build():
+    """The RuntimeWarning of a serial build (``_backends.serial_build_message``), pointing at the
+    line that imports fastbn: issued here, in Python, since a compiled module has no frame of its
+    own to count the warning's stacklevel from."""
+    message = serial_build_message()
+    if message is not None:
+        import warnings
 
-    warnings.warn(serial_build_message(), RuntimeWarning, stacklevel=2)
-    del warnings
+        warnings.warn(message, RuntimeWarning, stacklevel=3)  # past this function and __init__
+
+
+_warn_if_serial_build()
+del _warn_if_serial_build

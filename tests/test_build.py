@@ -68,7 +68,7 @@ def test_the_modules_every_call_runs_through_are_compiled_from_their_sources():
     assert f"compiled Python modules: {', '.join(compiled)}" in buf.getvalue()
 
 
-def test_a_module_edited_after_its_build_is_reported_stale(tmp_path, monkeypatch):
+def test_a_module_edited_after_its_build_is_reported_stale(monkeypatch):
     from fastbn import _config
 
     (name, digest), *_ = build_info()["glue"].items()
