@@ -13,6 +13,12 @@ Usage::
                                                # or a finer grid: cols_small, cols_large, rows_segments
     python benchmarks/grid.py --json grid.json --repeat 5
     python benchmarks/grid.py --family cols_large --split   # forward and backward timed apart
+    python benchmarks/grid.py --family cols --setting sums_prefetch_min_bytes=0,4194304
+                                               # values of one tuning constant instead of the paths
+
+With ``--setting FIELD=V1,V2,...`` the plans compared are the plan in force with each value of
+that field of :class:`fastbn._planner.Plan` (a per-CPU setting is decided this way: it goes into
+``CPU_SETTINGS`` only where it wins on that vendor's CPUs alone).
 """
 import argparse
 import dataclasses
@@ -58,13 +64,27 @@ def _cases(family, dtype):
             yield field, _bench.Case(op, shape, dtype, layout=layout)
 
 
-def time_paths(case, field, repeat, directions=("forward", "backward")):
+def path_plans(field):
+    """The plans of the paths of `field` (and "auto": the plan in force), by name."""
+    base = _planner.current()
+    return {"auto": base, **{p: dataclasses.replace(base, **{field: p}) for p in _planner.PATHS[field]}}
+
+
+def setting_plans(field, values):
+    """The plan in force (as "auto") and the plans with each of `values` of the numeric `field`,
+    named ``field=value``."""
+    base = _planner.current()
+    return {"auto": base, **{f"{field}={v}": dataclasses.replace(base, **{field: v}) for v in values}}
+
+
+def time_paths(case, field, repeat, directions=("forward", "backward"), plans=None):
     """Median seconds of the `directions` together (forward + backward by default) per path of
-    `field` (and "auto") for `case`."""
+    `field` (and "auto") for `case`, or per plan of `plans` ({name: Plan}) when given."""
     calls = _bench.implementations(case)
     steps = [calls[d]["fastbn out="] for d in directions]
     base = _planner.current()
-    plans = {"auto": base, **{p: dataclasses.replace(base, **{field: p}) for p in _planner.PATHS[field]}}
+    if plans is None:
+        plans = path_plans(field)
     times = {name: [] for name in plans}
     inner = 1
     try:
@@ -96,16 +116,29 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--split", action="store_true",
                         help="time the forward and the backward apart (default: together)")
+    parser.add_argument("--setting", metavar="FIELD=V1,V2,...",
+                        help="compare these values of a numeric Plan field instead of the paths")
     args = parser.parse_args(argv)
+    plans = None
+    if args.setting:
+        name, _, values = args.setting.partition("=")
+        try:
+            numbers = [int(v) for v in values.split(",")]
+        except ValueError:
+            numbers = None
+        if name not in _planner.Plan.__dataclass_fields__ or name in _planner.PATHS or not numbers:
+            parser.error(f"--setting must be FIELD=V1,V2,... with a numeric Plan field and integers, "
+                         f"got {args.setting!r}")
+        plans = setting_plans(name, numbers)
     print(f"fastbn {fastbn.__version__} | CPU {_bench.cpu_model()} | threads {fastbn.get_num_threads()} "
           f"| {args.dtype} | {'forward and backward apart' if args.split else 'forward + backward'}, "
           f"median of {args.repeat} interleaved rounds")
     records = []
     for family in args.family or list(FAMILIES):
-        print(f"\n{family}: time of each path / time of the planner's choice (auto)")
+        print(f"\n{family}: time of each {'plan' if plans else 'path'} / time of the plan in force (auto)")
         for field, case in _cases(family, args.dtype):
             for directions in ((("forward",), ("backward",)) if args.split else (("forward", "backward"),)):
-                t = time_paths(case, field, args.repeat, directions)
+                t = time_paths(case, field, args.repeat, directions, plans)
                 best = min((p for p in t if p != "auto"), key=t.get)
                 ratios = "  ".join(f"{p}={t[p] / t['auto']:.2f}" for p in t if p != "auto")
                 label = f"{case.name} {'+'.join(SHORT[d] for d in directions)}"

@@ -147,3 +147,28 @@ def test_overhead_script_times_every_tiny_call_with_and_without_its_kernels():
         whole, python, kernels_time = map(float, row.split()[-3:])
         assert whole > 0 and python > 0
         assert abs(whole - python - kernels_time) < 0.02
+
+
+def test_grid_script_compares_the_values_of_a_setting():
+    """benchmarks/grid.py --setting FIELD=V1,...: a plan per value beside the plan in force, each
+    timed on a small shape; the plan in force is back afterwards; a path or unknown field is
+    refused."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import grid
+
+    from fastbn import _planner
+
+    before = _planner.current()
+    plans = grid.setting_plans("sums_prefetch_min_bytes", [0, 1 << 22])
+    assert list(plans) == ["auto", "sums_prefetch_min_bytes=0", "sums_prefetch_min_bytes=4194304"]
+    assert plans["auto"] == before
+    assert plans["sums_prefetch_min_bytes=4194304"].sums_prefetch_min_bytes == 1 << 22
+    t = grid.time_paths(_bench.Case("batchnorm", (40, 24)), "cols_path", 1, ("backward",), plans)
+    assert set(t) == set(plans) and all(v > 0 for v in t.values())
+    assert _planner.current() == before
+    for bad in ("cols_path=0", "no_such_field=1", "sums_prefetch_min_bytes", "sums_prefetch_min_bytes=4k"):
+        with pytest.raises(SystemExit):
+            grid.main(["--family", "cols", "--setting", bad])

@@ -112,10 +112,10 @@ cdef extern from "loops.h" nogil:
     void fastbn_row_dx(const void* x, const void* dy, void* dx, Py_ssize_t n, double mean,
                        double invstd, const void* gamma, double a, double s3, double b, int stream)
     void fastbn_cols_shifted_sums(const void* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
-                                  const void* shift, double* s1, double* s2)
+                                  const void* shift, double* s1, double* s2, Py_ssize_t ahead)
     void fastbn_cols_grad_sums(const void* x, const void* dy, Py_ssize_t stride, Py_ssize_t n_rows,
                                Py_ssize_t w, const void* mean, double* s1, double* s2,
-                               const unsigned char* mask, Py_ssize_t pos)
+                               const unsigned char* mask, Py_ssize_t pos, Py_ssize_t ahead)
     void fastbn_cols_affine(const void* x, void* out, Py_ssize_t stride, Py_ssize_t n_rows,
                             Py_ssize_t w, const void* mean, const void* scale, const void* beta,
                             int stream, const void* res, unsigned char* mask, Py_ssize_t pos,
@@ -223,6 +223,7 @@ cdef struct Plan:
     Py_ssize_t blocked_max_rows
     Py_ssize_t blocked_large_max_rows
     Py_ssize_t shared_max_run_bytes
+    Py_ssize_t sums_prefetch_min_bytes
     Py_ssize_t block_row_chunks
     Py_ssize_t affine_rows
     Py_ssize_t affine_tile_bytes
@@ -634,11 +635,18 @@ cdef inline void _update_running(
 # (M, D): statistics per column
 # --------------------------------------------------------------------------------------------
 
+cdef inline Py_ssize_t _sums_ahead(Py_ssize_t nbytes) noexcept nogil:
+    """Rows ahead that the column sums over an array of `nbytes` bytes prefetch (0: none; see
+    plan.sums_prefetch_min_bytes)."""
+    return 8 if nbytes >= plan.sums_prefetch_min_bytes else 0
+
+
 cdef inline void _cols_task_moments(
     const floating* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t width,
-    double* mean, double* m2,
+    double* mean, double* m2, Py_ssize_t ahead,
 ) noexcept nogil:
-    """Mean and sum of squared deviations of n_rows x width values (row stride `stride`).
+    """Mean and sum of squared deviations of n_rows x width values (row stride `stride`),
+    prefetching `ahead` rows ahead (_sums_ahead).
 
     Sums are shifted by the first row of the block, which keeps them small for any offset.
     """
@@ -647,7 +655,7 @@ cdef inline void _cols_task_moments(
     for j in range(width):
         mean[j] = 0.0
         m2[j] = 0.0
-    fastbn_cols_shifted_sums(x + stride, stride, n_rows - 1, width, x, mean, m2)
+    fastbn_cols_shifted_sums(x + stride, stride, n_rows - 1, width, x, mean, m2, ahead)
     for j in range(width):
         t = mean[j]
         mean[j] = <double>x[j] + t / n
@@ -877,6 +885,7 @@ cdef int _cols_forward_train(
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t size = sizeof(floating)
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size)
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(P * 8) + _aligned_bytes(2 * P * 8)
              + (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
@@ -902,7 +911,7 @@ cdef int _cols_forward_train(
                            schedule='dynamic'):
             if task == K * n_col_blocks:  # the rows left over, as (rem, D)
                 _cols_task_moments(x + rest * D, D, rem, D, part_mean + (P - 1) * D,
-                                   part_m2 + (P - 1) * D)
+                                   part_m2 + (P - 1) * D, ahead)
             else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
                 q = task // n_col_blocks
                 b = task % n_col_blocks
@@ -911,7 +920,7 @@ cdef int _cols_forward_train(
                 c0 = _chunk_start(b, Dw, n_col_blocks)
                 c1 = _chunk_start(b + 1, Dw, n_col_blocks)
                 _cols_task_moments(x + r0 * Dw + c0, Dw, r1 - r0, c1 - c0,
-                                   part_mean + q * Dw + c0, part_m2 + q * Dw + c0)
+                                   part_mean + q * Dw + c0, part_m2 + q * Dw + c0, ahead)
         _merge_and_fold(part_mean, part_m2, P, D, counts, moments, sweep, gamma, eps, mean, invstd,
                         scale, var, weights, n_threads)
         if sweep:
@@ -942,6 +951,7 @@ cdef int _cols_forward_blocked(
         head = head // 8 * 8
     cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * <Py_ssize_t>sizeof(floating))
     cdef Scratch s
     _scratch(&s, (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
              + _aligned_bytes(D * <Py_ssize_t>sizeof(floating)))
@@ -952,7 +962,7 @@ cdef int _cols_forward_blocked(
         for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             c0 = _block_start(b, D, w, head)
             c1 = _block_start(b + 1, D, w, head)
-            _cols_task_moments(x + c0, D, M, c1 - c0, moments + c0, moments + D + c0)
+            _cols_task_moments(x + c0, D, M, c1 - c0, moments + c0, moments + D + c0, ahead)
             if sweep:
                 _fold(moments, D, <double>M, gamma, eps, mean, invstd, scale, var, c0, c1)
                 _cols_block(x + c0, NULL, out + c0, D, M, c1 - c0, mean + c0, scale + c0,
@@ -1143,6 +1153,7 @@ cdef int _cols_backward(
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t p0, stride, size = sizeof(floating)
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size)
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(Dw * size)
              + (_aligned_bytes(3 * D * size) + _aligned_bytes(5 * Dw * size) if sweep else 0))
@@ -1171,7 +1182,7 @@ cdef int _cols_backward(
                 p0 = q * Dw
             _cols_grad_sums(x + r0 * stride + c0, dy + r0 * stride + c0, stride, r1 - r0, c1 - c0,
                             tiled_mean + c0, part_dy + p0 + c0, part_dyxc + p0 + c0, ep,
-                            r0 * stride + c0)
+                            r0 * stride + c0, ahead)
         if not sweep:
             _store_sums(part_dy, part_dyxc, P, D, sums, 0, D)
         else:
@@ -1238,6 +1249,7 @@ cdef int _cols_backward_blocked(
         and w * <Py_ssize_t>sizeof(floating) <= plan.shared_max_run_bytes)
     cdef Py_ssize_t K = plan.block_row_chunks if shared else 1
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size)
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(K * D * 8) + (_aligned_bytes(3 * D * size) if sweep else 0))
     cdef double* part_dy = <double*>_take(&s, K * D * 8)
@@ -1259,7 +1271,7 @@ cdef int _cols_backward_blocked(
                     r1 = _chunk_start(q + 1, M, K)
                     _cols_grad_sums(x + r0 * D + c0, dy + r0 * D + c0, D, r1 - r0, c1 - c0,
                                     mean + c0, part_dy + q * D + c0, part_dyxc + q * D + c0, ep,
-                                    r0 * D + c0)
+                                    r0 * D + c0, ahead)
                 if not sweep:
                     _store_sums(part_dy, part_dyxc, K, D, sums, c0, c1)
                     continue
@@ -1275,7 +1287,7 @@ cdef int _cols_backward_blocked(
                 c0 = _block_start(b, D, w, head)
                 c1 = _block_start(b + 1, D, w, head)
                 _cols_grad_sums(x + c0, dy + c0, D, M, c1 - c0, mean + c0, part_dy + c0,
-                                part_dyxc + c0, ep, c0)
+                                part_dyxc + c0, ep, c0, ahead)
                 if not sweep:
                     _store_sums(part_dy, part_dyxc, 1, D, sums, c0, c1)
                 else:
@@ -1290,15 +1302,16 @@ cdef int _cols_backward_blocked(
 cdef inline void _cols_grad_sums(
     const floating* x, const floating* dy, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t w,
     const floating* mean, double* s1, double* s2, const Epilogue* ep, Py_ssize_t pos,
+    Py_ssize_t ahead,
 ) noexcept nogil:
     """s1[j] = sum dy, s2[j] = sum dy * (x - mean[j]) over n_rows rows (row stride `stride`) of w
-    columns j; s1 and s2 are zeroed first. With an epilogue, dy is read through the mask (x[0]
-    at flat index pos)."""
+    columns j, prefetching `ahead` rows ahead (_sums_ahead); s1 and s2 are zeroed first. With an
+    epilogue, dy is read through the mask (x[0] at flat index pos)."""
     cdef Py_ssize_t j
     for j in range(w):
         s1[j] = 0.0
         s2[j] = 0.0
-    fastbn_cols_grad_sums(x, dy, stride, n_rows, w, mean, s1, s2, _mask(ep), pos)
+    fastbn_cols_grad_sums(x, dy, stride, n_rows, w, mean, s1, s2, _mask(ep), pos, ahead)
 
 
 cdef inline void _block_dx(

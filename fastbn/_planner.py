@@ -72,10 +72,10 @@ COMPILED = {
 # Settings measured to win on one vendor's CPUs only (docs/decisions.md: "Per CPU"); other
 # CPUs keep the defaults, which were measured on the other vendor or on both.
 CPU_SETTINGS = {
-    "AuthenticAMD": {"blocked_large_max_rows": 4096},
+    "AuthenticAMD": {"blocked_large_max_rows": 4096, "sums_prefetch_min_bytes": 1 << 22},
 }
 
-ZERO_ALLOWED = ("load_check_ms", "dx_page_shift")  # fields that may be 0 (the others: >= 1)
+ZERO_ALLOWED = ("load_check_ms", "dx_page_shift", "sums_prefetch_min_bytes")  # fields that may be 0 (the others: >= 1)
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class Plan:
     blocked_min_blocks: int = 4  # column blocks needed, at least (small arrays: also two per thread)
     blocked_max_rows: int = 512  # arrays under blocked_min_bytes are blocked only with at most this many rows
     blocked_large_max_rows: int = 1 << 40  # ... and larger arrays only with at most this many (default: no limit)
+    sums_prefetch_min_bytes: int = 0  # column sums over arrays this large prefetch the next eight rows (0: all)
     shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
     block_row_chunks: int = 4  # row chunks of a shared block
     affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least

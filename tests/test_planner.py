@@ -158,7 +158,8 @@ def test_the_plan_at_import_is_the_defaults_with_this_cpus_settings():
 # The loops' own constants choose a loop order or a prefetch distance, never a value: forced far
 # from their defaults, on shapes where that changes what the loops do, every result keeps the bits
 # of the plan without the change (other settings of a case, as streaming, apply to both).
-LOOP_FIELDS = ("affine_short_run_bytes", "sweep_prefetch_bytes", "mask_prefetch_values")
+LOOP_FIELDS = ("affine_short_run_bytes", "sweep_prefetch_bytes", "mask_prefetch_values",
+               "sums_prefetch_min_bytes")
 LOOP_CASES = [
     ({"affine_short_run_bytes": 1}, _op("batchnorm"), (300, 1001)),  # one row at a time
     ({"affine_short_run_bytes": 1 << 30}, _op("batchnorm"), (64, 5000)),  # four rows, long runs
@@ -169,6 +170,15 @@ LOOP_CASES = [
     ({"sweep_prefetch_bytes": 1 << 20, "stream_path": "always"}, _op("batchnorm_relu", "test"),
      (96, 1024)),
     ({"mask_prefetch_values": 8}, _op("spatial_batchnorm_relu", layout="NCHW"), (4, 6, 45, 47)),
+    # column sums with and without prefetching, whichever the CPU's plan does (blocked: sums of 300
+    # rows; the fused op: gradient sums through the mask)
+    ({"sums_prefetch_min_bytes": 0}, _op("batchnorm"), (300, 1001)),
+    ({"sums_prefetch_min_bytes": 1 << 40}, _op("batchnorm"), (300, 1001)),
+    ({"sums_prefetch_min_bytes": 0}, _op("batchnorm_relu"), (96, 1024)),
+    ({"sums_prefetch_min_bytes": 1 << 40}, _op("batchnorm_relu"), (96, 1024)),
+    ({"sums_prefetch_min_bytes": 0, "cols_path": "grid"}, _op("batchnorm"), (1003, 50)),  # wide rows
+    ({"sums_prefetch_min_bytes": 1 << 40, "cols_path": "grid"}, _op("batchnorm"), (1003, 50)),
+    ({"sums_prefetch_min_bytes": 0, "cols_path": "shared_blocks"}, _op("batchnorm"), (300, 1001)),
     ({"mask_prefetch_values": 1 << 20}, _op_id("spatial_batchnorm_relu-train-NCHW-res"),
      (3, 2, 33, 35)),
 ]
@@ -226,6 +236,7 @@ def test_override_restores_the_plan():
     ({"segment_bytes": 8.5}, "segment_bytes must be a positive integer, got 8.5"),
     ({"stream_min_bytes": True}, "stream_min_bytes must be a positive integer, got True"),
     ({"load_check_ms": -1}, "load_check_ms must be an integer >= 0, got -1"),
+    ({"sums_prefetch_min_bytes": -8}, "sums_prefetch_min_bytes must be an integer >= 0, got -8"),
     ({"affine_short_run_bytes": 0}, "affine_short_run_bytes must be a positive integer, got 0"),
     ({"sweep_prefetch_bytes": 2048.0}, "sweep_prefetch_bytes must be a positive integer, got 2048.0"),
     ({"mask_prefetch_values": -8}, "mask_prefetch_values must be a positive integer, got -8"),
