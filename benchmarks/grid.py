@@ -18,7 +18,12 @@ Usage::
 
 With ``--setting FIELD=V1,V2,...`` the plans compared are the plan in force with each value of
 that field of :class:`fastbn._planner.Plan` (a per-CPU setting is decided this way: it goes into
-``CPU_SETTINGS`` only where it wins on that vendor's CPUs alone).
+``CPU_SETTINGS`` only where it wins on that vendor's CPUs alone). ``--per-cpu`` does that for
+every field some vendor's entry of ``CPU_SETTINGS`` sets, over the families it was decided on
+(``PER_CPU_FAMILIES``), with the default and every vendor's value, and sums up which value is
+fastest on this CPU: run it on a CPU of another vendor (or model) to see whether its entry holds.
+
+    python benchmarks/grid.py --per-cpu --dtype float64 --repeat 9
 """
 import argparse
 import dataclasses
@@ -57,6 +62,14 @@ FAMILIES = {
 }
 
 
+# The families of shapes on which each per-CPU setting (fastbn._planner.CPU_SETTINGS) was decided,
+# for --per-cpu (a test checks that every field an entry sets is here).
+PER_CPU_FAMILIES = {
+    "blocked_large_max_rows": ("cols_large",),
+    "sums_prefetch_min_bytes": ("cols", "cols_small", "nhwc"),
+}
+
+
 def _cases(family, dtype):
     field, shapes = FAMILIES[family]
     for op, shape, layout in shapes:
@@ -75,6 +88,28 @@ def setting_plans(field, values):
     named ``field=value``."""
     base = _planner.current()
     return {"auto": base, **{f"{field}={v}": dataclasses.replace(base, **{field: v}) for v in values}}
+
+
+def per_cpu_plans(field):
+    """The plan in force (as "auto") and a plan per value of `field` among the defaults and the
+    entries of ``CPU_SETTINGS`` (see :func:`setting_plans`)."""
+    values = {getattr(_planner.Plan(), field)}
+    values |= {entry[field] for entry in _planner.CPU_SETTINGS.values() if field in entry}
+    return setting_plans(field, sorted(values))
+
+
+def summarize(records):
+    """``{(plan, direction): (geometric mean of time / time of "auto", shapes faster by 5% or
+    more, shapes slower by 5% or more, shapes)}`` over `records` (as :func:`run_families` makes;
+    direction "+" joins forward and backward timed together)."""
+    ratios = {}
+    for record in records:
+        t = record["seconds"]
+        for name in t:
+            if name != "auto":
+                ratios.setdefault((name, "+".join(record["directions"])), []).append(t[name] / t["auto"])
+    return {key: (float(np.exp(np.mean(np.log(r)))), sum(x <= 0.95 for x in r), sum(x >= 1.05 for x in r),
+                  len(r)) for key, r in ratios.items()}
 
 
 def time_paths(case, field, repeat, directions=("forward", "backward"), plans=None):
@@ -107,6 +142,33 @@ def time_paths(case, field, repeat, directions=("forward", "backward"), plans=No
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
+def run_families(families, dtype, repeat, split, plans=None):
+    """Time every case of `families` (see :func:`time_paths`), printing a line per case and
+    direction; return the records."""
+    records = []
+    for family in families:
+        print(f"\n{family}: time of each {'plan' if plans else 'path'} / time of the plan in force (auto)")
+        for field, case in _cases(family, dtype):
+            for directions in ((("forward",), ("backward",)) if split else (("forward", "backward"),)):
+                t = time_paths(case, field, repeat, directions, plans)
+                best = min((p for p in t if p != "auto"), key=t.get)
+                ratios = "  ".join(f"{p}={t[p] / t['auto']:.2f}" for p in t if p != "auto")
+                label = f"{case.name} {'+'.join(SHORT[d] for d in directions)}"
+                print(f"  {label:52s} auto {t['auto'] * 1e3:9.3f} ms  {ratios}  best: {best}", flush=True)
+                records.append({"family": family, "field": field, "case": case.id,
+                                "directions": list(directions), "seconds": t, "best": best})
+    return records
+
+
+def print_summary(field, records):
+    """The per-CPU verdict on `field` from its records (see :func:`summarize`)."""
+    print(f"\n{field}: this CPU's plan has {field}={getattr(_planner.current(), field)} "
+          f"(vendor {_planner.CPU_VENDOR}); time of each value / time of the plan in force,")
+    print("geometric mean over the shapes (shapes 5% faster / 5% slower / all):")
+    for (name, direction), (mean, faster, slower, n) in sorted(summarize(records).items()):
+        print(f"  {name:40s} {direction:18s} {mean:6.3f}  ({faster} faster / {slower} slower / {n})")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python benchmarks/grid.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=sorted(FAMILIES), action="append",
@@ -118,6 +180,8 @@ def main(argv=None):
                         help="time the forward and the backward apart (default: together)")
     parser.add_argument("--setting", metavar="FIELD=V1,V2,...",
                         help="compare these values of a numeric Plan field instead of the paths")
+    parser.add_argument("--per-cpu", action="store_true",
+                        help="every per-CPU setting's values on its families (forward and backward apart)")
     args = parser.parse_args(argv)
     plans = None
     if args.setting:
@@ -130,21 +194,22 @@ def main(argv=None):
             parser.error(f"--setting must be FIELD=V1,V2,... with a numeric Plan field and integers, "
                          f"got {args.setting!r}")
         plans = setting_plans(name, numbers)
+    if args.per_cpu and (args.setting or args.family):
+        parser.error("--per-cpu takes its own fields and families: not with --setting or --family")
+    split = args.split or args.per_cpu
     print(f"fastbn {fastbn.__version__} | CPU {_bench.cpu_model()} | threads {fastbn.get_num_threads()} "
-          f"| {args.dtype} | {'forward and backward apart' if args.split else 'forward + backward'}, "
+          f"| {args.dtype} | {'forward and backward apart' if split else 'forward + backward'}, "
           f"median of {args.repeat} interleaved rounds")
-    records = []
-    for family in args.family or list(FAMILIES):
-        print(f"\n{family}: time of each {'plan' if plans else 'path'} / time of the plan in force (auto)")
-        for field, case in _cases(family, args.dtype):
-            for directions in ((("forward",), ("backward",)) if args.split else (("forward", "backward"),)):
-                t = time_paths(case, field, args.repeat, directions, plans)
-                best = min((p for p in t if p != "auto"), key=t.get)
-                ratios = "  ".join(f"{p}={t[p] / t['auto']:.2f}" for p in t if p != "auto")
-                label = f"{case.name} {'+'.join(SHORT[d] for d in directions)}"
-                print(f"  {label:52s} auto {t['auto'] * 1e3:9.3f} ms  {ratios}  best: {best}", flush=True)
-                records.append({"family": family, "field": field, "case": case.id,
-                                "directions": list(directions), "seconds": t, "best": best})
+    if args.per_cpu:
+        records, verdicts = [], []
+        for field, families in PER_CPU_FAMILIES.items():
+            mine = run_families(families, args.dtype, args.repeat, True, per_cpu_plans(field))
+            verdicts.append((field, mine))
+            records += mine
+        for field, mine in verdicts:
+            print_summary(field, mine)
+    else:
+        records = run_families(args.family or list(FAMILIES), args.dtype, args.repeat, split, plans)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": _bench.cpu_model(), "machine": platform.machine(), "dtype": args.dtype,

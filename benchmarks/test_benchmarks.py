@@ -172,3 +172,35 @@ def test_grid_script_compares_the_values_of_a_setting():
     for bad in ("cols_path=0", "no_such_field=1", "sums_prefetch_min_bytes", "sums_prefetch_min_bytes=4k"):
         with pytest.raises(SystemExit):
             grid.main(["--family", "cols", "--setting", bad])
+
+
+def test_grid_has_the_families_of_every_per_cpu_setting_and_sums_them_up():
+    """Every field a CPU_SETTINGS entry sets has the families it is decided on (grid.py
+    --per-cpu), whose plans are the defaults' and every vendor's values; the summary is the
+    geometric mean of time over the plan in force, with the shapes 5% faster and slower."""
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import grid
+
+    from fastbn import _planner
+
+    fields = {f for entry in _planner.CPU_SETTINGS.values() for f in entry}
+    assert fields <= set(grid.PER_CPU_FAMILIES)
+    assert all(set(families) <= set(grid.FAMILIES) for families in grid.PER_CPU_FAMILIES.values())
+    for field in fields:
+        names = set(grid.per_cpu_plans(field)) - {"auto"}
+        wanted = {getattr(_planner.Plan(), field)} | {
+            entry[field] for entry in _planner.CPU_SETTINGS.values() if field in entry}
+        assert names == {f"{field}={v}" for v in wanted}
+    records = [{"directions": ["forward"], "seconds": {"auto": 1.0, "a": 0.5, "b": 1.0}},
+               {"directions": ["forward"], "seconds": {"auto": 2.0, "a": 4.0, "b": 2.02}},
+               {"directions": ["backward"], "seconds": {"auto": 1.0, "a": 0.9, "b": 1.1}}]
+    summary = grid.summarize(records)
+    assert summary[("a", "forward")] == pytest.approx((1.0, 1, 1, 2))
+    assert summary[("b", "forward")] == pytest.approx((np.sqrt(1.01), 0, 0, 2))
+    assert summary[("a", "backward")] == pytest.approx((0.9, 1, 0, 1))
+    assert summary[("b", "backward")] == pytest.approx((1.1, 0, 1, 1))
+    with pytest.raises(SystemExit):
+        grid.main(["--per-cpu", "--family", "cols"])
