@@ -34,7 +34,8 @@ Paths (``PATHS``) and where a forced one applies (elsewhere the shape still deci
 Settings that won on one of the project's CPUs only are in ``CPU_SETTINGS``, keyed by the CPU's
 vendor (``/proc/cpuinfo``'s ``vendor_id``): the plan in force at import is :func:`for_cpu` of
 the CPU fastbn runs on, the defaults of :class:`Plan` amended by that entry. ``show_config()``
-says which.
+says which; ``python benchmarks/grid.py --per-cpu`` times, on the CPU it runs on, the default
+and every vendor's value of each field an entry sets.
 
 Every path computes with chunks fixed by the shape (and the plan): results do not depend on the
 thread count. Different paths may differ in the last bits (they sum in other orders).
