@@ -21,7 +21,10 @@ every large case is replaced by a small case of the same op and dtype (see ``_sm
 smoke run takes seconds and little memory.
 """
 import functools
+import importlib
 import os
+import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -115,19 +118,25 @@ def test_training_step(benchmark, backend, request):
     assert np.all(np.isfinite(dW1)) and np.all(np.isfinite(dgamma))
 
 
+def _script(name):
+    """The script benchmarks/<name>.py as a module (its directory on sys.path once, as when run:
+    the scripts import each other)."""
+    here = str(pathlib.Path(__file__).parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    return importlib.import_module(name)
+
+
 def test_overhead_script_times_every_tiny_call_with_and_without_its_kernels():
     """benchmarks/overhead.py, one short round: a row per op, layout and direction of the op
     table, each with its whole time, its Python side and their difference; the kernels are
     back in place afterwards."""
     import contextlib
     import io
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import overhead
 
     from fastbn import _backends
+
+    overhead = _script("overhead")
 
     if _backends.kernels() is None:
         pytest.skip("compiled kernels are not built")
@@ -153,13 +162,9 @@ def test_grid_script_compares_the_values_of_a_setting():
     """benchmarks/grid.py --setting FIELD=V1,...: a plan per value beside the plan in force, each
     timed on a small shape; the plan in force is back afterwards; a path or unknown field is
     refused."""
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import grid
-
     from fastbn import _planner
+
+    grid = _script("grid")
 
     before = _planner.current()
     plans = grid.setting_plans("sums_prefetch_min_bytes", [0, 1 << 22])
@@ -178,13 +183,9 @@ def test_grid_has_the_families_of_every_per_cpu_setting_and_sums_them_up():
     """Every field a CPU_SETTINGS entry sets has the families it is decided on (grid.py
     --per-cpu), whose plans are the defaults' and every vendor's values; the summary is the
     geometric mean of time over the plan in force, with the shapes 5% faster and slower."""
-    import pathlib
-    import sys
-
-    sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    import grid
-
     from fastbn import _planner
+
+    grid = _script("grid")
 
     fields = {f for entry in _planner.CPU_SETTINGS.values() for f in entry}
     assert fields <= set(grid.PER_CPU_FAMILIES)
