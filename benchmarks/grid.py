@@ -22,6 +22,7 @@ that field of :class:`fastbn._planner.Plan` (a per-CPU setting is decided this w
 every field some vendor's entry of ``CPU_SETTINGS`` sets, over the families it was decided on
 (``PER_CPU_FAMILIES``), with the default and every vendor's value, and sums up which value is
 fastest on this CPU: run it on a CPU of another vendor (or model) to see whether its entry holds.
+``--setting`` ends with the same summary, per family.
 
     python benchmarks/grid.py --per-cpu --dtype float64 --repeat 9
 """
@@ -67,6 +68,7 @@ FAMILIES = {
 PER_CPU_FAMILIES = {
     "blocked_large_max_rows": ("cols_large",),
     "sums_prefetch_min_bytes": ("cols", "cols_small", "nhwc"),
+    "grad_sums_four_rows_bytes": ("cols", "cols_small", "cols_large", "nhwc"),
 }
 
 
@@ -160,9 +162,11 @@ def run_families(families, dtype, repeat, split, plans=None):
     return records
 
 
-def print_summary(field, records):
-    """The per-CPU verdict on `field` from its records (see :func:`summarize`)."""
-    print(f"\n{field}: this CPU's plan has {field}={getattr(_planner.current(), field)} "
+def print_summary(field, records, label=""):
+    """The per-CPU verdict on `field` from its records (see :func:`summarize`), headed by
+    `label` (as a family's name) when given."""
+    print(f"\n{label + ': ' if label else ''}{field}: this CPU's plan has "
+          f"{field}={getattr(_planner.current(), field)} "
           f"(vendor {_planner.CPU_VENDOR}); time of each value / time of the plan in force,")
     print("geometric mean over the shapes (shapes 5% faster / 5% slower / all):")
     for (name, direction), (mean, faster, slower, n) in sorted(summarize(records).items()):
@@ -209,7 +213,11 @@ def main(argv=None):
         for field, mine in verdicts:
             print_summary(field, mine)
     else:
-        records = run_families(args.family or list(FAMILIES), args.dtype, args.repeat, split, plans)
+        families = args.family or list(FAMILIES)
+        records = run_families(families, args.dtype, args.repeat, split, plans)
+        if args.setting:
+            for family in families:
+                print_summary(name, [r for r in records if r["family"] == family], family)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": _bench.cpu_model(), "machine": platform.machine(), "dtype": args.dtype,

@@ -115,7 +115,8 @@ cdef extern from "loops.h" nogil:
                                   const void* shift, double* s1, double* s2, Py_ssize_t ahead)
     void fastbn_cols_grad_sums(const void* x, const void* dy, Py_ssize_t stride, Py_ssize_t n_rows,
                                Py_ssize_t w, const void* mean, double* s1, double* s2,
-                               const unsigned char* mask, Py_ssize_t pos, Py_ssize_t ahead)
+                               const unsigned char* mask, Py_ssize_t pos, Py_ssize_t ahead,
+                               int rows)
     void fastbn_cols_affine(const void* x, void* out, Py_ssize_t stride, Py_ssize_t n_rows,
                             Py_ssize_t w, const void* mean, const void* scale, const void* beta,
                             int stream, const void* res, unsigned char* mask, Py_ssize_t pos,
@@ -224,6 +225,7 @@ cdef struct Plan:
     Py_ssize_t blocked_large_max_rows
     Py_ssize_t shared_max_run_bytes
     Py_ssize_t sums_prefetch_min_bytes
+    Py_ssize_t grad_sums_four_rows_bytes
     Py_ssize_t block_row_chunks
     Py_ssize_t affine_rows
     Py_ssize_t affine_tile_bytes
@@ -639,6 +641,13 @@ cdef inline Py_ssize_t _sums_ahead(Py_ssize_t nbytes) noexcept nogil:
     """Rows ahead that the column sums over an array of `nbytes` bytes prefetch (0: none; see
     plan.sums_prefetch_min_bytes)."""
     return 8 if nbytes >= plan.sums_prefetch_min_bytes else 0
+
+
+cdef inline int _grad_sums_rows(Py_ssize_t stride_bytes) noexcept nogil:
+    """Rows per pass of the column gradient sums over rows `stride_bytes` apart: 4 when that is a
+    multiple of plan.grad_sums_four_rows_bytes, else 8 (the same bits either way)."""
+    cdef Py_ssize_t q = plan.grad_sums_four_rows_bytes
+    return 4 if q and stride_bytes % q == 0 else 8
 
 
 cdef inline void _cols_task_moments(
@@ -1311,7 +1320,8 @@ cdef inline void _cols_grad_sums(
     for j in range(w):
         s1[j] = 0.0
         s2[j] = 0.0
-    fastbn_cols_grad_sums(x, dy, stride, n_rows, w, mean, s1, s2, _mask(ep), pos, ahead)
+    fastbn_cols_grad_sums(x, dy, stride, n_rows, w, mean, s1, s2, _mask(ep), pos, ahead,
+                          _grad_sums_rows(stride * <Py_ssize_t>sizeof(floating)))
 
 
 cdef inline void _block_dx(

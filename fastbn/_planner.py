@@ -73,10 +73,12 @@ COMPILED = {
 # Settings measured to win on one vendor's CPUs only (docs/decisions.md: "Per CPU"); other
 # CPUs keep the defaults, which were measured on the other vendor or on both.
 CPU_SETTINGS = {
-    "AuthenticAMD": {"blocked_large_max_rows": 4096, "sums_prefetch_min_bytes": 1 << 22},
+    "AuthenticAMD": {"blocked_large_max_rows": 4096, "sums_prefetch_min_bytes": 1 << 22,
+                     "grad_sums_four_rows_bytes": 2048},
 }
 
-ZERO_ALLOWED = ("load_check_ms", "dx_page_shift", "sums_prefetch_min_bytes")  # fields that may be 0 (the others: >= 1)
+ZERO_ALLOWED = ("load_check_ms", "dx_page_shift", "sums_prefetch_min_bytes",
+                "grad_sums_four_rows_bytes")  # fields that may be 0 (the others: >= 1)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,7 @@ class Plan:
     blocked_max_rows: int = 512  # arrays under blocked_min_bytes are blocked only with at most this many rows
     blocked_large_max_rows: int = 1 << 40  # ... and larger arrays only with at most this many (default: no limit)
     sums_prefetch_min_bytes: int = 0  # column sums over arrays this large prefetch the next eight rows (0: all)
+    grad_sums_four_rows_bytes: int = 0  # backward column sums over rows a multiple of this many bytes apart read four rows per pass, not eight (0: never)
     shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
     block_row_chunks: int = 4  # row chunks of a shared block
     affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least

@@ -159,7 +159,7 @@ def test_the_plan_at_import_is_the_defaults_with_this_cpus_settings():
 # from their defaults, on shapes where that changes what the loops do, every result keeps the bits
 # of the plan without the change (other settings of a case, as streaming, apply to both).
 LOOP_FIELDS = ("affine_short_run_bytes", "sweep_prefetch_bytes", "mask_prefetch_values",
-               "sums_prefetch_min_bytes")
+               "sums_prefetch_min_bytes", "grad_sums_four_rows_bytes")
 LOOP_CASES = [
     ({"affine_short_run_bytes": 1}, _op("batchnorm"), (300, 1001)),  # one row at a time
     ({"affine_short_run_bytes": 1 << 30}, _op("batchnorm"), (64, 5000)),  # four rows, long runs
@@ -179,6 +179,14 @@ LOOP_CASES = [
     ({"sums_prefetch_min_bytes": 0, "cols_path": "grid"}, _op("batchnorm"), (1003, 50)),  # wide rows
     ({"sums_prefetch_min_bytes": 1 << 40, "cols_path": "grid"}, _op("batchnorm"), (1003, 50)),
     ({"sums_prefetch_min_bytes": 0, "cols_path": "shared_blocks"}, _op("batchnorm"), (300, 1001)),
+    # gradient column sums by passes of four rows on every shape (1), or of eight on every shape (0)
+    ({"grad_sums_four_rows_bytes": 1}, _op("batchnorm"), (300, 1001)),
+    ({"grad_sums_four_rows_bytes": 0}, _op("batchnorm"), (300, 1001)),
+    ({"grad_sums_four_rows_bytes": 1}, _op("batchnorm_relu"), (96, 1024)),
+    ({"grad_sums_four_rows_bytes": 1, "cols_path": "grid"}, _op("batchnorm"), (1003, 50)),
+    ({"grad_sums_four_rows_bytes": 1, "cols_path": "shared_blocks"}, _op("batchnorm"), (301, 1001)),
+    ({"grad_sums_four_rows_bytes": 1, "sums_prefetch_min_bytes": 0}, _op("spatial_batchnorm", layout="NHWC"),
+     (5, 7, 9, 64)),
     ({"mask_prefetch_values": 1 << 20}, _op_id("spatial_batchnorm_relu-train-NCHW-res"),
      (3, 2, 33, 35)),
 ]
@@ -237,6 +245,7 @@ def test_override_restores_the_plan():
     ({"stream_min_bytes": True}, "stream_min_bytes must be a positive integer, got True"),
     ({"load_check_ms": -1}, "load_check_ms must be an integer >= 0, got -1"),
     ({"sums_prefetch_min_bytes": -8}, "sums_prefetch_min_bytes must be an integer >= 0, got -8"),
+    ({"grad_sums_four_rows_bytes": -64}, "grad_sums_four_rows_bytes must be an integer >= 0, got -64"),
     ({"affine_short_run_bytes": 0}, "affine_short_run_bytes must be a positive integer, got 0"),
     ({"sweep_prefetch_bytes": 2048.0}, "sweep_prefetch_bytes must be a positive integer, got 2048.0"),
     ({"mask_prefetch_values": -8}, "mask_prefetch_values must be a positive integer, got -8"),

@@ -88,7 +88,7 @@ typedef struct {
     void (*cols_shifted_sums)(const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, double *,
                               double *, ptrdiff_t);
     void (*cols_grad_sums)(const T *, const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
-                           double *, double *, const uint8_t *, ptrdiff_t, ptrdiff_t);
+                           double *, double *, const uint8_t *, ptrdiff_t, ptrdiff_t, int);
     void (*cols_affine)(const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, const T *,
                         const T *, int, const T *, uint8_t *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
     void (*cols_dx)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
@@ -384,16 +384,17 @@ static void FN(row_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx
     else FN(row_dx_run)(0, x, dy, dx, n, mean, invstd, gamma, a, s3, b, stream);
 }
 
-/* (M, D) column sums: n_rows rows of w columns, row stride `stride`. Rows i..i+7 in two groups of
- * four, then one group of four, then single rows (the grouping depends on n_rows only); per group
- * of four rows, per column, s1[j] += (t0 + t1) + (t2 + t3) and likewise for s2. A pass over eight
- * rows loads and stores each column's accumulators once; with `pf` > 0 it also prefetches, line
- * by line, the eight rows starting `pf` rows further on (0: none; the kernels pass 8 or 0, by
- * the planner's sums_prefetch_min_bytes). */
-FASTBN_INLINE void FN(prefetch_rows)(const T *p, ptrdiff_t stride, ptrdiff_t j) {
+/* (M, D) column sums: n_rows rows of w columns, row stride `stride`. Rows in groups of four, then
+ * single rows (the grouping depends on n_rows only); per group of four rows, per column,
+ * s1[j] += (t0 + t1) + (t2 + t3) and likewise for s2. A pass reads eight rows (the gradient sums:
+ * `rows`, 8 or 4; two passes of four give the same bits as one of eight) and loads and stores each
+ * column's accumulators once; with `pf` > 0 it also prefetches, line by line, the rows of the
+ * pass `pf` rows further on (0: none). The kernels choose `pf` and `rows` from the plan
+ * (sums_prefetch_min_bytes, grad_sums_four_rows_bytes). */
+FASTBN_INLINE void FN(prefetch_rows)(const T *p, ptrdiff_t stride, ptrdiff_t j, int rows) {
     int r;
     if (!(j & (64 / (ptrdiff_t)sizeof(T) - 1)))
-        for (r = 0; r < 8; r++) __builtin_prefetch(p + r * stride + j, 0, 3);
+        for (r = 0; r < rows; r++) __builtin_prefetch(p + r * stride + j, 0, 3);
 }
 /* s1[j] += sum_i (x[i, j] - shift[j]), s2[j] += sum_i (x[i, j] - shift[j])^2. */
 static void FN(cols_shifted_sums)(const T *RESTRICT x, ptrdiff_t stride, ptrdiff_t n_rows,
@@ -406,7 +407,7 @@ static void FN(cols_shifted_sums)(const T *RESTRICT x, ptrdiff_t stride, ptrdiff
         for (j = 0; j + 8 <= w; j += 8) {
             fastbn_vd h = LOAD8(shift + j), a = FASTBN_ISA(load8_d)(s1 + j),
                       b = FASTBN_ISA(load8_d)(s2 + j), t0, t1, t2, t3;
-            if (ahead) FN(prefetch_rows)(x0 + pf * stride, stride, j);
+            if (ahead) FN(prefetch_rows)(x0 + pf * stride, stride, j, 8);
             t0 = LOAD8(x0 + j) - h;
             t1 = LOAD8(x0 + stride + j) - h;
             t2 = LOAD8(x0 + 2 * stride + j) - h;
@@ -449,17 +450,18 @@ FASTBN_INLINE void FN(cols_grad_sums_run)(const int relu, const T *RESTRICT x,
                                           const T *RESTRICT dy, ptrdiff_t stride,
                                           ptrdiff_t n_rows, ptrdiff_t w, const T *RESTRICT mean,
                                           double *RESTRICT s1, double *RESTRICT s2,
-                                          const uint8_t *mask, ptrdiff_t pos, ptrdiff_t pf) {
+                                          const uint8_t *mask, ptrdiff_t pos, ptrdiff_t pf,
+                                          int rows) {
     ptrdiff_t i = 0, j, r;
     for (; i + 4 <= n_rows; i += 8) {
         const T *x0 = x + i * stride, *y0 = dy + i * stride;
-        int two = i + 8 <= n_rows, ahead = pf > 0 && i + pf + 8 <= n_rows;
+        int two = rows == 8 && i + 8 <= n_rows, ahead = pf > 0 && i + pf + rows <= n_rows;
         for (j = 0; j + 8 <= w; j += 8) {
             fastbn_vd m = LOAD8(mean + j), a = FASTBN_ISA(load8_d)(s1 + j),
                       b = FASTBN_ISA(load8_d)(s2 + j), g0, g1, g2, g3;
             if (ahead) {
-                FN(prefetch_rows)(x0 + pf * stride, stride, j);
-                FN(prefetch_rows)(y0 + pf * stride, stride, j);
+                FN(prefetch_rows)(x0 + pf * stride, stride, j, rows);
+                FN(prefetch_rows)(y0 + pf * stride, stride, j, rows);
             }
             for (r = 0; r < (two ? 8 : 4); r += 4) {
                 const T *xr = x0 + r * stride + j, *yr = y0 + r * stride + j;
@@ -501,9 +503,9 @@ FASTBN_INLINE void FN(cols_grad_sums_run)(const int relu, const T *RESTRICT x,
 static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdiff_t stride,
                                ptrdiff_t n_rows, ptrdiff_t w, const T *RESTRICT mean,
                                double *RESTRICT s1, double *RESTRICT s2, const uint8_t *mask,
-                               ptrdiff_t pos, ptrdiff_t pf) {
-    if (mask) FN(cols_grad_sums_run)(1, x, dy, stride, n_rows, w, mean, s1, s2, mask, pos, pf);
-    else FN(cols_grad_sums_run)(0, x, dy, stride, n_rows, w, mean, s1, s2, NULL, 0, pf);
+                               ptrdiff_t pos, ptrdiff_t pf, int rows) {
+    if (mask) FN(cols_grad_sums_run)(1, x, dy, stride, n_rows, w, mean, s1, s2, mask, pos, pf, rows);
+    else FN(cols_grad_sums_run)(0, x, dy, stride, n_rows, w, mean, s1, s2, NULL, 0, pf, rows);
 }
 
 /* (M, D) elementwise sweeps (any order of rows gives the same values). Rows go four at a time, so
