@@ -26,6 +26,8 @@ import os
 import pathlib
 import sys
 
+import re
+
 import numpy as np
 import pytest
 
@@ -177,6 +179,24 @@ def test_grid_script_compares_the_values_of_a_setting():
     for bad in ("cols_path=0", "no_such_field=1", "sums_prefetch_min_bytes", "sums_prefetch_min_bytes=4k"):
         with pytest.raises(SystemExit):
             grid.main(["--family", "cols", "--setting", bad])
+
+
+def test_grid_script_sums_up_a_setting_per_family(monkeypatch, capsys):
+    """--setting ends with the summary of every family it ran: per value and direction, the
+    geometric mean of time over the plan in force and the shapes 5% faster / slower / all."""
+    grid = _script("grid")
+    monkeypatch.setattr(grid, "FAMILIES", {
+        "tiny": ("cols_path", [("batchnorm", (40, 24), "NC"), ("batchnorm", (8, 1024), "NC")]),
+        "tiny_nhwc": ("cols_path", [("spatial_batchnorm", (2, 3, 3, 16), "NHWC")])})
+    grid.main(["--family", "tiny", "--family", "tiny_nhwc", "--split", "--repeat", "1",
+               "--setting", "grad_sums_four_rows_bytes=0,1"])
+    out = capsys.readouterr().out
+    for family, n in (("tiny", 2), ("tiny_nhwc", 1)):
+        summary = out.split(f"\n{family}: grad_sums_four_rows_bytes: this CPU's plan has")[1]
+        for value in (0, 1):
+            for direction in ("backward", "forward"):
+                assert re.search(rf"grad_sums_four_rows_bytes={value} +{direction} +[0-9.]+ +"
+                                 rf"\(\d+ faster / \d+ slower / {n}\)", summary)
 
 
 def test_grid_has_the_families_of_every_per_cpu_setting_and_sums_them_up():
