@@ -24,9 +24,8 @@ import functools
 import importlib
 import os
 import pathlib
-import sys
-
 import re
+import sys
 
 import numpy as np
 import pytest
