@@ -10,9 +10,10 @@ Usage::
 
     python benchmarks/grid.py                  # the whole grid (tens of minutes on 2 cores)
     python benchmarks/grid.py --family rows    # one family: cols, nhwc, planes, rows, rows_forward,
-                                               # or a finer grid: cols_small, cols_large, rows_segments
+                                               # or a finer grid: cols_small, cols_large,
+                                               # cols_streamed, rows_segments
     python benchmarks/grid.py --json grid.json --repeat 5
-    python benchmarks/grid.py --family cols_large --split   # forward and backward timed apart
+    python benchmarks/grid.py --family cols_large --split   # forward, test mode, backward apart
     python benchmarks/grid.py --family cols --setting sums_prefetch_min_bytes=0,4194304
                                                # values of one tuning constant instead of the paths
 
@@ -37,7 +38,7 @@ import numpy as np
 import fastbn
 from fastbn import _bench, _planner
 
-SHORT = {"forward": "fwd", "backward": "bwd"}
+SHORT = {"forward": "fwd", "test": "test", "backward": "bwd"}
 MAX_BYTES = 1 << 28  # shapes whose x exceeds this are left out (x, out, dy and dx must fit)
 M_GRID = (64, 1000, 4096, 65536)
 D_GRID = (3, 64, 500, 1024, 4099, 65536)
@@ -57,6 +58,11 @@ FAMILIES = {
                                              for D in (500, 1024, 4099)]
                       + [("layernorm", (M, D), "ND") for M in (16, 64, 128) for D in (64, 128, 256)]
                       + [("layernorm", (M, 65536), "ND") for M in (64, 256, 1000)]),
+    # (M, D) arrays with streamed outputs and rows of whole cache lines under 4 KiB
+    "cols_streamed": ("cols_path", [("batchnorm", (M, D), "NC") for M, D in (
+        (65536, 128), (65536, 256), (32768, 512), (16384, 768))]
+        + [("spatial_batchnorm", (N, HW, HW, C), "NHWC") for N, HW, C in (
+            (32, 56, 128), (32, 28, 256), (32, 56, 256), (32, 14, 512))]),
     # large (M, D) arrays of 2048 to 16384 rows, on both sides of blocked_large_max_rows
     "cols_large": ("cols_path", [("batchnorm", (M, D), "NC") for M, D in (
         (2048, 4096), (4096, 4096), (8192, 2048), (16384, 1024), (2048, 8192), (8192, 4096))]),
@@ -69,6 +75,7 @@ PER_CPU_FAMILIES = {
     "blocked_large_max_rows": ("cols_large",),
     "sums_prefetch_min_bytes": ("cols", "cols_small", "nhwc"),
     "grad_sums_four_rows_bytes": ("cols", "cols_small", "cols_large", "nhwc"),
+    "sweep_wide_bytes": ("cols_streamed", "nhwc"),
 }
 
 
@@ -151,7 +158,7 @@ def run_families(families, dtype, repeat, split, plans=None):
     for family in families:
         print(f"\n{family}: time of each {'plan' if plans else 'path'} / time of the plan in force (auto)")
         for field, case in _cases(family, dtype):
-            for directions in ((("forward",), ("backward",)) if split else (("forward", "backward"),)):
+            for directions in ([(d,) for d in case.directions] if split else (("forward", "backward"),)):
                 t = time_paths(case, field, repeat, directions, plans)
                 best = min((p for p in t if p != "auto"), key=t.get)
                 ratios = "  ".join(f"{p}={t[p] / t['auto']:.2f}" for p in t if p != "auto")
@@ -181,11 +188,11 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--split", action="store_true",
-                        help="time the forward and the backward apart (default: together)")
+                        help="time the forward, test mode (where the op has one) and the backward apart (default: forward + backward together)")
     parser.add_argument("--setting", metavar="FIELD=V1,V2,...",
                         help="compare these values of a numeric Plan field instead of the paths")
     parser.add_argument("--per-cpu", action="store_true",
-                        help="every per-CPU setting's values on its families (forward and backward apart)")
+                        help="every per-CPU setting's values on its families (directions apart, as --split)")
     args = parser.parse_args(argv)
     plans = None
     if args.setting:
@@ -202,7 +209,7 @@ def main(argv=None):
         parser.error("--per-cpu takes its own fields and families: not with --setting or --family")
     split = args.split or args.per_cpu
     print(f"fastbn {fastbn.__version__} | CPU {_bench.cpu_model()} | threads {fastbn.get_num_threads()} "
-          f"| {args.dtype} | {'forward and backward apart' if split else 'forward + backward'}, "
+          f"| {args.dtype} | {'directions apart' if split else 'forward + backward'}, "
           f"median of {args.repeat} interleaved rounds")
     if args.per_cpu:
         records, verdicts = [], []

@@ -225,6 +225,7 @@ cdef struct Plan:
     Py_ssize_t blocked_large_max_rows
     Py_ssize_t shared_max_run_bytes
     Py_ssize_t sums_prefetch_min_bytes
+    Py_ssize_t sweep_wide_bytes
     Py_ssize_t grad_sums_four_rows_bytes
     Py_ssize_t block_row_chunks
     Py_ssize_t affine_rows
@@ -682,6 +683,18 @@ cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     return k if M // k >= plan.min_wide_rows else 1
 
 
+cdef inline Py_ssize_t _sweep_factor(Py_ssize_t M, Py_ssize_t D, Py_ssize_t size) noexcept nogil:
+    """k such that the elementwise sweeps of the grid path and of test mode see (M, D) as
+    (M // k, k * D) wide rows: the statistics' k (_wide_factor), or, for a streamed output whose
+    rows are whole cache lines, enough rows to make wide rows of plan.sweep_wide_bytes (0: none).
+    Any k gives the same values (the sweeps are elementwise)."""
+    cdef Py_ssize_t k = _wide_factor(M, D), row = D * size
+    if (plan.sweep_wide_bytes and row > 0 and row % 64 == 0 and k * row < plan.sweep_wide_bytes
+            and _streams(M * row)):
+        k = max(min(_ceil_div(plan.sweep_wide_bytes, row), M), 1)
+    return k
+
+
 cdef inline Py_ssize_t _block_width(
     Py_ssize_t M, Py_ssize_t D, Py_ssize_t size, Py_ssize_t arrays, int n_threads,
 ) noexcept nogil:
@@ -895,10 +908,11 @@ cdef int _cols_forward_train(
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t size = sizeof(floating)
     cdef Py_ssize_t ahead = _sums_ahead(M * D * size)
+    cdef Py_ssize_t ks = _sweep_factor(M, D, size), Ds = ks * D, swept = (M // ks) * ks
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(P * 8) + _aligned_bytes(2 * P * 8)
              + (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
-             + (_aligned_bytes(D * size) + _aligned_bytes(3 * Dw * size) if sweep else 0))
+             + (_aligned_bytes(D * size) + _aligned_bytes(3 * Ds * size) if sweep else 0))
     cdef double* part_mean = <double*>_take(&s, P * D * 8)
     cdef double* part_m2 = <double*>_take(&s, P * D * 8)
     cdef double* counts = <double*>_take(&s, P * 8)
@@ -909,7 +923,7 @@ cdef int _cols_forward_train(
     cdef floating* tiled = NULL
     if sweep:
         scale = <floating*>_take(&s, D * size)
-        tiled = <floating*>_take(&s, 3 * Dw * size)
+        tiled = <floating*>_take(&s, 3 * Ds * size)
     for q in range(K):
         for g in range(k):
             counts[q * k + g] = _chunk_start(q + 1, Mw, K) - _chunk_start(q, Mw, K)
@@ -932,15 +946,15 @@ cdef int _cols_forward_train(
                                    part_mean + q * Dw + c0, part_m2 + q * Dw + c0, ahead)
         _merge_and_fold(part_mean, part_m2, P, D, counts, moments, sweep, gamma, eps, mean, invstd,
                         scale, var, weights, n_threads)
-        if sweep:
-            _tile(mean, D, k, tiled)
-            _tile(scale, D, k, tiled + Dw)
-            _tile(beta, D, k, tiled + 2 * Dw)
-            _cols_sweep(x, NULL, out, Mw, Dw, tiled, tiled + Dw, tiled + 2 * Dw, NULL, NULL,
+        if sweep:  # as (M // ks, Ds) wide rows, then the rows left over
+            _tile(mean, D, ks, tiled)
+            _tile(scale, D, ks, tiled + Ds)
+            _tile(beta, D, ks, tiled + 2 * Ds)
+            _cols_sweep(x, NULL, out, M // ks, Ds, tiled, tiled + Ds, tiled + 2 * Ds, NULL, NULL,
                         n_threads, ep, 0)
-            if rem:
-                _cols_sweep(x + rest * D, NULL, out + rest * D, rem, D, mean, scale, beta, NULL,
-                            NULL, 1, ep, rest * D)
+            if swept < M:
+                _cols_sweep(x + swept * D, NULL, out + swept * D, M - swept, D, mean, scale, beta,
+                            NULL, NULL, 1, ep, swept * D)
         _release(&s)
     return 0
 
@@ -1011,8 +1025,8 @@ cdef int _cols_affine(
     const floating* x, Py_ssize_t M, Py_ssize_t D, const floating* mean, const floating* scale,
     const floating* beta, floating* out, int n_threads, const Epilogue* ep,
 ) except -1:
-    """cols_affine of an (M, D) array, M and D > 0, swept as wide rows (see Wide)."""
-    cdef Py_ssize_t k = _wide_factor(M, D), rest = (M // k) * k, Dw = k * D
+    """cols_affine of an (M, D) array, M and D > 0, swept as wide rows (see _sweep_factor)."""
+    cdef Py_ssize_t k = _sweep_factor(M, D, sizeof(floating)), rest = (M // k) * k, Dw = k * D
     cdef Scratch s
     _scratch(&s, _aligned_bytes(3 * Dw * <Py_ssize_t>sizeof(floating)))
     cdef floating* tiled = <floating*>_take(&s, 3 * Dw * <Py_ssize_t>sizeof(floating))
@@ -1120,11 +1134,11 @@ cdef int _cols_backward_given(
     floating* dx, floating* dgamma, floating* dbeta, int n_threads,
 ) except -1:
     """cols_backward_given for one dtype (D > 0)."""
-    cdef Py_ssize_t size = sizeof(floating), Dw = _wide_factor(M, D) * D
+    cdef Py_ssize_t size = sizeof(floating), Ds = _sweep_factor(M, D, size) * D
     cdef Scratch s
-    _scratch(&s, _aligned_bytes(3 * D * size) + _aligned_bytes(5 * Dw * size))
+    _scratch(&s, _aligned_bytes(3 * D * size) + _aligned_bytes(5 * Ds * size))
     cdef floating* coefs = <floating*>_take(&s, 3 * D * size)
-    cdef floating* tiled = <floating*>_take(&s, 5 * Dw * size)
+    cdef floating* tiled = <floating*>_take(&s, 5 * Ds * size)
     with nogil:
         _backward_coefficients(sums, sums + D, 1, D, invstd, gamma, count, train, dgamma, dbeta,
                                coefs, coefs + D, coefs + 2 * D, 0, D)
@@ -1162,10 +1176,10 @@ cdef int _cols_backward(
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t p0, stride, size = sizeof(floating)
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * size)
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size), Ds = _sweep_factor(M, D, size) * D
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(Dw * size)
-             + (_aligned_bytes(3 * D * size) + _aligned_bytes(5 * Dw * size) if sweep else 0))
+             + (_aligned_bytes(3 * D * size) + _aligned_bytes(5 * Ds * size) if sweep else 0))
     cdef double* part_dy = <double*>_take(&s, P * D * 8)
     cdef double* part_dyxc = <double*>_take(&s, P * D * 8)
     cdef floating* tiled_mean = <floating*>_take(&s, Dw * size)
@@ -1173,7 +1187,7 @@ cdef int _cols_backward(
     cdef floating* tiled = NULL
     if sweep:
         coefs = <floating*>_take(&s, 3 * D * size)
-        tiled = <floating*>_take(&s, 5 * Dw * size)
+        tiled = <floating*>_take(&s, 5 * Ds * size)
     with nogil:
         _tile(mean, D, k, tiled_mean)
         for task in prange(K * n_col_blocks + (1 if rem else 0), num_threads=n_threads,
@@ -1211,9 +1225,9 @@ cdef void _cols_dx_sweep(
     bint train, floating* dx, floating* tiled, int n_threads, const Epilogue* ep,
 ) noexcept nogil:
     """dx of an (M, D) array (M > 0) from the coefficients of _backward_coefficients, swept as
-    wide rows (see Wide; `tiled`: scratch of 5 * k * D values); with the fused op's epilogue
-    (`ep`), dy read through its mask."""
-    cdef Py_ssize_t k = _wide_factor(M, D), Mw = M // k, Dw = k * D, rest = Mw * k
+    wide rows (see _sweep_factor; `tiled`: scratch of 5 * k * D values); with the fused op's
+    epilogue (`ep`), dy read through its mask."""
+    cdef Py_ssize_t k = _sweep_factor(M, D, sizeof(floating)), Mw = M // k, Dw = k * D, rest = Mw * k
     _tile(mean, D, k, tiled)  # mean, invstd, k_dy, k_b, k_g
     _tile(invstd, D, k, tiled + Dw)
     _tile(k_dy, D, k, tiled + 2 * Dw)

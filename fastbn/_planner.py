@@ -74,11 +74,11 @@ COMPILED = {
 # CPUs keep the defaults, which were measured on the other vendor or on both.
 CPU_SETTINGS = {
     "AuthenticAMD": {"blocked_large_max_rows": 4096, "sums_prefetch_min_bytes": 1 << 22,
-                     "grad_sums_four_rows_bytes": 2048},
+                     "grad_sums_four_rows_bytes": 2048, "sweep_wide_bytes": 4096},
 }
 
 ZERO_ALLOWED = ("load_check_ms", "dx_page_shift", "sums_prefetch_min_bytes",
-                "grad_sums_four_rows_bytes")  # fields that may be 0 (the others: >= 1)
+                "grad_sums_four_rows_bytes", "sweep_wide_bytes")  # fields that may be 0 (the others: >= 1)
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,7 @@ class Plan:
     grad_sums_four_rows_bytes: int = 0  # backward column sums over rows a multiple of this many bytes apart read four rows per pass, not eight (0: never)
     shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
     block_row_chunks: int = 4  # row chunks of a shared block
+    sweep_wide_bytes: int = 0  # streamed sweeps (grid path, test mode) of rows of whole lines shorter than this take them as wide rows of at least this (0: as the statistics do)
     affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least
     affine_tile_bytes: int = 1 << 18  # output bytes per tile of those sweeps, about
     affine_cols: int = 4096  # columns per tile of those sweeps, at most

@@ -159,7 +159,7 @@ def test_the_plan_at_import_is_the_defaults_with_this_cpus_settings():
 # from their defaults, on shapes where that changes what the loops do, every result keeps the bits
 # of the plan without the change (other settings of a case, as streaming, apply to both).
 LOOP_FIELDS = ("affine_short_run_bytes", "sweep_prefetch_bytes", "mask_prefetch_values",
-               "sums_prefetch_min_bytes", "grad_sums_four_rows_bytes")
+               "sums_prefetch_min_bytes", "grad_sums_four_rows_bytes", "sweep_wide_bytes")
 LOOP_CASES = [
     ({"affine_short_run_bytes": 1}, _op("batchnorm"), (300, 1001)),  # one row at a time
     ({"affine_short_run_bytes": 1 << 30}, _op("batchnorm"), (64, 5000)),  # four rows, long runs
@@ -187,6 +187,22 @@ LOOP_CASES = [
     ({"grad_sums_four_rows_bytes": 1, "cols_path": "shared_blocks"}, _op("batchnorm"), (301, 1001)),
     ({"grad_sums_four_rows_bytes": 1, "sums_prefetch_min_bytes": 0}, _op("spatial_batchnorm", layout="NHWC"),
      (5, 7, 9, 64)),
+    # streamed sweeps of short rows as wide rows (4096: of 4 KiB; 2^20: the whole array as one),
+    # or as the statistics cut them (0), whichever the CPU's plan does; rows left over (301)
+    ({"sweep_wide_bytes": 4096, "stream_path": "always", "cols_path": "grid"}, _op("batchnorm"),
+     (301, 64)),
+    ({"sweep_wide_bytes": 0, "stream_path": "always", "cols_path": "grid"}, _op("batchnorm"),
+     (301, 64)),
+    ({"sweep_wide_bytes": 1 << 20, "stream_path": "always", "cols_path": "grid"},
+     _op("batchnorm"), (301, 64)),
+    ({"sweep_wide_bytes": 4096, "stream_path": "always"}, _op("batchnorm", "test"), (300, 64)),
+    ({"sweep_wide_bytes": 0, "stream_path": "always"}, _op("batchnorm", "test"), (300, 64)),
+    ({"sweep_wide_bytes": 4096, "stream_path": "always"}, _op("batchnorm_relu"), (97, 64)),
+    ({"sweep_wide_bytes": 4096, "stream_path": "always"}, _op_id("batchnorm_relu-train-res"),
+     (97, 64)),
+    ({"sweep_wide_bytes": 4096, "stream_path": "always"}, _op("batchnorm_relu", "test"), (97, 64)),
+    ({"sweep_wide_bytes": 4096, "stream_path": "always", "cols_path": "grid"},
+     _op("spatial_batchnorm", layout="NHWC"), (3, 5, 7, 32)),
     ({"mask_prefetch_values": 1 << 20}, _op_id("spatial_batchnorm_relu-train-NCHW-res"),
      (3, 2, 33, 35)),
 ]
@@ -246,6 +262,7 @@ def test_override_restores_the_plan():
     ({"load_check_ms": -1}, "load_check_ms must be an integer >= 0, got -1"),
     ({"sums_prefetch_min_bytes": -8}, "sums_prefetch_min_bytes must be an integer >= 0, got -8"),
     ({"grad_sums_four_rows_bytes": -64}, "grad_sums_four_rows_bytes must be an integer >= 0, got -64"),
+    ({"sweep_wide_bytes": -1}, "sweep_wide_bytes must be an integer >= 0, got -1"),
     ({"affine_short_run_bytes": 0}, "affine_short_run_bytes must be a positive integer, got 0"),
     ({"sweep_prefetch_bytes": 2048.0}, "sweep_prefetch_bytes must be a positive integer, got 2048.0"),
     ({"mask_prefetch_values": -8}, "mask_prefetch_values must be a positive integer, got -8"),
