@@ -279,3 +279,38 @@ def test_bad_settings_raise_naming_the_field(changes, message):
         with _planner.override(**changes):
             pass
     assert _planner.current() == before
+
+
+@needs_compiled
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("shape, layout", [((301, 64), None), ((3, 5, 7, 32), "NHWC")],
+                         ids=["batchnorm-301x64", "NHWC-3x5x7x32"])
+def test_wide_sweeps_keep_the_bits_of_the_backward_with_given_sums(shape, layout, dtype):
+    """The dx sweep of fastbn.distributed's backward (given gradient sums), streamed, as wide
+    rows of 4 KiB or as one row (sweep_wide_bytes) or as the statistics cut the rows (0): the
+    same bits, on both thread counts, and the values of the plain backward."""
+    from fastbn import _compiled
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal(shape).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    C = shape[-1]
+    gamma, beta = rng.uniform(0.5, 1.5, C).astype(dtype), rng.uniform(-0.5, 0.5, C).astype(dtype)
+    if layout is None:
+        _, cache = fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    else:
+        _, cache = fastbn.spatial_batchnorm_forward(x, gamma, beta, {"mode": "train", "layout": layout})
+    sums = _compiled.grad_sums(dout, cache)
+    count = x.size // C
+    runs = []
+    for value in (0, 4096, 1 << 20):
+        with _planner.override(sweep_wide_bytes=value, stream_path="always"):
+            for n in (1, 2):
+                with threadpool_limits(n, user_api="openmp"):
+                    runs.append(_compiled.backward_given(dout, cache, sums, count))
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            np.testing.assert_array_equal(b, a)
+    plain = (fastbn.batchnorm_backward if layout is None else fastbn.spatial_batchnorm_backward)(dout, cache)
+    for a, b in zip(runs[0], plain):
+        np.testing.assert_allclose(a, b, rtol=1e-4 if dtype == np.float32 else 1e-10,
+                                   atol=1e-4 if dtype == np.float32 else 1e-10)
