@@ -1134,7 +1134,7 @@ cdef int _cols_backward_given(
     floating* dx, floating* dgamma, floating* dbeta, int n_threads,
 ) except -1:
     """cols_backward_given for one dtype (D > 0)."""
-    cdef Py_ssize_t size = sizeof(floating), Ds = _sweep_factor(M, D, size) * D
+    cdef Py_ssize_t size = sizeof(floating), ks = _sweep_factor(M, D, size), Ds = ks * D
     cdef Scratch s
     _scratch(&s, _aligned_bytes(3 * D * size) + _aligned_bytes(5 * Ds * size))
     cdef floating* coefs = <floating*>_take(&s, 3 * D * size)
@@ -1144,7 +1144,7 @@ cdef int _cols_backward_given(
                                coefs, coefs + D, coefs + 2 * D, 0, D)
         if M:
             _cols_dx_sweep(x, dy, M, D, mean, invstd, coefs, coefs + D, coefs + 2 * D, train, dx,
-                           tiled, n_threads, NULL)
+                           ks, tiled, n_threads, NULL)
         _release(&s)
     return 0
 
@@ -1176,7 +1176,7 @@ cdef int _cols_backward(
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t p0, stride, size = sizeof(floating)
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * size), Ds = _sweep_factor(M, D, size) * D
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size), ks = _sweep_factor(M, D, size), Ds = ks * D
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(Dw * size)
              + (_aligned_bytes(3 * D * size) + _aligned_bytes(5 * Ds * size) if sweep else 0))
@@ -1214,7 +1214,7 @@ cdef int _cols_backward(
                 _backward_coefficients(part_dy, part_dyxc, P, D, invstd, gamma, <double>M, train,
                                        dgamma, dbeta, coefs, coefs + D, coefs + 2 * D, c0, c0 + 1)
             _cols_dx_sweep(x, dy, M, D, mean, invstd, coefs, coefs + D, coefs + 2 * D, train, dx,
-                           tiled, n_threads, ep)
+                           ks, tiled, n_threads, ep)
         _release(&s)
     return 0
 
@@ -1222,12 +1222,12 @@ cdef int _cols_backward(
 cdef void _cols_dx_sweep(
     const floating* x, const floating* dy, Py_ssize_t M, Py_ssize_t D, const floating* mean,
     const floating* invstd, const floating* k_dy, const floating* k_b, const floating* k_g,
-    bint train, floating* dx, floating* tiled, int n_threads, const Epilogue* ep,
+    bint train, floating* dx, Py_ssize_t k, floating* tiled, int n_threads, const Epilogue* ep,
 ) noexcept nogil:
     """dx of an (M, D) array (M > 0) from the coefficients of _backward_coefficients, swept as
-    wide rows (see _sweep_factor; `tiled`: scratch of 5 * k * D values); with the fused op's
-    epilogue (`ep`), dy read through its mask."""
-    cdef Py_ssize_t k = _sweep_factor(M, D, sizeof(floating)), Mw = M // k, Dw = k * D, rest = Mw * k
+    (M // k, k * D) wide rows (k: the caller's _sweep_factor; `tiled`: scratch of 5 * k * D
+    values); with the fused op's epilogue (`ep`), dy read through its mask."""
+    cdef Py_ssize_t Mw = M // k, Dw = k * D, rest = Mw * k
     _tile(mean, D, k, tiled)  # mean, invstd, k_dy, k_b, k_g
     _tile(invstd, D, k, tiled + Dw)
     _tile(k_dy, D, k, tiled + 2 * Dw)
