@@ -65,7 +65,8 @@ FAMILIES = {
             (32, 56, 128), (32, 28, 256), (32, 56, 256), (32, 14, 512))]),
     # large (M, D) arrays of 2048 to 16384 rows, on both sides of blocked_large_max_rows
     "cols_large": ("cols_path", [("batchnorm", (M, D), "NC") for M, D in (
-        (2048, 4096), (4096, 4096), (8192, 2048), (16384, 1024), (2048, 8192), (8192, 4096))]),
+        (2048, 4096), (4096, 4096), (8192, 2048), (16384, 1024), (2048, 8192), (8192, 4096),
+        (3072, 4096), (4096, 1536), (4096, 2048), (4096, 8192))]),
 }
 
 
@@ -74,6 +75,7 @@ FAMILIES = {
 PER_CPU_FAMILIES = {
     "blocked_large_max_rows": ("cols_large",),
     "sums_prefetch_min_bytes": ("cols", "cols_small", "nhwc"),
+    "sums_prefetch_max_run_bytes": ("cols_large", "cols", "nhwc"),
     "grad_sums_four_rows_bytes": ("cols", "cols_small", "cols_large", "nhwc"),
     "sweep_wide_bytes": ("cols_streamed", "nhwc"),
 }

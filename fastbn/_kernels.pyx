@@ -225,6 +225,7 @@ cdef struct Plan:
     Py_ssize_t blocked_large_max_rows
     Py_ssize_t shared_max_run_bytes
     Py_ssize_t sums_prefetch_min_bytes
+    Py_ssize_t sums_prefetch_max_run_bytes
     Py_ssize_t sweep_wide_bytes
     Py_ssize_t grad_sums_four_rows_bytes
     Py_ssize_t block_row_chunks
@@ -638,10 +639,13 @@ cdef inline void _update_running(
 # (M, D): statistics per column
 # --------------------------------------------------------------------------------------------
 
-cdef inline Py_ssize_t _sums_ahead(Py_ssize_t nbytes) noexcept nogil:
-    """Rows ahead that the column sums over an array of `nbytes` bytes prefetch (0: none; see
-    plan.sums_prefetch_min_bytes)."""
-    return 8 if nbytes >= plan.sums_prefetch_min_bytes else 0
+cdef inline Py_ssize_t _sums_ahead(Py_ssize_t nbytes, Py_ssize_t run_bytes) noexcept nogil:
+    """Rows ahead that the column sums over an array of `nbytes` bytes prefetch, reading runs of
+    `run_bytes` bytes of each row (0: none; see plan.sums_prefetch_min_bytes and
+    plan.sums_prefetch_max_run_bytes)."""
+    cdef Py_ssize_t longest = plan.sums_prefetch_max_run_bytes
+    return 8 if nbytes >= plan.sums_prefetch_min_bytes and (
+        longest == 0 or run_bytes < longest) else 0
 
 
 cdef inline int _grad_sums_rows(Py_ssize_t stride_bytes) noexcept nogil:
@@ -907,7 +911,7 @@ cdef int _cols_forward_train(
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t size = sizeof(floating)
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * size)
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size, _ceil_div(Dw, n_col_blocks) * size)
     cdef Py_ssize_t ks = _sweep_factor(M, D, size), Ds = ks * D, swept = (M // ks) * ks
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(P * 8) + _aligned_bytes(2 * P * 8)
@@ -974,7 +978,8 @@ cdef int _cols_forward_blocked(
         head = head // 8 * 8
     cdef Py_ssize_t n_blocks = max(_ceil_div(D - head, w), 1)  # head may exceed a narrow D
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * <Py_ssize_t>sizeof(floating))
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * <Py_ssize_t>sizeof(floating),
+                                        w * <Py_ssize_t>sizeof(floating))
     cdef Scratch s
     _scratch(&s, (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
              + _aligned_bytes(D * <Py_ssize_t>sizeof(floating)))
@@ -1176,7 +1181,8 @@ cdef int _cols_backward(
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t p0, stride, size = sizeof(floating)
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * size), ks = _sweep_factor(M, D, size), Ds = ks * D
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size, _ceil_div(Dw, n_col_blocks) * size)
+    cdef Py_ssize_t ks = _sweep_factor(M, D, size), Ds = ks * D
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(Dw * size)
              + (_aligned_bytes(3 * D * size) + _aligned_bytes(5 * Ds * size) if sweep else 0))
@@ -1272,7 +1278,7 @@ cdef int _cols_backward_blocked(
         and w * <Py_ssize_t>sizeof(floating) <= plan.shared_max_run_bytes)
     cdef Py_ssize_t K = plan.block_row_chunks if shared else 1
     cdef int stream = _streams(M * D * <Py_ssize_t>sizeof(floating))
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * size)
+    cdef Py_ssize_t ahead = _sums_ahead(M * D * size, w * size)
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(K * D * 8) + (_aligned_bytes(3 * D * size) if sweep else 0))
     cdef double* part_dy = <double*>_take(&s, K * D * 8)

@@ -73,12 +73,13 @@ COMPILED = {
 # Settings measured to win on one vendor's CPUs only (docs/decisions.md: "Per CPU"); other
 # CPUs keep the defaults, which were measured on the other vendor or on both.
 CPU_SETTINGS = {
-    "AuthenticAMD": {"blocked_large_max_rows": 4096, "sums_prefetch_min_bytes": 1 << 22,
-                     "grad_sums_four_rows_bytes": 2048, "sweep_wide_bytes": 4096},
+    "AuthenticAMD": {"blocked_large_max_rows": 3072, "sums_prefetch_min_bytes": 1 << 22,
+                     "sums_prefetch_max_run_bytes": 4096, "grad_sums_four_rows_bytes": 2048,
+                     "sweep_wide_bytes": 4096},
 }
 
 ZERO_ALLOWED = ("load_check_ms", "dx_page_shift", "sums_prefetch_min_bytes",
-                "grad_sums_four_rows_bytes", "sweep_wide_bytes")  # fields that may be 0 (the others: >= 1)
+                "sums_prefetch_max_run_bytes", "grad_sums_four_rows_bytes", "sweep_wide_bytes")  # fields that may be 0 (the others: >= 1)
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ class Plan:
     blocked_max_rows: int = 512  # arrays under blocked_min_bytes are blocked only with at most this many rows
     blocked_large_max_rows: int = 1 << 40  # ... and larger arrays only with at most this many (default: no limit)
     sums_prefetch_min_bytes: int = 0  # column sums over arrays this large prefetch the next eight rows (0: all)
+    sums_prefetch_max_run_bytes: int = 0  # ... when each row's run (the columns of a task) is shorter than this (0: any run)
     grad_sums_four_rows_bytes: int = 0  # backward column sums over rows a multiple of this many bytes apart read four rows per pass, not eight (0: never)
     shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
     block_row_chunks: int = 4  # row chunks of a shared block

@@ -159,7 +159,8 @@ def test_the_plan_at_import_is_the_defaults_with_this_cpus_settings():
 # from their defaults, on shapes where that changes what the loops do, every result keeps the bits
 # of the plan without the change (other settings of a case, as streaming, apply to both).
 LOOP_FIELDS = ("affine_short_run_bytes", "sweep_prefetch_bytes", "mask_prefetch_values",
-               "sums_prefetch_min_bytes", "grad_sums_four_rows_bytes", "sweep_wide_bytes")
+               "sums_prefetch_min_bytes", "sums_prefetch_max_run_bytes", "grad_sums_four_rows_bytes",
+               "sweep_wide_bytes")
 LOOP_CASES = [
     ({"affine_short_run_bytes": 1}, _op("batchnorm"), (300, 1001)),  # one row at a time
     ({"affine_short_run_bytes": 1 << 30}, _op("batchnorm"), (64, 5000)),  # four rows, long runs
@@ -179,6 +180,12 @@ LOOP_CASES = [
     ({"sums_prefetch_min_bytes": 0, "cols_path": "grid"}, _op("batchnorm"), (1003, 50)),  # wide rows
     ({"sums_prefetch_min_bytes": 1 << 40, "cols_path": "grid"}, _op("batchnorm"), (1003, 50)),
     ({"sums_prefetch_min_bytes": 0, "cols_path": "shared_blocks"}, _op("batchnorm"), (300, 1001)),
+    # ... and prefetching only over runs shorter than a line (none) or than the whole row (all)
+    ({"sums_prefetch_min_bytes": 0, "sums_prefetch_max_run_bytes": 64}, _op("batchnorm"), (300, 1001)),
+    ({"sums_prefetch_min_bytes": 0, "sums_prefetch_max_run_bytes": 1 << 20, "cols_path": "grid"},
+     _op("batchnorm"), (300, 1001)),
+    ({"sums_prefetch_min_bytes": 0, "sums_prefetch_max_run_bytes": 64, "cols_path": "grid"},
+     _op("batchnorm_relu"), (96, 1024)),
     # gradient column sums by passes of four rows on every shape (1), or of eight on every shape (0)
     ({"grad_sums_four_rows_bytes": 1}, _op("batchnorm"), (300, 1001)),
     ({"grad_sums_four_rows_bytes": 0}, _op("batchnorm"), (300, 1001)),
@@ -261,6 +268,7 @@ def test_override_restores_the_plan():
     ({"stream_min_bytes": True}, "stream_min_bytes must be a positive integer, got True"),
     ({"load_check_ms": -1}, "load_check_ms must be an integer >= 0, got -1"),
     ({"sums_prefetch_min_bytes": -8}, "sums_prefetch_min_bytes must be an integer >= 0, got -8"),
+    ({"sums_prefetch_max_run_bytes": -1}, "sums_prefetch_max_run_bytes must be an integer >= 0, got -1"),
     ({"grad_sums_four_rows_bytes": -64}, "grad_sums_four_rows_bytes must be an integer >= 0, got -64"),
     ({"sweep_wide_bytes": -1}, "sweep_wide_bytes must be an integer >= 0, got -1"),
     ({"affine_short_run_bytes": 0}, "affine_short_run_bytes must be a positive integer, got 0"),
