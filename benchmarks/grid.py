@@ -78,6 +78,7 @@ PER_CPU_FAMILIES = {
     "sums_prefetch_max_run_bytes": ("cols_large", "cols", "nhwc"),
     "grad_sums_four_rows_bytes": ("cols", "cols_small", "cols_large", "nhwc"),
     "sweep_wide_bytes": ("cols_streamed", "nhwc"),
+    "sweep_prefetch_bytes": ("cols_large", "cols_streamed", "nhwc"),
 }
 
 

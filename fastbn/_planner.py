@@ -75,11 +75,12 @@ COMPILED = {
 CPU_SETTINGS = {
     "AuthenticAMD": {"blocked_large_max_rows": 3072, "sums_prefetch_min_bytes": 1 << 22,
                      "sums_prefetch_max_run_bytes": 4096, "grad_sums_four_rows_bytes": 2048,
-                     "sweep_wide_bytes": 4096},
+                     "sweep_wide_bytes": 4096, "sweep_prefetch_bytes": 0},
 }
 
 ZERO_ALLOWED = ("load_check_ms", "dx_page_shift", "sums_prefetch_min_bytes",
-                "sums_prefetch_max_run_bytes", "grad_sums_four_rows_bytes", "sweep_wide_bytes")  # fields that may be 0 (the others: >= 1)
+                "sums_prefetch_max_run_bytes", "grad_sums_four_rows_bytes", "sweep_wide_bytes",
+                "sweep_prefetch_bytes")  # fields that may be 0 (the others: >= 1)
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class Plan:
     affine_tile_bytes: int = 1 << 18  # output bytes per tile of those sweeps, about
     affine_cols: int = 4096  # columns per tile of those sweeps, at most
     affine_short_run_bytes: int = 2048  # the affine ones not streamed go four rows at a time over parts of rows shorter than this
-    sweep_prefetch_bytes: int = 2048  # streamed sweeps of long runs prefetch their inputs this far ahead (single rows: 2x)
+    sweep_prefetch_bytes: int = 2048  # streamed sweeps of long runs prefetch their inputs this far ahead (single rows: 2x; 0: none)
     # --- (N, C, L): statistics per channel over planes
     min_channels_blocked: int = 8  # channels for the per-channel path, at least
     mask_prefetch_values: int = 2048  # the fused forward over planes prefetches its ReLU mask this many values ahead

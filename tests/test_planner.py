@@ -166,6 +166,9 @@ LOOP_CASES = [
     ({"affine_short_run_bytes": 1 << 30}, _op("batchnorm"), (64, 5000)),  # four rows, long runs
     ({"affine_short_run_bytes": 1 << 30}, _op_id("batchnorm_relu-train-res"), (40, 5000)),
     ({"sweep_prefetch_bytes": 64, "stream_path": "always"}, _op("batchnorm"), (300, 1001)),
+    ({"sweep_prefetch_bytes": 0, "stream_path": "always"}, _op("batchnorm"), (300, 1001)),  # none
+    ({"sweep_prefetch_bytes": 0, "stream_path": "always"}, _op("batchnorm_relu"), (96, 1024)),
+    ({"sweep_prefetch_bytes": 0, "stream_path": "always", "cols_path": "grid"}, _op("batchnorm"), (300, 1024)),
     ({"sweep_prefetch_bytes": 64, "stream_path": "always"}, _op("batchnorm"), (96, 1024)),
     ({"sweep_prefetch_bytes": 64, "stream_path": "always"}, _op("batchnorm_relu"), (96, 1024)),
     ({"sweep_prefetch_bytes": 1 << 20, "stream_path": "always"}, _op("batchnorm_relu", "test"),
@@ -272,7 +275,7 @@ def test_override_restores_the_plan():
     ({"grad_sums_four_rows_bytes": -64}, "grad_sums_four_rows_bytes must be an integer >= 0, got -64"),
     ({"sweep_wide_bytes": -1}, "sweep_wide_bytes must be an integer >= 0, got -1"),
     ({"affine_short_run_bytes": 0}, "affine_short_run_bytes must be a positive integer, got 0"),
-    ({"sweep_prefetch_bytes": 2048.0}, "sweep_prefetch_bytes must be a positive integer, got 2048.0"),
+    ({"sweep_prefetch_bytes": 2048.0}, "sweep_prefetch_bytes must be an integer >= 0, got 2048.0"),
     ({"mask_prefetch_values": -8}, "mask_prefetch_values must be a positive integer, got -8"),
     ({"blocked_max_rows": 0}, "blocked_max_rows must be a positive integer, got 0"),
     ({"blocked_large_max_rows": -4096}, "blocked_large_max_rows must be a positive integer, got -4096"),

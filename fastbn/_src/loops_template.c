@@ -515,7 +515,8 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
  * short runs: parts of rows of fewer than `short_run` bytes; over whole rows or long runs one row
  * at a time. Streamed sweeps of long runs prefetch the inputs `ahead_bytes` (four rows) or twice
  * that (one row) ahead: they read one line per vector per row from memory, and the hardware
- * prefetchers alone fall behind. (short_run, ahead_bytes: fastbn/_planner.py.) */
+ * prefetchers alone fall behind (ahead_bytes 0: no prefetches). (short_run, ahead_bytes:
+ * fastbn/_planner.py.) */
 /* Columns j.. (a vector, or `count` values when masked) of four rows, rows i.. of the call
  * (x0 = x + i * stride; `at` = i * stride, for the residual and the mask). */
 FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count, const T *x0,
@@ -552,7 +553,7 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
     head = fastbn_head(out, n, sizeof(T), stream);
     ptrdiff_t near = ahead_bytes / (ptrdiff_t)sizeof(T), far = 2 * near;
     /* runs of a block of columns: the prefetches would fetch another block's columns */
-    int ahead = stream && n >= 4 * near;
+    int ahead = stream && near > 0 && n >= 4 * near;
     if (stream ? !((stride * (ptrdiff_t)sizeof(T)) & 63)
                : n < stride && n * (ptrdiff_t)sizeof(T) < short_run)
         for (; i + 4 <= n_rows; i += 4) {
@@ -692,7 +693,7 @@ FASTBN_INLINE void FN(cols_dx_run)(const int relu, const T *RESTRICT x, const T 
     stream = fastbn_streamable(dx, sizeof(T), stream);
     head = fastbn_head(dx, n, sizeof(T), stream);
     ptrdiff_t far = 2 * ahead_bytes / (ptrdiff_t)sizeof(T);
-    int ahead = stream && n >= 2 * far; /* (as in cols_affine) */
+    int ahead = stream && far > 0 && n >= 2 * far; /* (as in cols_affine) */
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))
         for (; i + 4 <= n_rows; i += 4) {
             const T *x0 = x + i * stride, *g0 = dy + i * stride;
