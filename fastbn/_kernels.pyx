@@ -838,6 +838,11 @@ cdef inline Wide _wide(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
     return cut
 
 
+cdef inline Py_ssize_t _grid_ahead(Wide cut, Py_ssize_t size) noexcept nogil:
+    """_sums_ahead of the grid path's column sums over `cut`: runs of its column blocks."""
+    return _sums_ahead(cut.M * cut.D * size, _ceil_div(cut.Dw, cut.n_col_blocks) * size)
+
+
 def cols_forward_train(
     x,                             # IN (M, D)
     gamma,                         # IN (D,)
@@ -911,7 +916,7 @@ cdef int _cols_forward_train(
     cdef Py_ssize_t task, q, b, g, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t size = sizeof(floating)
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * size, _ceil_div(Dw, n_col_blocks) * size)
+    cdef Py_ssize_t ahead = _grid_ahead(cut, size)
     cdef Py_ssize_t ks = _sweep_factor(M, D, size), Ds = ks * D, swept = (M // ks) * ks
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(P * 8) + _aligned_bytes(2 * P * 8)
@@ -1181,7 +1186,7 @@ cdef int _cols_backward(
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
     cdef Py_ssize_t p0, stride, size = sizeof(floating)
-    cdef Py_ssize_t ahead = _sums_ahead(M * D * size, _ceil_div(Dw, n_col_blocks) * size)
+    cdef Py_ssize_t ahead = _grid_ahead(cut, size)
     cdef Py_ssize_t ks = _sweep_factor(M, D, size), Ds = ks * D
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(Dw * size)
