@@ -390,7 +390,7 @@ static void FN(row_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT dx
  * `rows`, 8 or 4; two passes of four give the same bits as one of eight) and loads and stores each
  * column's accumulators once; with `pf` > 0 it also prefetches, line by line, the rows of the
  * pass `pf` rows further on (0: none). The kernels choose `pf` and `rows` from the plan
- * (sums_prefetch_min_bytes, grad_sums_four_rows_bytes). */
+ * (sums_prefetch_min_bytes, sums_prefetch_max_run_bytes, grad_sums_four_rows_bytes). */
 FASTBN_INLINE void FN(prefetch_rows)(const T *p, ptrdiff_t stride, ptrdiff_t j, int rows) {
     int r;
     if (!(j & (64 / (ptrdiff_t)sizeof(T) - 1)))
