@@ -126,6 +126,19 @@ cdef extern from "loops.h" nogil:
                         const void* k_dy, const void* k_b, const void* k_g, int stream,
                         const unsigned char* mask, Py_ssize_t pos, int train, void* dres,
                         Py_ssize_t ahead_bytes)
+    void fastbn_finish_moments(const void* first, Py_ssize_t n, double count, double* s1,
+                               double* s2)
+    void fastbn_fold(const void* gamma, const double* mean, const double* m2, const double* count,
+                     Py_ssize_t count_step, Py_ssize_t n, double eps, void* mean_out,
+                     void* invstd_out, void* scale, double* var)
+    void fastbn_test_fold(const void* gamma, const void* running_mean, const void* running_var,
+                          Py_ssize_t n, double eps, void* mean_out, void* invstd_out, void* scale)
+    void fastbn_grad_coefs(const void* invstd, const void* gamma, const double* part_dy,
+                           const double* part_dyxc, Py_ssize_t K, Py_ssize_t stride, Py_ssize_t n,
+                           double count, int train, void* dgamma, void* dbeta, void* k_dy,
+                           void* k_b, void* k_g)
+    void fastbn_update_running(const void* mean, const double* var, Py_ssize_t n, double momentum,
+                               void* running_mean, void* running_var)
 
 
 # The epilogue of the fused batchnorm + (residual add) + ReLU ops (see _src/loops_template.c): the
@@ -338,6 +351,12 @@ cdef inline Py_ssize_t _handout(Py_ssize_t item_bytes) noexcept nogil:
     return max(1, plan.handout_bytes // max(item_bytes, 1))
 
 
+cdef inline Py_ssize_t _columns_per_handout(Py_ssize_t K) noexcept nogil:
+    """Columns per dynamic hand-out of a per-column loop over K partials of each column
+    (_handout of 16 * K bytes), a multiple of 16: whole vectors of the per-column loops."""
+    return _ceil_div(_handout(16 * K), 16) * 16
+
+
 cdef inline Py_ssize_t _chunk_start(Py_ssize_t k, Py_ssize_t n, Py_ssize_t n_chunks) noexcept nogil:
     """First index of chunk k when n items are cut into n_chunks balanced chunks."""
     return (k * n) // n_chunks
@@ -410,23 +429,6 @@ cdef inline void _chan_merge(
     n_a[0] = n_ab
 
 
-cdef inline double _variance(double m2, double count) noexcept nogil:
-    """Biased variance from a sum of squared deviations; rounding may make m2 slightly negative,
-    which is clipped, while a NaN (non-finite input) stays NaN."""
-    return (0.0 if m2 < 0 else m2) / count
-
-
-cdef inline void _fold_one(
-    double mean, double var, const floating* gamma, double eps, Py_ssize_t d,
-    floating* mean_out, floating* invstd_out, floating* scale,
-) noexcept nogil:
-    """invstd = 1/sqrt(var + eps) and scale = gamma * invstd for feature d."""
-    cdef double invstd = 1.0 / sqrt(var + eps)
-    mean_out[d] = <floating>mean
-    invstd_out[d] = <floating>invstd
-    scale[d] = <floating>(gamma[d] * invstd)
-
-
 cdef inline void _fold(
     const double* moments, Py_ssize_t D, double count, const floating* gamma, double eps,
     floating* mean_out, floating* invstd_out, floating* scale, double* var,
@@ -434,11 +436,11 @@ cdef inline void _fold(
 ) noexcept nogil:
     """The biased variance and the folded affine constants of channels c_start..c_stop-1 from
     their mean (moments[d]) and sum of squared deviations (moments[D + d]) over `count`
-    values."""
-    cdef Py_ssize_t d
-    for d in range(c_start, c_stop):
-        var[d] = _variance(moments[D + d], count)
-        _fold_one(moments[d], var[d], gamma, eps, d, mean_out, invstd_out, scale)
+    values: var = m2 / count (m2 < 0 from rounding clipped to 0), invstd = 1/sqrt(var + eps),
+    scale = gamma * invstd (_src/loops_template.c, fold)."""
+    fastbn_fold(gamma + c_start, moments + c_start, moments + D + c_start, &count, 0,
+                c_stop - c_start, eps, mean_out + c_start, invstd_out + c_start, scale + c_start,
+                var + c_start)
 
 
 cdef inline void _merge_and_fold(
@@ -457,24 +459,28 @@ cdef inline void _merge_and_fold(
     """Chan's pairwise merge of chunk moments, in chunk order, then (`fold`) the folded affine
     constants, for every column. The merge weights depend on the chunk only and are computed
     once."""
-    cdef Py_ssize_t k, d
+    cdef Py_ssize_t k, d, chunk, d0, d1
+    cdef Py_ssize_t width = _columns_per_handout(K)
     cdef double n_a = counts[0], n_ab, mean_a, m2_a, delta
     for k in range(1, K):
         n_ab = n_a + counts[k]
         weights[k] = counts[k] / n_ab
         weights[K + k] = n_a * counts[k] / n_ab
         n_a = n_ab
-    for d in prange(D, num_threads=n_threads, schedule='dynamic', chunksize=_handout(16 * K)):
-        mean_a = part_mean[d]
-        m2_a = part_m2[d]
-        for k in range(1, K):
-            delta = part_mean[k * D + d] - mean_a
-            mean_a = mean_a + delta * weights[k]
-            m2_a = m2_a + part_m2[k * D + d] + delta * delta * weights[K + k]
-        moments[d] = mean_a
-        moments[D + d] = m2_a
+    for chunk in prange(_ceil_div(D, width), num_threads=n_threads, schedule='dynamic'):
+        d0 = chunk * width
+        d1 = min(d0 + width, D)
+        for d in range(d0, d1):
+            mean_a = part_mean[d]
+            m2_a = part_m2[d]
+            for k in range(1, K):
+                delta = part_mean[k * D + d] - mean_a
+                mean_a = mean_a + delta * weights[k]
+                m2_a = m2_a + part_m2[k * D + d] + delta * delta * weights[K + k]
+            moments[d] = mean_a
+            moments[D + d] = m2_a
         if fold:
-            _fold(moments, D, n_a, gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
+            _fold(moments, D, n_a, gamma, eps, mean_out, invstd_out, scale, var, d0, d1)
 
 
 def fold_moments(
@@ -505,10 +511,8 @@ cdef inline void _fold_given(
     const double* count, const double* moments, Py_ssize_t C, const floating* gamma, double eps,
     floating* mean_out, floating* invstd_out, floating* scale, double* var,
 ) noexcept nogil:
-    """fold_moments for one dtype."""
-    cdef Py_ssize_t d
-    for d in range(C):
-        _fold(moments, C, count[d], gamma, eps, mean_out, invstd_out, scale, var, d, d + 1)
+    """fold_moments for one dtype (a count per channel)."""
+    fastbn_fold(gamma, moments, moments + C, count, 1, C, eps, mean_out, invstd_out, scale, var)
 
 
 def test_coefficients(
@@ -540,11 +544,7 @@ cdef inline void _test_fold(
     const floating* gamma, double eps, floating* mean_out, floating* invstd_out, floating* scale,
 ) noexcept nogil:
     """test_coefficients for one dtype."""
-    cdef Py_ssize_t d
-    for d in range(C):
-        mean_out[d] = running_mean[d]
-        invstd_out[d] = <floating>(1.0 / sqrt(<double>running_var[d] + eps))
-        scale[d] = gamma[d] * invstd_out[d]
+    fastbn_test_fold(gamma, running_mean, running_var, C, eps, mean_out, invstd_out, scale)
 
 
 cdef inline fastbn_sums _partial_sums(
@@ -592,23 +592,9 @@ cdef inline void _backward_coefficients(
     orders of magnitude of the data, so float32 neither overflows nor underflows where the
     result itself is representable (products like invstd**2 would, for tiny or huge variances).
     """
-    cdef Py_ssize_t c
-    cdef double sum_dy, sum_dyxc, dg
-    cdef fastbn_sums sums
-    for c in range(c_start, c_stop):
-        sums = _partial_sums(part_dy, part_dyxc, K, C, c)
-        sum_dy = sums.s1
-        sum_dyxc = sums.s2
-        dg = sum_dyxc * invstd[c]
-        dgamma[c] = <floating>dg
-        dbeta[c] = <floating>sum_dy
-        k_dy[c] = <floating>(<double>gamma[c] * invstd[c])
-        if train:
-            k_b[c] = <floating>(sum_dy / count)
-            k_g[c] = <floating>(dg / count)
-        else:
-            k_b[c] = 0
-            k_g[c] = 0
+    fastbn_grad_coefs(invstd + c_start, gamma + c_start, part_dy + c_start, part_dyxc + c_start,
+                      K, C, c_stop - c_start, count, train, dgamma + c_start, dbeta + c_start,
+                      k_dy + c_start, k_b + c_start, k_g + c_start)
 
 
 cdef inline void _update_running(
@@ -623,16 +609,7 @@ cdef inline void _update_running(
     the variance term, the variance being float64, in double. Run after the kernel, as the NumPy
     update would be: then the result is the same even if a running array overlaps an input or the
     output."""
-    cdef Py_ssize_t d
-    cdef floating m = <floating>momentum, rest = <floating>(1.0 - momentum), t
-    if running_mean != NULL:
-        for d in range(D):
-            t = m * running_mean[d]
-            running_mean[d] = t + rest * mean[d]
-    if running_var != NULL:
-        for d in range(D):
-            t = m * running_var[d]
-            running_var[d] = <floating>(<double>t + (1.0 - momentum) * var[d])
+    fastbn_update_running(mean, var, D, momentum, running_mean, running_var)
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,15 +642,11 @@ cdef inline void _cols_task_moments(
     Sums are shifted by the first row of the block, which keeps them small for any offset.
     """
     cdef Py_ssize_t j
-    cdef double t, n = <double>n_rows
     for j in range(width):
         mean[j] = 0.0
         m2[j] = 0.0
     fastbn_cols_shifted_sums(x + stride, stride, n_rows - 1, width, x, mean, m2, ahead)
-    for j in range(width):
-        t = mean[j]
-        mean[j] = <double>x[j] + t / n
-        m2[j] = m2[j] - t * t / n
+    fastbn_finish_moments(x, width, <double>n_rows, mean, m2)
 
 
 cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
@@ -753,12 +726,27 @@ cdef inline Py_ssize_t _line_head(const void* p, Py_ssize_t size) noexcept nogil
     return <Py_ssize_t>(((64 - (<size_t>p & 63)) & 63) // size)
 
 
-cdef inline void _tile(const floating* src, Py_ssize_t D, Py_ssize_t k, floating* dst) noexcept nogil:
-    """dst = src repeated k times (the coefficients of a wide row)."""
+cdef inline Py_ssize_t _tiles_bytes(Py_ssize_t n, Py_ssize_t D, Py_ssize_t k, Py_ssize_t size) noexcept nogil:
+    """Scratch bytes for `n` coefficient vectors of D values of `size` bytes tiled k times
+    (_tiled): none when k is 1."""
+    return _aligned_bytes(n * k * D * size) if k > 1 else 0
+
+
+cdef inline const floating* _tiled(
+    const floating* src, Py_ssize_t D, Py_ssize_t k, floating* tiles, Py_ssize_t slot,
+) noexcept nogil:
+    """src repeated k times, the coefficients of a wide row of k rows: src itself when k is 1
+    (no copy; `tiles` may then be NULL), else a copy into slot `slot` of `tiles` (k * D values
+    per slot, see _tiles_bytes)."""
     cdef Py_ssize_t g, j
+    cdef floating* dst
+    if k == 1:
+        return src
+    dst = tiles + slot * k * D
     for g in range(k):
         for j in range(D):
             dst[g * D + j] = src[j]
+    return dst
 
 
 cdef inline void _cols_sweep(
@@ -921,7 +909,7 @@ cdef int _cols_forward_train(
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(P * 8) + _aligned_bytes(2 * P * 8)
              + (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
-             + (_aligned_bytes(D * size) + _aligned_bytes(3 * Ds * size) if sweep else 0))
+             + (_aligned_bytes(D * size) + _tiles_bytes(3, D, ks, size) if sweep else 0))
     cdef double* part_mean = <double*>_take(&s, P * D * 8)
     cdef double* part_m2 = <double*>_take(&s, P * D * 8)
     cdef double* counts = <double*>_take(&s, P * 8)
@@ -929,10 +917,11 @@ cdef int _cols_forward_train(
     if moments == NULL:
         moments = <double*>_take(&s, 2 * D * 8)
     cdef floating* scale = NULL
-    cdef floating* tiled = NULL
+    cdef floating* tiles = NULL
     if sweep:
         scale = <floating*>_take(&s, D * size)
-        tiled = <floating*>_take(&s, 3 * Ds * size)
+        if ks > 1:
+            tiles = <floating*>_take(&s, 3 * Ds * size)
     for q in range(K):
         for g in range(k):
             counts[q * k + g] = _chunk_start(q + 1, Mw, K) - _chunk_start(q, Mw, K)
@@ -956,10 +945,8 @@ cdef int _cols_forward_train(
         _merge_and_fold(part_mean, part_m2, P, D, counts, moments, sweep, gamma, eps, mean, invstd,
                         scale, var, weights, n_threads)
         if sweep:  # as (M // ks, Ds) wide rows, then the rows left over
-            _tile(mean, D, ks, tiled)
-            _tile(scale, D, ks, tiled + Ds)
-            _tile(beta, D, ks, tiled + 2 * Ds)
-            _cols_sweep(x, NULL, out, M // ks, Ds, tiled, tiled + Ds, tiled + 2 * Ds, NULL, NULL,
+            _cols_sweep(x, NULL, out, M // ks, Ds, _tiled(mean, D, ks, tiles, 0),
+                        _tiled(scale, D, ks, tiles, 1), _tiled(beta, D, ks, tiles, 2), NULL, NULL,
                         n_threads, ep, 0)
             if swept < M:
                 _cols_sweep(x + swept * D, NULL, out + swept * D, M - swept, D, mean, scale, beta,
@@ -1038,13 +1025,11 @@ cdef int _cols_affine(
     """cols_affine of an (M, D) array, M and D > 0, swept as wide rows (see _sweep_factor)."""
     cdef Py_ssize_t k = _sweep_factor(M, D, sizeof(floating)), rest = (M // k) * k, Dw = k * D
     cdef Scratch s
-    _scratch(&s, _aligned_bytes(3 * Dw * <Py_ssize_t>sizeof(floating)))
-    cdef floating* tiled = <floating*>_take(&s, 3 * Dw * <Py_ssize_t>sizeof(floating))
+    _scratch(&s, _tiles_bytes(3, D, k, sizeof(floating)))
+    cdef floating* tiles = <floating*>_take(&s, 3 * Dw * <Py_ssize_t>sizeof(floating)) if k > 1 else NULL
     with nogil:
-        _tile(mean, D, k, tiled)
-        _tile(scale, D, k, tiled + Dw)
-        _tile(beta, D, k, tiled + 2 * Dw)
-        _cols_sweep(x, NULL, out, M // k, Dw, tiled, tiled + Dw, tiled + 2 * Dw, NULL, NULL,
+        _cols_sweep(x, NULL, out, M // k, Dw, _tiled(mean, D, k, tiles, 0),
+                    _tiled(scale, D, k, tiles, 1), _tiled(beta, D, k, tiles, 2), NULL, NULL,
                     n_threads, ep, 0)
         if rest < M:
             _cols_sweep(x + rest * D, NULL, out + rest * D, M - rest, D, mean, scale, beta, NULL,
@@ -1146,15 +1131,15 @@ cdef int _cols_backward_given(
     """cols_backward_given for one dtype (D > 0)."""
     cdef Py_ssize_t size = sizeof(floating), ks = _sweep_factor(M, D, size), Ds = ks * D
     cdef Scratch s
-    _scratch(&s, _aligned_bytes(3 * D * size) + _aligned_bytes(5 * Ds * size))
+    _scratch(&s, _aligned_bytes(3 * D * size) + _tiles_bytes(5, D, ks, size))
     cdef floating* coefs = <floating*>_take(&s, 3 * D * size)
-    cdef floating* tiled = <floating*>_take(&s, 5 * Ds * size)
+    cdef floating* tiles = <floating*>_take(&s, 5 * Ds * size) if ks > 1 else NULL
     with nogil:
         _backward_coefficients(sums, sums + D, 1, D, invstd, gamma, count, train, dgamma, dbeta,
                                coefs, coefs + D, coefs + 2 * D, 0, D)
         if M:
             _cols_dx_sweep(x, dy, M, D, mean, invstd, coefs, coefs + D, coefs + 2 * D, train, dx,
-                           ks, tiled, n_threads, NULL)
+                           ks, tiles, n_threads, NULL)
         _release(&s)
     return 0
 
@@ -1185,22 +1170,24 @@ cdef int _cols_backward(
     cdef Wide cut = _wide(M, D)
     cdef Py_ssize_t task, q, b, r0, r1, c0, c1, k = cut.k, Dw = cut.Dw, Mw = cut.Mw, rest = Mw * k
     cdef Py_ssize_t K = cut.K, n_col_blocks = cut.n_col_blocks, rem = cut.rem, P = cut.P
-    cdef Py_ssize_t p0, stride, size = sizeof(floating)
+    cdef Py_ssize_t p0, stride, width, size = sizeof(floating)
     cdef Py_ssize_t ahead = _grid_ahead(cut, size)
     cdef Py_ssize_t ks = _sweep_factor(M, D, size), Ds = ks * D
     cdef Scratch s
-    _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(Dw * size)
-             + (_aligned_bytes(3 * D * size) + _aligned_bytes(5 * Ds * size) if sweep else 0))
+    _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _tiles_bytes(1, D, k, size)
+             + (_aligned_bytes(3 * D * size) + _tiles_bytes(5, D, ks, size) if sweep else 0))
     cdef double* part_dy = <double*>_take(&s, P * D * 8)
     cdef double* part_dyxc = <double*>_take(&s, P * D * 8)
-    cdef floating* tiled_mean = <floating*>_take(&s, Dw * size)
+    cdef floating* mean_tiles = <floating*>_take(&s, Dw * size) if k > 1 else NULL
+    cdef const floating* tiled_mean
     cdef floating* coefs = NULL
-    cdef floating* tiled = NULL
+    cdef floating* tiles = NULL
     if sweep:
         coefs = <floating*>_take(&s, 3 * D * size)
-        tiled = <floating*>_take(&s, 5 * Ds * size)
+        if ks > 1:
+            tiles = <floating*>_take(&s, 5 * Ds * size)
     with nogil:
-        _tile(mean, D, k, tiled_mean)
+        tiled_mean = _tiled(mean, D, k, mean_tiles, 0)
         for task in prange(K * n_col_blocks + (1 if rem else 0), num_threads=n_threads,
                            schedule='dynamic'):
             if task == K * n_col_blocks:  # the rows left over, as (rem, D)
@@ -1220,12 +1207,14 @@ cdef int _cols_backward(
         if not sweep:
             _store_sums(part_dy, part_dyxc, P, D, sums, 0, D)
         else:
-            for c0 in prange(D, num_threads=n_threads, schedule='dynamic',
-                             chunksize=_handout(16 * P)):
+            width = _columns_per_handout(P)
+            for b in prange(_ceil_div(D, width), num_threads=n_threads, schedule='dynamic'):
+                c0 = b * width
+                c1 = min(c0 + width, D)
                 _backward_coefficients(part_dy, part_dyxc, P, D, invstd, gamma, <double>M, train,
-                                       dgamma, dbeta, coefs, coefs + D, coefs + 2 * D, c0, c0 + 1)
+                                       dgamma, dbeta, coefs, coefs + D, coefs + 2 * D, c0, c1)
             _cols_dx_sweep(x, dy, M, D, mean, invstd, coefs, coefs + D, coefs + 2 * D, train, dx,
-                           ks, tiled, n_threads, ep)
+                           ks, tiles, n_threads, ep)
         _release(&s)
     return 0
 
@@ -1233,34 +1222,32 @@ cdef int _cols_backward(
 cdef void _cols_dx_sweep(
     const floating* x, const floating* dy, Py_ssize_t M, Py_ssize_t D, const floating* mean,
     const floating* invstd, const floating* k_dy, const floating* k_b, const floating* k_g,
-    bint train, floating* dx, Py_ssize_t k, floating* tiled, int n_threads, const Epilogue* ep,
+    bint train, floating* dx, Py_ssize_t k, floating* tiles, int n_threads, const Epilogue* ep,
 ) noexcept nogil:
     """dx of an (M, D) array (M > 0) from the coefficients of _backward_coefficients, swept as
-    (M // k, k * D) wide rows (k: the caller's _sweep_factor; `tiled`: scratch of 5 * k * D
-    values); with the fused op's epilogue (`ep`), dy read through its mask."""
+    (M // k, k * D) wide rows (k: the caller's _sweep_factor; `tiles`: scratch of 5 * k * D
+    values when k > 1, see _tiled); with the fused op's epilogue (`ep`), dy read through its
+    mask."""
     cdef Py_ssize_t Mw = M // k, Dw = k * D, rest = Mw * k
-    _tile(mean, D, k, tiled)  # mean, invstd, k_dy, k_b, k_g
-    _tile(invstd, D, k, tiled + Dw)
-    _tile(k_dy, D, k, tiled + 2 * Dw)
-    _tile(k_b, D, k, tiled + 3 * Dw)
-    _tile(k_g, D, k, tiled + 4 * Dw)
+    cdef const floating* t_mean = _tiled(mean, D, k, tiles, 0)
+    cdef const floating* t_invstd = _tiled(invstd, D, k, tiles, 1)
+    cdef const floating* t_dy = _tiled(k_dy, D, k, tiles, 2)
+    cdef const floating* t_b = _tiled(k_b, D, k, tiles, 3)
+    cdef const floating* t_g = _tiled(k_g, D, k, tiles, 4)
     if ep != NULL:  # dy read through the mask; in test mode dx = k_dy * dy, x not read
-        _cols_sweep(x, dy, dx, Mw, Dw, tiled, tiled + Dw, tiled + 2 * Dw, tiled + 3 * Dw,
-                    tiled + 4 * Dw, n_threads, ep, 0, train)
+        _cols_sweep(x, dy, dx, Mw, Dw, t_mean, t_invstd, t_dy, t_b, t_g, n_threads, ep, 0, train)
         if rest < M:
             _cols_sweep(x + rest * D, dy + rest * D, dx + rest * D, M - rest, D, mean, invstd,
                         k_dy, k_b, k_g, 1, ep, rest * D, train)
     elif not train:
         # dx = gamma * invstd * dy does not depend on x (a NaN or Inf in x must not leak in);
         # k_b is 0 in test mode, and serves as the zero mean and beta
-        _cols_sweep(dy, NULL, dx, Mw, Dw, tiled + 3 * Dw, tiled + 2 * Dw, tiled + 3 * Dw, NULL,
-                    NULL, n_threads)
+        _cols_sweep(dy, NULL, dx, Mw, Dw, t_b, t_dy, t_b, NULL, NULL, n_threads)
         if rest < M:
             _cols_sweep(dy + rest * D, NULL, dx + rest * D, M - rest, D, k_b, k_dy, k_b, NULL,
                         NULL, 1)
     else:
-        _cols_sweep(x, dy, dx, Mw, Dw, tiled, tiled + Dw, tiled + 2 * Dw, tiled + 3 * Dw,
-                    tiled + 4 * Dw, n_threads)
+        _cols_sweep(x, dy, dx, Mw, Dw, t_mean, t_invstd, t_dy, t_b, t_g, n_threads)
         if rest < M:
             _cols_sweep(x + rest * D, dy + rest * D, dx + rest * D, M - rest, D, mean, invstd,
                         k_dy, k_b, k_g, 1)

@@ -254,5 +254,10 @@ static const char *fastbn_simd_name(void) { return fastbn_isa_name; }
 #define fastbn_cols_dx(x, ...) FASTBN_PICK(x, cols_dx)(x, __VA_ARGS__)
 #define fastbn_layernorm_rows(x, ...) FASTBN_PICK(x, layernorm_rows)(x, __VA_ARGS__)
 #define fastbn_layernorm_rows_grad(x, ...) FASTBN_PICK(x, layernorm_rows_grad)(x, __VA_ARGS__)
+#define fastbn_finish_moments(x, ...) FASTBN_PICK(x, finish_moments)(x, __VA_ARGS__)
+#define fastbn_fold(x, ...) FASTBN_PICK(x, fold)(x, __VA_ARGS__)
+#define fastbn_test_fold(x, ...) FASTBN_PICK(x, test_fold)(x, __VA_ARGS__)
+#define fastbn_grad_coefs(x, ...) FASTBN_PICK(x, grad_coefs)(x, __VA_ARGS__)
+#define fastbn_update_running(x, ...) FASTBN_PICK(x, update_running)(x, __VA_ARGS__)
 
 #endif

@@ -98,6 +98,13 @@ typedef struct {
                            T *, T *);
     void (*layernorm_rows_grad)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, const T *,
                                 const T *, const T *, int, double *, double *, int);
+    void (*finish_moments)(const T *, ptrdiff_t, double, double *, double *);
+    void (*fold)(const T *, const double *, const double *, const double *, ptrdiff_t, ptrdiff_t,
+                 double, T *, T *, T *, double *);
+    void (*test_fold)(const T *, const T *, const T *, ptrdiff_t, double, T *, T *, T *);
+    void (*grad_coefs)(const T *, const T *, const double *, const double *, ptrdiff_t, ptrdiff_t,
+                       ptrdiff_t, double, int, T *, T *, T *, T *, T *);
+    void (*update_running)(const T *, const double *, ptrdiff_t, double, T *, T *);
 } FN_TABLE;
 #endif
 
@@ -958,12 +965,160 @@ static void FN(layernorm_rows_grad)(const T *RESTRICT x, const T *RESTRICT dy, T
     }
 }
 
+/* Per-column constants of the (M, D) and (N, C, L) kernels: the statistics' last step, the
+ * folded affine constants of a forward and the dx coefficients of a backward. Eight columns per
+ * vector, then the rest one at a time with the same IEEE operations (a vector division or square
+ * root rounds each lane as the scalar one does): the same bits either way. One column at a time,
+ * the square root and divisions took 13-18 cycles a column (docs/decisions.md). */
+FASTBN_INLINE void FN(store8)(T *p, fastbn_vd v) { /* eight values rounded to T */
+#if FASTBN_FLOAT
+    fastbn_vf8 t = __builtin_convertvector(v, fastbn_vf8);
+    memcpy(p, &t, sizeof t);
+#else
+    memcpy(p, &v, sizeof v);
+#endif
+}
+/* After the column sums shifted by a block's first row (cols_shifted_sums of the other rows):
+ * s1 = first + s1 / count (the mean), s2 = s2 - s1 * s1 / count (the sum of squared deviations). */
+static void FN(finish_moments)(const T *RESTRICT first, ptrdiff_t n, double count,
+                               double *RESTRICT s1, double *RESTRICT s2) {
+    ptrdiff_t j = 0;
+    if (n <= 0) return;
+    fastbn_vd c = SPLAT8(count);
+    for (; j + 8 <= n; j += 8) {
+        fastbn_vd t = FASTBN_ISA(load8_d)(s1 + j);
+        FASTBN_ISA(storev_d)(s1 + j, LOAD8(first + j) + t / c);
+        FASTBN_ISA(storev_d)(s2 + j, FASTBN_ISA(load8_d)(s2 + j) - t * t / c);
+    }
+    for (; j < n; j++) {
+        double t = s1[j];
+        s1[j] = (double)first[j] + t / count;
+        s2[j] = s2[j] - t * t / count;
+    }
+}
+/* From each column's mean and sum of squared deviations m2 over count[j * count_step] values:
+ * var = m2 / count (m2 < 0, from rounding, taken as 0; NaN stays NaN), invstd = 1 / sqrt(var +
+ * eps), and, rounded to T, mean_out = mean, invstd_out = invstd, scale = gamma * invstd. */
+static void FN(fold)(const T *RESTRICT gamma, const double *RESTRICT mean,
+                     const double *RESTRICT m2, const double *RESTRICT count,
+                     ptrdiff_t count_step, ptrdiff_t n, double eps, T *RESTRICT mean_out,
+                     T *RESTRICT invstd_out, T *RESTRICT scale, double *RESTRICT var) {
+    ptrdiff_t j = 0;
+    if (n <= 0) return;
+    fastbn_vd e = SPLAT8(eps), one = SPLAT8(1.0), c = SPLAT8(count[0]);
+    for (; j + 8 <= n; j += 8) {
+        fastbn_vd v, s;
+        if (count_step) c = FASTBN_ISA(load8_d)(count + j);
+        v = FASTBN_ISA(clip_neg_d)(FASTBN_ISA(load8_d)(m2 + j)) / c;
+        s = one / FASTBN_ISA(sqrt_d)(v + e);
+        FASTBN_ISA(storev_d)(var + j, v);
+        FN(store8)(mean_out + j, FASTBN_ISA(load8_d)(mean + j));
+        FN(store8)(invstd_out + j, s);
+        FN(store8)(scale + j, LOAD8(gamma + j) * s);
+    }
+    for (; j < n; j++) {
+        double v = (m2[j] < 0 ? 0.0 : m2[j]) / count[j * count_step], s = 1.0 / sqrt(v + eps);
+        var[j] = v;
+        mean_out[j] = (T)mean[j];
+        invstd_out[j] = (T)s;
+        scale[j] = (T)((double)gamma[j] * s);
+    }
+}
+/* Test mode's constants from the running statistics: invstd_out = 1 / sqrt(running_var + eps)
+ * computed in double and rounded to T, scale = gamma * invstd_out in T, mean_out = running_mean. */
+static void FN(test_fold)(const T *RESTRICT gamma, const T *RESTRICT running_mean,
+                          const T *RESTRICT running_var, ptrdiff_t n, double eps,
+                          T *RESTRICT mean_out, T *RESTRICT invstd_out, T *RESTRICT scale) {
+    ptrdiff_t j = 0;
+    if (n <= 0) return;
+    fastbn_vd e = SPLAT8(eps), one = SPLAT8(1.0);
+    memcpy(mean_out, running_mean, (size_t)n * sizeof(T));
+    for (; j + 8 <= n; j += 8) {
+        fastbn_vd s = one / FASTBN_ISA(sqrt_d)(LOAD8(running_var + j) + e);
+#if FASTBN_FLOAT
+        fastbn_vf8 sf = __builtin_convertvector(s, fastbn_vf8), g;
+        memcpy(&g, gamma + j, sizeof g);
+        g = g * sf;
+        memcpy(invstd_out + j, &sf, sizeof sf);
+        memcpy(scale + j, &g, sizeof g);
+#else
+        FASTBN_ISA(storev_d)(invstd_out + j, s);
+        FASTBN_ISA(storev_d)(scale + j, FASTBN_ISA(load8_d)(gamma + j) * s);
+#endif
+    }
+    for (; j < n; j++) {
+        invstd_out[j] = (T)(1.0 / sqrt((double)running_var[j] + eps));
+        scale[j] = gamma[j] * invstd_out[j];
+    }
+}
+/* A backward's constants per column from K chunks' gradient sums (row k of part_dy and part_dyxc
+ * at k * stride), added in chunk order: s1 = sum dy, s2 = sum dy * (x - mean); dgamma = s2 *
+ * invstd, dbeta = s1, k_dy = gamma * invstd, and in train mode k_b = s1 / count and k_g = dgamma /
+ * count (else 0), each computed in double and rounded to T (see _backward_coefficients). */
+static void FN(grad_coefs)(const T *RESTRICT invstd, const T *RESTRICT gamma,
+                           const double *RESTRICT part_dy, const double *RESTRICT part_dyxc,
+                           ptrdiff_t K, ptrdiff_t stride, ptrdiff_t n, double count, int train,
+                           T *RESTRICT dgamma, T *RESTRICT dbeta, T *RESTRICT k_dy,
+                           T *RESTRICT k_b, T *RESTRICT k_g) {
+    ptrdiff_t j = 0, k;
+    if (n <= 0) return;
+    fastbn_vd c = SPLAT8(count), zero = SPLAT8(0.0);
+    for (; j + 8 <= n; j += 8) {
+        fastbn_vd s1 = zero, s2 = zero, iv = LOAD8(invstd + j), dg;
+        for (k = 0; k < K; k++) {
+            s1 = s1 + FASTBN_ISA(load8_d)(part_dy + k * stride + j);
+            s2 = s2 + FASTBN_ISA(load8_d)(part_dyxc + k * stride + j);
+        }
+        dg = s2 * iv;
+        FN(store8)(dgamma + j, dg);
+        FN(store8)(dbeta + j, s1);
+        FN(store8)(k_dy + j, LOAD8(gamma + j) * iv);
+        if (train) {
+            FN(store8)(k_b + j, s1 / c);
+            FN(store8)(k_g + j, dg / c);
+        } else {
+            FN(store8)(k_b + j, zero);
+            FN(store8)(k_g + j, zero);
+        }
+    }
+    for (; j < n; j++) {
+        double s1 = 0.0, s2 = 0.0, dg;
+        for (k = 0; k < K; k++) {
+            s1 = s1 + part_dy[k * stride + j];
+            s2 = s2 + part_dyxc[k * stride + j];
+        }
+        dg = s2 * (double)invstd[j];
+        dgamma[j] = (T)dg;
+        dbeta[j] = (T)s1;
+        k_dy[j] = (T)((double)gamma[j] * (double)invstd[j]);
+        k_b[j] = train ? (T)(s1 / count) : (T)0;
+        k_g[j] = train ? (T)(dg / count) : (T)0;
+    }
+}
+
+/* running = momentum * running + (1 - momentum) * batch, in place, for each running array given
+ * (or NULL), with the operations and precisions of NumPy's update (see _update_running): the
+ * mean's terms in T, the variance's term (var is double) in double. Elementwise: the compiler's
+ * vectors compute each element as the scalar loop would. */
+static void FN(update_running)(const T *RESTRICT mean, const double *RESTRICT var, ptrdiff_t n,
+                               double momentum, T *RESTRICT running_mean,
+                               T *RESTRICT running_var) {
+    const T m = (T)momentum, rest = (T)(1.0 - momentum);
+    const double rest_d = 1.0 - momentum;
+    ptrdiff_t j;
+    if (running_mean)
+        for (j = 0; j < n; j++) running_mean[j] = m * running_mean[j] + rest * mean[j];
+    if (running_var)
+        for (j = 0; j < n; j++) running_var[j] = (T)((double)(m * running_var[j]) + rest_d * var[j]);
+}
+
 /* This instruction set's table of the loops for T. */
 static const FN_TABLE FN(table) = {
     FN(sum), FN(shifted_sums), FN(sum_pf), FN(shifted_sums_pf), FN(grad_sums_pf),
     FN(row_grad_sums), FN(rows4_grad_sums), FN(plane_affine), FN(plane_dx), FN(row_affine),
     FN(row_dx), FN(cols_shifted_sums), FN(cols_grad_sums), FN(cols_affine), FN(cols_dx),
-    FN(layernorm_rows), FN(layernorm_rows_grad),
+    FN(layernorm_rows), FN(layernorm_rows_grad), FN(finish_moments), FN(fold), FN(test_fold),
+    FN(grad_coefs), FN(update_running),
 };
 
 #undef T
