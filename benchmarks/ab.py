@@ -47,6 +47,10 @@ CASES = [  # name, op, shape, dtype, layout or groups
     ("NHWC 50x32x32x3 f64", "sp", (50, 32, 32, 3), "float64", "NHWC"),
     ("LN 200x500 f64", "ln", (200, 500), "float64", None),
     ("GN 20x32x16x16 G4 f64", "gn", (20, 32, 16, 16), "float64", 4),
+    # small batches of many features (an MLP layer): the per-column constants weigh most there
+    ("bn 16x4096 f32", "bn", (16, 4096), "float32", None),
+    ("bn 64x4096 f32", "bn", (64, 4096), "float32", None),
+    ("bn 64x1024 f64", "bn", (64, 1024), "float64", None),
 ]
 
 

@@ -58,6 +58,9 @@ FAMILIES = {
                                              for D in (500, 1024, 4099)]
                       + [("layernorm", (M, D), "ND") for M in (16, 64, 128) for D in (64, 128, 256)]
                       + [("layernorm", (M, 65536), "ND") for M in (64, 256, 1000)]),
+    # small batches of many features (MLP layers): the per-column constants weigh there
+    "cols_few_rows": ("cols_path", [("batchnorm", (M, D), "NC") for M in (2, 8, 16, 32, 64, 128)
+                                    for D in (1024, 4096, 16384)]),
     # (M, D) arrays with streamed outputs and rows of whole cache lines under 4 KiB
     "cols_streamed": ("cols_path", [("batchnorm", (M, D), "NC") for M, D in (
         (65536, 128), (65536, 256), (32768, 512), (16384, 768))]

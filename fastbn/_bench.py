@@ -109,8 +109,9 @@ FUSED_CASES = (
     Case("spatial_batchnorm_relu", (32, 64, 56, 56)),
     Case("spatial_batchnorm_relu", (32, 56, 56, 64), layout="NHWC"),
 )
-# The large cases (float32 and a few float64) and cs231n-sized calls. The first case of each kernel
-# family is its headline case: ``--quick`` runs those and the small cases.
+# The large cases (float32 and a few float64), cs231n-sized calls and a small batch of many
+# features (an MLP layer). The first case of each kernel family is its headline case: ``--quick``
+# runs those and the small cases.
 HEADLINE_CASES = (
     Case("batchnorm", (4096, 4096)),
     Case("spatial_batchnorm", (32, 64, 56, 56)),
@@ -140,6 +141,7 @@ SMALL_CASES = (
     Case("layernorm", (200, 500), "float64"),
     Case("groupnorm", (20, 32, 16, 16), "float64", groups=4),
     Case("rmsnorm", (200, 500), "float64"),
+    Case("batchnorm", (64, 4096)),
 )
 QUICK_CASES = HEADLINE_CASES + SMALL_CASES
 # Tiny shapes of every op: the correctness self-check and smoke runs.
