@@ -436,7 +436,7 @@ cdef inline void _fold(
 ) noexcept nogil:
     """The biased variance and the folded affine constants of channels c_start..c_stop-1 from
     their mean (moments[d]) and sum of squared deviations (moments[D + d]) over `count`
-    values: var = m2 / count (m2 < 0 from rounding clipped to 0), invstd = 1/sqrt(var + eps),
+    values: var = m2 / count (m2 <= 0 from rounding taken as +0), invstd = 1/sqrt(var + eps),
     scale = gamma * invstd (_src/loops_template.c, fold)."""
     fastbn_fold(gamma + c_start, moments + c_start, moments + D + c_start, &count, 0,
                 c_stop - c_start, eps, mean_out + c_start, invstd_out + c_start, scale + c_start,

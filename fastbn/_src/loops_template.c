@@ -997,7 +997,7 @@ static void FN(finish_moments)(const T *RESTRICT first, ptrdiff_t n, double coun
     }
 }
 /* From each column's mean and sum of squared deviations m2 over count[j * count_step] values:
- * var = m2 / count (m2 < 0, from rounding, taken as 0; NaN stays NaN), invstd = 1 / sqrt(var +
+ * var = m2 / count (m2 <= 0, from rounding, taken as +0; NaN stays NaN), invstd = 1 / sqrt(var +
  * eps), and, rounded to T, mean_out = mean, invstd_out = invstd, scale = gamma * invstd. */
 static void FN(fold)(const T *RESTRICT gamma, const double *RESTRICT mean,
                      const double *RESTRICT m2, const double *RESTRICT count,
@@ -1009,7 +1009,7 @@ static void FN(fold)(const T *RESTRICT gamma, const double *RESTRICT mean,
     for (; j + 8 <= n; j += 8) {
         fastbn_vd v, s;
         if (count_step) c = FASTBN_ISA(load8_d)(count + j);
-        v = FASTBN_ISA(clip_neg_d)(FASTBN_ISA(load8_d)(m2 + j)) / c;
+        v = FASTBN_ISA(relu_d)(FASTBN_ISA(load8_d)(m2 + j)) / c;
         s = one / FASTBN_ISA(sqrt_d)(v + e);
         FASTBN_ISA(storev_d)(var + j, v);
         FN(store8)(mean_out + j, FASTBN_ISA(load8_d)(mean + j));
@@ -1017,7 +1017,7 @@ static void FN(fold)(const T *RESTRICT gamma, const double *RESTRICT mean,
         FN(store8)(scale + j, LOAD8(gamma + j) * s);
     }
     for (; j < n; j++) {
-        double v = (m2[j] < 0 ? 0.0 : m2[j]) / count[j * count_step], s = 1.0 / sqrt(v + eps);
+        double v = (m2[j] <= 0 ? 0.0 : m2[j]) / count[j * count_step], s = 1.0 / sqrt(v + eps);
         var[j] = v;
         mean_out[j] = (T)mean[j];
         invstd_out[j] = (T)s;

@@ -316,7 +316,6 @@ FASTBN_INLINE void FASTBN_ISA(storem_d)(double *p, unsigned count, fastbn_vd v) 
 #define FASTBN_F_GT0(a) _mm256_cmp_ps((a), _mm256_setzero_ps(), _CMP_GT_OQ)
 #define FASTBN_D_LE0(a) _mm256_cmp_pd((a), _mm256_setzero_pd(), _CMP_LE_OQ)
 #define FASTBN_D_GT0(a) _mm256_cmp_pd((a), _mm256_setzero_pd(), _CMP_GT_OQ)
-#define FASTBN_D_LT0(a) _mm256_cmp_pd((a), _mm256_setzero_pd(), _CMP_LT_OQ)
 #define FASTBN_SQRT_D _mm256_sqrt_pd
 #define FASTBN_ANDNOT_F _mm256_andnot_ps
 #define FASTBN_ANDNOT_D _mm256_andnot_pd
@@ -333,7 +332,6 @@ FASTBN_INLINE void FASTBN_ISA(storem_d)(double *p, unsigned count, fastbn_vd v) 
 #define FASTBN_F_GT0(a) _mm_cmpgt_ps((a), _mm_setzero_ps())
 #define FASTBN_D_LE0(a) _mm_cmple_pd((a), _mm_setzero_pd())
 #define FASTBN_D_GT0(a) _mm_cmpgt_pd((a), _mm_setzero_pd())
-#define FASTBN_D_LT0(a) _mm_cmplt_pd((a), _mm_setzero_pd())
 #define FASTBN_SQRT_D _mm_sqrt_pd
 #define FASTBN_ANDNOT_F _mm_andnot_ps
 #define FASTBN_ANDNOT_D _mm_andnot_pd
@@ -413,24 +411,7 @@ FASTBN_INLINE fastbn_vd FASTBN_ISA(relu_d)(fastbn_vd v) {
     return v;
 #endif
 }
-/* The per-column arithmetic of the folded constants (loops_template.c, fold): clip_neg: lanes < 0
- * become +0 (NaN and -0 stay); sqrt: the IEEE square root of every lane, as sqrt() of each. */
-FASTBN_INLINE fastbn_vd FASTBN_ISA(clip_neg_d)(fastbn_vd v) {
-#if FASTBN_ISA_LEVEL >= 2
-    return (fastbn_vd)_mm512_maskz_mov_pd(_mm512_cmp_pd_mask((__m512d)v, _mm512_setzero_pd(), _CMP_NLT_UQ), (__m512d)v);
-#elif FASTBN_PARTS
-    fastbn_pd a[FASTBN_PARTS];
-    int k;
-    memcpy(a, &v, sizeof v);
-    for (k = 0; k < FASTBN_PARTS; k++) a[k] = FASTBN_ANDNOT_D(FASTBN_D_LT0(a[k]), a[k]);
-    memcpy(&v, a, sizeof v);
-    return v;
-#else
-    int k;
-    for (k = 0; k < 8; k++) v[k] = v[k] < 0 ? 0.0 : v[k];
-    return v;
-#endif
-}
+/* The IEEE square root of every lane, as sqrt() of each (loops_template.c, fold). */
 FASTBN_INLINE fastbn_vd FASTBN_ISA(sqrt_d)(fastbn_vd v) {
 #if FASTBN_ISA_LEVEL >= 2
     return (fastbn_vd)_mm512_sqrt_pd((__m512d)v);
@@ -513,7 +494,6 @@ FASTBN_INLINE fastbn_vd FASTBN_ISA(keep_d)(fastbn_vd v, unsigned bits) {
 #undef FASTBN_F_GT0
 #undef FASTBN_D_LE0
 #undef FASTBN_D_GT0
-#undef FASTBN_D_LT0
 #undef FASTBN_SQRT_D
 #undef FASTBN_ANDNOT_F
 #undef FASTBN_ANDNOT_D
