@@ -500,19 +500,12 @@ def fold_moments(
     cdef const double* n = <const double*>_data(count)
     cdef const double* m = <const double*>_data(moments)
     if _single(gamma):
-        _fold_given(n, m, C, <const float*>_data(gamma), eps, <float*>_data(mean_out),
+        fastbn_fold(<const float*>_data(gamma), m, m + C, n, 1, C, eps, <float*>_data(mean_out),
                     <float*>_data(invstd_out), <float*>_data(scale), <double*>_data(var))
     else:
-        _fold_given(n, m, C, <const double*>_data(gamma), eps, <double*>_data(mean_out),
-                    <double*>_data(invstd_out), <double*>_data(scale), <double*>_data(var))
-
-
-cdef inline void _fold_given(
-    const double* count, const double* moments, Py_ssize_t C, const floating* gamma, double eps,
-    floating* mean_out, floating* invstd_out, floating* scale, double* var,
-) noexcept nogil:
-    """fold_moments for one dtype (a count per channel)."""
-    fastbn_fold(gamma, moments, moments + C, count, 1, C, eps, mean_out, invstd_out, scale, var)
+        fastbn_fold(<const double*>_data(gamma), m, m + C, n, 1, C, eps,
+                    <double*>_data(mean_out), <double*>_data(invstd_out), <double*>_data(scale),
+                    <double*>_data(var))
 
 
 def test_coefficients(
@@ -530,21 +523,13 @@ def test_coefficients(
     product with gamma."""
     cdef Py_ssize_t C = _dim(gamma, 0)
     if _single(gamma):
-        _test_fold(<const float*>_data(running_mean), <const float*>_data(running_var), C,
-                   <const float*>_data(gamma), eps, <float*>_data(mean_out),
-                   <float*>_data(invstd_out), <float*>_data(scale))
+        fastbn_test_fold(<const float*>_data(gamma), <const float*>_data(running_mean),
+                         <const float*>_data(running_var), C, eps, <float*>_data(mean_out),
+                         <float*>_data(invstd_out), <float*>_data(scale))
     else:
-        _test_fold(<const double*>_data(running_mean), <const double*>_data(running_var), C,
-                   <const double*>_data(gamma), eps, <double*>_data(mean_out),
-                   <double*>_data(invstd_out), <double*>_data(scale))
-
-
-cdef inline void _test_fold(
-    const floating* running_mean, const floating* running_var, Py_ssize_t C,
-    const floating* gamma, double eps, floating* mean_out, floating* invstd_out, floating* scale,
-) noexcept nogil:
-    """test_coefficients for one dtype."""
-    fastbn_test_fold(gamma, running_mean, running_var, C, eps, mean_out, invstd_out, scale)
+        fastbn_test_fold(<const double*>_data(gamma), <const double*>_data(running_mean),
+                         <const double*>_data(running_var), C, eps, <double*>_data(mean_out),
+                         <double*>_data(invstd_out), <double*>_data(scale))
 
 
 cdef inline fastbn_sums _partial_sums(
