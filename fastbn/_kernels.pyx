@@ -406,6 +406,17 @@ cdef inline void* _take(Scratch* s, Py_ssize_t nbytes) noexcept nogil:
     return p
 
 
+cdef inline Py_ssize_t _tiles_bytes(Py_ssize_t n, Py_ssize_t D, Py_ssize_t k, Py_ssize_t size) noexcept nogil:
+    """Scratch bytes for `n` coefficient vectors of D values of `size` bytes tiled k times
+    (_tiled): none when k is 1."""
+    return _aligned_bytes(n * k * D * size) if k > 1 else 0
+
+
+cdef inline void* _take_tiles(Scratch* s, Py_ssize_t n, Py_ssize_t D, Py_ssize_t k, Py_ssize_t size) noexcept nogil:
+    """The scratch of _tiles_bytes(n, D, k, size) from the block, NULL when k is 1."""
+    return _take(s, n * k * D * size) if k > 1 else NULL
+
+
 cdef inline void _release(Scratch* s) noexcept nogil:
     fastbn_scratch_release(s.data, s.owned)
 
@@ -711,12 +722,6 @@ cdef inline Py_ssize_t _line_head(const void* p, Py_ssize_t size) noexcept nogil
     return <Py_ssize_t>(((64 - (<size_t>p & 63)) & 63) // size)
 
 
-cdef inline Py_ssize_t _tiles_bytes(Py_ssize_t n, Py_ssize_t D, Py_ssize_t k, Py_ssize_t size) noexcept nogil:
-    """Scratch bytes for `n` coefficient vectors of D values of `size` bytes tiled k times
-    (_tiled): none when k is 1."""
-    return _aligned_bytes(n * k * D * size) if k > 1 else 0
-
-
 cdef inline const floating* _tiled(
     const floating* src, Py_ssize_t D, Py_ssize_t k, floating* tiles, Py_ssize_t slot,
 ) noexcept nogil:
@@ -905,8 +910,7 @@ cdef int _cols_forward_train(
     cdef floating* tiles = NULL
     if sweep:
         scale = <floating*>_take(&s, D * size)
-        if ks > 1:
-            tiles = <floating*>_take(&s, 3 * Ds * size)
+        tiles = <floating*>_take_tiles(&s, 3, D, ks, size)
     for q in range(K):
         for g in range(k):
             counts[q * k + g] = _chunk_start(q + 1, Mw, K) - _chunk_start(q, Mw, K)
@@ -1011,7 +1015,7 @@ cdef int _cols_affine(
     cdef Py_ssize_t k = _sweep_factor(M, D, sizeof(floating)), rest = (M // k) * k, Dw = k * D
     cdef Scratch s
     _scratch(&s, _tiles_bytes(3, D, k, sizeof(floating)))
-    cdef floating* tiles = <floating*>_take(&s, 3 * Dw * <Py_ssize_t>sizeof(floating)) if k > 1 else NULL
+    cdef floating* tiles = <floating*>_take_tiles(&s, 3, D, k, sizeof(floating))
     with nogil:
         _cols_sweep(x, NULL, out, M // k, Dw, _tiled(mean, D, k, tiles, 0),
                     _tiled(scale, D, k, tiles, 1), _tiled(beta, D, k, tiles, 2), NULL, NULL,
@@ -1118,7 +1122,7 @@ cdef int _cols_backward_given(
     cdef Scratch s
     _scratch(&s, _aligned_bytes(3 * D * size) + _tiles_bytes(5, D, ks, size))
     cdef floating* coefs = <floating*>_take(&s, 3 * D * size)
-    cdef floating* tiles = <floating*>_take(&s, 5 * Ds * size) if ks > 1 else NULL
+    cdef floating* tiles = <floating*>_take_tiles(&s, 5, D, ks, size)
     with nogil:
         _backward_coefficients(sums, sums + D, 1, D, invstd, gamma, count, train, dgamma, dbeta,
                                coefs, coefs + D, coefs + 2 * D, 0, D)
@@ -1163,14 +1167,13 @@ cdef int _cols_backward(
              + (_aligned_bytes(3 * D * size) + _tiles_bytes(5, D, ks, size) if sweep else 0))
     cdef double* part_dy = <double*>_take(&s, P * D * 8)
     cdef double* part_dyxc = <double*>_take(&s, P * D * 8)
-    cdef floating* mean_tiles = <floating*>_take(&s, Dw * size) if k > 1 else NULL
+    cdef floating* mean_tiles = <floating*>_take_tiles(&s, 1, D, k, size)
     cdef const floating* tiled_mean
     cdef floating* coefs = NULL
     cdef floating* tiles = NULL
     if sweep:
         coefs = <floating*>_take(&s, 3 * D * size)
-        if ks > 1:
-            tiles = <floating*>_take(&s, 5 * Ds * size)
+        tiles = <floating*>_take_tiles(&s, 5, D, ks, size)
     with nogil:
         tiled_mean = _tiled(mean, D, k, mean_tiles, 0)
         for task in prange(K * n_col_blocks + (1 if rem else 0), num_threads=n_threads,
