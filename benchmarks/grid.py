@@ -11,7 +11,7 @@ Usage::
     python benchmarks/grid.py                  # the whole grid (tens of minutes on 2 cores)
     python benchmarks/grid.py --family rows    # one family: cols, nhwc, planes, rows, rows_forward,
                                                # or a finer grid: cols_small, cols_large,
-                                               # cols_streamed, rows_segments
+                                               # cols_streamed, rows_segments, cols_few_rows
     python benchmarks/grid.py --json grid.json --repeat 5
     python benchmarks/grid.py --family cols_large --split   # forward, test mode, backward apart
     python benchmarks/grid.py --family cols --setting sums_prefetch_min_bytes=0,4194304
