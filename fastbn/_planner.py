@@ -90,6 +90,7 @@ class Plan:
     # --- threads
     min_elements_per_thread: int = 1 << 17  # inputs under 2x this run on one thread; else a thread per this many
     load_check_ms: int = 20  # large calls leave cores to other running processes, counted this often (0: never)
+    load_window_ms: int = 100  # ... from the CPU time those took over the last window at least this long
     handout_bytes: int = 1 << 18  # dynamic loops over small items hand out about this much input at a time
     # --- memory
     buffer_min_bytes: int = 1 << 17  # outputs this large come from the buffer cache (fastbn._memory)
@@ -161,7 +162,8 @@ class Plan:
         for name, paths in PATHS.items():
             settings[name] = -1 if settings[name] == "auto" else paths.index(settings[name])
         # read by fastbn._threads and fastbn._memory
-        del settings["min_elements_per_thread"], settings["load_check_ms"], settings["buffer_min_bytes"]
+        del settings["min_elements_per_thread"], settings["load_check_ms"], settings["load_window_ms"]
+        del settings["buffer_min_bytes"]
         del settings["dx_page_shift"]
         return settings
 

@@ -10,7 +10,6 @@ from fastbn import _backends, _planner
 
 _user_threads = None
 _load = {"checked": -1.0, "free": None, "since": None}  # last count, its result, the window's start
-LOAD_WINDOW = 0.1  # seconds over which other processes' CPU time is measured, at least
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -98,8 +97,8 @@ def free_cores(max_age=0.0):
     A process that keeps a core busy makes a parallel call wait, at every barrier, for whichever
     of our threads the OS put aside (docs/decisions.md has the measurements). So a call with
     several threads looks at how much CPU time the machine spent outside this process over the
-    last window of at least LOAD_WINDOW seconds (Linux /proc/stat against getrusage; steal time, which the hypervisor
-    gives other machines, counts as busy) and leaves a core to every 0.6 core of it (a kernel
+    last window of at least the plan's ``load_window_ms`` (Linux /proc/stat against getrusage;
+    steal time, which the hypervisor gives other machines, counts as busy) and leaves a core to every 0.6 core of it (a kernel
     thread that runs for a moment is no reason to give up a core). Counted again after `max_age`
     seconds.
     """
@@ -116,7 +115,7 @@ def free_cores(max_age=0.0):
     since = _load.get("since")
     if since is None:
         _load.update(since=(now, machine, own), free=cores)
-    elif now - since[0] >= LOAD_WINDOW:
+    elif now - since[0] >= _planner.current().load_window_ms / 1000.0:
         others = ((machine - since[1]) - (own - since[2])) / (now - since[0])
         _load.update(since=(now, machine, own), free=max(1, cores - int(others + 0.4)))
     return _load["free"]

@@ -168,10 +168,10 @@ def test_large_calls_leave_a_busy_core_to_the_process_running_on_it():
     with _bench.busy_core():
         time.sleep(0.2)  # until it runs
         _threads.free_cores()
-        time.sleep(2 * _threads.LOAD_WINDOW)
+        time.sleep(2 * _planner.current().load_window_ms / 1000)
         assert _threads.free_cores() <= cores - 1
         with _planner.override(load_check_ms=1):
-            time.sleep(2 * _threads.LOAD_WINDOW)
+            time.sleep(2 * _planner.current().load_window_ms / 1000)
             assert _threads.threads_for(1 << 24) <= max(1, cores - 1)
         with _planner.override(load_check_ms=0):
             assert _threads.threads_for(1 << 24) == fastbn.get_num_threads()
