@@ -336,12 +336,15 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
         beta_flat = np.zeros(channels, dtype=dtype) if beta_flat is None and spec.beta else beta_flat
     given = (residual,) if spec.relu and residual is not None else ()
     residual = check_residual(residual, x, dtype) if given else None
+    if out is not None:  # out must not overwrite an input, the running statistics included
+        out = check_out(out, "out", x, out_dtype, gamma, beta, *given,
+                        *(a for a in (running_mean, running_var) if a is not None))
     # every field, in order, through tuple.__new__: the constructor's argument parsing and _make's
     # length check (interpreted code) are a measurable part of a small call
     return tuple.__new__(Prepared, (
         spec.name, np.ascontiguousarray(x, dtype=dtype), gamma_flat, beta_flat, eps, mode,
         momentum, running_mean, running_var, param, layout, G, gamma_shape, beta_shape,
-        out_dtype, out if out is None else check_out(out, "out", x, out_dtype, gamma, beta, *given),
+        out_dtype, out,
         unbiased, batches if mode == "train" else None, axis, residual, shapes,
     ))
 
@@ -517,6 +520,7 @@ def prepare_backward(dout, cache, spec, function, out=None):
     compute_dtype(dout, "dout")
     if dout.shape != cache.x.shape:
         raise ValueError(f"dout must have the shape of x, {cache.x.shape}, got shape {dout.shape}")
-    if out is not None:
-        out = check_out(out, "out", dout, cache.dtype, cache.x)
+    if out is not None:  # dx must not overwrite anything the kernels read while writing it
+        read = (cache.x, cache.gamma, cache.mean, cache.invstd, cache.mask)
+        out = check_out(out, "out", dout, cache.dtype, *(a for a in read if a is not None))
     return np.ascontiguousarray(dout, dtype=cache.x.dtype), out

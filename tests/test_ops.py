@@ -399,3 +399,55 @@ def test_bad_out_buffer_raises(backend, bad_out, message):
     with pytest.raises((ValueError, TypeError), match=message):
         fastbn.batchnorm_forward(x, gamma, beta, param, backend=backend, out=bad_out(x))
     assert "running_mean" not in param  # nothing was updated by the failing call
+
+
+def _inside(buffer, a):
+    """A copy of `a` placed at the start of `buffer` (a view of it, a's shape and values)."""
+    view = np.frombuffer(buffer, a.dtype, a.size).reshape(a.shape)
+    view[...] = a
+    return view
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_out_sharing_memory_with_what_the_call_reads_raises(op, backend):
+    """out= over gamma, beta or a running statistic (forward), or over the cache's gamma, mean,
+    invstd or mask (backward): the kernels would overwrite values they still read (a layernorm
+    dx written over the cache's gamma came out 22 off, and gamma was changed). Both backends
+    refuse such an out, and the failing call changes nothing."""
+    shape = op.shapes[2]
+    x, gamma, beta, param = op.make(shape)
+    param = copy_param(param)
+    _, cache = op.forward(x, gamma, beta, param, backend=backend)  # train mode: running stats now
+    inputs = {"gamma": gamma, "beta": beta if op.spec.beta else None,
+              "running_mean": param.get("running_mean"), "running_var": param.get("running_var")}
+    for name, value in inputs.items():
+        if value is None:
+            continue
+        buffer = bytearray(x.nbytes)
+        args, p = {"gamma": gamma, "beta": beta}, copy_param(param)
+        placed = _inside(buffer, value)
+        if name in args:
+            args[name] = placed
+        else:
+            p[name] = placed
+        before = copy_param(p)
+        out = np.frombuffer(buffer, x.dtype).reshape(x.shape)
+        with pytest.raises(ValueError, match="out must not share memory with the inputs"):
+            op.forward(x, args["gamma"], args["beta"], p, backend=backend, out=out)
+        np.testing.assert_array_equal(placed, value)
+        assert p.keys() == before.keys()
+        for key in ("running_mean", "running_var"):
+            if key in p:
+                np.testing.assert_array_equal(p[key], before[key])
+    dout = np.random.default_rng(1).standard_normal(shape)
+    backward = getattr(fastbn, op.backward_names[0])
+    for name in ("gamma", "mean", "invstd", "mask"):
+        value = getattr(cache, name)
+        if value is None:
+            continue
+        buffer = bytearray(x.nbytes)
+        edited = cache._replace(**{name: _inside(buffer, value)})
+        with pytest.raises(ValueError, match="out must not share memory with the inputs"):
+            backward(dout, edited, backend=backend, out=np.frombuffer(buffer, x.dtype).reshape(x.shape))
+        np.testing.assert_array_equal(getattr(edited, name), value)
