@@ -16,7 +16,8 @@ and the example passes when
 The normal test run draws ``FASTBN_FUZZ_EXAMPLES`` examples (60 by default, deterministic).
 ``FASTBN_FUZZ_SECONDS=60`` turns on a bounded run (CI, on the sanitizer build): batches of 25
 examples under the seeds 0, 1, 2, ... until the time is up, so that a run repeats the examples
-of every shorter run. Hypothesis rather than atheris: see docs/development.md.
+of every shorter run; ``FASTBN_FUZZ_FIRST_SEED=100000`` starts at another seed, for a longer
+run that draws examples CI never does. Hypothesis rather than atheris: see docs/development.md.
 What the fuzzer found is kept at the end of this file as regression tests.
 """
 import os
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.skipif("cython" not in fastbn.available_backends(),
 
 EXAMPLES = int(os.environ.get("FASTBN_FUZZ_EXAMPLES", "60"))
 SECONDS = float(os.environ.get("FASTBN_FUZZ_SECONDS", "0"))
+FIRST_SEED = int(os.environ.get("FASTBN_FUZZ_FIRST_SEED", "0"))
 BATCH = 25
 HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 
@@ -447,16 +449,17 @@ def test_fuzz_public_api(case):
 
 @pytest.mark.skipif(SECONDS <= 0, reason="set FASTBN_FUZZ_SECONDS for the bounded fuzz run")
 def test_fuzz_for_a_time_budget(capsys):
-    """Batches of examples under the seeds 0, 1, 2, ... until FASTBN_FUZZ_SECONDS are spent."""
+    """Batches of examples under the seeds FASTBN_FUZZ_FIRST_SEED (0), and on, until
+    FASTBN_FUZZ_SECONDS are spent."""
     batch = settings(max_examples=BATCH, deadline=None, database=None,
                      suppress_health_check=HEALTH)(given(fuzz_cases())(check))
     start, first = time.perf_counter(), executions
-    seeds = 0
+    seeds = FIRST_SEED
     while time.perf_counter() - start < SECONDS:
         seed(seeds)(batch)()
         seeds += 1
     with capsys.disabled():
-        print(f"\nfuzz: {executions - first} examples under seeds 0..{seeds - 1} in "
+        print(f"\nfuzz: {executions - first} examples under seeds {FIRST_SEED}..{seeds - 1} in "
               f"{time.perf_counter() - start:.0f} s")
 
 
