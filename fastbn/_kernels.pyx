@@ -126,8 +126,8 @@ cdef extern from "loops.h" nogil:
                         const void* k_dy, const void* k_b, const void* k_g, int stream,
                         const unsigned char* mask, Py_ssize_t pos, int train, void* dres,
                         Py_ssize_t ahead_bytes)
-    void fastbn_finish_moments(const void* first, Py_ssize_t n, double count, double* s1,
-                               double* s2)
+    void fastbn_finish_moments(const void* first, const void* base, Py_ssize_t n, double count,
+                               double* s1, double* s2)
     void fastbn_fold(const void* gamma, const double* mean, const double* m2, const double* count,
                      Py_ssize_t count_step, Py_ssize_t n, double eps, void* mean_out,
                      void* invstd_out, void* scale, double* var)
@@ -455,10 +455,12 @@ cdef inline void _fold(
 
 
 cdef inline void _merge_and_fold(
-    const double* part_mean,         # IN (K, D) per-chunk means
+    const double* part_mean,         # IN (K, D) per-chunk means less the column's base
     const double* part_m2,           # IN (K, D) per-chunk sums of squared deviations
     Py_ssize_t K, Py_ssize_t D,
     const double* counts,            # IN (K,) values per chunk and column
+    const floating* base,            # IN column d's base at base[d * base_step]
+    Py_ssize_t base_step,
     double* moments,                 # OUT (2, D) mean and sum of squared deviations
     bint fold,                       # also the outputs below (else they are not touched)
     const floating* gamma, double eps,
@@ -468,8 +470,10 @@ cdef inline void _merge_and_fold(
     int n_threads,
 ) noexcept nogil:
     """Chan's pairwise merge of chunk moments, in chunk order, then (`fold`) the folded affine
-    constants, for every column. The merge weights depend on the chunk only and are computed
-    once."""
+    constants, for every column. The chunks' means are given less a base per column (a value of
+    the column: its first), so that the differences the merge takes are of small numbers, exact
+    to a few ulps of the spread for any offset; the base is added to the merged mean. The merge
+    weights depend on the chunk only and are computed once."""
     cdef Py_ssize_t k, d, chunk, d0, d1
     cdef Py_ssize_t width = _columns_per_handout(K)
     cdef double n_a = counts[0], n_ab, mean_a, m2_a, delta
@@ -488,7 +492,7 @@ cdef inline void _merge_and_fold(
                 delta = part_mean[k * D + d] - mean_a
                 mean_a = mean_a + delta * weights[k]
                 m2_a = m2_a + part_m2[k * D + d] + delta * delta * weights[K + k]
-            moments[d] = mean_a
+            moments[d] = <double>base[d * base_step] + mean_a
             moments[D + d] = m2_a
         if fold:
             _fold(moments, D, n_a, gamma, eps, mean_out, invstd_out, scale, var, d0, d1)
@@ -630,10 +634,11 @@ cdef inline int _grad_sums_rows(Py_ssize_t stride_bytes) noexcept nogil:
 
 cdef inline void _cols_task_moments(
     const floating* x, Py_ssize_t stride, Py_ssize_t n_rows, Py_ssize_t width,
-    double* mean, double* m2, Py_ssize_t ahead,
+    const floating* base, double* mean, double* m2, Py_ssize_t ahead,
 ) noexcept nogil:
-    """Mean and sum of squared deviations of n_rows x width values (row stride `stride`),
-    prefetching `ahead` rows ahead (_sums_ahead).
+    """Mean (less `base`, a value per column shared by the chunks that _merge_and_fold merges;
+    NULL: the mean) and sum of squared deviations of n_rows x width values (row stride
+    `stride`), prefetching `ahead` rows ahead (_sums_ahead).
 
     Sums are shifted by the first row of the block, which keeps them small for any offset.
     """
@@ -642,7 +647,7 @@ cdef inline void _cols_task_moments(
         mean[j] = 0.0
         m2[j] = 0.0
     fastbn_cols_shifted_sums(x + stride, stride, n_rows - 1, width, x, mean, m2, ahead)
-    fastbn_finish_moments(x, width, <double>n_rows, mean, m2)
+    fastbn_finish_moments(x, base, width, <double>n_rows, mean, m2)
 
 
 cdef inline Py_ssize_t _wide_factor(Py_ssize_t M, Py_ssize_t D) noexcept nogil:
@@ -898,7 +903,7 @@ cdef int _cols_forward_train(
     cdef Py_ssize_t ks = _sweep_factor(M, D, size), Ds = ks * D, swept = (M // ks) * ks
     cdef Scratch s
     _scratch(&s, 2 * _aligned_bytes(P * D * 8) + _aligned_bytes(P * 8) + _aligned_bytes(2 * P * 8)
-             + (_aligned_bytes(2 * D * 8) if moments == NULL else 0)
+             + (_aligned_bytes(2 * D * 8) if moments == NULL else 0) + _tiles_bytes(1, D, k, size)
              + (_aligned_bytes(D * size) + _tiles_bytes(3, D, ks, size) if sweep else 0))
     cdef double* part_mean = <double*>_take(&s, P * D * 8)
     cdef double* part_m2 = <double*>_take(&s, P * D * 8)
@@ -906,6 +911,8 @@ cdef int _cols_forward_train(
     cdef double* weights = <double*>_take(&s, 2 * P * 8)
     if moments == NULL:
         moments = <double*>_take(&s, 2 * D * 8)
+    # every chunk's means are taken less the first row's values (the wide rows': k copies of it)
+    cdef const floating* base = _tiled(x, D, k, <floating*>_take_tiles(&s, 1, D, k, size), 0)
     cdef floating* scale = NULL
     cdef floating* tiles = NULL
     if sweep:
@@ -920,7 +927,7 @@ cdef int _cols_forward_train(
         for task in prange(K * n_col_blocks + (1 if rem else 0), num_threads=n_threads,
                            schedule='dynamic'):
             if task == K * n_col_blocks:  # the rows left over, as (rem, D)
-                _cols_task_moments(x + rest * D, D, rem, D, part_mean + (P - 1) * D,
+                _cols_task_moments(x + rest * D, D, rem, D, x, part_mean + (P - 1) * D,
                                    part_m2 + (P - 1) * D, ahead)
             else:  # rows r0..r1-1 (chunk q), columns c0..c1-1 (block b) of the wide view
                 q = task // n_col_blocks
@@ -929,10 +936,10 @@ cdef int _cols_forward_train(
                 r1 = _chunk_start(q + 1, Mw, K)
                 c0 = _chunk_start(b, Dw, n_col_blocks)
                 c1 = _chunk_start(b + 1, Dw, n_col_blocks)
-                _cols_task_moments(x + r0 * Dw + c0, Dw, r1 - r0, c1 - c0,
+                _cols_task_moments(x + r0 * Dw + c0, Dw, r1 - r0, c1 - c0, base + c0,
                                    part_mean + q * Dw + c0, part_m2 + q * Dw + c0, ahead)
-        _merge_and_fold(part_mean, part_m2, P, D, counts, moments, sweep, gamma, eps, mean, invstd,
-                        scale, var, weights, n_threads)
+        _merge_and_fold(part_mean, part_m2, P, D, counts, x, 1, moments, sweep, gamma, eps, mean,
+                        invstd, scale, var, weights, n_threads)
         if sweep:  # as (M // ks, Ds) wide rows, then the rows left over
             _cols_sweep(x, NULL, out, M // ks, Ds, _tiled(mean, D, ks, tiles, 0),
                         _tiled(scale, D, ks, tiles, 1), _tiled(beta, D, ks, tiles, 2), NULL, NULL,
@@ -971,7 +978,7 @@ cdef int _cols_forward_blocked(
         for b in prange(n_blocks, num_threads=n_threads, schedule='dynamic'):
             c0 = _block_start(b, D, w, head)
             c1 = _block_start(b + 1, D, w, head)
-            _cols_task_moments(x + c0, D, M, c1 - c0, moments + c0, moments + D + c0, ahead)
+            _cols_task_moments(x + c0, D, M, c1 - c0, NULL, moments + c0, moments + D + c0, ahead)
             if sweep:
                 _fold(moments, D, <double>M, gamma, eps, mean, invstd, scale, var, c0, c1)
                 _cols_block(x + c0, NULL, out + c0, D, M, c1 - c0, mean + c0, scale + c0,
@@ -1349,14 +1356,17 @@ cdef inline void _block_dx(
 # --------------------------------------------------------------------------------------------
 
 cdef inline void _plane_moments(
-    const floating* x, Py_ssize_t n, double* mean, double* m2, const floating* next, int center,
+    const floating* x, Py_ssize_t n, double base, double* mean, double* m2, const floating* next,
+    int center,
 ) noexcept nogil:
-    """Mean and sum of squared deviations of n contiguous values, shifted by the first, while
-    the next plane (`next`, or NULL) is prefetched; not centred, 0 and the sum of squares."""
+    """Mean less `base` (a value shared by the runs merged with this one, see _merge_and_fold;
+    0: the mean) and sum of squared deviations of n contiguous values, shifted by the first,
+    while the next plane (`next`, or NULL) is prefetched; not centred, 0 and the sum of
+    squares."""
     cdef double shift = <double>x[0] if center else 0.0
     cdef fastbn_sums t
     t = fastbn_shifted_sums_pf(x, n, shift, next)
-    t = fastbn_moments(t, shift, n, center)
+    t = fastbn_moments(t, shift - base if center else 0.0, n, center)
     mean[0] = t.s1
     m2[0] = t.s2
 
@@ -1386,14 +1396,15 @@ cdef inline void _chunk_moments(
     const floating* x, Py_ssize_t C, Py_ssize_t L, Py_ssize_t c, Py_ssize_t n0, Py_ssize_t n1,
     double* mean, double* m2,
 ) noexcept nogil:
-    """Moments of channel c's planes n0..n1-1 of an (N, C, L) array, merged in plane order."""
+    """Moments of channel c's planes n0..n1-1 of an (N, C, L) array, merged in plane order: the
+    mean less the channel's first value (the base of _merge_and_fold, for every chunk)."""
     cdef Py_ssize_t n, step = C * L
     cdef const floating* p = x + (n0 * C + c) * L
-    cdef double n_a = <double>L, mean_b, m2_b
-    _plane_moments(p, L, mean, m2, p + step if n0 + 1 < n1 else NULL, 1)
+    cdef double n_a = <double>L, mean_b, m2_b, base = <double>x[c * L]
+    _plane_moments(p, L, base, mean, m2, p + step if n0 + 1 < n1 else NULL, 1)
     for n in range(n0 + 1, n1):
         p = x + (n * C + c) * L
-        _plane_moments(p, L, &mean_b, &m2_b, p + step if n + 1 < n1 else NULL, 1)
+        _plane_moments(p, L, base, &mean_b, &m2_b, p + step if n + 1 < n1 else NULL, 1)
         _chan_merge(&n_a, mean, m2, <double>L, mean_b, m2_b)
 
 
@@ -1407,14 +1418,15 @@ cdef inline fastbn_sums _segment_moments(
     written through pointers: a caller's prange makes only the variables it assigns
     thread-private.)"""
     cdef double count = 0.0, mean = 0.0, m2 = 0.0, mean_b, m2_b
+    cdef double base = <double>x[0] if center and n > 0 else 0.0  # see _merge_and_fold
     cdef Py_ssize_t k = 0, w
     cdef fastbn_sums result
     while k < n:
         w = min(seg, n - k)
-        _plane_moments(x + k, w, &mean_b, &m2_b, next + k if next != NULL else NULL, center)
+        _plane_moments(x + k, w, base, &mean_b, &m2_b, next + k if next != NULL else NULL, center)
         _chan_merge(&count, &mean, &m2, <double>w, mean_b, m2_b)
         k = k + w
-    result.s1 = mean
+    result.s1 = base + mean if center else 0.0
     result.s2 = m2
     return result
 
@@ -1515,7 +1527,7 @@ cdef int _planes_forward_train(
             _chunk_moments(x, C, L, c, _chunk_start(q, N, Q), _chunk_start(q + 1, N, Q),
                            part_mean + q * C + c, part_m2 + q * C + c)
             if Q == 1:
-                moments[c] = part_mean[c]
+                moments[c] = <double>x[c * L] + part_mean[c]
                 moments[C + c] = part_m2[c]
                 if sweep:
                     _fold(moments, C, counts[0], gamma, eps, mean, invstd, scale, var, c, c + 1)
@@ -1525,8 +1537,8 @@ cdef int _planes_forward_train(
                             _affine_plane(x + o, out + o, L, mean[c], scale[c], beta[c], stream,
                                           ep, o)
         if Q > 1:
-            _merge_and_fold(part_mean, part_m2, Q, C, counts, moments, sweep, gamma, eps, mean,
-                            invstd, scale, var, weights, n_threads)
+            _merge_and_fold(part_mean, part_m2, Q, C, counts, x, L, moments, sweep, gamma, eps,
+                            mean, invstd, scale, var, weights, n_threads)
         if sweep and not in_cache:
             _planes_affine(x, N, C, L, mean, scale, beta, out, n_threads, ep)
         _release(&s)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import fastbn
+from fastbn import _planner
 from registry import OPS, assert_close, copy_param
 
 BACKENDS = fastbn.available_backends()
@@ -469,3 +470,58 @@ def test_rmsnorm_of_a_zero_row(backend):
         out0, cache0 = fastbn.rmsnorm_forward(x, gamma, {"eps": 0.0}, backend=backend)
     assert np.isinf(cache0.invstd[1]) and np.all(np.isnan(out0[1]))
     np.testing.assert_array_equal(np.delete(out0, 1, axis=0) == 0, False)
+
+
+def _exact_moments(units):
+    """Mean and 1/sqrt(var + 1e-5) of each row of `units` (float64), from exactly rounded sums."""
+    means, invstds = [], []
+    for u in units:
+        mean = math.fsum(u) / u.size
+        d = u - mean
+        d = d - math.fsum(d) / u.size  # the rounding of the mean, taken out
+        invstds.append(1.0 / math.sqrt(math.fsum(d * d) / u.size + 1e-5))
+        means.append(mean)
+    return np.array(means), np.array(invstds)
+
+
+OFFSET_CASES = [  # op, shape, layout or groups, forced path
+    *[("batchnorm", (4096, 64), None, {"cols_path": p}) for p in ("blocked", "shared_blocks", "grid")],
+    *[("batchnorm", (1000, 3), None, {"cols_path": p}) for p in ("blocked", "grid")],
+    *[("spatial_batchnorm", (64, 8, 1, 1), "NCHW", {"planes_path": p}) for p in ("channels", "chunks")],
+    *[("spatial_batchnorm", (33, 5, 3, 3), "NCHW", {"planes_path": p}) for p in ("channels", "chunks")],
+    *[("spatial_batchnorm", (64, 7, 7, 16), "NHWC", {"cols_path": p}) for p in ("blocked", "grid")],
+    *[("layernorm", (4, 70000), None, {"rows_forward_path": p}) for p in ("segments", "per_row")],
+    ("groupnorm", (2, 8, 50, 50), 2, {}),
+]
+
+
+@pytest.mark.skipif("cython" not in BACKENDS, reason="the kernels' paths: compiled kernels not built")
+@pytest.mark.parametrize("op, shape, extra, path", OFFSET_CASES,
+                         ids=[f"{c[0]}-{'x'.join(map(str, c[1]))}-{'-'.join(c[3].values()) or 'auto'}"
+                              for c in OFFSET_CASES])
+def test_float64_statistics_at_an_offset_of_2e5_deviations_are_exact_to_ulps(op, shape, extra, path):
+    """x = 1e4 + N(0, 0.05^2) in float64, on every path of the kernels: the mean within an ulp
+    or two of 1e4 and invstd within 1e-14 of exactly rounded arithmetic. Paths that merge the
+    moments of chunks, planes or segments took the differences of their means at the offset's
+    magnitude, and lost 3-5 digits of invstd (1e-11 for planes of one value); they now merge
+    means less a value of the unit (a longer fuzz run found it)."""
+    x = 1e4 + 0.05 * np.random.default_rng(5).standard_normal(shape)
+    if op == "layernorm":
+        units = x
+        forward = lambda: fastbn.layernorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]), {})
+    elif op == "groupnorm":
+        units = x.reshape(shape[0] * extra, -1)
+        forward = lambda: fastbn.spatial_groupnorm_forward(x, np.ones(shape[1]), np.zeros(shape[1]),
+                                                           extra, {})
+    else:
+        axis = 1 if extra == "NCHW" else x.ndim - 1
+        units = np.moveaxis(x, axis, 0).reshape(shape[axis], -1)
+        C = shape[axis]
+        param = {"mode": "train"} if extra is None else {"mode": "train", "layout": extra}
+        function = fastbn.batchnorm_forward if extra is None else fastbn.spatial_batchnorm_forward
+        forward = lambda: function(x, np.ones(C), np.zeros(C), param)
+    with _planner.override(**path):
+        _, cache = forward()
+    mean, invstd = _exact_moments(units)
+    np.testing.assert_allclose(cache.mean.reshape(-1), mean, rtol=0, atol=2 * np.spacing(1e4))
+    np.testing.assert_allclose(cache.invstd.reshape(-1), invstd, rtol=1e-14)

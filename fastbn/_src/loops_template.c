@@ -98,7 +98,7 @@ typedef struct {
                            T *, T *);
     void (*layernorm_rows_grad)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, const T *,
                                 const T *, const T *, int, double *, double *, int);
-    void (*finish_moments)(const T *, ptrdiff_t, double, double *, double *);
+    void (*finish_moments)(const T *, const T *, ptrdiff_t, double, double *, double *);
     void (*fold)(const T *, const double *, const double *, const double *, ptrdiff_t, ptrdiff_t,
                  double, T *, T *, T *, double *);
     void (*test_fold)(const T *, const T *, const T *, ptrdiff_t, double, T *, T *, T *);
@@ -979,20 +979,23 @@ FASTBN_INLINE void FN(store8)(T *p, fastbn_vd v) { /* eight values rounded to T 
 #endif
 }
 /* After the column sums shifted by a block's first row (cols_shifted_sums of the other rows):
- * s1 = first + s1 / count (the mean), s2 = s2 - s1 * s1 / count (the sum of squared deviations). */
-static void FN(finish_moments)(const T *RESTRICT first, ptrdiff_t n, double count,
-                               double *RESTRICT s1, double *RESTRICT s2) {
+ * s1 = (first - base) + s1 / count, the mean less `base` (NULL: 0, the mean itself), and
+ * s2 = s2 - s1 * s1 / count (the sum of squared deviations). A block that is one chunk of many
+ * gives its mean less a base shared by every chunk (the array's first row), exactly: the chunks'
+ * merge then works on small numbers, and the base is added once at its end. */
+static void FN(finish_moments)(const T *RESTRICT first, const T *RESTRICT base, ptrdiff_t n,
+                               double count, double *RESTRICT s1, double *RESTRICT s2) {
     ptrdiff_t j = 0;
     if (n <= 0) return;
-    fastbn_vd c = SPLAT8(count);
+    const fastbn_vd c = SPLAT8(count), zero = SPLAT8(0.0);
     for (; j + 8 <= n; j += 8) {
         fastbn_vd t = FASTBN_ISA(load8_d)(s1 + j);
-        FASTBN_ISA(storev_d)(s1 + j, LOAD8(first + j) + t / c);
+        FASTBN_ISA(storev_d)(s1 + j, (LOAD8(first + j) - (base ? LOAD8(base + j) : zero)) + t / c);
         FASTBN_ISA(storev_d)(s2 + j, FASTBN_ISA(load8_d)(s2 + j) - t * t / c);
     }
     for (; j < n; j++) {
         double t = s1[j];
-        s1[j] = (double)first[j] + t / count;
+        s1[j] = ((double)first[j] - (base ? (double)base[j] : 0.0)) + t / count;
         s2[j] = s2[j] - t * t / count;
     }
 }
