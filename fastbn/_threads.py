@@ -98,9 +98,9 @@ def free_cores(max_age=0.0):
     of our threads the OS put aside (docs/decisions.md has the measurements). So a call with
     several threads looks at how much CPU time the machine spent outside this process over the
     last window of at least the plan's ``load_window_ms`` (Linux /proc/stat against getrusage;
-    steal time, which the hypervisor gives other machines, counts as busy) and leaves a core to every 0.6 core of it (a kernel
-    thread that runs for a moment is no reason to give up a core). Counted again after `max_age`
-    seconds.
+    steal time, which the hypervisor gives other machines, counts as busy) and leaves a core to
+    every 0.6 core of it (a kernel thread that runs for a moment is no reason to give up a core).
+    Counted again after `max_age` seconds.
     """
     now = time.monotonic()
     if now - _load["checked"] <= max_age:
