@@ -412,9 +412,13 @@ def check(case):
     _assert_agree(out_c, out_r, "out", scale=gamma_invstd * x_max)
     _assert_agree(cache_c.mean, cache_r.mean, "cache.mean", scale=x_max)  # a sum of x's
     _assert_agree(cache_c.invstd, cache_r.invstd, "cache.invstd")
+    # the running mean is updated from the batch mean in the computation dtype (float64 running
+    # statistics of a float32 x: from a float32 mean, whose rounding may differ by an ulp,
+    # 0.11435503216 against 0.11435503030, seed 302997); the variance from the float64 one
     for key in ("running_mean", "running_var"):
         if key in param_r:
-            _assert_agree(param_c[key], param_r[key], key, scale=x_max * x_max)
+            _assert_agree(param_c[key], param_r[key], key, scale=x_max * x_max,
+                          computed_in=cache_r.mean.dtype if key == "running_mean" else None)
     # the backward of both backends through the same (edited) cache, made by the reference
     cache = _edited(cache_r, case["edit"])
     cache_before = _snapshot(*cache)
