@@ -20,6 +20,7 @@ array([-1.2247,  0.    ,  1.2247])
 """
 from __future__ import annotations
 
+import math
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -35,17 +36,42 @@ __all__ = [*public_functions(), "batchnorm_moments"]
 
 
 def _sum64(a, axes):
-    """float64 sums of `a` over `axes` (kept), each taken over one contiguous run (a copy with the
-    kept axes first, when `axes` are not already the trailing ones), which NumPy sums pairwise: the
-    rounding error stays a few float64 epsilons whatever the count. (NumPy adds the values of a
-    strided reduction one by one, with an error that grows with the count: 2e-12 in the variance
-    of 4e5 values per channel of an NHWC array.)"""
-    kept = [k for k in range(a.ndim) if k not in axes]
-    runs = np.moveaxis(a, kept, range(len(kept)))
-    count = int(np.prod([a.shape[k] for k in axes], dtype=np.int64))  # (-1 fails on empty runs)
-    runs = np.ascontiguousarray(runs.reshape(runs.shape[:len(kept)] + (count,)))
-    sums = np.sum(runs, axis=-1, dtype=np.float64)
-    return sums.reshape([1 if k in axes else n for k, n in enumerate(a.shape)])
+    """float64 sums of `a` over `axes` (kept), with a rounding error of a few float64 epsilons
+    whatever the count: trailing axes are summed as contiguous runs (NumPy sums those pairwise),
+    leading ones by halving (_halving_sum). (NumPy adds the values of a strided reduction one by
+    one, with an error that grows with the count: 2e-12 in the variance of 4e5 values per channel
+    of an NHWC array.)"""
+    kept_shape = [1 if k in axes else n for k, n in enumerate(a.shape)]
+    n_trailing = 0
+    while n_trailing < a.ndim and a.ndim - 1 - n_trailing in axes:
+        n_trailing += 1
+    n_leading = len(axes) - n_trailing
+    if sorted(axes)[:n_leading] != list(range(n_leading)):  # axes in between: as runs of a copy
+        kept = [k for k in range(a.ndim) if k not in axes]
+        a = np.moveaxis(a, kept, range(len(kept)))
+        n_trailing, n_leading = len(axes), 0
+    shape = a.shape
+    inner = math.prod(shape[a.ndim - n_trailing:])
+    a = np.sum(np.ascontiguousarray(a).reshape(shape[:a.ndim - n_trailing] + (inner,)), axis=-1,
+               dtype=np.float64) if n_trailing else a.astype(np.float64)
+    if n_leading:
+        a = _halving_sum(a.reshape((math.prod(shape[:n_leading]),) + a.shape[n_leading:]))
+    return a.reshape(kept_shape)
+
+
+def _halving_sum(a):
+    """The sum over axis 0 of a float64 array of our own (it is overwritten), as a tree: an odd
+    last row goes into the first, then the second half of the rows into the first, until one row
+    is left, so that every value meets about log2(len) roundings instead of len."""
+    if a.shape[0] == 0:
+        return np.zeros(a.shape[1:])
+    while a.shape[0] > 1:
+        half = a.shape[0] // 2
+        if a.shape[0] % 2:
+            a[0] += a[-1]
+        a[:half] += a[half:2 * half]
+        a = a[:half]
+    return a[0]
 
 
 def _sum(a, axes):
