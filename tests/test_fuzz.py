@@ -540,7 +540,8 @@ def test_reference_statistics_of_many_strided_values_are_exact_to_a_few_ulps(sha
     """4e5 small integers per channel, reduced across a stride (channels last): NumPy added them
     one by one, and the reference's invstd was 1.8e-12 off the exact value (the compiled one 3e-15),
     beyond the 1e-12 the backends are held to (fuzzer, seed 101188 of a longer run). The reference
-    now sums each channel as one contiguous run, pairwise."""
+    now sums with an error of a few ulps whatever the count (reference._sum64: contiguous runs,
+    and halving over leading axes)."""
     from fractions import Fraction
 
     x = np.random.default_rng(101188).integers(-4, 5, size=shape).astype(np.int32)
