@@ -102,7 +102,8 @@ def batchnorm_forward(
         ``'auto'`` uses the compiled kernels when they are built.
     out : ndarray, optional
         A C-contiguous array of x's shape and the output dtype to write the result into
-        (reusing a buffer across calls); it must not overlap the inputs.
+        (reusing a buffer across calls); it must not overlap the inputs (x, gamma, beta and
+        the running statistics).
     moments : Moments, optional
         Train mode only: normalise with these statistics (of a batch x is part of, see
         :func:`merge_moments`) instead of x's own; x may then have any number of rows, and
@@ -171,7 +172,8 @@ def batchnorm_backward(
         The NumPy backend backpropagates stage by stage through the computation graph; the
         compiled backend uses the closed form, so the two check each other.
     out : ndarray, optional
-        A C-contiguous array of dout's shape and the output dtype to write dx into.
+        A C-contiguous array of dout's shape and the output dtype to write dx into; it must
+        not overlap dout or the arrays of the cache.
 
     Returns
     -------
