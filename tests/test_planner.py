@@ -270,6 +270,7 @@ def test_override_restores_the_plan():
     ({"segment_bytes": 8.5}, "segment_bytes must be a positive integer, got 8.5"),
     ({"stream_min_bytes": True}, "stream_min_bytes must be a positive integer, got True"),
     ({"load_check_ms": -1}, "load_check_ms must be an integer >= 0, got -1"),
+    ({"load_window_ms": 0}, "load_window_ms must be a positive integer, got 0"),
     ({"sums_prefetch_min_bytes": -8}, "sums_prefetch_min_bytes must be an integer >= 0, got -8"),
     ({"sums_prefetch_max_run_bytes": -1}, "sums_prefetch_max_run_bytes must be an integer >= 0, got -1"),
     ({"grad_sums_four_rows_bytes": -64}, "grad_sums_four_rows_bytes must be an integer >= 0, got -64"),
