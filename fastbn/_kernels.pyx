@@ -133,6 +133,8 @@ cdef extern from "loops.h" nogil:
                      void* invstd_out, void* scale, double* var)
     void fastbn_test_fold(const void* gamma, const void* running_mean, const void* running_var,
                           Py_ssize_t n, double eps, void* mean_out, void* invstd_out, void* scale)
+    void fastbn_store_sums(const double* part_dy, const double* part_dyxc, Py_ssize_t K,
+                           Py_ssize_t stride, Py_ssize_t n, double* s1, double* s2)
     void fastbn_grad_coefs(const void* invstd, const void* gamma, const double* part_dy,
                            const double* part_dyxc, Py_ssize_t K, Py_ssize_t stride, Py_ssize_t n,
                            double count, int train, void* dgamma, void* dbeta, void* k_dy,
@@ -547,34 +549,15 @@ def test_coefficients(
                          <double*>_data(invstd_out), <double*>_data(scale))
 
 
-cdef inline fastbn_sums _partial_sums(
-    const double* part_dy, const double* part_dyxc, Py_ssize_t K, Py_ssize_t D, Py_ssize_t c,
-) noexcept nogil:
-    """Column c's per-chunk gradient sums ((K, D) arrays) added in chunk order: sum dy,
-    sum dy * (x - mean)."""
-    cdef Py_ssize_t k
-    cdef fastbn_sums sums
-    sums.s1 = 0.0
-    sums.s2 = 0.0
-    for k in range(K):
-        sums.s1 = sums.s1 + part_dy[k * D + c]
-        sums.s2 = sums.s2 + part_dyxc[k * D + c]
-    return sums
-
-
 cdef inline void _store_sums(
     const double* part_dy, const double* part_dyxc, Py_ssize_t K, Py_ssize_t D, double* sums,
     Py_ssize_t c_start, Py_ssize_t c_stop,
 ) noexcept nogil:
-    """sums[0, c], sums[1, c] ((2, D)) = _partial_sums of columns c_start..c_stop-1 (the
-    gradient-sums entries, which stop where the backward would fold them into dx
-    coefficients)."""
-    cdef Py_ssize_t c
-    cdef fastbn_sums t
-    for c in range(c_start, c_stop):
-        t = _partial_sums(part_dy, part_dyxc, K, D, c)
-        sums[c] = t.s1
-        sums[D + c] = t.s2
+    """sums[0, c], sums[1, c] ((2, D)) = the (K, D) per-chunk gradient sums of columns
+    c_start..c_stop-1 added in chunk order, as the dx coefficients add them (the gradient-sums
+    entries, which stop where the backward would fold them into dx coefficients)."""
+    fastbn_store_sums(part_dy + c_start, part_dyxc + c_start, K, D, c_stop - c_start,
+                      sums + c_start, sums + D + c_start)
 
 
 cdef inline void _backward_coefficients(

@@ -257,6 +257,7 @@ static const char *fastbn_simd_name(void) { return fastbn_isa_name; }
 #define fastbn_finish_moments(x, ...) FASTBN_PICK(x, finish_moments)(x, __VA_ARGS__)
 #define fastbn_fold(x, ...) FASTBN_PICK(x, fold)(x, __VA_ARGS__)
 #define fastbn_test_fold(x, ...) FASTBN_PICK(x, test_fold)(x, __VA_ARGS__)
+#define fastbn_store_sums(x, ...) FASTBN_PICK(x, store_sums)(x, __VA_ARGS__) /* double partials */
 #define fastbn_grad_coefs(x, ...) FASTBN_PICK(x, grad_coefs)(x, __VA_ARGS__)
 #define fastbn_update_running(x, ...) FASTBN_PICK(x, update_running)(x, __VA_ARGS__)
 

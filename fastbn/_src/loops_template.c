@@ -102,6 +102,8 @@ typedef struct {
     void (*fold)(const T *, const double *, const double *, const double *, ptrdiff_t, ptrdiff_t,
                  double, T *, T *, T *, double *);
     void (*test_fold)(const T *, const T *, const T *, ptrdiff_t, double, T *, T *, T *);
+    void (*store_sums)(const double *, const double *, ptrdiff_t, ptrdiff_t, ptrdiff_t, double *,
+                       double *);
     void (*grad_coefs)(const T *, const T *, const double *, const double *, ptrdiff_t, ptrdiff_t,
                        ptrdiff_t, double, int, T *, T *, T *, T *, T *);
     void (*update_running)(const T *, const double *, ptrdiff_t, double, T *, T *);
@@ -1054,8 +1056,41 @@ static void FN(test_fold)(const T *RESTRICT gamma, const T *RESTRICT running_mea
         scale[j] = gamma[j] * invstd_out[j];
     }
 }
-/* A backward's constants per column from K chunks' gradient sums (row k of part_dy and part_dyxc
- * at k * stride), added in chunk order: s1 = sum dy, s2 = sum dy * (x - mean); dgamma = s2 *
+/* Column j's gradient sums from K chunks' (row k of part_dy and part_dyxc at k * stride), added
+ * in chunk order: s1 = sum dy, s2 = sum dy * (x - mean); for the eight columns from j, or one. */
+FASTBN_INLINE void FN(partials8)(const double *part_dy, const double *part_dyxc, ptrdiff_t K,
+                                 ptrdiff_t stride, ptrdiff_t j, fastbn_vd *s1, fastbn_vd *s2) {
+    ptrdiff_t k;
+    *s1 = *s2 = SPLAT8(0.0);
+    for (k = 0; k < K; k++) {
+        *s1 = *s1 + FASTBN_ISA(load8_d)(part_dy + k * stride + j);
+        *s2 = *s2 + FASTBN_ISA(load8_d)(part_dyxc + k * stride + j);
+    }
+}
+FASTBN_INLINE void FN(partials1)(const double *part_dy, const double *part_dyxc, ptrdiff_t K,
+                                 ptrdiff_t stride, ptrdiff_t j, double *s1, double *s2) {
+    ptrdiff_t k;
+    *s1 = *s2 = 0.0;
+    for (k = 0; k < K; k++) {
+        *s1 = *s1 + part_dy[k * stride + j];
+        *s2 = *s2 + part_dyxc[k * stride + j];
+    }
+}
+/* The gradient sums of n columns (FN(partials8)) stored in s1 and s2: what the gradient-sums
+ * entries return where the backward would fold them into dx coefficients. */
+static void FN(store_sums)(const double *RESTRICT part_dy, const double *RESTRICT part_dyxc,
+                           ptrdiff_t K, ptrdiff_t stride, ptrdiff_t n, double *RESTRICT s1,
+                           double *RESTRICT s2) {
+    ptrdiff_t j = 0;
+    fastbn_vd v1, v2;
+    for (; j + 8 <= n; j += 8) {
+        FN(partials8)(part_dy, part_dyxc, K, stride, j, &v1, &v2);
+        FASTBN_ISA(storev_d)(s1 + j, v1);
+        FASTBN_ISA(storev_d)(s2 + j, v2);
+    }
+    for (; j < n; j++) FN(partials1)(part_dy, part_dyxc, K, stride, j, s1 + j, s2 + j);
+}
+/* A backward's constants per column from K chunks' gradient sums (FN(partials8)): dgamma = s2 *
  * invstd, dbeta = s1, k_dy = gamma * invstd, and in train mode k_b = s1 / count and k_g = dgamma /
  * count (else 0), each computed in double and rounded to T (see _backward_coefficients). */
 static void FN(grad_coefs)(const T *RESTRICT invstd, const T *RESTRICT gamma,
@@ -1063,15 +1098,12 @@ static void FN(grad_coefs)(const T *RESTRICT invstd, const T *RESTRICT gamma,
                            ptrdiff_t K, ptrdiff_t stride, ptrdiff_t n, double count, int train,
                            T *RESTRICT dgamma, T *RESTRICT dbeta, T *RESTRICT k_dy,
                            T *RESTRICT k_b, T *RESTRICT k_g) {
-    ptrdiff_t j = 0, k;
+    ptrdiff_t j = 0;
     if (n <= 0) return;
     fastbn_vd c = SPLAT8(count), zero = SPLAT8(0.0);
     for (; j + 8 <= n; j += 8) {
-        fastbn_vd s1 = zero, s2 = zero, iv = LOAD8(invstd + j), dg;
-        for (k = 0; k < K; k++) {
-            s1 = s1 + FASTBN_ISA(load8_d)(part_dy + k * stride + j);
-            s2 = s2 + FASTBN_ISA(load8_d)(part_dyxc + k * stride + j);
-        }
+        fastbn_vd s1, s2, iv = LOAD8(invstd + j), dg;
+        FN(partials8)(part_dy, part_dyxc, K, stride, j, &s1, &s2);
         dg = s2 * iv;
         FN(store8)(dgamma + j, dg);
         FN(store8)(dbeta + j, s1);
@@ -1085,11 +1117,8 @@ static void FN(grad_coefs)(const T *RESTRICT invstd, const T *RESTRICT gamma,
         }
     }
     for (; j < n; j++) {
-        double s1 = 0.0, s2 = 0.0, dg;
-        for (k = 0; k < K; k++) {
-            s1 = s1 + part_dy[k * stride + j];
-            s2 = s2 + part_dyxc[k * stride + j];
-        }
+        double s1, s2, dg;
+        FN(partials1)(part_dy, part_dyxc, K, stride, j, &s1, &s2);
         dg = s2 * (double)invstd[j];
         dgamma[j] = (T)dg;
         dbeta[j] = (T)s1;
@@ -1121,7 +1150,7 @@ static const FN_TABLE FN(table) = {
     FN(row_grad_sums), FN(rows4_grad_sums), FN(plane_affine), FN(plane_dx), FN(row_affine),
     FN(row_dx), FN(cols_shifted_sums), FN(cols_grad_sums), FN(cols_affine), FN(cols_dx),
     FN(layernorm_rows), FN(layernorm_rows_grad), FN(finish_moments), FN(fold), FN(test_fold),
-    FN(grad_coefs), FN(update_running),
+    FN(store_sums), FN(grad_coefs), FN(update_running),
 };
 
 #undef T
