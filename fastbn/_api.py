@@ -107,8 +107,9 @@ def batchnorm_forward(
     moments : Moments, optional
         Train mode only: normalise with these statistics (of a batch x is part of, see
         :func:`merge_moments`) instead of x's own; x may then have any number of rows, and
-        the running statistics are updated with these. Fed ``batchnorm_moments(x)``, the
-        result has the bits of the plain call.
+        the running statistics are updated with these (``unbiased``: corrected by their
+        count, the whole batch's). Fed ``batchnorm_moments(x)``, the result has the bits of
+        the plain call.
 
     Returns
     -------

@@ -84,7 +84,9 @@ def forward(p, moments=None):
     mean = empty_vector(C, dtype)
     invstd = empty_vector(C, dtype)
     batch_var = empty_vector(C, _FLOAT64)
+    count = None  # x's own values per channel
     if moments is not None:
+        count = moments.count
         scale = empty_vector(C, dtype)
         kernels.fold_moments(moments.count, np.stack([moments.mean, moments.m2]), gamma, p.eps,
                              mean, invstd, scale, batch_var)
@@ -96,7 +98,7 @@ def forward(p, moments=None):
         train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, running_mean, running_var,
               p.momentum, n_threads, residual, mask)
         updated = running_mean is not None
-    return finish_forward(p, shaped(out, p.x.shape), mean, invstd, batch_var, updated, mask)
+    return finish_forward(p, shaped(out, p.x.shape), mean, invstd, batch_var, updated, mask, count)
 
 
 def _test_coefficients(p, gamma, dtype):

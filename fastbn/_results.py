@@ -97,18 +97,19 @@ def test_statistics(p):
     return mean, invstd
 
 
-def finish_forward(p, out, mean, invstd, batch_var=None, updated=False, mask=None):
+def finish_forward(p, out, mean, invstd, batch_var=None, updated=False, mask=None, count=None):
     """Update running statistics (train-mode batchnorm), build the cache, cast the output.
 
     Called only after the backend succeeded, so that a failing call leaves bn_param untouched.
     `updated`: the backend updated running_mean and running_var already (then only
-    num_batches_tracked is counted here). `mask`: the fused ops' packed ReLU mask.
+    num_batches_tracked is counted here). `mask`: the fused ops' packed ReLU mask. `count`: the
+    whole batch's values per channel when the statistics are given moments (see update_running).
     """
     if p.mode == "train" and OPS[p.op].running_stats:
         if updated:
             _count_batch(p)
         else:
-            update_running(p, mean, batch_var)
+            update_running(p, mean, batch_var, count)
     # every field, in order, through tuple.__new__: the constructor's argument parsing and _make's
     # length check (interpreted code) are a measurable part of a small call
     cache = tuple.__new__(NormCache, (
@@ -128,10 +129,12 @@ def _into(out, result, dtype):
     return out
 
 
-def update_running(p, batch_mean, batch_var):
+def update_running(p, batch_mean, batch_var, count=None):
     """running = momentum * running + (1 - momentum) * batch, in place, shapes and dtypes kept;
     a missing running statistic starts as zeros. With ``p.unbiased`` the variance term is the
-    unbiased batch variance ``var * M / (M - 1)`` (PyTorch's); ``p.momentum`` is already the
+    unbiased batch variance ``var * M / (M - 1)`` (PyTorch's), M being `count`: the values per
+    channel of the whole batch (a forward fed moments: their count, at least 2), or by default
+    those of x; ``p.momentum`` is already the
     cumulative average's ``n / (n + 1)`` when ``bn_param['momentum']`` is None.
     ``bn_param['num_batches_tracked']`` is counted (``p.batches``: its value before this call, or
     None) last.
@@ -143,7 +146,8 @@ def update_running(p, batch_mean, batch_var):
     """
     m = p.momentum
     if p.unbiased:
-        count = OPS[p.op].per_channel(p.x.shape, p.layout)
+        if count is None:
+            count = OPS[p.op].per_channel(p.x.shape, p.layout)
         batch_var = np.asarray(batch_var, dtype=np.float64) * (count / (count - 1))
     new = []
     for key, current, stat in (

@@ -24,7 +24,7 @@ then the statistics), independent of the number of rows.
 
 Errors are collective: every rank first learns every rank's arguments, so ranks that disagree
 on the function called, the number of channels, the computation dtype, the mode, the layout,
-eps or momentum, a batch with fewer than two values per channel in train mode, or a rank whose
+eps, momentum or ``bn_param['unbiased']``, a batch with fewer than two values per channel in train mode, or a rank whose
 own arguments are invalid make every rank raise (the same ``ValueError`` on every rank, except
 that a rank with invalid arguments raises its own error). Nothing is computed or updated then.
 Every collective is non-blocking and polled against a deadline (``timeout`` seconds): a rank
@@ -54,7 +54,8 @@ __all__ = [
 DEFAULT_TIMEOUT = 60.0  # seconds a rank waits for the others in each collective
 
 # What every rank tells the others before any statistic is exchanged (one float64 each).
-_HEADER = ("error", "function", "channels", "dtype", "mode", "layout", "eps", "momentum", "count")
+_HEADER = ("error", "function", "channels", "dtype", "mode", "layout", "eps", "momentum",
+           "unbiased", "count")
 _FUNCTIONS = ("batchnorm_forward", "batchnorm_backward", "spatial_batchnorm_forward",
               "spatial_batchnorm_backward")
 _MODES = ("train", "test")
@@ -67,6 +68,7 @@ _AGREE = {  # header field: how the error message names it, and how it shows a v
     "layout": ("the layout", lambda v: repr(_LAYOUTS[int(v)])),
     "eps": ("eps", lambda v: repr(float(v))),
     "momentum": ("momentum", lambda v: repr(float(v))),
+    "unbiased": ("bn_param['unbiased']", lambda v: repr(bool(v))),
 }
 _SPIN_SECONDS = 2e-3  # a collective is polled without pause this long, then every _POLL_SECONDS
 _POLL_SECONDS = 2e-4
@@ -119,8 +121,8 @@ def batchnorm_forward(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, bn_par
     Raises
     ------
     ValueError
-        On every rank, when the ranks disagree (D, dtype, mode, eps, momentum) or the whole batch
-        has fewer than 2 rows in train mode; see the module's notes.
+        On every rank, when the ranks disagree (D, dtype, mode, eps, momentum, unbiased) or the
+        whole batch has fewer than 2 rows in train mode; see the module's notes.
     CollectiveTimeout
         When another rank does not make the same call within `timeout` seconds.
 
@@ -243,7 +245,7 @@ def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
         numpy = _backends.resolve(backend) == "numpy"
         p = prepare(spec, x, gamma, beta, param, out=out, whole_batch=False)
         header = _header(function, p.gamma.size, p.x.dtype, p.mode, p.layout, p.eps, p.momentum,
-                         spec.per_channel(p.x.shape, p.layout))
+                         p.unbiased, spec.per_channel(p.x.shape, p.layout))
         error = None
     except (TypeError, ValueError, ImportError) as e:
         header, error, timeout = _error_header(), e, _valid_timeout(timeout)
@@ -276,7 +278,7 @@ def _backward(function, dout, cache, comm, backend, out, timeout):
         numpy = _backends.resolve(backend) == "numpy"
         dout, out = prepare_backward(dout, cache, spec, function, out)
         header = _header(function, cache.gamma.size, cache.x.dtype, cache.mode, cache.layout,
-                         cache.eps, 0.0, spec.per_channel(cache.x.shape, cache.layout))
+                         cache.eps, 0.0, False, spec.per_channel(cache.x.shape, cache.layout))
         error = None
     except (TypeError, ValueError, ImportError) as e:
         header, error, timeout = _error_header(), e, _valid_timeout(timeout)
@@ -323,9 +325,10 @@ def _valid_timeout(timeout):
         return DEFAULT_TIMEOUT
 
 
-def _header(function, channels, dtype, mode, layout, eps, momentum, count):
+def _header(function, channels, dtype, mode, layout, eps, momentum, unbiased, count):
     return np.array([0.0, _FUNCTIONS.index(function), channels, np.dtype(dtype).itemsize,
-                     _MODES.index(mode), _LAYOUTS.index(layout), eps, momentum, count])
+                     _MODES.index(mode), _LAYOUTS.index(layout), eps, momentum, bool(unbiased),
+                     count])
 
 
 def _error_header():

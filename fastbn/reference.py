@@ -149,7 +149,8 @@ def _batch_forward(p, moments=None):
     mask = None
     if OPS[p.op].relu:
         out, mask = _relu_forward(out, p.residual)
-    return finish_forward(p, out, mean, invstd, batch_var, mask=mask)
+    count = None if moments is None else moments.count
+    return finish_forward(p, out, mean, invstd, batch_var, mask=mask, count=count)
 
 
 def _relu_forward(y, residual):

@@ -27,6 +27,9 @@ SPLITS = {
     "empty": {2: [0, 31], 3: [14, 0, 17]},
     "two_in_all": {2: [1, 1], 3: [0, 1, 1]},
 }
+# splits whose bn_param keeps the unbiased running variance (PyTorch's): M / (M - 1) of the whole
+# batch's M, which no rank holds (and a rank of one row or none would divide by zero with its own)
+UNBIASED = ("uneven", "one_row", "empty")
 # (op, layout, shape of one row/image): a few features; NCHW with few channels (chunks of
 # planes) and with many (a task per channel); NHWC
 GEOMETRIES = {
@@ -72,7 +75,7 @@ def make_case(name, size):
     dout = rng.normal(size=x.shape).astype(dtype)
     gamma = rng.normal(1.0, 0.5, size=channels).astype(dtype)
     beta = rng.normal(size=channels).astype(dtype)
-    param = {"mode": mode, "momentum": 0.8,
+    param = {"mode": mode, "momentum": 0.8, "unbiased": split in UNBIASED,
              "running_mean": rng.normal(size=channels).astype(dtype),
              "running_var": rng.uniform(0.5, 2.0, size=channels).astype(dtype)}
     if layout == "NHWC":
@@ -87,8 +90,8 @@ def part(a, rows, rank):
 
 
 # Calls that must raise on every rank (see _error_call).
-ERRORS = ["channels", "dtype", "mode", "layout", "eps", "function", "one_value", "no_values",
-          "backward_mode", "invalid_gamma", "invalid_dout", "invalid_timeout"]
+ERRORS = ["channels", "dtype", "mode", "layout", "eps", "unbiased", "function", "one_value",
+          "no_values", "backward_mode", "invalid_gamma", "invalid_dout", "invalid_timeout"]
 INVALID = {"invalid_gamma": "gamma must have shape", "invalid_dout": "dout must have the shape",
            "invalid_timeout": "timeout must be a positive number"}  # the last rank's own error
 
@@ -115,6 +118,9 @@ def _error_call(name, comm, distributed, param):
         distributed.spatial_batchnorm_forward(images, ones, zeros, param, comm)
     elif name == "eps":
         param["eps"] = 1e-3 if last else 1e-5
+        distributed.batchnorm_forward(x, ones, zeros, param, comm)
+    elif name == "unbiased":
+        param["unbiased"] = last
         distributed.batchnorm_forward(x, ones, zeros, param, comm)
     elif name == "function":
         _, cache = fastbn_local().batchnorm_forward(x, ones, zeros, {"mode": "train"})

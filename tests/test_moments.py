@@ -101,21 +101,24 @@ def test_merged_moments_of_parts_are_the_moments_of_the_whole(geometry, cut):
     assert _relative(merged.m2, m2) <= 1e-12
 
 
+@pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("cut", CUTS)
-def test_forward_of_parts_fed_merged_moments_is_the_forward_of_the_whole(cut, dtype, backend):
+def test_forward_of_parts_fed_merged_moments_is_the_forward_of_the_whole(cut, dtype, backend,
+                                                                          unbiased):
     """What a rank of fastbn.distributed computes, in one process: each part normalised with the
-    merged moments is that part of the forward on the whole batch; the running statistics too."""
+    merged moments is that part of the forward on the whole batch; the running statistics too,
+    the unbiased variance corrected by the whole batch's count (not the part's)."""
     x, _ = _x("NC_small", dtype, offset=1e3)
     gamma, beta = np.full(5, 1.5, dtype), np.full(5, -0.5, dtype)
-    whole_param = {"mode": "train"}
+    whole_param = {"mode": "train", "unbiased": unbiased}
     whole, whole_cache = fastbn.batchnorm_forward(x, gamma, beta, whole_param, backend=backend)
     parts = np.split(x, CUTS[cut])
     merged = fastbn.merge_moments([fastbn.batchnorm_moments(p, backend=backend) for p in parts])
     outputs = []
     for part in parts:
-        param = {"mode": "train"}
+        param = {"mode": "train", "unbiased": unbiased}
         out, cache = fastbn.batchnorm_forward(part, gamma, beta, param, backend=backend,
                                               moments=merged)
         outputs.append(out)
@@ -211,12 +214,20 @@ def test_forward_rejects_unusable_moments_and_changes_nothing(backend):
             np.testing.assert_array_equal(param[key], value)
 
 
-def test_a_part_with_one_or_no_rows_is_normalised_with_given_moments():
-    """Given moments, the part itself may be too small for statistics of its own."""
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("unbiased", [False, True], ids=["biased", "unbiased"])
+def test_a_part_with_one_or_no_rows_is_normalised_with_given_moments(unbiased, backend):
+    """Given moments, the part itself may be too small for statistics of its own; its running
+    variance is the whole batch's, also unbiased (M / (M - 1) of the whole batch's M)."""
     x = np.random.default_rng(5).normal(size=(9, 4))
     merged = fastbn.batchnorm_moments(x)
-    whole, _ = fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), {"mode": "train"})
+    whole_param = {"mode": "train", "unbiased": unbiased}
+    whole, _ = fastbn.batchnorm_forward(x, np.ones(4), np.zeros(4), whole_param, backend=backend)
+    np.testing.assert_allclose(whole_param["running_var"], 0.1 * x.var(axis=0, ddof=int(unbiased)),
+                               rtol=1e-12)
     for part in (x[:0], x[:1]):
-        out, _ = fastbn.batchnorm_forward(part, np.ones(4), np.zeros(4), {"mode": "train"},
-                                          moments=merged)
+        param = {"mode": "train", "unbiased": unbiased}
+        out, _ = fastbn.batchnorm_forward(part, np.ones(4), np.zeros(4), param, moments=merged,
+                                          backend=backend)
         np.testing.assert_allclose(out, whole[:len(part)], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(param["running_var"], whole_param["running_var"], rtol=1e-12)
