@@ -107,8 +107,12 @@ def _check_real(value, name, low, high, default):
     if type(value) not in (float, int) and (  # the usual types skip the (slower) ABC check
             isinstance(value, (bool, np.bool_)) or not isinstance(value, Real)):
         raise TypeError(f"{name} must be a real number, got {value!r} of type {_type_name(value)}")
-    value = float(value)
-    if not (low <= value <= high) or value == np.inf:  # also rejects NaN
+    try:
+        value = float(value)
+        valid = low <= value <= high and value != np.inf  # not NaN
+    except OverflowError:  # an int beyond float's range
+        valid = False
+    if not valid:
         expected = f"in [{low}, {high}]" if high != np.inf else f"finite and >= {low}"
         raise ValueError(f"{name} must be a real number {expected}, got {value!r}")
     return value

@@ -24,14 +24,18 @@ then the statistics), independent of the number of rows.
 
 Errors are collective: every rank first learns every rank's arguments, so ranks that disagree
 on the function called, the number of channels, the computation dtype, the mode, the layout,
-eps, momentum or ``bn_param['unbiased']``, a batch with fewer than two values per channel in train mode, or a rank whose
-own arguments are invalid make every rank raise (the same ``ValueError`` on every rank, except
+eps, momentum or ``bn_param['unbiased']``, backwards given caches of different statistics (a
+cache of the local forward), a batch with fewer than two values per channel in train mode, or a
+rank whose own arguments are invalid make every rank raise (the same ``ValueError`` on every rank, except
 that a rank with invalid arguments raises its own error). Nothing is computed or updated then.
 Every collective is non-blocking and polled against a deadline (``timeout`` seconds): a rank
 whose peers do not make the same call raises :class:`CollectiveTimeout` instead of waiting
 forever. After a timeout the ranks' collectives are out of step: end the job (``comm.Abort()``).
 """
+import math
 import time
+import zlib
+from numbers import Real
 
 import numpy as np
 from mpi4py import MPI
@@ -55,7 +59,7 @@ DEFAULT_TIMEOUT = 60.0  # seconds a rank waits for the others in each collective
 
 # What every rank tells the others before any statistic is exchanged (one float64 each).
 _HEADER = ("error", "function", "channels", "dtype", "mode", "layout", "eps", "momentum",
-           "unbiased", "count")
+           "unbiased", "statistics", "count")
 _FUNCTIONS = ("batchnorm_forward", "batchnorm_backward", "spatial_batchnorm_forward",
               "spatial_batchnorm_backward")
 _MODES = ("train", "test")
@@ -69,6 +73,9 @@ _AGREE = {  # header field: how the error message names it, and how it shows a v
     "eps": ("eps", lambda v: repr(float(v))),
     "momentum": ("momentum", lambda v: repr(float(v))),
     "unbiased": ("bn_param['unbiased']", lambda v: repr(bool(v))),
+    "statistics": ("the cache's statistics (cache.mean and cache.invstd: the backward takes the "
+                   "caches of one distributed forward, not of a local one)",
+                   lambda v: f"CRC-32 {int(v):08x}"),
 }
 _SPIN_SECONDS = 2e-3  # a collective is polled without pause this long, then every _POLL_SECONDS
 _POLL_SECONDS = 2e-4
@@ -151,7 +158,8 @@ def batchnorm_backward(dout: np.ndarray, cache: NormCache, comm: MPI.Intracomm, 
     dout : ndarray of shape (N, D)
         The upstream gradient of this rank's rows.
     cache : NormCache
-        From this rank's :func:`batchnorm_forward`.
+        From this rank's :func:`batchnorm_forward` (of this module: a cache of the local
+        forward holds this rank's statistics, which differ between ranks, and every rank raises).
     comm : mpi4py.MPI.Intracomm
         The communicator of the forward.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
@@ -166,6 +174,14 @@ def batchnorm_backward(dout: np.ndarray, cache: NormCache, comm: MPI.Intracomm, 
         This rank's rows of the gradient of the loss of the whole batch.
     dgamma, dbeta : ndarray
         The whole batch's, identical bits on every rank (do not add them up over the ranks).
+
+    Raises
+    ------
+    ValueError
+        On every rank, when the ranks disagree (the function, D, dtype, mode, eps) or their
+        caches hold different statistics; see the module's notes.
+    CollectiveTimeout
+        When another rank does not make the same call within `timeout` seconds.
 
     Examples
     --------
@@ -245,9 +261,9 @@ def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
         numpy = _backends.resolve(backend) == "numpy"
         p = prepare(spec, x, gamma, beta, param, out=out, whole_batch=False)
         header = _header(function, p.gamma.size, p.x.dtype, p.mode, p.layout, p.eps, p.momentum,
-                         p.unbiased, spec.per_channel(p.x.shape, p.layout))
+                         p.unbiased, 0, spec.per_channel(p.x.shape, p.layout))
         error = None
-    except (TypeError, ValueError, ImportError) as e:
+    except Exception as e:  # any local failure: every rank raises
         header, error, timeout = _error_header(), e, _valid_timeout(timeout)
 
     def statistics():  # this rank's, while the arguments are exchanged
@@ -277,10 +293,13 @@ def _backward(function, dout, cache, comm, backend, out, timeout):
         timeout = _check_timeout(timeout)
         numpy = _backends.resolve(backend) == "numpy"
         dout, out = prepare_backward(dout, cache, spec, function, out)
+        statistics = zlib.crc32(np.ascontiguousarray(cache.invstd).tobytes(),
+                                zlib.crc32(np.ascontiguousarray(cache.mean).tobytes()))
         header = _header(function, cache.gamma.size, cache.x.dtype, cache.mode, cache.layout,
-                         cache.eps, 0.0, False, spec.per_channel(cache.x.shape, cache.layout))
+                         cache.eps, 0.0, False, statistics,
+                         spec.per_channel(cache.x.shape, cache.layout))
         error = None
-    except (TypeError, ValueError, ImportError) as e:
+    except Exception as e:  # any local failure: every rank raises
         header, error, timeout = _error_header(), e, _valid_timeout(timeout)
 
     def gradient_sums():  # this rank's, while the arguments are exchanged
@@ -312,9 +331,13 @@ def _check_comm(comm):
 def _check_timeout(timeout):
     """`timeout` as a float: a positive number of seconds (checked with the other arguments: a
     rank with an invalid one takes part in the exchange of arguments with DEFAULT_TIMEOUT)."""
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+    try:
+        seconds = float(timeout) if isinstance(timeout, Real) else math.nan
+    except OverflowError:  # an int beyond float: no timeout, as inf
+        seconds = math.inf
+    if isinstance(timeout, (bool, np.bool_)) or not seconds > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return float(timeout)
+    return seconds
 
 
 def _valid_timeout(timeout):
@@ -325,10 +348,12 @@ def _valid_timeout(timeout):
         return DEFAULT_TIMEOUT
 
 
-def _header(function, channels, dtype, mode, layout, eps, momentum, unbiased, count):
+def _header(function, channels, dtype, mode, layout, eps, momentum, unbiased, statistics, count):
+    """This rank's call as a float64 vector of the fields of _HEADER (`statistics`: a backward's
+    CRC-32 of its cache's mean and invstd, 0 for a forward)."""
     return np.array([0.0, _FUNCTIONS.index(function), channels, np.dtype(dtype).itemsize,
                      _MODES.index(mode), _LAYOUTS.index(layout), eps, momentum, bool(unbiased),
-                     count])
+                     statistics, count])
 
 
 def _error_header():

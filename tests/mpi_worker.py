@@ -91,9 +91,13 @@ def part(a, rows, rank):
 
 # Calls that must raise on every rank (see _error_call).
 ERRORS = ["channels", "dtype", "mode", "layout", "eps", "unbiased", "function", "one_value",
-          "no_values", "backward_mode", "invalid_gamma", "invalid_dout", "invalid_timeout"]
+          "no_values", "backward_mode", "local_cache", "invalid_gamma", "invalid_eps",
+          "invalid_dout", "invalid_timeout"]
 INVALID = {"invalid_gamma": "gamma must have shape", "invalid_dout": "dout must have the shape",
+           "invalid_eps": "bn_param['eps'] must be a real number",
            "invalid_timeout": "timeout must be a positive number"}  # the last rank's own error
+DISAGREE = {"unbiased": "bn_param['unbiased']",  # what the others' common message names
+            "local_cache": "the cache's statistics"}
 
 
 def _error_call(name, comm, distributed, param):
@@ -140,6 +144,12 @@ def _error_call(name, comm, distributed, param):
             _, cache = fastbn_local().batchnorm_forward(
                 x, ones, zeros, {"mode": "test", "running_mean": zeros, "running_var": ones})
         distributed.batchnorm_backward(x, cache, comm)
+    elif name == "local_cache":  # every rank's cache holds its own rows' statistics
+        _, cache = fastbn_local().batchnorm_forward(x, ones, zeros, {"mode": "train"})
+        distributed.batchnorm_backward(x, cache, comm)
+    elif name == "invalid_eps":  # beyond float's range (OverflowError from float())
+        param["eps"] = 10**400 if last else 1e-5
+        distributed.batchnorm_forward(x, ones, zeros, param, comm)
     elif name == "invalid_timeout":
         distributed.batchnorm_forward(x, ones, zeros, param, comm, timeout=-1.0 if last else 10.0)
     elif name == "invalid_dout":

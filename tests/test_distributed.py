@@ -129,6 +129,8 @@ def test_collective_errors_raise_on_every_rank(cases_run, name):
             "no rank computed or updated anything"}
     else:
         assert len({error["message"] for error in errors}) == 1, errors
+        if name in mpi_worker.DISAGREE:
+            assert f"the ranks disagree on {mpi_worker.DISAGREE[name]}" in errors[0]["message"]
     for error in errors:
         assert error["running_mean"] in (None, [0.0, 0.0, 0.0])  # absent, or as given (mode)
 
@@ -151,6 +153,19 @@ def test_a_rank_that_skips_the_call_makes_the_others_time_out(tmp_path):
         assert record["error"][0] == "CollectiveTimeout"
         assert "did not complete within 1 s" in record["error"][1]
         assert 1.0 <= record["seconds"] < 20.0
+
+
+@pytest.mark.parametrize("timeout, seconds", [(5, 5.0), (np.float32(0.5), 0.5), (10**400, np.inf),
+                                               (0.0, None), (-1, None), (True, None),
+                                               (np.bool_(True), None), ("5", None), (None, None)])
+def test_timeout_is_a_positive_number_of_seconds(timeout, seconds):
+    """Any real number > 0 (an int beyond float's range: no timeout), else a ValueError naming it."""
+    from fastbn.distributed import _check_timeout
+    if seconds is None:
+        with pytest.raises(ValueError, match=r"timeout must be a positive number of seconds, got"):
+            _check_timeout(timeout)
+    else:
+        assert _check_timeout(timeout) == seconds
 
 
 def test_import_fastbn_does_not_import_mpi4py():
