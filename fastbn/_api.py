@@ -50,10 +50,12 @@ def batchnorm_moments(x: NDArray[Any], *, layout: str = "NCHW", backend: str = "
 
     Parameters
     ----------
-    x : ndarray of shape (N, D), or (N, C, H, W), or (N, H, W, C) with ``layout='NHWC'``
-        dtypes as in :func:`batchnorm_forward`.
-    layout : {'NCHW', 'NHWC'}, default 'NCHW'
-        Where the channels of a 4-D x are; a 2-D x has its features on axis 1.
+    x : ndarray of shape (N, D), or (N, C, *spatial), or (N, *spatial, C) with ``layout='NHWC'``
+        Any x of :func:`batchnorm_forward` or :func:`spatial_batchnorm_forward` (for instance
+        (N, C, L), (N, C, H, W), (N, C, D, H, W)); dtypes as there.
+    layout : {'NCHW', 'NHWC', 'channels_first', 'channels_last'}, default 'NCHW'
+        Where the channels of a spatial x are, as ``bn_param['layout']`` of
+        :func:`spatial_batchnorm_forward`; a 2-D x has its features on axis 1.
     backend : {'auto', 'cython', 'numpy'}, default 'auto'
         The compiled backend runs the statistics pass of the forward alone (x read once), so
         feeding the result back (``batchnorm_forward(..., moments=m)``) gives the bits of the

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fastbn._ops import LAYOUTS, OPS
+from fastbn._ops import LAYOUT_SYNONYMS, LAYOUTS, OPS
 from fastbn._validation import check_ndarray, compute_dtype
 
 __all__ = ["Moments", "merge_moments"]
@@ -47,13 +47,19 @@ class Moments(NamedTuple):
 def prepare_moments(x, layout):
     """Validate the arguments of :func:`fastbn.batchnorm_moments`: ``(spec, x, layout)`` with x
     C-contiguous in its computation dtype and the op and layout whose statistics it has."""
-    if not isinstance(layout, str) or layout not in ("NCHW", "NHWC"):
-        raise ValueError(f"layout must be one of ['NCHW', 'NHWC'], got {layout!r}")
+    spatial = OPS["spatial_batchnorm"]  # its layouts, their synonyms and its shapes
+    if not isinstance(layout, str) or LAYOUT_SYNONYMS.get(layout, layout) not in spatial.layouts:
+        allowed = [*spatial.layouts,
+                   *(name for name, to in LAYOUT_SYNONYMS.items() if to in spatial.layouts)]
+        raise ValueError(f"layout must be one of {allowed}, got {layout!r}")
+    layout = LAYOUT_SYNONYMS.get(layout, layout)
     check_ndarray(x, "x")
-    if x.ndim not in (2, 4):
-        raise ValueError(f"x must be a 2-D array of shape (N, D) or a 4-D array of shape "
-                         f"{LAYOUTS[layout].text}, got a {x.ndim}-D array of shape {x.shape}")
-    spec, layout = (OPS["batchnorm"], "NC") if x.ndim == 2 else (OPS["spatial_batchnorm"], layout)
+    low = spatial.ndim_range(layout)[0]
+    if x.ndim != 2 and x.ndim < low:
+        raise ValueError(f"x must be a 2-D array of shape (N, D) or "
+                         f"{LAYOUTS[layout].describe(low)}, got a {x.ndim}-D array of shape "
+                         f"{x.shape}")
+    spec, layout = (OPS["batchnorm"], "NC") if x.ndim == 2 else (spatial, layout)
     dtype, _ = compute_dtype(x, "x")
     return spec, np.ascontiguousarray(x, dtype=dtype), layout
 

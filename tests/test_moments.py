@@ -8,7 +8,7 @@ import fastbn
 BACKENDS = ("cython", "numpy")
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-12}
 # (shape, layout): (N, D) arrays through the column kernels' grid, wide-row and blocked paths,
-# NCHW with few and many channels, NHWC
+# NCHW with few and many channels, NHWC, other spatial ranks
 GEOMETRIES = {
     "NC_small": ((37, 5), "NCHW"),
     "NC_wide": ((3000, 6), "NCHW"),
@@ -17,6 +17,9 @@ GEOMETRIES = {
     "NCHW_chunks": ((9, 3, 7, 5), "NCHW"),
     "NCHW_channels": ((4, 16, 6, 6), "NCHW"),
     "NHWC": ((6, 5, 4, 3), "NHWC"),
+    "NCL": ((6, 3, 7), "NCHW"),  # any spatial rank, and the layouts' synonyms
+    "NCDHW": ((3, 4, 2, 3, 5), "channels_first"),
+    "NDHWC": ((3, 2, 3, 5, 4), "channels_last"),
 }
 # where a batch of 37 rows (or images) is cut: empty, one-row and uneven parts
 CUTS = {"halves": (18,), "empty_first": (0, 20), "one_row": (1, 2, 36), "empty_last": (37,),
@@ -29,9 +32,13 @@ def _x(geometry, dtype=np.float64, rows=None, offset=3.0):
     return np.random.default_rng(sum(shape)).normal(offset, 2.0, size=shape).astype(dtype), layout
 
 
+def _channel_axis(x, layout):
+    return 1 if x.ndim == 2 or layout in ("NCHW", "channels_first") else x.ndim - 1
+
+
 def _direct(x, layout):
     """count, mean, m2 per channel in float64, straight from the definition."""
-    axis = 1 if x.ndim == 2 or layout == "NCHW" else 3
+    axis = _channel_axis(x, layout)
     x = np.moveaxis(x.astype(np.float64), axis, -1).reshape(-1, x.shape[axis])
     mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1])
     return np.full(x.shape[1], float(len(x))), mean, ((x - mean) ** 2).sum(axis=0)
@@ -75,13 +82,13 @@ def test_forward_fed_its_own_moments_gives_the_bits_of_the_plain_forward(geometr
     """The forward fed batchnorm_moments(x) runs the statistics the plain forward computes
     through the same fold and sweep: the output, cache and running statistics are bit-equal."""
     x, layout = _x(geometry, dtype)
-    C = x.shape[1] if x.ndim == 2 or layout == "NCHW" else x.shape[3]
+    C = x.shape[_channel_axis(x, layout)]
     rng = np.random.default_rng(1)
     gamma, beta = rng.normal(size=C).astype(dtype), rng.normal(size=C).astype(dtype)
     forward = fastbn.batchnorm_forward if x.ndim == 2 else fastbn.spatial_batchnorm_forward
     results = []
     for moments in (None, fastbn.batchnorm_moments(x, layout=layout, backend=backend)):
-        param = {"mode": "train", "layout": layout} if x.ndim == 4 else {"mode": "train"}
+        param = {"mode": "train", "layout": layout} if x.ndim > 2 else {"mode": "train"}
         param["running_mean"], param["running_var"] = np.ones(C, dtype), np.ones(C, dtype)
         out, cache = forward(x, gamma, beta, param, backend=backend, moments=moments)
         results.append((out, cache.mean, cache.invstd, param["running_mean"], param["running_var"]))
@@ -185,8 +192,13 @@ def test_merge_rejects_a_single_moments():
 def test_moments_reject(backend):
     with pytest.raises(ValueError, match="layout must be one of"):
         fastbn.batchnorm_moments(np.ones((3, 2)), layout="NC", backend=backend)
-    with pytest.raises(ValueError, match="2-D array of shape"):
-        fastbn.batchnorm_moments(np.ones((3, 2, 2)), backend=backend)
+    with pytest.raises(ValueError, match=r"layout must be one of \['NCHW', 'NHWC', "
+                                         r"'channels_first', 'channels_last'\], got 'NDHWC'"):
+        fastbn.batchnorm_moments(np.ones((3, 2, 2, 2, 2)), layout="NDHWC", backend=backend)
+    with pytest.raises(ValueError, match=r"x must be a 2-D array of shape \(N, D\) or an array "
+                                         r"of at least 3 dimensions, shape \(N, C, \*spatial\), "
+                                         r"got a 1-D array of shape \(3,\)"):
+        fastbn.batchnorm_moments(np.ones(3), backend=backend)
     with pytest.raises(TypeError, match="numpy.ndarray"):
         fastbn.batchnorm_moments([[1.0, 2.0]], backend=backend)
     with pytest.raises(TypeError, match="dtype"):
