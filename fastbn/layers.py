@@ -32,7 +32,7 @@ import numpy as np
 
 from fastbn import _api
 from fastbn._ops import LAYOUT_SYNONYMS, OPS
-from fastbn._validation import _check_real, compute_dtype
+from fastbn._validation import _check_real, check_ndarray, compute_dtype
 
 __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm"]
 
@@ -40,14 +40,18 @@ __all__ = ["BatchNorm", "LayerNorm", "GroupNorm", "RMSNorm"]
 def _to_numpy(value, name):
     """A new NumPy array of `value`: an array, or a tensor read by duck typing (``.detach()``,
     ``.cpu()``, ``.numpy()``, as torch.Tensor has them)."""
-    if not isinstance(value, np.ndarray):
-        for method in ("detach", "cpu", "numpy"):
-            if callable(getattr(value, method, None)):
-                value = getattr(value, method)()
+    given = value
     try:
+        if not isinstance(value, np.ndarray):
+            for method in ("detach", "cpu", "numpy"):
+                if callable(getattr(value, method, None)):
+                    value = getattr(value, method)()
         array = np.array(value)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{name} must be an array or a tensor, got {type(value).__name__}") from error
+        dtype = getattr(given, "dtype", None)
+        held = f" of dtype {dtype}" if dtype is not None else ""
+        raise TypeError(f"{name} must be an array or a tensor of real numbers that NumPy holds, "
+                        f"got {type(given).__name__}{held}") from error
     if array.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {array.dtype}")
     return array
@@ -91,6 +95,13 @@ def _shape_tuple(value, name):
     return tuple(int(n) for n in shape)
 
 
+def _same_size(value, name, size):
+    """value (None passes) must hold `size` values, as the layer's gamma does."""
+    if value is not None and value.size != size:
+        raise ValueError(f"{name} must have {size} values, as gamma has, got shape {value.shape}")
+    return value
+
+
 def _require(module, names, what):
     """The attributes `names` of a module read by duck typing, or a TypeError naming the missing."""
     missing = [name for name in names if not hasattr(module, name)]
@@ -116,10 +127,19 @@ class _Layer:
 
     def __init__(self, dtype):
         self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise TypeError(f"dtype must be a floating-point dtype, got {self.dtype}")
+        if self.dtype.kind != "f" or self.dtype.itemsize not in (2, 4, 8):
+            raise TypeError(f"dtype must be float16, float32 or float64, got {self.dtype}")
         self.dgamma = self.dbeta = None
         self._cache = None
+
+    @staticmethod
+    def _check_channels(x, channels, name, axis):
+        """x (when an array of 2 or more dimensions: the functions check the rest) must have
+        `channels` values on `axis`, the layer's `name`."""
+        if isinstance(x, np.ndarray) and x.ndim >= 2 and x.shape[axis] != channels:
+            where = "the last axis" if axis == -1 else f"axis {axis}"
+            raise ValueError(f"x must have {name}={channels} channels on {where}, got shape "
+                             f"{x.shape}")
 
     def _params(self, channels, affine, bias=True, shape=None):
         shape = (channels,) if shape is None else shape
@@ -239,7 +259,7 @@ class BatchNorm(_Layer):
         self.eps = _eps(eps)
         self.momentum = None if momentum is None else _check_real(momentum, "momentum", 0.0, 1.0, None)
         self.unbiased = _flag(unbiased, "unbiased")
-        if LAYOUT_SYNONYMS.get(layout, layout) not in ("NCHW", "NHWC"):
+        if not isinstance(layout, str) or LAYOUT_SYNONYMS.get(layout, layout) not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be one of ['NCHW', 'NHWC', 'channels_first', "
                              f"'channels_last'], got {layout!r}")
         self.layout, self.backend = layout, backend
@@ -263,6 +283,8 @@ class BatchNorm(_Layer):
         """Normalise x: with the batch statistics, updating the running ones (``train=True``),
         or with the running statistics (``train=False``)."""
         train = _check_train(train)
+        channels_last = np.ndim(x) >= 3 and LAYOUT_SYNONYMS.get(self.layout, self.layout) == "NHWC"
+        self._check_channels(x, self.num_features, "num_features", -1 if channels_last else 1)
         param = {"mode": "train" if train or not self.track_running_stats else "test",
                  "eps": self.eps, "momentum": self.momentum, "unbiased": self.unbiased,
                  "layout": self.layout}
@@ -294,18 +316,20 @@ class BatchNorm(_Layer):
     @classmethod
     def from_keras(cls, weights: Sequence[Any], *, axis: int = -1, momentum: float = 0.99,
                    epsilon: float = 1e-3, center: bool = True, scale: bool = True,
-                   backend: str = "auto") -> BatchNorm:
+                   unbiased: bool = False, backend: str = "auto") -> BatchNorm:
         """A BatchNorm equal to a Keras ``BatchNormalization`` layer from its ``get_weights()``
         (``[gamma, beta, moving_mean, moving_variance]``, gamma without ``scale``, beta without
         ``center``) and its config: ``axis`` -1 (channels last) or 1 (channels first);
-        momentum, biased variance and epsilon carry over unchanged (TensorFlow's ``decay`` is
-        this momentum)."""
+        momentum and epsilon carry over unchanged (TensorFlow's ``decay`` is this momentum).
+        Keras 3 keeps the biased batch variance; ``unbiased=True`` for a tf.keras (Keras 2) or
+        TensorFlow 1 layer on TensorFlow's fused kernel (their default for 4-D x), which keeps
+        the unbiased one (docs/conventions.md)."""
         _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         if axis not in (-1, 1):
             raise ValueError(f"axis must be -1 (channels last) or 1 (channels first), got {axis!r}")
         gamma, beta, (mean, var) = _keras_weights(weights, scale, center,
                                                   ("moving_mean", "moving_variance"), "BatchNormalization")
-        layer = cls(mean.size, eps=epsilon, momentum=momentum, affine=True,
+        layer = cls(mean.size, eps=epsilon, momentum=momentum, unbiased=unbiased, affine=True,
                     layout="channels_last" if axis == -1 else "channels_first",
                     dtype=mean.dtype if mean.dtype.kind == "f" else np.float32, backend=backend)
         layer._set(gamma, beta, mean, var)
@@ -419,6 +443,7 @@ class LayerNorm(_Layer):
         if shape is None or math.prod(shape) != given.size:
             raise ValueError(f"weights must have {len(axes)} dimensions for axis {axis!r}, "
                              f"got shape {given.shape}")
+        _same_size(beta, "beta", given.size)
         layer = cls(shape, eps=epsilon, elementwise_affine=True, bias=True, dtype=given.dtype,
                     backend=backend)
         layer.gamma = None if gamma is None else gamma.reshape(shape).astype(layer.dtype)
@@ -429,7 +454,7 @@ class LayerNorm(_Layer):
     def from_onnx(cls, scale: Any, B: Any = None, *, axis: int = -1, epsilon: float = 1e-5,
                   backend: str = "auto") -> LayerNorm:
         """A LayerNorm equal to an ONNX ``LayerNormalization`` node: a negative ``axis``
-        normalises the last ``-axis`` axes, whose shape scale has (or scale is flat)."""
+        normalises the last ``-axis`` axes, whose shape scale has (a flat scale: axis -1 only)."""
         _check_real(epsilon, "epsilon", 0.0, np.inf, None)
         if not isinstance(axis, Integral) or isinstance(axis, bool) or axis >= 0:
             raise ValueError(f"axis must be a negative integer (count the normalized axes from the "
@@ -442,7 +467,7 @@ class LayerNorm(_Layer):
         layer = cls(shape, eps=epsilon, bias=B is not None, dtype=scale.dtype, backend=backend)
         layer.gamma = scale.reshape(shape).astype(layer.dtype)
         if B is not None:
-            layer.beta = _to_numpy(B, "B").reshape(shape).astype(layer.dtype)
+            layer.beta = _same_size(_to_numpy(B, "B"), "B", scale.size).reshape(shape).astype(layer.dtype)
         return layer
 
 
@@ -481,7 +506,7 @@ class RMSNorm(LayerNorm):
         _check_train(train)
         param = self._ln_param(x)
         if self.eps is None:
-            param["eps"] = float(np.finfo(compute_dtype(x, "x")[0]).eps)
+            param["eps"] = float(np.finfo(compute_dtype(check_ndarray(x, "x"), "x")[0]).eps)
         out, self._cache = _api.rmsnorm_forward(x, self.gamma, param, backend=self.backend)
         return out
 
@@ -497,13 +522,13 @@ class RMSNorm(LayerNorm):
         return layer
 
     @classmethod
-    def from_keras(cls, weights: Sequence[Any], *, axis: int = -1, epsilon: float = 1e-6,
-                   backend: str = "auto") -> RMSNorm:
+    def from_keras(cls, weights: Sequence[Any], *, axis: Union[int, Sequence[int]] = -1,
+                   epsilon: float = 1e-6, backend: str = "auto") -> RMSNorm:
         """An RMSNorm equal to a Keras ``RMSNormalization`` from ``get_weights()`` (``[scale]``)
-        and its config (``axis`` -1)."""
+        and its config (``axis`` -1, or [-1])."""
         _check_real(epsilon, "epsilon", 0.0, np.inf, None)
-        if axis != -1:
-            raise ValueError(f"axis must be -1, got {axis!r}")
+        if not (axis == -1 or isinstance(axis, (list, tuple)) and list(axis) == [-1]):
+            raise ValueError(f"axis must be -1 (or [-1]), got {axis!r}")
         (scale,) = _keras_weights(weights, True, False, (), "RMSNormalization")[:1]
         layer = cls(scale.size, eps=epsilon, dtype=scale.dtype, backend=backend)
         layer.gamma = scale.reshape(-1).astype(layer.dtype)
@@ -556,6 +581,7 @@ class GroupNorm(_Layer):
     def forward(self, x: np.ndarray, train: bool = True) -> np.ndarray:
         """Normalise each (sample, group) of x (train has no effect)."""
         _check_train(train)
+        self._check_channels(x, self.num_channels, "num_channels", 1)
         out, self._cache = _api.spatial_groupnorm_forward(
             x, self.gamma, self.beta, self.num_groups, {"eps": self.eps}, backend=self.backend)
         return out
@@ -595,6 +621,7 @@ class GroupNorm(_Layer):
         given = gamma if gamma is not None else beta
         if given is None:
             raise ValueError("weights must hold gamma or beta (scale or center True): they give C")
+        _same_size(beta, "beta", given.size)
         groups = _positive_int(groups, "groups")
         if given.size % groups:
             raise ValueError(f"groups must divide the channel count C={given.size}, got {groups}")

@@ -98,6 +98,14 @@ def test_batchnorm_without_running_statistics_uses_batch_statistics_in_eval():
         _close(layer.forward(x, train=False), module(torch.from_numpy(x)).numpy(), "out")
 
 
+def test_from_torch_rejects_a_dtype_numpy_lacks_naming_the_tensor():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"module.weight must be an array or a tensor of real "
+                                        r"numbers that NumPy holds, got Tensor of dtype "
+                                        r"torch.bfloat16"):
+        BatchNorm.from_torch(torch.nn.BatchNorm2d(3).to(torch.bfloat16))
+
+
 LN_SETTINGS = {"affine": {}, "no-bias": {"bias": False}, "no-affine": {"elementwise_affine": False}}
 
 
@@ -176,12 +184,16 @@ def _state(C, seed):
             rng.standard_normal(C).astype(np.float32), (rng.random(C) + 0.5).astype(np.float32)]
 
 
+@pytest.mark.parametrize("unbiased", [False, True], ids=["keras3", "tf-fused"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("axis, shape", [(-1, (4, 5, 6, 3)), (1, (4, 3, 5, 6)), (-1, (10, 3))])
-def test_batchnorm_from_keras_follows_keras_formulas(axis, shape, backend):
+def test_batchnorm_from_keras_follows_keras_formulas(axis, shape, backend, unbiased):
+    """Keras 3 keeps the biased batch variance; TensorFlow's fused kernel (tf.keras, TF 1) the
+    unbiased one, var * M / (M - 1)."""
     gamma, beta, mean, var = _state(3, 1)
     momentum, eps = 0.99, 1e-3
-    layer = BatchNorm.from_keras([gamma, beta, mean, var], axis=axis, backend=backend)
+    layer = BatchNorm.from_keras([gamma, beta, mean, var], axis=axis, backend=backend,
+                                 unbiased=unbiased)
     x = _x(shape, loc=1.0)
     _close(layer.forward(x, train=False), _bn_inference(x, mean, var, gamma, beta, eps, axis), "inference")
     axes = tuple(a for a in range(x.ndim) if a != axis % x.ndim)
@@ -189,7 +201,9 @@ def test_batchnorm_from_keras_follows_keras_formulas(axis, shape, backend):
     out = layer.forward(x, train=True)
     _close(out, _bn_inference(x, batch_mean, batch_var, gamma, beta, eps, axis), "training")
     _close(layer.running_mean, mean * momentum + batch_mean * (1 - momentum), "moving_mean")
-    _close(layer.running_var, var * momentum + batch_var * (1 - momentum), "moving_variance")
+    M = x.size // x.shape[axis]
+    kept = batch_var * M / (M - 1) if unbiased else batch_var
+    _close(layer.running_var, var * momentum + kept * (1 - momentum), "moving_variance")
 
 
 def test_batchnorm_from_keras_without_scale_or_center():
@@ -249,6 +263,7 @@ def test_rmsnorm_from_keras_and_onnx_follow_the_formula():
     scale = np.random.default_rng(6).standard_normal(5).astype(np.float32)
     x = _x((4, 5), scale=0.01)
     _close(RMSNorm.from_keras([scale]).forward(x), _rms(x, 1, scale, 1e-6), "keras")
+    _close(RMSNorm.from_keras([scale], axis=[-1]).forward(x), _rms(x, 1, scale, 1e-6), "keras [-1]")
     scale2 = np.random.default_rng(7).standard_normal((3, 5)).astype(np.float32)
     x2 = _x((2, 3, 5))
     _close(RMSNorm.from_onnx(scale2, axis=-2, epsilon=1e-4).forward(x2), _rms(x2, 2, scale2, 1e-4), "onnx")
@@ -312,7 +327,22 @@ BAD = [
     ("normalized_shape", lambda: LayerNorm(()), ValueError, r"normalized_shape must be an integer >= 1"),
     ("elementwise_affine", lambda: RMSNorm(3, elementwise_affine=None), TypeError, r"elementwise_affine must be"),
     ("num_groups", lambda: GroupNorm(3, 4), ValueError, r"num_groups must divide num_channels=4, got 3"),
-    ("dtype", lambda: BatchNorm(3, dtype=np.int32), TypeError, r"dtype must be a floating-point dtype"),
+    ("dtype", lambda: BatchNorm(3, dtype=np.int32), TypeError,
+     r"dtype must be float16, float32 or float64, got int32"),
+    ("dtype-longdouble", lambda: LayerNorm(3, dtype=np.longdouble), TypeError,
+     r"dtype must be float16, float32 or float64, got float128"),
+    ("layout-list", lambda: BatchNorm(3, layout=["NHWC"]), ValueError,
+     r"layout must be one of \['NCHW', 'NHWC', 'channels_first', 'channels_last'\], got \['NHWC'\]"),
+    ("x-list-rms", lambda: RMSNorm(2).forward([[3.0, 4.0]]), TypeError,
+     r"x must be a numpy.ndarray, got list"),
+    ("x-features", lambda: BatchNorm(3).forward(_x((4, 5))), ValueError,
+     r"x must have num_features=3 channels on axis 1, got shape \(4, 5\)"),
+    ("x-features-no-affine", lambda: BatchNorm(3, affine=False).forward(_x((4, 5))), ValueError,
+     r"x must have num_features=3 channels on axis 1, got shape \(4, 5\)"),
+    ("x-channels-last", lambda: BatchNorm(3, layout="channels_last").forward(_x((2, 2, 2, 5))),
+     ValueError, r"x must have num_features=3 channels on the last axis, got shape \(2, 2, 2, 5\)"),
+    ("x-group-channels", lambda: GroupNorm(2, 4).forward(_x((2, 6, 3))), ValueError,
+     r"x must have num_channels=4 channels on axis 1, got shape \(2, 6, 3\)"),
     ("x-trailing", lambda: LayerNorm((3, 4)).forward(_x((2, 4, 3))), ValueError,
      r"x must have the trailing shape normalized_shape=\(3, 4\), got shape \(2, 4, 3\)"),
     ("backward-first", lambda: GroupNorm(2, 4).backward(_x((2, 4))), RuntimeError, r"backward needs a forward"),
@@ -350,6 +380,12 @@ BAD = [
      r"axis must be a negative integer"),
     ("onnx-scale", lambda: BatchNorm.from_onnx(np.ones(2), None, np.zeros(3), np.ones(3)), ValueError,
      r"gamma must have 3 values, got shape \(2,\)"),
+    ("onnx-ln-bias", lambda: LayerNorm.from_onnx(np.ones(4), np.zeros(3)), ValueError,
+     r"B must have 4 values, as gamma has, got shape \(3,\)"),
+    ("keras-ln-beta", lambda: LayerNorm.from_keras([np.ones(4), np.zeros(3)]), ValueError,
+     r"beta must have 4 values, as gamma has, got shape \(3,\)"),
+    ("keras-gn-beta", lambda: GroupNorm.from_keras([np.ones(4), np.zeros(2)], groups=2, axis=1),
+     ValueError, r"beta must have 4 values, as gamma has, got shape \(2,\)"),
 ]
 
 
