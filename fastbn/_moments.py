@@ -82,8 +82,8 @@ def check_moments(moments, name, channels=None):
     if shapes != {expected}:
         raise ValueError(f"{name}.count, .mean and .m2 must all have shape {expected}, got shapes "
                          f"{[a.shape for a in fields]}")
-    if not np.all(fields[0] >= 0):  # also NaN
-        raise ValueError(f"{name}.count must be >= 0, got {fields[0]}")
+    if not np.all((fields[0] >= 0) & (fields[0] < np.inf)):  # also NaN
+        raise ValueError(f"{name}.count must be finite and >= 0, got {fields[0]}")
     return Moments(*fields)
 
 

@@ -174,10 +174,14 @@ def test_merge_does_not_modify_its_input():
     ("moments", TypeError, "fastbn.Moments"),
     ([fastbn.Moments(np.ones(3), np.zeros(3), np.zeros(3)),
       fastbn.Moments(np.ones(2), np.zeros(2), np.zeros(2))], ValueError, "has 2 channels"),
-    ([fastbn.Moments(-np.ones(3), np.zeros(3), np.zeros(3))], ValueError, "count must be >= 0"),
+    ([fastbn.Moments(-np.ones(3), np.zeros(3), np.zeros(3))], ValueError,
+     "count must be finite and >= 0"),
+    ([fastbn.Moments(np.full(3, np.inf), np.zeros(3), np.zeros(3))], ValueError,
+     "count must be finite and >= 0"),
     ([fastbn.Moments(np.ones(3), np.zeros(2), np.zeros(3))], ValueError, "must all have shape"),
     ([fastbn.Moments(np.ones(3), "0", np.zeros(3))], TypeError, "mean must be a 1-D real array"),
-], ids=["empty", "not_moments", "channels", "negative_count", "shapes", "field_type"])
+], ids=["empty", "not_moments", "channels", "negative_count", "infinite_count", "shapes",
+        "field_type"])
 def test_merge_rejects(sequence, error, match):
     with pytest.raises(error, match=match):
         fastbn.merge_moments(sequence)
