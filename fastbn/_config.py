@@ -6,7 +6,7 @@ from typing import TextIO
 
 import numpy as np
 
-from fastbn import _backends
+from fastbn import _backends, _threads
 from fastbn._threads import get_num_threads
 
 
@@ -95,7 +95,9 @@ def show_config(file: TextIO | None = None) -> None:
         f"backends: {', '.join(_backends.available_backends())}",
         f"compiled kernels: {'yes' if kernels is not None else 'no (NumPy reference only)'}",
         f"OpenMP: {'yes' if kernels is not None and kernels.openmp_enabled() else 'no'}",
-        f"threads: {get_num_threads()}",
+        f"threads: {get_num_threads()}" + (
+            " (forked from a process that ran fastbn on several threads: one thread here)"
+            if _threads._teams["forked"] else ""),
         f"OpenMP idle wait: {_backends.OPENMP_WAIT}",
         f"SIMD: {kernels.simd() if kernels is not None else 'none'}"
         " (FASTBN_DISABLE_AVX512=1 / FASTBN_DISABLE_AVX2=1 stop at AVX2 / the baseline; results"

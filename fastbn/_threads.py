@@ -11,6 +11,18 @@ from fastbn import _backends, _planner
 _user_threads = None
 _load = {"checked": -1.0, "free": None, "since": None}  # last count, its result, the window's start
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# Whether this process has run a kernel on several threads (OpenMP then keeps a pool of them),
+# and whether it is a child forked from a process that had: the pool's threads are not copied
+# by fork, and GNU OpenMP waits for them forever at the child's first parallel region.
+_teams = {"started": False, "forked": False}
+
+
+def _after_fork_in_child():
+    _teams["forked"] = _teams["forked"] or _teams["started"]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def set_num_threads(n: int | None) -> None:
@@ -26,7 +38,8 @@ def set_num_threads(n: int | None) -> None:
     -----
     The effective count never exceeds what OpenMP allows in the calling thread, so
     ``threadpoolctl.threadpool_limits(1, user_api="openmp")`` and ``OMP_NUM_THREADS`` still
-    lower it. Small inputs run on fewer threads than this: see :func:`get_num_threads`.
+    lower it. Small inputs run on fewer threads than this, and a process forked after fastbn
+    ran on several threads on one: see :func:`get_num_threads`.
 
     Examples
     --------
@@ -50,8 +63,12 @@ def get_num_threads() -> int:
     """Return the number of threads a large input would run on now.
 
     It is ``min(set_num_threads value, omp_get_max_threads())``, or ``omp_get_max_threads()``
-    when no value was set; 1 when the kernels were built without OpenMP or are not built.
-    An input of fewer than ``131072 * k`` elements runs on at most ``k`` threads.
+    when no value was set; 1 when the kernels were built without OpenMP or are not built, and
+    in a process forked (``os.fork``, multiprocessing's "fork" start method) from one in which
+    fastbn had run on several threads: OpenMP's threads do not survive fork, and GNU OpenMP
+    would wait for them forever. (Worker processes started with "spawn" or "forkserver" use
+    threads as usual.) An input of fewer than ``131072 * k`` elements runs on at most ``k``
+    threads.
 
     Examples
     --------
@@ -61,6 +78,8 @@ def get_num_threads() -> int:
     """
     kernels = _backends.kernels()
     available = kernels.omp_max_threads() if kernels is not None else 1
+    if _teams["forked"]:
+        return 1
     if _user_threads is None:
         return available
     return max(1, min(_user_threads, available))
@@ -77,6 +96,8 @@ def threads_for(n_elements):
         free = free_cores(plan.load_check_ms / 1000.0)
         if free is not None:
             n = max(1, min(n, free))
+    if n > 1:
+        _teams["started"] = True
     return n
 
 

@@ -224,3 +224,56 @@ def test_set_num_threads_rejects_bad_values_and_keeps_the_setting(bad, error, me
     with pytest.raises(error, match="n must be a positive integer or None, " + message):
         fastbn.set_num_threads(bad)
     assert fastbn.get_num_threads() == 1
+
+
+FORK_SCRIPT = r"""
+import multiprocessing, sys
+import numpy as np
+import fastbn
+from fastbn import _planner, _threads
+
+x = np.random.default_rng(0).standard_normal((1024, 1024))
+gamma, beta = np.ones(1024), np.zeros(1024)
+
+
+def work(_):
+    out, cache = fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"})
+    dx = fastbn.batchnorm_backward(out, cache)[0]
+    return fastbn.get_num_threads(), out.tobytes() + dx.tobytes()
+
+
+if __name__ == "__main__":
+    fork = multiprocessing.get_context("fork")
+    with _planner.override(load_check_ms=0):  # use both cores even on a busy machine
+        with fork.Pool(1) as pool:  # forked before any parallel region: threads as usual
+            (threads, _), = pool.map(work, [0])
+        assert threads == fastbn.get_num_threads() > 1, threads
+        parent = work(0)
+        assert _threads._teams["started"]  # the parent ran a kernel on several threads
+        with fork.Pool(2) as pool:
+            results = pool.map(work, range(4))
+    assert fastbn.get_num_threads() > 1
+    for threads, bits in results:
+        assert threads == 1, threads
+        assert bits == parent[1]
+    print("ok")
+"""
+
+
+@pytest.mark.skipif(fastbn.get_num_threads() < 2, reason="needs OpenMP and 2 or more CPUs")
+def test_a_child_forked_after_parallel_kernels_runs_them_on_one_thread(tmp_path):
+    """GNU OpenMP's threads do not survive fork, and a forked child's first parallel region
+    waited for them forever (multiprocessing's default start method on Linux). A child forked
+    after the parent ran kernels on several threads runs them on one, with the parent's bits;
+    one forked before keeps its threads."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "fork_after_threads.py"
+    script.write_text(FORK_SCRIPT)
+    root = str(Path(fastbn.__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, env=dict(os.environ, PYTHONPATH=root))
+    assert result.returncode == 0 and result.stdout.split() == ["ok"], result.stderr[-3000:]
