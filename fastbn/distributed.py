@@ -71,7 +71,8 @@ _AGREE = {  # header field: how the error message names it, and how it shows a v
     "mode": ("bn_param['mode'] (cache.mode)", lambda v: repr(_MODES[int(v)])),
     "layout": ("the layout", lambda v: repr(_LAYOUTS[int(v)])),
     "eps": ("eps", lambda v: repr(float(v))),
-    "momentum": ("momentum", lambda v: repr(float(v))),
+    "momentum": ("momentum (with bn_param['momentum'] None: n / (n + 1) after "
+                 "num_batches_tracked = n)", lambda v: repr(float(v))),
     "unbiased": ("bn_param['unbiased']", lambda v: repr(bool(v))),
     "statistics": ("the cache's statistics (cache.mean and cache.invstd: the backward takes the "
                    "caches of one distributed forward, not of a local one)",
@@ -260,8 +261,10 @@ def _forward(function, x, gamma, beta, param, comm, backend, out, timeout):
         timeout = _check_timeout(timeout)
         numpy = _backends.resolve(backend) == "numpy"
         p = prepare(spec, x, gamma, beta, param, out=out, whole_batch=False)
-        header = _header(function, p.gamma.size, p.x.dtype, p.mode, p.layout, p.eps, p.momentum,
-                         p.unbiased, 0, spec.per_channel(p.x.shape, p.layout))
+        train = p.mode == "train"  # momentum and unbiased matter in train mode only
+        header = _header(function, p.gamma.size, p.x.dtype, p.mode, p.layout, p.eps,
+                         p.momentum if train else 0.0, p.unbiased and train, 0,
+                         spec.per_channel(p.x.shape, p.layout))
         error = None
     except Exception as e:  # any local failure: every rank raises
         header, error, timeout = _error_header(), e, _valid_timeout(timeout)

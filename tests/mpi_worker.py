@@ -157,6 +157,24 @@ def _error_call(name, comm, distributed, param):
         distributed.batchnorm_backward(x[:, :2] if last else x, cache, comm)
 
 
+# Test-mode calls whose ranks differ only in what test mode does not use: they must succeed.
+LENIENT = ["test_momentum", "test_unbiased", "test_batches_tracked"]
+
+
+def _lenient_call(name, comm, distributed):
+    rank = comm.rank
+    x = np.random.default_rng(rank).normal(size=(4, 3))
+    param = {"mode": "test", "running_mean": np.zeros(3), "running_var": np.ones(3)}
+    if name == "test_momentum":
+        param["momentum"] = 0.5 + 0.1 * rank
+    elif name == "test_unbiased":
+        param["unbiased"] = rank % 2 == 1
+    elif name == "test_batches_tracked":
+        param.update(momentum=None, num_batches_tracked=rank)
+    _, cache = distributed.batchnorm_forward(x, np.ones(3), np.zeros(3), param, comm)
+    distributed.batchnorm_backward(x, cache, comm)
+
+
 def fastbn_local():
     import fastbn
     return fastbn
@@ -188,6 +206,15 @@ def _run_cases(comm, out_dir):
         else:
             errors[name] = None
     (out_dir / f"errors.rank{comm.rank}.json").write_text(json.dumps(errors))
+    lenient = {}
+    for name in LENIENT:
+        try:
+            _lenient_call(name, comm, distributed)
+        except Exception as e:  # noqa: BLE001
+            lenient[name] = f"{type(e).__name__}: {e}"
+        else:
+            lenient[name] = None
+    (out_dir / f"lenient.rank{comm.rank}.json").write_text(json.dumps(lenient))
     result = doctest.testmod(distributed, optionflags=doctest.NORMALIZE_WHITESPACE)
     (out_dir / f"doctest.rank{comm.rank}.json").write_text(
         json.dumps([result.attempted, result.failed]))

@@ -135,6 +135,15 @@ def test_collective_errors_raise_on_every_rank(cases_run, name):
         assert error["running_mean"] in (None, [0.0, 0.0, 0.0])  # absent, or as given (mode)
 
 
+@pytest.mark.parametrize("name", mpi_worker.LENIENT)
+def test_test_mode_ranks_may_differ_in_what_test_mode_does_not_use(cases_run, name):
+    """momentum, unbiased and num_batches_tracked only shape the running statistics' update in
+    train mode: test-mode calls whose ranks differ in them run on every rank."""
+    out_dir, size = cases_run
+    for r in range(size):
+        assert json.loads((out_dir / f"lenient.rank{r}.json").read_text())[name] is None
+
+
 def test_distributed_doctests(cases_run):
     """The examples in fastbn.distributed's docstrings, run on every rank."""
     out_dir, size = cases_run
