@@ -19,6 +19,8 @@ cdef extern from "buffer_pool.h":
     void fastbn_pool_set_max(size_t max_bytes) noexcept nogil
     void fastbn_pool_set_offset(size_t offset) noexcept nogil
     fastbn_pool_stats fastbn_pool_info() noexcept nogil
+    int fastbn_gc_pause() noexcept
+    void fastbn_gc_resume(int was) noexcept
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
@@ -32,8 +34,9 @@ def empty(tuple shape not None, cnp.dtype dtype not None, size_t offset=0, size_
     pool when the pool is on and the array has at least `min_bytes`, its data then `offset`
     bytes (mod the page size) past a page boundary.
 
-    The handler is set in the calling thread's context only for this one allocation; the array
-    records it, so that its memory returns to the pool whenever and wherever it is freed.
+    The handler is set in the calling thread's context only for this one allocation, with the
+    garbage collector paused (so that no other code runs meanwhile); the array records it, so
+    that its memory returns to the pool whenever and wherever it is freed.
     """
     cdef cnp.npy_intp dims[64]  # NPY_MAXDIMS
     cdef int nd = len(shape), i
@@ -45,12 +48,16 @@ def empty(tuple shape not None, cnp.dtype dtype not None, size_t offset=0, size_
         nbytes *= <size_t>dims[i]
     if not _enabled or nbytes < min_bytes:
         return cnp.PyArray_EMPTY(nd, dims, dtype.type_num, 0)
-    fastbn_pool_set_offset(offset)
-    previous = PyDataMem_SetHandler(_handler)
+    cdef int collecting = fastbn_gc_pause()
     try:
-        return cnp.PyArray_EMPTY(nd, dims, dtype.type_num, 0)
+        fastbn_pool_set_offset(offset)
+        previous = PyDataMem_SetHandler(_handler)
+        try:
+            return cnp.PyArray_EMPTY(nd, dims, dtype.type_num, 0)
+        finally:
+            PyDataMem_SetHandler(previous)
     finally:
-        PyDataMem_SetHandler(previous)
+        fastbn_gc_resume(collecting)
 
 
 def empty_like(cnp.ndarray a not None, size_t page_shift=0, size_t min_bytes=0):

@@ -40,10 +40,11 @@ def _default_max_bytes():
 
 def _parse(text):
     """Bytes from the environment variable's text: an integer with an optional K, M or G."""
-    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    value = text.strip().upper()
+    value = value.removesuffix("IB") if value[-3:-2] in ("K", "M", "G") else value.removesuffix("B")
     unit = value[-1:] if value[-1:] in ("K", "M", "G") else ""
     number = value[: len(value) - len(unit)]
-    if not number.isdigit():
+    if not (number.isdigit() and number.isascii()) or int(number) * _UNITS[unit] >= 1 << 63:
         raise ValueError(f"{ENV} must be a number of bytes such as 0, 268435456 or 256M, "
                          f"got {text!r}")
     return int(number) * _UNITS[unit]
@@ -76,8 +77,9 @@ def set_buffer_cache(max_bytes: int) -> None:
     67108864
     >>> fastbn.set_buffer_cache(256 << 20)
     """
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
-        raise ValueError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
+    if (isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer))
+            or not 0 <= max_bytes < 1 << 63):
+        raise ValueError(f"max_bytes must be an integer >= 0 (and < 2**63), got {max_bytes!r}")
     if _buffers is not None:
         _buffers.set_max_bytes(int(max_bytes))
 

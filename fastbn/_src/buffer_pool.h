@@ -12,10 +12,13 @@
  * no room for the 64-byte header), so that an output can sit at the same offset within a page as
  * its input: the kernels' loops then meet line and page boundaries in both at once
  * (docs/decisions.md has the measurements). The mapping is found from the data by rounding down
- * (data - 64) to the page. Mappings of 2 MiB or more are 2 MiB-aligned
- * and advised MADV_HUGEPAGE. The pool is a short list of free mappings, oldest
- * first, taken best-fit (at most twice the size asked for) and evicted oldest-first; a mutex
- * guards it, since NumPy may free an array from any thread.
+ * (data - 64) to the page. Mappings of 2 MiB or more start on a 2 MiB boundary and are advised
+ * MADV_HUGEPAGE; their length is a multiple of the page only, so that the part past the last
+ * whole 2 MiB stays in small pages (an output of exactly 2 MiB, which the header pushes a little
+ * past a boundary, does not fault in a second huge page). The pool is a short list of free
+ * mappings, oldest first, taken best-fit (at most twice the size asked for) and evicted
+ * oldest-first; a mutex guards it, since NumPy may free an array from any thread. When the
+ * system refuses a new mapping, the free blocks are unmapped and the mapping tried once more.
  */
 #ifndef FASTBN_BUFFER_POOL_H
 #define FASTBN_BUFFER_POOL_H
@@ -37,8 +40,9 @@ typedef struct {
 } fastbn_block_header;
 
 /* The offset within a page of the next block's data: set by the caller of np.empty in the same
- * thread (fastbn/_buffers.pyx), so per thread. */
-static __thread size_t fastbn_pool_offset = 0;
+ * thread (fastbn/_buffers.pyx), so per thread, and used once: any other allocation through the
+ * handler gets FASTBN_POOL_HEADER (a 64-byte aligned start). */
+static __thread size_t fastbn_pool_offset = FASTBN_POOL_HEADER;
 
 typedef struct {
     void *base;
@@ -62,18 +66,23 @@ static fastbn_block_header *fastbn_header_of(void *data)
     return (fastbn_block_header *)(((uintptr_t)data - FASTBN_POOL_HEADER) & ~(page - 1));
 }
 
-/* A fresh mapping of `length` bytes (a multiple of the page size; of 2 MiB when huge), or NULL. */
+static void *fastbn_map_plain(size_t length)
+{
+    void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* A fresh mapping of `length` bytes (a multiple of the page size), or NULL; from 2 MiB on,
+ * starting on a 2 MiB boundary where the address space allows. */
 static void *fastbn_map(size_t length)
 {
-    if (length < FASTBN_HUGE_PAGE) {
-        void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        return p == MAP_FAILED ? NULL : p;
-    }
+    if (length < FASTBN_HUGE_PAGE)
+        return fastbn_map_plain(length);
     /* map 2 MiB more, keep the 2 MiB-aligned part: transparent huge pages need the alignment */
     char *p = mmap(NULL, length + FASTBN_HUGE_PAGE, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
-        return NULL;
+        return fastbn_map_plain(length);
     char *aligned = (char *)fastbn_round_up((uintptr_t)p, FASTBN_HUGE_PAGE);
     size_t head = (size_t)(aligned - p), tail = FASTBN_HUGE_PAGE - head;
     if (head)
@@ -101,17 +110,17 @@ static void fastbn_pool_trim(size_t limit)
     }
 }
 
-/* The data pointer of a block for `size` bytes; *fresh says whether its pages are new (zero). */
-static void *fastbn_pool_take(size_t size, int *fresh)
+/* The data pointer of a block for `size` bytes, `offset` bytes (mod the page size) past a page
+ * boundary; *fresh says whether its pages are new (zero). */
+static void *fastbn_pool_take(size_t size, size_t offset, int *fresh)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     /* the data at the asked offset within a page, with room for the header before it */
-    size_t skip = fastbn_pool_offset % page >= FASTBN_POOL_HEADER ? fastbn_pool_offset % page
-                                                                   : page + fastbn_pool_offset % page;
+    size_t skip = offset % page >= FASTBN_POOL_HEADER ? offset % page : page + offset % page;
     size_t length = size + skip;
-    if (length < size)
+    if (length < size || length > SIZE_MAX - page)
         return NULL;
-    length = fastbn_round_up(length, length >= FASTBN_HUGE_PAGE ? FASTBN_HUGE_PAGE : page);
+    length = fastbn_round_up(length, page);
     void *base = NULL;
     pthread_mutex_lock(&fastbn_pool_lock);
     int best = -1;
@@ -133,8 +142,13 @@ static void *fastbn_pool_take(size_t size, int *fresh)
     }
     pthread_mutex_unlock(&fastbn_pool_lock);
     *fresh = base == NULL;
-    if (base == NULL && (base = fastbn_map(length)) == NULL)
-        return NULL;
+    if (base == NULL && (base = fastbn_map(length)) == NULL) {
+        pthread_mutex_lock(&fastbn_pool_lock); /* the free blocks may hold the room */
+        fastbn_pool_trim(0);
+        pthread_mutex_unlock(&fastbn_pool_lock);
+        if ((base = fastbn_map(length)) == NULL)
+            return NULL;
+    }
     char *data = (char *)base + skip;
     ((fastbn_block_header *)base)->length = length;
     pthread_mutex_lock(&fastbn_pool_lock);
@@ -167,12 +181,20 @@ static void fastbn_pool_give(void *ptr)
     pthread_mutex_unlock(&fastbn_pool_lock);
 }
 
+/* This thread's offset for its next block, once. */
+static size_t fastbn_pool_next_offset(void)
+{
+    size_t offset = fastbn_pool_offset;
+    fastbn_pool_offset = FASTBN_POOL_HEADER;
+    return offset;
+}
+
 /* The NEP 49 allocator functions. */
 static void *fastbn_handler_malloc(void *ctx, size_t size)
 {
     int fresh;
     (void)ctx;
-    return fastbn_pool_take(size, &fresh);
+    return fastbn_pool_take(size, fastbn_pool_next_offset(), &fresh);
 }
 
 static void *fastbn_handler_calloc(void *ctx, size_t nelem, size_t elsize)
@@ -181,7 +203,7 @@ static void *fastbn_handler_calloc(void *ctx, size_t nelem, size_t elsize)
     (void)ctx;
     if (elsize && nelem > SIZE_MAX / elsize)
         return NULL;
-    void *p = fastbn_pool_take(nelem * elsize, &fresh);
+    void *p = fastbn_pool_take(nelem * elsize, fastbn_pool_next_offset(), &fresh);
     if (p != NULL && !fresh)
         memset(p, 0, nelem * elsize);
     return p;
@@ -202,7 +224,10 @@ static void *fastbn_handler_realloc(void *ctx, void *ptr, size_t new_size)
     size_t capacity = h->length - (size_t)((char *)ptr - (char *)h);
     if (new_size <= capacity)
         return ptr;
-    void *p = fastbn_handler_malloc(ctx, new_size);
+    /* at the block's own offset within a page: the data keeps its alignment */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    int fresh;
+    void *p = fastbn_pool_take(new_size, (uintptr_t)ptr % page, &fresh);
     if (p != NULL) {
         memcpy(p, ptr, capacity);
         fastbn_pool_give(ptr);
@@ -218,6 +243,46 @@ static PyDataMem_Handler fastbn_handler = {
 };
 
 static void fastbn_pool_set_offset(size_t offset) { fastbn_pool_offset = offset; }
+
+/* Garbage collection paused around one allocation through the handler (returns whether it was
+ * enabled): a collection that starts while the handler is this thread's current one (on
+ * CPython <= 3.11 it can start inside PyDataMem_SetHandler's own allocations) would run Python
+ * code (__del__, weakref callbacks) whose arrays came from the pool. */
+static int fastbn_gc_pause(void)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    return PyGC_Disable();
+#else
+    int was = 0;
+    PyObject *gc = PyImport_ImportModule("gc"), *r;
+    if (gc != NULL) {
+        if ((r = PyObject_CallMethod(gc, "isenabled", NULL)) != NULL) {
+            was = PyObject_IsTrue(r) == 1;
+            Py_DECREF(r);
+        }
+        Py_XDECREF(PyObject_CallMethod(gc, "disable", NULL));
+        Py_DECREF(gc);
+    }
+    PyErr_Clear();
+    return was;
+#endif
+}
+
+static void fastbn_gc_resume(int was)
+{
+    if (!was)
+        return;
+#if PY_VERSION_HEX >= 0x030A0000
+    PyGC_Enable();
+#else
+    PyObject *gc = PyImport_ImportModule("gc");
+    if (gc != NULL) {
+        Py_XDECREF(PyObject_CallMethod(gc, "enable", NULL));
+        Py_DECREF(gc);
+    }
+    PyErr_Clear();
+#endif
+}
 
 static PyObject *fastbn_pool_capsule(void)
 {
