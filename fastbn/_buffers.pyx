@@ -60,11 +60,11 @@ def empty(tuple shape not None, cnp.dtype dtype not None, size_t offset=0, size_
         fastbn_gc_resume(collecting)
 
 
-def empty_like(cnp.ndarray a not None, size_t page_shift=0, size_t min_bytes=0):
-    """:func:`empty` of a's shape and dtype with at least `min_bytes`, its data at a's offset
-    within a page plus `page_shift` bytes."""
-    return empty((<object>a).shape, a.dtype, (<size_t>cnp.PyArray_DATA(a) + page_shift) % 4096,
-                 min_bytes)
+def empty_like(cnp.ndarray a not None, size_t page_shift=0, size_t min_bytes=0, tuple shape=None):
+    """:func:`empty` of a's dtype and shape (or `shape`, of as many values) with at least
+    `min_bytes`, its data at a's offset within a page plus `page_shift` bytes."""
+    return empty((<object>a).shape if shape is None else shape, a.dtype,
+                 (<size_t>cnp.PyArray_DATA(a) + page_shift) % 4096, min_bytes)
 
 
 def set_max_bytes(size_t max_bytes):

@@ -23,13 +23,14 @@ except ImportError:
 _FLOAT64, _UINT8 = np.dtype(np.float64), np.dtype(np.uint8)
 
 
-def _buffer(out, like, page_shift=0):
-    """The caller's ``out=`` array seen in like's shape when the kernel can write into it (same
-    dtype, aligned), else a new array like `like` from the buffer cache, `page_shift` bytes past
-    like's offset in a page (finish_* then copy it into `out`)."""
+def _buffer(out, like, shape, page_shift=0):
+    """Where a kernel writes its output of like's shape (it gets ``shaped(result, like.shape)``),
+    in the caller's `shape`: the caller's ``out=`` array when the kernel can write into it (same
+    dtype, aligned), else a new array, which owns its data, from the buffer cache, `page_shift`
+    bytes past like's offset in a page (finish_* then copy it into `out`)."""
     if out is not None and out.dtype == like.dtype and out.flags.aligned:
-        return shaped(out, like.shape)
-    return _memory.empty_like(like, page_shift)
+        return out
+    return _memory.empty_like(like, page_shift, shape)
 
 
 @functools.lru_cache(maxsize=8)
@@ -60,7 +61,8 @@ def forward(p, moments=None):
     x = aligned_as(p.x, view_shape)
     gamma = aligned(p.gamma)
     beta = aligned(p.beta) if spec.beta else _zeros(gamma.size, dtype)
-    out = _buffer(p.out, x)
+    result = _buffer(p.out, x, p.x.shape)
+    out = shaped(result, view_shape)
     n_threads = threads_for(x.size)
     if family == "rows":
         R = view_shape[0]
@@ -69,7 +71,7 @@ def forward(p, moments=None):
         kernels.rows_forward_train(x, gamma, beta, p.groups, p.eps, spec.center, out, mean,
                                    invstd, n_threads)
         stat_shape = p.shapes.stat_shape
-        return finish_forward(p, shaped(out, p.x.shape), shaped(mean, stat_shape),
+        return finish_forward(p, result, shaped(mean, stat_shape),
                               shaped(invstd, stat_shape))
     C = gamma.size
     residual = mask = None
@@ -80,7 +82,7 @@ def forward(p, moments=None):
     if p.mode == "test":
         mean, invstd, scale = _test_coefficients(p, gamma, dtype)
         affine(x, mean, scale, beta, out, n_threads, residual, mask)
-        return finish_forward(p, shaped(out, p.x.shape), mean, invstd, None, False, mask)
+        return finish_forward(p, result, mean, invstd, None, False, mask)
     mean = empty_vector(C, dtype)
     invstd = empty_vector(C, dtype)
     batch_var = empty_vector(C, _FLOAT64)
@@ -98,7 +100,7 @@ def forward(p, moments=None):
         train(x, gamma, beta, p.eps, out, mean, invstd, batch_var, running_mean, running_var,
               p.momentum, n_threads, residual, mask)
         updated = running_mean is not None
-    return finish_forward(p, shaped(out, p.x.shape), mean, invstd, batch_var, updated, mask, count)
+    return finish_forward(p, result, mean, invstd, batch_var, updated, mask, count)
 
 
 def _test_coefficients(p, gamma, dtype):
@@ -145,7 +147,8 @@ def backward(dout, cache, out=None):
     shapes = spec.shapes(cache.x.shape, cache.layout, cache.groups, cache.axis)
     x = aligned_as(cache.x, shapes.view_shape)
     dy = aligned_as(dout, shapes.view_shape)
-    dx = _buffer(out, x, _planner.current().dx_page_shift)
+    result = _buffer(out, x, cache.x.shape, _planner.current().dx_page_shift)
+    dx = shaped(result, shapes.view_shape)
     gamma = aligned(cache.gamma)
     dgamma = empty_vector(gamma.size, x.dtype)
     dbeta = empty_vector(gamma.size, x.dtype)
@@ -155,16 +158,17 @@ def backward(dout, cache, out=None):
     if shapes.family == "rows":
         kernels.rows_backward(x, dy, mean, invstd, gamma, cache.groups, spec.center, dx, dgamma,
                               dbeta, n_threads)
-        return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out)
+        return finish_backward(cache, result, dgamma, dbeta, out)
     run = kernels.cols_backward if shapes.family == "cols" else kernels.planes_backward
     if not spec.relu:
         run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads)
-        return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out)
+        return finish_backward(cache, result, dgamma, dbeta, out)
     # the fused ReLU: dy read through its mask; dresidual = dy * mask
-    dresidual = np.empty_like(x) if cache.residual else None
+    dresidual = (_memory.empty_like(x, _planner.current().dx_page_shift, cache.x.shape)
+                 if cache.residual else None)
     run(x, dy, mean, invstd, gamma, cache.mode == "train", dx, dgamma, dbeta, n_threads,
-        mask=cache.mask, dresidual=dresidual)
-    return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out, dresidual)
+        mask=cache.mask, dresidual=None if dresidual is None else shaped(dresidual, x.shape))
+    return finish_backward(cache, result, dgamma, dbeta, out, dresidual)
 
 
 def moments(spec, x, layout):
@@ -200,7 +204,8 @@ def backward_given(dout, cache, sums, count, out=None):
     spec = OPS[cache.op]
     family, view_shape = spec.view(cache.x.shape, cache.layout)
     x = aligned_as(cache.x, view_shape)
-    dx = _buffer(out, x, _planner.current().dx_page_shift)
+    result = _buffer(out, x, cache.x.shape, _planner.current().dx_page_shift)
+    dx = shaped(result, view_shape)
     C = cache.gamma.size
     dgamma = empty_vector(C, x.dtype)
     dbeta = empty_vector(C, x.dtype)
@@ -209,4 +214,4 @@ def backward_given(dout, cache, sums, count, out=None):
         _flat(cache.invstd, x.dtype), aligned(cache.gamma), cache.mode == "train",
         np.ascontiguousarray(sums, dtype=np.float64), float(count), dx, dgamma, dbeta,
         threads_for(x.size))
-    return finish_backward(cache, shaped(dx, cache.x.shape), dgamma, dbeta, out)
+    return finish_backward(cache, result, dgamma, dbeta, out)

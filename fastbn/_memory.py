@@ -115,15 +115,16 @@ def empty(shape, dtype):
     return _buffers.empty(shape, dtype, 0, _planner.current().buffer_min_bytes)
 
 
-def empty_like(a, page_shift=0):
-    """An uninitialised array like the C-contiguous `a`, for an output computed from it: from the
-    buffer cache when it is large enough, starting at `a`'s offset within a page plus
-    `page_shift` bytes (a multiple of 64) -- at the same offset, for a forward's output, the
-    kernels' loops meet line and page boundaries in both at once; a backward's dx goes half a page
-    further, away from x and dy, which usually share their offset (docs/decisions.md)."""
+def empty_like(a, page_shift=0, shape=None):
+    """An uninitialised array like the C-contiguous `a` (of `shape` when given: as many values),
+    for an output computed from it: from the buffer cache when it is large enough, starting at
+    `a`'s offset within a page plus `page_shift` bytes (a multiple of 64) -- at the same offset,
+    for a forward's output, the kernels' loops meet line and page boundaries in both at once; a
+    backward's dx goes half a page further, away from x and dy, which usually share their offset
+    (docs/decisions.md)."""
     if _buffers is None:
-        return np.empty(a.shape, a.dtype)
-    return _buffers.empty_like(a, page_shift, _planner.current().buffer_min_bytes)
+        return np.empty(a.shape if shape is None else shape, a.dtype)
+    return _buffers.empty_like(a, page_shift, _planner.current().buffer_min_bytes, shape)
 
 
 set_buffer_cache(_parse(os.environ[ENV]) if ENV in os.environ else _default_max_bytes())

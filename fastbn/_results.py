@@ -192,5 +192,7 @@ def finish_backward(cache, dx, dgamma, dbeta, out=None, dresidual=None):
         return dx, dgamma
     dbeta = _param_grad(dbeta, cache.beta_shape, dtype)
     if cache.residual:
-        return dx, dgamma, dbeta, _into(None, dresidual.reshape(cache.x.shape), dtype)
+        if dresidual.shape != cache.x.shape:
+            dresidual = dresidual.reshape(cache.x.shape)
+        return dx, dgamma, dbeta, _into(None, dresidual, dtype)
     return dx, dgamma, dbeta

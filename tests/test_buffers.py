@@ -116,12 +116,29 @@ def test_returned_arrays_behave_as_ordinary_arrays(cache_on):
     nxt, _ = op.forward(x, gamma, beta, param, backend="cython")
     assert not np.shares_memory(view, nxt)
     np.testing.assert_array_equal(view, expected[10:20], strict=True)
-    # writable, resizable like any array that owns its data
-    owner = nxt.base if nxt.base is not None else nxt
-    owner[...] = 1
-    grown = owner.copy()
-    owner.resize(owner.size * 2, refcheck=False)  # the handler's realloc
-    np.testing.assert_array_equal(owner[: grown.size].reshape(grown.shape), grown)
+    # writable, resizable: it owns its data
+    assert nxt.flags.owndata and nxt.base is None and nxt.flags.writeable
+    nxt[...] = 1
+    grown = nxt.copy()
+    nxt.resize(nxt.size * 2, refcheck=False)  # the handler's realloc
+    np.testing.assert_array_equal(nxt[: grown.size].reshape(grown.shape), grown)
+
+
+@pytest.mark.parametrize("shape", ["large", "small"])
+@pytest.mark.parametrize("op", OPS, ids=OP_IDS)
+def test_outputs_and_gradients_own_their_data(op, shape, cache_on):
+    """out, dx (and the fused op's dresidual) are arrays of their own in x's shape, not views of
+    the kernels' shapes: resize works, and nothing else refers to their memory."""
+    if shape == "large":
+        x, gamma, beta, param = _large_inputs(op)
+    else:
+        x, gamma, beta, param = op.make(op.shape("small"), np.float64, seed=3)
+    out, cache = op.forward(x, gamma, beta, copy_param(param), backend="cython")
+    grads = op.grads(op.backward(np.ones_like(x), cache, backend="cython"))
+    arrays = [out, grads["dx"]] + ([grads["dresidual"]] if op.residual else [])
+    for a in arrays:
+        assert a.shape == x.shape and a.flags.owndata and a.base is None
+        a.resize(a.size + 1, refcheck=False)
 
 
 def test_arrays_freed_in_another_thread_or_after_the_setting_changed(cache_on):
