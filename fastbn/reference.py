@@ -296,8 +296,10 @@ def _row_backward(dout, cache, out=None):
     dgamma = _sum(dout * xhat.reshape(cache.x.shape), sum_axes)
     g = (dout * cache.gamma.reshape(param_shape)).reshape(rows.shape)
     centring = _sum(g, (1,)) if spec.center else 0
-    dx = (invstd / max(count, 1)) * (count * g - centring - xhat * _sum(g * xhat, (1,)))
-    return finish_backward(cache, dx.reshape(cache.x.shape), dgamma, dbeta, out)
+    scale, inner = invstd / max(count, 1), count * g - centring - xhat * _sum(g * xhat, (1,))
+    dx = np.empty(cache.x.shape, np.result_type(scale, inner))  # in x's shape: owns its data
+    np.multiply(scale, inner, out=dx.reshape(inner.shape))
+    return finish_backward(cache, dx, dgamma, dbeta, out)
 
 
 # ------------------------------------------------------------------------------------------

@@ -124,17 +124,18 @@ def test_returned_arrays_behave_as_ordinary_arrays(cache_on):
     np.testing.assert_array_equal(nxt[: grown.size].reshape(grown.shape), grown)
 
 
+@pytest.mark.parametrize("backend", ["cython", "numpy"])
 @pytest.mark.parametrize("shape", ["large", "small"])
 @pytest.mark.parametrize("op", OPS, ids=OP_IDS)
-def test_outputs_and_gradients_own_their_data(op, shape, cache_on):
+def test_outputs_and_gradients_own_their_data(op, shape, backend, cache_on):
     """out, dx (and the fused op's dresidual) are arrays of their own in x's shape, not views of
     the kernels' shapes: resize works, and nothing else refers to their memory."""
     if shape == "large":
         x, gamma, beta, param = _large_inputs(op)
     else:
         x, gamma, beta, param = op.make(op.shape("small"), np.float64, seed=3)
-    out, cache = op.forward(x, gamma, beta, copy_param(param), backend="cython")
-    grads = op.grads(op.backward(np.ones_like(x), cache, backend="cython"))
+    out, cache = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    grads = op.grads(op.backward(np.ones_like(x), cache, backend=backend))
     arrays = [out, grads["dx"]] + ([grads["dresidual"]] if op.residual else [])
     for a in arrays:
         assert a.shape == x.shape and a.flags.owndata and a.base is None
