@@ -141,8 +141,9 @@ def batchnorm_forward(
       cache.invstd, running statistics) non-finite; every other feature is computed exactly as
       without it.
     - The running statistics keep their dtype: float32 ones overflow to inf when the batch
-      variance exceeds 3.4e38 (|x| above ~1e19); mean, invstd and the output stay finite for
-      any finite float32 input.
+      variance exceeds 3.4e38 (|x| above ~1e19); mean and invstd stay finite for any finite
+      float32 input, and the output while x - mean is within float32's range (the sweep
+      computes x - mean in float32: values of +-3e38 in one batch give inf).
 
     Examples
     --------
@@ -268,8 +269,9 @@ def spatial_batchnorm_forward(
       cache.invstd, running statistics) non-finite; every other channel is computed exactly as
       without it.
     - The running statistics keep their dtype: float32 ones overflow to inf when the batch
-      variance exceeds 3.4e38 (|x| above ~1e19); mean, invstd and the output stay finite for
-      any finite float32 input.
+      variance exceeds 3.4e38 (|x| above ~1e19); mean and invstd stay finite for any finite
+      float32 input, and the output while x - mean is within float32's range (the sweep
+      computes x - mean in float32: values of +-3e38 in one batch give inf).
 
     Examples
     --------

@@ -89,7 +89,7 @@ def fold_batchnorm(
     >>> np.allclose(x @ w2 + b2, y)
     True
     """
-    check_ndarray(weight, "weight")
+    weight = np.asarray(check_ndarray(weight, "weight"))  # a subclass (np.matrix) as an array
     dtype, out_dtype = compute_dtype(weight, "weight")
     if isinstance(channel_axis, (bool, np.bool_)) or not isinstance(channel_axis, Integral):
         raise TypeError(f"channel_axis must be an integer, got {channel_axis!r} of type "

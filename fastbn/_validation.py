@@ -82,8 +82,8 @@ def compute_dtype(a, name):
     if dt.kind == "f":
         if dt.isnative and dt.itemsize in (4, 8):
             return dt, dt
-        if dt.itemsize == 2:
-            return np.dtype(np.float32), dt
+        if dt.itemsize == 2:  # output in native float16, whatever x's byte order
+            return np.dtype(np.float32), dt.newbyteorder("=")
         if dt.itemsize in (4, 8):
             return dt.newbyteorder("="), dt.newbyteorder("=")
     elif dt.kind in "biu":
@@ -95,8 +95,12 @@ def compute_dtype(a, name):
 
 
 def check_ndarray(a, name):
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(a)}")
+    if type(a) is not np.ndarray:  # (the usual case skips the subclass checks)
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy.ndarray, got {_type_name(a)}")
+        if isinstance(a, np.ma.MaskedArray):  # its mask would be ignored: masked values counted
+            raise TypeError(f"{name} must be a numpy.ndarray without a mask, got a "
+                            f"numpy.ma.MaskedArray (pass {name}.filled(value) or {name}.data)")
     return a
 
 
@@ -341,8 +345,9 @@ def prepare(spec, x, gamma, beta, param, groups=None, out=None, residual=None, *
     given = (residual,) if spec.relu and residual is not None else ()
     residual = check_residual(residual, x, dtype) if given else None
     if out is not None:  # out must not overwrite an input, the running statistics included
-        out = check_out(out, "out", x, out_dtype, gamma, beta, *given,
-                        *(a for a in (running_mean, running_var) if a is not None))
+        out = check_out(out, "out", x, out_dtype, (
+            ("x", x), ("gamma", gamma), ("beta", beta), ("residual", residual),
+            (f"{name}['running_mean']", running_mean), (f"{name}['running_var']", running_var)))
     # every field, in order, through tuple.__new__: the constructor's argument parsing and _make's
     # length check (interpreted code) are a measurable part of a small call
     return tuple.__new__(Prepared, (
@@ -363,9 +368,10 @@ def check_residual(residual, x, dtype):
     return np.ascontiguousarray(residual, dtype=dtype)
 
 
-def check_out(out, name, like, dtype, *others):
+def check_out(out, name, like, dtype, inputs):
     """An ``out=`` array: None, or a writeable C-contiguous array of like's shape and `dtype`
-    that shares no memory with the inputs."""
+    that shares no memory with the inputs: `inputs`, (what the message calls it, an array or
+    None) pairs."""
     if out is None:
         return None
     check_ndarray(out, name)
@@ -375,10 +381,13 @@ def check_out(out, name, like, dtype, *others):
             f"got shape {out.shape} and dtype {out.dtype}"
         )
     if not (out.flags.c_contiguous and out.flags.writeable):
-        raise ValueError(f"{name} must be C-contiguous and writeable")
-    for other in (like, *others):
-        if np.may_share_memory(out, other):
-            raise ValueError(f"{name} must not share memory with the inputs")
+        lacks = "C-contiguous" if not out.flags.c_contiguous else "writeable"
+        raise ValueError(f"{name} must be C-contiguous and writeable, got an array that is not "
+                         f"{lacks}")
+    for what, other in inputs:
+        if other is not None and np.may_share_memory(out, other):
+            raise ValueError(f"{name} must not share memory with the inputs, got an array that "
+                             f"shares memory with {what}")
     return out
 
 
@@ -440,17 +449,23 @@ def check_cache(cache, spec, function):
     if x.ndim < low or (high is not None and x.ndim > high):
         expected = f"at least {low}" if high is None else f"{low}"
         raise ValueError(f"cache.x must have {expected} dimensions for {spec.name}, got shape {x.shape}")
-    if axis is not None and not (LAYOUTS[layout].trailing and _integer(axis) is not None
-                                 and 0 <= axis < x.ndim):
-        expected = f"an integer in [0, {x.ndim - 1}] or None" if LAYOUTS[layout].trailing else "None"
-        raise ValueError(f"cache.axis must be {expected} for {spec.name}, got {axis!r}")
+    if axis is not None:
+        given, axis = axis, _integer(axis)
+        if not (LAYOUTS[layout].trailing and axis is not None and 0 <= axis < x.ndim):
+            expected = (f"an integer in [0, {x.ndim - 1}] or None" if LAYOUTS[layout].trailing
+                        else "None")
+            raise ValueError(f"cache.axis must be {expected} for {spec.name}, got {given!r}")
     modes = ("train", "test") if spec.running_stats else ("train",)
     if not isinstance(mode, str) or mode not in modes:
         raise ValueError(f"cache.mode must be one of {list(modes)}, got {mode!r}")
     shapes = spec.shapes(x.shape, layout, 1, axis)
     channels = shapes.channels
     if spec.grouped:
-        check_groups(groups, channels)
+        try:
+            groups = check_groups(groups, channels)
+        except (TypeError, ValueError) as error:  # the forward's check, named for the cache
+            raise ValueError(f"cache.groups must be an integer >= 1 that divides the number of "
+                             f"channels C={channels}, got {groups!r}") from error
         shapes = spec.shapes(x.shape, layout, groups, axis)
     elif type(groups) is not int or groups != 1:
         raise ValueError(f"cache.groups must be 1 for {spec.name}, got {groups!r}")
@@ -525,6 +540,7 @@ def prepare_backward(dout, cache, spec, function, out=None):
     if dout.shape != cache.x.shape:
         raise ValueError(f"dout must have the shape of x, {cache.x.shape}, got shape {dout.shape}")
     if out is not None:  # dx must not overwrite anything the kernels read while writing it
-        read = (cache.x, cache.gamma, cache.mean, cache.invstd, cache.mask)
-        out = check_out(out, "out", dout, cache.dtype, *(a for a in read if a is not None))
+        out = check_out(out, "out", dout, cache.dtype, (
+            ("dout", dout), ("cache.x", cache.x), ("cache.gamma", cache.gamma),
+            ("cache.mean", cache.mean), ("cache.invstd", cache.invstd), ("cache.mask", cache.mask)))
     return np.ascontiguousarray(dout, dtype=cache.x.dtype), out

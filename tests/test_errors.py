@@ -128,6 +128,10 @@ FORWARD_CASES = [
         "x " + NDARRAY + "float64"),
     Bad("bn-x-none", "batchnorm_forward", lambda: _bn(x=None), TypeError,
         "x " + NDARRAY + "NoneType"),
+    Bad("bn-x-masked", "batchnorm_forward",
+        lambda: _bn(x=np.ma.masked_array(_x(6, 4), mask=np.eye(6, 4, dtype=bool))), TypeError,
+        r"x must be a numpy.ndarray without a mask, got a numpy.ma.MaskedArray \(pass "
+        r"x.filled\(value\) or x.data\)"),
     Bad("bn-x-complex", "batchnorm_forward", lambda: _bn(x=_x(6, 4).astype(complex)), TypeError,
         "x " + DTYPE + "complex128"),
     Bad("bn-x-object", "batchnorm_forward", lambda: _bn(x=_x(6, 4).astype(object)), TypeError,
@@ -447,7 +451,7 @@ BACKWARD_CASES = [
         r"cache.x must have at least 3 dimensions for spatial_batchnorm, got shape \(2, 3\)"),
     Bad("gn-back-tampered-groups", "spatial_groupnorm_backward",
         lambda: (_dout("groupnorm"), _cache("groupnorm", groups=3)), ValueError,
-        r"G must divide the number of channels C=4, got G=3"),
+        r"cache.groups must be an integer >= 1 that divides the number of channels C=4, got 3"),
     Bad("ln-back-tampered-groups", "layernorm_backward",
         lambda: (_dout("layernorm"), _cache("layernorm", groups=5)), ValueError,
         r"cache.groups must be 1 for layernorm, got 5"),
@@ -515,7 +519,44 @@ BACKWARD_CASES = [
     Bad("ln-back-tampered-groups-bool", "layernorm_backward",
         lambda: (_dout("layernorm"), _cache("layernorm", groups=True)), ValueError,
         r"cache.groups must be 1 for layernorm, got True"),
+    Bad("gn-back-tampered-groups-none", "spatial_groupnorm_backward",
+        lambda: (_dout("groupnorm"), _cache("groupnorm", groups=None)), ValueError,
+        r"cache.groups must be an integer >= 1 that divides the number of channels C=4, got None"),
+    Bad("gn-back-tampered-groups-zero", "spatial_groupnorm_backward",
+        lambda: (_dout("groupnorm"), _cache("groupnorm", groups=0)), ValueError,
+        r"cache.groups must be an integer >= 1 that divides the number of channels C=4, got 0"),
+    Bad("ln-back-tampered-axis-array-out-of-range", "layernorm_backward",
+        lambda: (_dout("layernorm"), _cache("layernorm", axis=np.array(7))), ValueError,
+        r"cache.axis must be an integer in \[0, 1\] or None for layernorm, got array\(7\)"),
 ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_unusable_out_is_named_with_what_is_wrong(backend):
+    """out= over an input names that input; a read-only or non-contiguous out says which."""
+    cache = _cache("batchnorm")
+    buffer = np.zeros(cache.x.size)
+    buffer[: cache.mean.size] = cache.mean
+    over_mean = cache._replace(mean=buffer[: cache.mean.size])
+    with pytest.raises(ValueError, match=r"out must not share memory with the inputs, got an array "
+                                         r"that shares memory with cache.mean"):
+        fastbn.batchnorm_backward(_dout("batchnorm"), over_mean, backend=backend,
+                                  out=buffer.reshape(cache.x.shape))
+    x, gamma, beta, param = _bn()
+    buffer = np.zeros(x.size)
+    param = dict(param, running_mean=np.zeros(4), running_var=buffer[:4])
+    with pytest.raises(ValueError, match=r"shares memory with bn_param\['running_var'\]"):
+        fastbn.batchnorm_forward(x, gamma, beta, param, backend=backend,
+                                 out=buffer.reshape(x.shape))
+    read_only = np.zeros(x.shape)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match=r"out must be C-contiguous and writeable, got an array "
+                                         r"that is not writeable"):
+        fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"}, backend=backend, out=read_only)
+    with pytest.raises(ValueError, match=r"got an array that is not C-contiguous"):
+        fastbn.batchnorm_forward(x, gamma, beta, {"mode": "train"}, backend=backend,
+                                 out=np.zeros(x.shape[::-1]).T)
+
 
 ALL_CASES = FORWARD_CASES + BACKWARD_CASES
 

@@ -413,3 +413,14 @@ def test_fold_batchnorm_rejects_bad_input(kwargs, bn_param, error, message):
     bn_param = bn_param or {"running_mean": np.zeros(3), "running_var": np.ones(3)}
     with pytest.raises(error, match=message):
         fastbn.fold_batchnorm(np.ones((3, 4)), None, np.ones(3), np.zeros(3), bn_param, **kwargs)
+
+
+def test_fold_batchnorm_of_an_ndarray_subclass_weight_scales_per_channel():
+    """np.matrix multiplies as a matrix product; the fold scales per channel all the same."""
+    param = {"running_mean": np.zeros(3), "running_var": np.array([1.0, 4.0, 9.0]), "eps": 0.0}
+    w = np.arange(12.0).reshape(3, 4) + 1
+    expected, _ = fastbn.fold_batchnorm(w, None, None, None, param)
+    folded, _ = fastbn.fold_batchnorm(np.asmatrix(w), None, None, None, param)
+    assert type(folded) is np.ndarray
+    np.testing.assert_array_equal(folded, expected)
+    np.testing.assert_allclose(expected, w / np.array([[1.0], [2.0], [3.0]]), rtol=1e-15)

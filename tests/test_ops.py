@@ -451,3 +451,18 @@ def test_out_sharing_memory_with_what_the_call_reads_raises(op, backend):
         with pytest.raises(ValueError, match="out must not share memory with the inputs"):
             backward(dout, edited, backend=backend, out=np.frombuffer(buffer, x.dtype).reshape(x.shape))
         np.testing.assert_array_equal(getattr(edited, name), value)
+
+
+@pytest.mark.parametrize("backend", fastbn.available_backends())
+@pytest.mark.parametrize("op", OPS, ids=[op.id for op in OPS])
+def test_big_endian_input_gives_native_outputs_and_a_cache_its_backward_takes(op, backend):
+    """x of any byte order: the output in the native dtype of the same kind and size (float16
+    included), and the forward's cache goes through the backward."""
+    x, gamma, beta, param = op.make(op.shape("small"), np.float16, seed=2)
+    swapped = x.astype(x.dtype.newbyteorder(">"))
+    out, cache = op.forward(swapped, gamma, beta, copy_param(param), backend=backend)
+    native, _ = op.forward(x, gamma, beta, copy_param(param), backend=backend)
+    assert out.dtype == np.dtype(np.float16) and out.dtype.isnative
+    np.testing.assert_array_equal(out, native)
+    grads = op.backward(np.ones_like(x), cache, backend=backend)
+    assert grads[0].dtype == np.dtype(np.float16)
