@@ -415,6 +415,7 @@ def test_fold_batchnorm_rejects_bad_input(kwargs, bn_param, error, message):
         fastbn.fold_batchnorm(np.ones((3, 4)), None, np.ones(3), np.zeros(3), bn_param, **kwargs)
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_fold_batchnorm_of_an_ndarray_subclass_weight_scales_per_channel():
     """np.matrix multiplies as a matrix product; the fold scales per channel all the same."""
     param = {"running_mean": np.zeros(3), "running_var": np.array([1.0, 4.0, 9.0]), "eps": 0.0}
