@@ -240,6 +240,22 @@ OPS = (
 )
 
 
+def run_script(tmp_path, name, source, timeout=120):
+    """Run `source` as the script `name` in a fresh Python process that imports this checkout's
+    fastbn; assert that it exits with 0 and prints only "ok"."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / name
+    script.write_text(source)
+    root = str(Path(fastbn.__file__).resolve().parent.parent)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=timeout, env=dict(os.environ, PYTHONPATH=root))
+    assert result.returncode == 0 and result.stdout.split() == ["ok"], result.stderr[-3000:]
+
+
 def copy_param(param):
     """A copy of a param dict whose arrays (running statistics) are copied too."""
     return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in param.items()}

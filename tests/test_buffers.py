@@ -13,7 +13,7 @@ import pytest
 
 import fastbn
 from fastbn import _memory, _planner
-from registry import OPS, copy_param
+from registry import OPS, copy_param, run_script
 
 pytestmark = pytest.mark.skipif(_memory._buffers is None, reason="compiled kernels are not built")
 
@@ -357,13 +357,4 @@ print("ok")
 def test_a_refused_mapping_is_retried_after_the_cache_lets_its_blocks_go(tmp_path):
     """Under an address-space limit, the blocks the cache keeps may be what stands in the way of
     a new output: they are unmapped and the mapping tried again, instead of a MemoryError."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "address_space.py"
-    script.write_text(ADDRESS_SPACE_SCRIPT)
-    root = str(Path(fastbn.__file__).resolve().parent.parent)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, PYTHONPATH=root))
-    assert result.returncode == 0 and result.stdout.split() == ["ok"], result.stderr[-3000:]
+    run_script(tmp_path, "address_space.py", ADDRESS_SPACE_SCRIPT)

@@ -11,7 +11,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import fastbn
-from registry import OPS
+from registry import OPS, run_script
 
 pytestmark = pytest.mark.skipif("cython" not in fastbn.available_backends(),
                                 reason="compiled kernels are not built")
@@ -266,14 +266,4 @@ def test_a_child_forked_after_parallel_kernels_runs_them_on_one_thread(tmp_path)
     waited for them forever (multiprocessing's default start method on Linux). A child forked
     after the parent ran kernels on several threads runs them on one, with the parent's bits;
     one forked before keeps its threads."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = tmp_path / "fork_after_threads.py"
-    script.write_text(FORK_SCRIPT)
-    root = str(Path(fastbn.__file__).resolve().parent.parent)
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                            timeout=120, env=dict(os.environ, PYTHONPATH=root))
-    assert result.returncode == 0 and result.stdout.split() == ["ok"], result.stderr[-3000:]
+    run_script(tmp_path, "fork_after_threads.py", FORK_SCRIPT)
