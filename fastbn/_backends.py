@@ -97,15 +97,17 @@ def available_backends() -> tuple[str, ...]:
 
 def resolve(backend):
     """Map a ``backend=`` argument to ``'cython'`` or ``'numpy'``, or raise."""
-    if backend == "auto":
-        return available_backends()[0]
-    if backend in available_backends():
-        return backend
-    if backend == "cython":
-        raise ImportError(
-            "backend='cython' needs the compiled extension fastbn._kernels, which is not built; "
-            f"available backends: {list(available_backends())} (reinstall with `pip install .`)"
-        )
+    if isinstance(backend, str):  # (not an array, which == compares element by element)
+        if backend == "auto":
+            return available_backends()[0]
+        if backend in available_backends():
+            return backend
+        if backend == "cython":
+            raise ImportError(
+                "backend='cython' needs the compiled extension fastbn._kernels, which is not "
+                f"built; available backends: {list(available_backends())} (reinstall with "
+                "`pip install .`)"
+            )
     raise ValueError(
         f"backend must be one of {list(BACKENDS)}, got {backend!r}; "
         f"available here: {list(available_backends())}"

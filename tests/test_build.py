@@ -3,6 +3,7 @@ import io
 import os
 import time
 
+import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
@@ -76,7 +77,8 @@ def test_a_module_edited_after_its_build_is_reported_stale(monkeypatch):
     assert _config.stale_glue() == [name]
 
 
-@pytest.mark.parametrize("backend", ["gpu", "", None, "Cython"])
+@pytest.mark.parametrize("backend", ["gpu", "", None, "Cython", np.array(["numpy"])],
+                         ids=["gpu", "empty", "None", "Cython", "array"])
 def test_unknown_backend_lists_available(backend):
     import numpy as np
     with pytest.raises(ValueError, match="backend must be one of .*available here"):
