@@ -6,8 +6,8 @@ from typing import TextIO
 
 import numpy as np
 
-from fastbn import _backends, _threads
-from fastbn._threads import get_num_threads
+from fastbn import _backends
+from fastbn._threads import forked_after_threads, get_num_threads
 
 
 def build_info():
@@ -97,7 +97,7 @@ def show_config(file: TextIO | None = None) -> None:
         f"OpenMP: {'yes' if kernels is not None and kernels.openmp_enabled() else 'no'}",
         f"threads: {get_num_threads()}" + (
             " (forked from a process that ran fastbn on several threads: one thread here)"
-            if _threads._teams["forked"] else ""),
+            if forked_after_threads() else ""),
         f"OpenMP idle wait: {_backends.OPENMP_WAIT}",
         f"SIMD: {kernels.simd() if kernels is not None else 'none'}"
         " (FASTBN_DISABLE_AVX512=1 / FASTBN_DISABLE_AVX2=1 stop at AVX2 / the baseline; results"

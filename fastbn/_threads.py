@@ -21,6 +21,12 @@ def _after_fork_in_child():
     _teams["forked"] = _teams["forked"] or _teams["started"]
 
 
+def forked_after_threads():
+    """Whether this process was forked from one that had run fastbn on several threads (it
+    then runs on one: see :func:`get_num_threads`)."""
+    return _teams["forked"]
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
@@ -78,7 +84,7 @@ def get_num_threads() -> int:
     """
     kernels = _backends.kernels()
     available = kernels.omp_max_threads() if kernels is not None else 1
-    if _teams["forked"]:
+    if forked_after_threads():
         return 1
     if _user_threads is None:
         return available
