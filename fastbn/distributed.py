@@ -24,10 +24,11 @@ then the statistics), independent of the number of rows.
 
 Errors are collective: every rank first learns every rank's arguments, so ranks that disagree
 on the function called, the number of channels, the computation dtype, the mode, the layout,
-eps, momentum or ``bn_param['unbiased']``, backwards given caches of different statistics (a
-cache of the local forward), a batch with fewer than two values per channel in train mode, or a
-rank whose own arguments are invalid make every rank raise (the same ``ValueError`` on every rank, except
-that a rank with invalid arguments raises its own error). Nothing is computed or updated then.
+eps, momentum or ``bn_param['unbiased']`` (the last two in train mode), backwards given caches
+of different statistics (a cache of the local forward), a batch with fewer than two values per
+channel in train mode, or a rank whose own arguments are invalid make every rank raise (the same
+``ValueError`` on every rank, except that a rank with invalid arguments raises its own error).
+Nothing is computed or updated then.
 Every collective is non-blocking and polled against a deadline (``timeout`` seconds): a rank
 whose peers do not make the same call raises :class:`CollectiveTimeout` instead of waiting
 forever. After a timeout the ranks' collectives are out of step: end the job (``comm.Abort()``).

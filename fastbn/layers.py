@@ -259,7 +259,8 @@ class BatchNorm(_Layer):
         self.eps = _eps(eps)
         self.momentum = None if momentum is None else _check_real(momentum, "momentum", 0.0, 1.0, None)
         self.unbiased = _flag(unbiased, "unbiased")
-        if not isinstance(layout, str) or LAYOUT_SYNONYMS.get(layout, layout) not in ("NCHW", "NHWC"):
+        known = isinstance(layout, str) and LAYOUT_SYNONYMS.get(layout, layout) in ("NCHW", "NHWC")
+        if not known:
             raise ValueError(f"layout must be one of ['NCHW', 'NHWC', 'channels_first', "
                              f"'channels_last'], got {layout!r}")
         self.layout, self.backend = layout, backend
@@ -467,7 +468,8 @@ class LayerNorm(_Layer):
         layer = cls(shape, eps=epsilon, bias=B is not None, dtype=scale.dtype, backend=backend)
         layer.gamma = scale.reshape(shape).astype(layer.dtype)
         if B is not None:
-            layer.beta = _same_size(_to_numpy(B, "B"), "B", scale.size).reshape(shape).astype(layer.dtype)
+            B = _same_size(_to_numpy(B, "B"), "B", scale.size)
+            layer.beta = B.reshape(shape).astype(layer.dtype)
         return layer
 
 
