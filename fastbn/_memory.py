@@ -44,10 +44,11 @@ def _parse(text):
     value = value.removesuffix("IB") if value[-3:-2] in ("K", "M", "G") else value.removesuffix("B")
     unit = value[-1:] if value[-1:] in ("K", "M", "G") else ""
     number = value[: len(value) - len(unit)]
-    if not (number.isdigit() and number.isascii()) or int(number) * _UNITS[unit] >= 1 << 63:
+    nbytes = int(number) * _UNITS[unit] if number.isdigit() and number.isascii() else -1
+    if not 0 <= nbytes < 1 << 63:
         raise ValueError(f"{ENV} must be a number of bytes such as 0, 268435456 or 256M, "
                          f"got {text!r}")
-    return int(number) * _UNITS[unit]
+    return nbytes
 
 
 def set_buffer_cache(max_bytes: int) -> None:

@@ -95,10 +95,11 @@ def _shape_tuple(value, name):
     return tuple(int(n) for n in shape)
 
 
-def _same_size(value, name, size):
-    """value (None passes) must hold `size` values, as the layer's gamma does."""
+def _same_size(value, name, size, like=None):
+    """value (None passes) must hold `size` values (those of `like`, when named)."""
     if value is not None and value.size != size:
-        raise ValueError(f"{name} must have {size} values, as gamma has, got shape {value.shape}")
+        whose = f", as {like} has" if like else ""
+        raise ValueError(f"{name} must have {size} values{whose}, got shape {value.shape}")
     return value
 
 
@@ -352,8 +353,7 @@ class BatchNorm(_Layer):
 
     def _set(self, gamma, beta, mean, var):
         for name, value in (("gamma", gamma), ("beta", beta), ("running_mean", mean), ("running_var", var)):
-            if value is not None and value.size != self.num_features:
-                raise ValueError(f"{name} must have {self.num_features} values, got shape {value.shape}")
+            _same_size(value, name, self.num_features)
         self.gamma = None if gamma is None else gamma.reshape(-1).astype(self.dtype)
         self.beta = None if beta is None else beta.reshape(-1).astype(self.dtype)
         self.running_mean = mean.reshape(-1).astype(self.dtype)
@@ -444,7 +444,7 @@ class LayerNorm(_Layer):
         if shape is None or math.prod(shape) != given.size:
             raise ValueError(f"weights must have {len(axes)} dimensions for axis {axis!r}, "
                              f"got shape {given.shape}")
-        _same_size(beta, "beta", given.size)
+        _same_size(beta, "beta", given.size, "gamma")
         layer = cls(shape, eps=epsilon, elementwise_affine=True, bias=True, dtype=given.dtype,
                     backend=backend)
         layer.gamma = None if gamma is None else gamma.reshape(shape).astype(layer.dtype)
@@ -468,7 +468,7 @@ class LayerNorm(_Layer):
         layer = cls(shape, eps=epsilon, bias=B is not None, dtype=scale.dtype, backend=backend)
         layer.gamma = scale.reshape(shape).astype(layer.dtype)
         if B is not None:
-            B = _same_size(_to_numpy(B, "B"), "B", scale.size)
+            B = _same_size(_to_numpy(B, "B"), "B", scale.size, "gamma")
             layer.beta = B.reshape(shape).astype(layer.dtype)
         return layer
 
@@ -623,7 +623,7 @@ class GroupNorm(_Layer):
         given = gamma if gamma is not None else beta
         if given is None:
             raise ValueError("weights must hold gamma or beta (scale or center True): they give C")
-        _same_size(beta, "beta", given.size)
+        _same_size(beta, "beta", given.size, "gamma")
         groups = _positive_int(groups, "groups")
         if given.size % groups:
             raise ValueError(f"groups must divide the channel count C={given.size}, got {groups}")
