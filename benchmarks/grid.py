@@ -20,10 +20,11 @@ Usage::
 With ``--setting FIELD=V1,V2,...`` the plans compared are the plan in force with each value of
 that field of :class:`fastbn._planner.Plan` (a per-CPU setting is decided this way: it goes into
 ``CPU_SETTINGS`` only where it wins on that vendor's CPUs alone). ``--per-cpu`` does that for
-every field some vendor's entry of ``CPU_SETTINGS`` sets, over the families it was decided on
-(``PER_CPU_FAMILIES``), with the default and every vendor's value, and sums up which value is
-fastest on this CPU: run it on a CPU of another vendor (or model) to see whether its entry holds.
-``--setting`` ends with the same summary, per family.
+every tuned setting of ``PER_CPU_FAMILIES`` (each measured on one CPU first, then on another)
+over the families it was decided on, with its default, the values it was decided against and
+every vendor's value, and sums up which value is fastest on this CPU: run it on a CPU of another
+vendor (or model) to see whether the defaults and the entries hold there. ``--setting`` ends
+with the same summary, per family.
 
     python benchmarks/grid.py --per-cpu --dtype float64 --repeat 9
 """
@@ -73,15 +74,16 @@ FAMILIES = {
 }
 
 
-# The families of shapes on which each per-CPU setting (fastbn._planner.CPU_SETTINGS) was decided,
-# for --per-cpu (a test checks that every field an entry sets is here).
+# The settings that --per-cpu re-checks on the CPU it runs on: every field an entry of
+# fastbn._planner.CPU_SETTINGS sets (a test checks that it is here) and every default that won on
+# one CPU before it was measured on the other, with the families of shapes it was decided on and
+# the values it was decided against (docs/decisions.md, "Per CPU").
 PER_CPU_FAMILIES = {
-    "blocked_large_max_rows": ("cols_large",),
-    "sums_prefetch_min_bytes": ("cols", "cols_small", "nhwc"),
-    "sums_prefetch_max_run_bytes": ("cols_large", "cols", "nhwc"),
-    "grad_sums_four_rows_bytes": ("cols", "cols_small", "cols_large", "nhwc"),
-    "sweep_wide_bytes": ("cols_streamed", "nhwc"),
-    "sweep_prefetch_bytes": ("cols_large", "cols_streamed", "nhwc"),
+    "blocked_large_max_rows": (("cols_large",), (1 << 40,)),  # no limit
+    "sums_prefetch_min_bytes": (("cols", "cols_small", "nhwc"), (0,)),  # prefetch on every array
+    "sums_prefetch_max_run_bytes": (("cols_large", "cols", "nhwc"), (0,)),  # ... over any run
+    "grad_sums_four_rows_bytes": (("cols", "cols_small", "cols_large", "nhwc"), (0,)),  # never
+    "sweep_wide_bytes": (("cols_streamed", "nhwc"), (0,)),  # rows as the statistics take them
 }
 
 
@@ -106,9 +108,10 @@ def setting_plans(field, values):
 
 
 def per_cpu_plans(field):
-    """The plan in force (as "auto") and a plan per value of `field` among the defaults and the
-    entries of ``CPU_SETTINGS`` (see :func:`setting_plans`)."""
-    values = {getattr(_planner.Plan(), field)}
+    """The plan in force (as "auto") and a plan per value of `field` among the default, the
+    values it was decided against (``PER_CPU_FAMILIES``) and the entries of ``CPU_SETTINGS``
+    (see :func:`setting_plans`)."""
+    values = {getattr(_planner.Plan(), field), *PER_CPU_FAMILIES[field][1]}
     values |= {entry[field] for entry in _planner.CPU_SETTINGS.values() if field in entry}
     return setting_plans(field, sorted(values))
 
@@ -198,7 +201,7 @@ def main(argv=None):
     parser.add_argument("--setting", metavar="FIELD=V1,V2,...",
                         help="compare these values of a numeric Plan field instead of the paths")
     parser.add_argument("--per-cpu", action="store_true",
-                        help="every per-CPU setting's values on its families (directions apart, as --split)")
+                        help="every tuned setting's values on its families (directions apart, as --split)")
     args = parser.parse_args(argv)
     plans = None
     if args.setting:
@@ -219,7 +222,7 @@ def main(argv=None):
           f"median of {args.repeat} interleaved rounds")
     if args.per_cpu:
         records, verdicts = [], []
-        for field, families in PER_CPU_FAMILIES.items():
+        for field, (families, _) in PER_CPU_FAMILIES.items():
             mine = run_families(families, args.dtype, args.repeat, True, per_cpu_plans(field))
             verdicts.append((field, mine))
             records += mine

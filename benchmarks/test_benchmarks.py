@@ -198,22 +198,25 @@ def test_grid_script_sums_up_a_setting_per_family(monkeypatch, capsys):
                                  rf"\(\d+ faster / \d+ slower / {n}\)", summary)
 
 
-def test_grid_has_the_families_of_every_per_cpu_setting_and_sums_them_up():
-    """Every field a CPU_SETTINGS entry sets has the families it is decided on (grid.py
-    --per-cpu), whose plans are the defaults' and every vendor's values; the summary is the
-    geometric mean of time over the plan in force, with the shapes 5% faster and slower."""
+def test_grid_has_the_families_of_every_per_cpu_setting_and_sums_them_up(monkeypatch):
+    """Every tuned setting grid.py --per-cpu re-checks, and every field a CPU_SETTINGS entry
+    sets, has the families it is decided on; its plans are the default, the values it was
+    decided against and every vendor's value; the summary is the geometric mean of time over
+    the plan in force, with the shapes 5% faster and slower."""
     from fastbn import _planner
 
     grid = _script("grid")
 
     fields = {f for entry in _planner.CPU_SETTINGS.values() for f in entry}
     assert fields <= set(grid.PER_CPU_FAMILIES)
-    assert all(set(families) <= set(grid.FAMILIES) for families in grid.PER_CPU_FAMILIES.values())
-    for field in fields:
+    monkeypatch.setitem(_planner.CPU_SETTINGS, "SomeVendor", {"sweep_wide_bytes": 8192})
+    for field, (families, against) in grid.PER_CPU_FAMILIES.items():
+        assert field in _planner.Plan.__dataclass_fields__ and set(families) <= set(grid.FAMILIES)
+        default = getattr(_planner.Plan(), field)
+        assert default not in against
         names = set(grid.per_cpu_plans(field)) - {"auto"}
-        wanted = {getattr(_planner.Plan(), field)} | {
-            entry[field] for entry in _planner.CPU_SETTINGS.values() if field in entry}
-        assert names == {f"{field}={v}" for v in wanted}
+        vendors = {8192} if field == "sweep_wide_bytes" else set()
+        assert names == {f"{field}={v}" for v in {default, *against, *vendors}}
     records = [{"directions": ["forward"], "seconds": {"auto": 1.0, "a": 0.5, "b": 1.0}},
                {"directions": ["forward"], "seconds": {"auto": 2.0, "a": 4.0, "b": 2.02}},
                {"directions": ["backward"], "seconds": {"auto": 1.0, "a": 0.9, "b": 1.1}}]

@@ -120,12 +120,11 @@ cdef extern from "loops.h" nogil:
     void fastbn_cols_affine(const void* x, void* out, Py_ssize_t stride, Py_ssize_t n_rows,
                             Py_ssize_t w, const void* mean, const void* scale, const void* beta,
                             int stream, const void* res, unsigned char* mask, Py_ssize_t pos,
-                            Py_ssize_t short_run, Py_ssize_t ahead_bytes)
+                            Py_ssize_t short_run)
     void fastbn_cols_dx(const void* x, const void* dy, void* dx, Py_ssize_t stride,
                         Py_ssize_t n_rows, Py_ssize_t w, const void* mean, const void* invstd,
                         const void* k_dy, const void* k_b, const void* k_g, int stream,
-                        const unsigned char* mask, Py_ssize_t pos, int train, void* dres,
-                        Py_ssize_t ahead_bytes)
+                        const unsigned char* mask, Py_ssize_t pos, int train, void* dres)
     void fastbn_finish_moments(const void* first, const void* base, Py_ssize_t n, double count,
                                double* s1, double* s2)
     void fastbn_fold(const void* gamma, const double* mean, const double* m2, const double* count,
@@ -248,7 +247,6 @@ cdef struct Plan:
     Py_ssize_t affine_tile_bytes
     Py_ssize_t affine_cols
     Py_ssize_t affine_short_run_bytes
-    Py_ssize_t sweep_prefetch_bytes
     Py_ssize_t min_channels_blocked
     Py_ssize_t mask_prefetch_values
     Py_ssize_t short_row_bytes
@@ -775,10 +773,10 @@ cdef inline void _cols_block(
     index pos."""
     if dy == NULL:
         fastbn_cols_affine(x, out, stride, n_rows, w, c1, c2, c3, stream, _res_at(ep, x, pos),
-                           _mask(ep), pos, plan.affine_short_run_bytes, plan.sweep_prefetch_bytes)
+                           _mask(ep), pos, plan.affine_short_run_bytes)
     else:
         fastbn_cols_dx(x, dy, out, stride, n_rows, w, c1, c2, c3, c4, c5, stream, _mask(ep), pos,
-                       train, _dres_at(ep, x, pos), plan.sweep_prefetch_bytes)
+                       train, _dres_at(ep, x, pos))
 
 
 cdef struct Wide:

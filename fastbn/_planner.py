@@ -32,10 +32,11 @@ Paths (``PATHS``) and where a forced one applies (elsewhere the shape still deci
     changes).
 
 Settings that won on one of the project's CPUs only are in ``CPU_SETTINGS``, keyed by the CPU's
-vendor (``/proc/cpuinfo``'s ``vendor_id``): the plan in force at import is :func:`for_cpu` of
-the CPU fastbn runs on, the defaults of :class:`Plan` amended by that entry. ``show_config()``
-says which; ``python benchmarks/grid.py --per-cpu`` times, on the CPU it runs on, the default
-and every vendor's value of each field an entry sets.
+vendor (``/proc/cpuinfo``'s ``vendor_id``; none today): the plan in force at import is
+:func:`for_cpu` of the CPU fastbn runs on, the defaults of :class:`Plan` amended by that entry.
+``show_config()`` says which; ``python benchmarks/grid.py --per-cpu`` times, on the CPU it runs
+on, the default, the values it was decided against and every vendor's value of each tuned
+field.
 
 Every path computes with chunks fixed by the shape (and the plan): results do not depend on the
 thread count. Different paths may differ in the last bits (they sum in other orders).
@@ -70,17 +71,14 @@ COMPILED = {
     "FASTBN_REG_MAX": 128,  # AVX-512: short rows of up to this many values stay in registers (16, 32, ..., 128)
 }
 
-# Settings measured to win on one vendor's CPUs only (docs/decisions.md: "Per CPU"); other
-# CPUs keep the defaults, which were measured on the other vendor or on both.
-CPU_SETTINGS = {
-    "AuthenticAMD": {"blocked_large_max_rows": 3072, "sums_prefetch_min_bytes": 1 << 22,
-                     "sums_prefetch_max_run_bytes": 4096, "grad_sums_four_rows_bytes": 2048,
-                     "sweep_wide_bytes": 4096, "sweep_prefetch_bytes": 0},
-}
+# Settings measured to win on one vendor's CPUs only, by vendor (docs/decisions.md: "Per CPU");
+# other CPUs keep the defaults. None today: every setting first measured to win on the EPYC won
+# or tied on the Xeon too, and is a default.
+CPU_SETTINGS = {}
 
 ZERO_ALLOWED = ("load_check_ms", "dx_page_shift", "sums_prefetch_min_bytes",
-                "sums_prefetch_max_run_bytes", "grad_sums_four_rows_bytes", "sweep_wide_bytes",
-                "sweep_prefetch_bytes")  # fields that may be 0 (the others: >= 1)
+                "sums_prefetch_max_run_bytes", "grad_sums_four_rows_bytes",
+                "sweep_wide_bytes")  # fields that may be 0 (the others: >= 1)
 
 
 @dataclass(frozen=True)
@@ -109,18 +107,17 @@ class Plan:
     block_min_lines: int = 4  # cache lines per block row of a large array, at least
     blocked_min_blocks: int = 4  # column blocks needed, at least (small arrays: also two per thread)
     blocked_max_rows: int = 512  # arrays under blocked_min_bytes are blocked only with at most this many rows
-    blocked_large_max_rows: int = 1 << 40  # ... and larger arrays only with at most this many (default: no limit)
-    sums_prefetch_min_bytes: int = 0  # column sums over arrays this large prefetch the next eight rows (0: all)
-    sums_prefetch_max_run_bytes: int = 0  # ... when each row's run (the columns of a task) is shorter than this (0: any run)
-    grad_sums_four_rows_bytes: int = 0  # backward column sums over rows a multiple of this many bytes apart read four rows per pass, not eight (0: never)
+    blocked_large_max_rows: int = 3072  # ... and larger arrays only with at most this many
+    sums_prefetch_min_bytes: int = 1 << 22  # column sums over arrays this large prefetch the next eight rows (0: all)
+    sums_prefetch_max_run_bytes: int = 4096  # ... when each row's run (the columns of a task) is shorter than this (0: any run)
+    grad_sums_four_rows_bytes: int = 2048  # backward column sums over rows a multiple of this many bytes apart read four rows per pass, not eight (0: never)
     shared_max_run_bytes: int = 512  # large-array backward blocks of runs up to this are shared by the threads
     block_row_chunks: int = 4  # row chunks of a shared block
-    sweep_wide_bytes: int = 0  # streamed sweeps (grid path, test mode) of rows of whole lines shorter than this take them as wide rows of at least this (0: as the statistics do)
+    sweep_wide_bytes: int = 4096  # streamed sweeps (grid path, test mode) of rows of whole lines shorter than this take them as wide rows of at least this (0: as the statistics do)
     affine_rows: int = 32  # rows per tile of the (M, D) elementwise sweeps, at least
     affine_tile_bytes: int = 1 << 18  # output bytes per tile of those sweeps, about
     affine_cols: int = 4096  # columns per tile of those sweeps, at most
     affine_short_run_bytes: int = 2048  # the affine ones not streamed go four rows at a time over parts of rows shorter than this
-    sweep_prefetch_bytes: int = 2048  # streamed sweeps of long runs prefetch their inputs this far ahead (single rows: 2x; 0: none)
     # --- (N, C, L): statistics per channel over planes
     min_channels_blocked: int = 8  # channels for the per-channel path, at least
     mask_prefetch_values: int = 2048  # the fused forward over planes prefetches its ReLU mask this many values ahead

@@ -90,10 +90,10 @@ typedef struct {
     void (*cols_grad_sums)(const T *, const T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
                            double *, double *, const uint8_t *, ptrdiff_t, ptrdiff_t, int);
     void (*cols_affine)(const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *, const T *,
-                        const T *, int, const T *, uint8_t *, ptrdiff_t, ptrdiff_t, ptrdiff_t);
+                        const T *, int, const T *, uint8_t *, ptrdiff_t, ptrdiff_t);
     void (*cols_dx)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, ptrdiff_t, const T *,
                     const T *, const T *, const T *, const T *, int, const uint8_t *, ptrdiff_t,
-                    int, T *, ptrdiff_t);
+                    int, T *);
     void (*layernorm_rows)(const T *, T *, ptrdiff_t, ptrdiff_t, const T *, const T *, double, int,
                            T *, T *);
     void (*layernorm_rows_grad)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, const T *,
@@ -521,11 +521,8 @@ static void FN(cols_grad_sums)(const T *RESTRICT x, const T *RESTRICT dy, ptrdif
  * that each column's coefficients are loaded once per four rows -- when streamed, only if every
  * row starts at the same offset within a cache line; otherwise one row at a time. An affine sweep
  * that is not streamed (its data come from and stay in the caches) goes four at a time only over
- * short runs: parts of rows of fewer than `short_run` bytes; over whole rows or long runs one row
- * at a time. Streamed sweeps of long runs prefetch the inputs `ahead_bytes` (four rows) or twice
- * that (one row) ahead: they read one line per vector per row from memory, and the hardware
- * prefetchers alone fall behind (ahead_bytes 0: no prefetches). (short_run, ahead_bytes:
- * fastbn/_planner.py.) */
+ * short runs: parts of rows of fewer than `short_run` bytes (fastbn/_planner.py); over whole
+ * rows or long runs one row at a time. */
 /* Columns j.. (a vector, or `count` values when masked) of four rows, rows i.. of the call
  * (x0 = x + i * stride; `at` = i * stride, for the residual and the mask). */
 FASTBN_INLINE void FN(affine4)(const int relu, const int masked, unsigned count, const T *x0,
@@ -555,14 +552,10 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
                                        ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n,
                                        const T *RESTRICT mean, const T *RESTRICT scale,
                                        const T *RESTRICT beta, int stream, const T *RESTRICT res,
-                                       uint8_t *RESTRICT mask, ptrdiff_t pos, ptrdiff_t short_run,
-                                       ptrdiff_t ahead_bytes) {
+                                       uint8_t *RESTRICT mask, ptrdiff_t pos, ptrdiff_t short_run) {
     ptrdiff_t i = 0, j, r, head;
     stream = fastbn_streamable(out, sizeof(T), stream);
     head = fastbn_head(out, n, sizeof(T), stream);
-    ptrdiff_t near = ahead_bytes / (ptrdiff_t)sizeof(T), far = 2 * near;
-    /* runs of a block of columns: the prefetches would fetch another block's columns */
-    int ahead = stream && near > 0 && n >= 4 * near;
     if (stream ? !((stride * (ptrdiff_t)sizeof(T)) & 63)
                : n < stride && n * (ptrdiff_t)sizeof(T) < short_run)
         for (; i + 4 <= n_rows; i += 4) {
@@ -584,11 +577,6 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
                 FN(affine4)(relu, 1, head, x0, o0, stride, 0, mean, scale, beta, 0, res, at, mask,
                             pos, NULL);
             for (j = head; j + N <= n; j += N) {
-                if (ahead)
-                    for (r = 0; r < 4; r++) __builtin_prefetch(x0 + r * stride + j + near, 0, 3);
-                if (relu && ahead && !((pos + at + j) & 255))
-                    for (r = 0; r < 4; r++)
-                        __builtin_prefetch(mask + ((pos + at + r * stride + j + near) >> 3), 1, 3);
                 FN(affine4)(relu, 0, 0, x0, o0, stride, j, mean, scale, beta, stream, res, at, mask,
                             pos, four ? bits : NULL);
                 if (four) {
@@ -630,17 +618,13 @@ FASTBN_INLINE void FN(cols_affine_run)(const int relu, const T *RESTRICT x, T *R
                 oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
                                   pos + at + j);
         fastbn_sink sink = fastbn_sink_at(mask, relu ? pos + at + j : 0);
-        for (; j + N <= n; j += N) {
-            if (ahead) __builtin_prefetch(xi + j + far, 0, 3);
-            if (relu && ahead && !((pos + at + j) & 255))
-                __builtin_prefetch(mask + ((pos + at + j + far) >> 3), 1, 3);
+        for (; j + N <= n; j += N)
             FN(put)(oi + j,
                     FN(relu_s)(relu,
                                (FN(loadv)(xi + j) - FN(loadv)(mean + j)) * FN(loadv)(scale + j)
                                    + FN(loadv)(beta + j),
                                res, at + j, &sink),
                     stream);
-        }
         if (relu) fastbn_sink_end(&sink);
         for (; j < n; j++)
             oi[j] = FN(relu1)(relu, (xi[j] - mean[j]) * scale[j] + beta[j], res, at + j, mask,
@@ -653,16 +637,16 @@ static void FN(cols_affine)(const T *RESTRICT x, T *RESTRICT out, ptrdiff_t stri
                             ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
                             const T *RESTRICT scale, const T *RESTRICT beta, int stream,
                             const T *RESTRICT res, uint8_t *RESTRICT mask, ptrdiff_t pos,
-                            ptrdiff_t short_run, ptrdiff_t ahead_bytes) {
+                            ptrdiff_t short_run) {
     if (!mask)
         FN(cols_affine_run)(0, x, out, stride, n_rows, n, mean, scale, beta, stream, NULL, NULL, 0,
-                            short_run, ahead_bytes);
+                            short_run);
     else if (!res)
         FN(cols_affine_run)(1, x, out, stride, n_rows, n, mean, scale, beta, stream, NULL, mask,
-                            pos, short_run, ahead_bytes);
+                            pos, short_run);
     else
         FN(cols_affine_run)(2, x, out, stride, n_rows, n, mean, scale, beta, stream, res, mask,
-                            pos, short_run, ahead_bytes);
+                            pos, short_run);
 }
 /* dx[i, j] = k_dy[j] * (dy - k_b[j] - (x - mean[j]) * invstd[j] * k_g[j]), in T; dy read through
  * the mask (relu 1), or dx = k_dy[j] * dy without reading x (relu 2, test mode); dres (or NULL):
@@ -697,12 +681,10 @@ FASTBN_INLINE void FN(cols_dx_run)(const int relu, const T *RESTRICT x, const T 
                                    const T *RESTRICT mean, const T *RESTRICT invstd,
                                    const T *RESTRICT k_dy, const T *RESTRICT k_b,
                                    const T *RESTRICT k_g, int stream, const uint8_t *mask,
-                                   ptrdiff_t pos, T *RESTRICT dres, ptrdiff_t ahead_bytes) {
+                                   ptrdiff_t pos, T *RESTRICT dres) {
     ptrdiff_t i = 0, j, head;
     stream = fastbn_streamable(dx, sizeof(T), stream);
     head = fastbn_head(dx, n, sizeof(T), stream);
-    ptrdiff_t far = 2 * ahead_bytes / (ptrdiff_t)sizeof(T);
-    int ahead = stream && far > 0 && n >= 2 * far; /* (as in cols_affine) */
     if (!stream || !((stride * (ptrdiff_t)sizeof(T)) & 63))
         for (; i + 4 <= n_rows; i += 4) {
             const T *x0 = x + i * stride, *g0 = dy + i * stride;
@@ -732,12 +714,7 @@ FASTBN_INLINE void FN(cols_dx_run)(const int relu, const T *RESTRICT x, const T 
                                   : k_dy[j] * (g1 - k_b[j] - (x0[j] - mean[j]) * invstd[j] * k_g[j]);
             }
         for (; j + N <= n; j += N) {
-            VT gv;
-            if (ahead) {
-                if (relu != 2) __builtin_prefetch(x0 + j + far, 0, 3);
-                __builtin_prefetch(g0 + j + far, 0, 3);
-            }
-            gv = FN(masked_dy)(relu, FN(loadv)(g0 + j), mask, pos + at + j, 0, 0);
+            VT gv = FN(masked_dy)(relu, FN(loadv)(g0 + j), mask, pos + at + j, 0, 0);
             if (relu && dres) FN(storev)(dres + at + j, gv);
             FN(put)(oi + j,
                     relu == 2 ? FN(loadv)(k_dy + j) * gv
@@ -760,16 +737,16 @@ static void FN(cols_dx)(const T *RESTRICT x, const T *RESTRICT dy, T *RESTRICT d
                         ptrdiff_t stride, ptrdiff_t n_rows, ptrdiff_t n, const T *RESTRICT mean,
                         const T *RESTRICT invstd, const T *RESTRICT k_dy, const T *RESTRICT k_b,
                         const T *RESTRICT k_g, int stream, const uint8_t *mask, ptrdiff_t pos,
-                        int train, T *RESTRICT dres, ptrdiff_t ahead_bytes) {
+                        int train, T *RESTRICT dres) {
     if (!mask)
         FN(cols_dx_run)(0, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
-                        NULL, 0, NULL, ahead_bytes);
+                        NULL, 0, NULL);
     else if (train)
         FN(cols_dx_run)(1, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
-                        mask, pos, dres, ahead_bytes);
+                        mask, pos, dres);
     else
         FN(cols_dx_run)(2, x, dy, dx, stride, n_rows, n, mean, invstd, k_dy, k_b, k_g, stream,
-                        mask, pos, dres, ahead_bytes);
+                        mask, pos, dres);
 }
 
 /* Layernorm backward, four rows at once (row r at x + r * stride): per column j,
