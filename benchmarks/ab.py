@@ -15,6 +15,7 @@ the compiled glue.
     python benchmarks/ab.py /tmp/old                 # FASTBN_DISABLE_AVX512=1: the AVX2 path
 """
 import argparse
+import atexit
 import os
 import re
 import shutil
@@ -55,10 +56,15 @@ CASES = [  # name, op, shape, dtype, layout or groups
 
 
 def import_other(tree):
-    """The package of the checkout `tree`, imported as ``fastbn_old``."""
-    tmp = tempfile.mkdtemp(prefix="fastbn-ab-")
-    target = os.path.join(tmp, "fastbn_old")
+    """The package of the checkout `tree`, imported as ``fastbn_old`` from a temporary copy,
+    removed when the process exits."""
     source = os.path.join(tree, "fastbn")
+    if not os.path.isfile(os.path.join(source, "__init__.py")):
+        raise SystemExit(f"ab.py: other must be a checkout of fastbn (a folder holding "
+                         f"fastbn/__init__.py), got {tree!r}")
+    tmp = tempfile.mkdtemp(prefix="fastbn-ab-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    target = os.path.join(tmp, "fastbn_old")
 
     def ignore(directory, names):
         # the extensions Cython compiled from .py modules import their siblings as fastbn.*,

@@ -194,7 +194,7 @@ def main(argv=None):
     parser.add_argument("--family", choices=sorted(FAMILIES), action="append",
                         help="families to run (default: all)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=_bench.positive_int, default=5)
     parser.add_argument("--json", metavar="PATH")
     parser.add_argument("--split", action="store_true",
                         help="time the forward, test mode (where the op has one) and the backward apart (default: forward + backward together)")
@@ -203,6 +203,8 @@ def main(argv=None):
     parser.add_argument("--per-cpu", action="store_true",
                         help="every tuned setting's values on its families (directions apart, as --split)")
     args = parser.parse_args(argv)
+    if args.json and _bench.output_problem("--json", args.json):
+        parser.error(_bench.output_problem("--json", args.json))  # before tens of minutes of timing
     plans = None
     if args.setting:
         name, _, values = args.setting.partition("=")

@@ -148,8 +148,8 @@ def main():
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--other", metavar="CHECKOUT",
                         help="compare the public calls with those of this other build")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"default {ROUNDS}")
-    parser.add_argument("--number", type=int, default=NUMBER,
+    parser.add_argument("--rounds", type=_bench.positive_int, default=ROUNDS, help=f"default {ROUNDS}")
+    parser.add_argument("--number", type=_bench.positive_int, default=NUMBER,
                         help=f"calls per round and call (default {NUMBER})")
     args = parser.parse_args()
     if args.other:

@@ -45,8 +45,8 @@ def _small(case):
 
 def _params(small):
     cases = _bench.LARGE_CASES + _bench.SMALL_CASES
-    if small:
-        cases = [_small(case) if case.nbytes > 1 << 20 else case for case in cases]
+    if small:  # large cases of one op and layout shrink to the same small one: once each
+        cases = list(dict.fromkeys(_small(case) if case.nbytes > 1 << 20 else case for case in cases))
     params = []
     for case in cases:  # grouped by case, so that one case's arrays are built once
         for direction in case.directions:
@@ -178,6 +178,27 @@ def test_grid_script_compares_the_values_of_a_setting():
     for bad in ("cols_path=0", "no_such_field=1", "sums_prefetch_min_bytes", "sums_prefetch_min_bytes=4k"):
         with pytest.raises(SystemExit):
             grid.main(["--family", "cols", "--setting", bad])
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("grid", ["--repeat", "0"], "argument --repeat: must be an integer >= 1, got '0'"),
+    ("grid", ["--family", "cols", "--json", "/no/such/folder/g.json"],
+     "--json: cannot write '/no/such/folder/g.json'"),
+    ("overhead", ["--number", "0"], "argument --number: must be an integer >= 1, got '0'"),
+    ("overhead", ["--rounds", "-1"], "argument --rounds: must be an integer >= 1, got '-1'"),
+    ("ab", ["/no/such/checkout"], "other must be a checkout of fastbn"),
+])
+def test_scripts_reject_bad_arguments_before_timing(script, argv, message, monkeypatch, capsys):
+    """Counts below 1, an output that cannot be written and a checkout that is not one stop a
+    script at once, naming the argument (not a traceback, or NaN, after the run)."""
+    module = _script(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *argv])
+    for name in ("run_families", "python_side", "compare"):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("the timing ran"))
+    with pytest.raises(SystemExit) as raised:
+        module.main() if script == "overhead" else module.main(argv)
+    assert message in (capsys.readouterr().err + str(raised.value.code))
 
 
 def test_grid_script_sums_up_a_setting_per_family(monkeypatch, capsys):

@@ -118,14 +118,15 @@ def fused_table(records):
             by_case.setdefault(r["case"], {})[r["direction"]] = r["times"]
     if not by_case:
         return ""
-    lines = [f"{'fused case':46s} {'fwd fused/bn':>12s} {'test fused/bn':>13s} "
-             f"{'bwd fused/bn':>12s} {'bn+np.relu/fused (fwd+bwd)':>27s}"]
+    width = max(len("fused case"), *(len(case.name) for case in by_case))
+    lines = [f"{'fused case':{width}s} {'fused/bn fwd':>12s} {'test':>5s} {'bwd':>5s} "
+             f"{'bn+np.relu/fused fwd+bwd':>24s}"]
     for case, t in by_case.items():
         ratio = {d: t[d]["fastbn out="] / t[d]["batchnorm"] for d in t}  # both into out= arrays
         numpy_relu = t["forward"]["batchnorm + np.relu"] + t["backward"]["batchnorm + np.relu"]
         fused = t["forward"]["fastbn out="] + t["backward"]["fastbn out="]
-        lines.append(f"{case.name:46s} {ratio['forward']:12.2f} {ratio.get('test', np.nan):13.2f} "
-                     f"{ratio['backward']:12.2f} {numpy_relu / fused:27.2f}")
+        lines.append(f"{case.name:{width}s} {ratio['forward']:12.2f} {ratio.get('test', np.nan):5.2f} "
+                     f"{ratio['backward']:5.2f} {numpy_relu / fused:24.2f}")
     return "\n".join(lines)
 
 
@@ -195,13 +196,17 @@ def plot(records, path, threads):
     return flagged
 
 
-def _to_json(records, threads):
+def _to_json(records, threads, repeat, torch, openmp):
     return {
         "fastbn": fastbn.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu": _bench.cpu_model(),
+        "openmp": openmp,
+        "torch": torch.__version__ if torch is not None else None,
         "threads": threads,
+        "repeat": repeat,
         "results": [
             {"case": r["case"].id, "op": r["case"].op, "shape": list(r["case"].shape),
              "dtype": r["case"].dtype, "direction": r["direction"], "bytes": _bench.bytes_moved(
@@ -227,15 +232,19 @@ def _parser(prog="python -m fastbn"):
                     "reference, PyTorch (if installed) and a memcpy of the same array.")
     parser.add_argument("--quick", action="store_true",
                         help="one large case per kernel family and the cs231n-sized cases (< 30 s)")
-    parser.add_argument("--plot", default="fastbn-bench.png", metavar="PATH",
-                        help="where to write the PNG plot (default: %(default)s)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="where to write the plot, PNG unless the name ends in another format "
+                             f"matplotlib writes; .png is added to a name without one (default: "
+                             f"{DEFAULT_PLOT})")
     parser.add_argument("--no-plot", action="store_true", help="do not write a plot")
     parser.add_argument("--json", metavar="PATH", help="also write the timings as JSON")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="threads for fastbn, PyTorch and the memcpy yardstick "
-                             "(default: fastbn.get_num_threads())")
-    parser.add_argument("--repeat", type=int, default=None, metavar="R",
-                        help="timed rounds per call; the median is reported (default 7, quick 5)")
+    parser.add_argument("--threads", type=_bench.positive_int, metavar="N",
+                        help="threads for fastbn, PyTorch and the memcpy yardstick, at most "
+                             "fastbn.get_num_threads() (default: that)")
+    parser.add_argument("--repeat", type=_bench.positive_int, default=None, metavar="R",
+                        help="timed rounds per call; the median is reported (default 7; --quick, "
+                             "--shared-core and --scaling 5; calls that take over a second in "
+                             "all stop after 3)")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out even if installed")
     parser.add_argument("--fused", action="store_true",
                         help="only the fused batchnorm + ReLU cases, against batchnorm alone and "
@@ -249,6 +258,39 @@ def _parser(prog="python -m fastbn"):
                          help="instead of the comparison: fastbn's and the memcpy's speed-up from 1 "
                               "to 2 threads for every case, on the machine as it is")
     return parser
+
+
+DEFAULT_PLOT = "fastbn-bench.png"
+
+
+def _usage_error(args):
+    """What is wrong with the parsed `args`, before anything is timed (None if nothing): an
+    option the thread modes do not take, or an output path that cannot be written (a missing or
+    read-only folder, a plot format matplotlib does not write). Counts below 1 are argparse's
+    errors (:func:`fastbn._bench.positive_int`)."""
+    if args.shared_core or args.scaling:
+        mode = "--shared-core" if args.shared_core else "--scaling"
+        given = [f"--{name}" for name in ("threads", "fused", "json", "plot")
+                 if getattr(args, name) not in (None, False)]
+        if given:
+            return (f"{mode} times every case on 1 and on 2 threads and prints a table: "
+                    f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to it")
+    outputs = [("--json", args.json)] + ([("--plot", args.plot)] if not args.no_plot else [])
+    for option, path in outputs:
+        problem = path is not None and _bench.output_problem(option, path)
+        if problem:
+            return problem
+    if not args.no_plot and args.plot is not None:
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            return None  # said after the run: no plot without matplotlib
+        suffix = os.path.splitext(args.plot)[1][1:].lower()
+        formats = Figure().canvas.get_supported_filetypes()
+        if suffix not in formats:
+            return (f"--plot: matplotlib cannot write {args.plot!r}: its extension must be one of "
+                    f"{', '.join('.' + f for f in sorted(formats))}")
+    return None
 
 
 def _significant(value):
@@ -287,8 +329,13 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
         Benchmark these cases instead of the default lists (used by the tests).
     """
     args = _parser(_program_name(sys.argv[0])).parse_args(argv)
-    if args.threads is not None and args.threads < 1:
-        print(f"--threads must be >= 1, got {args.threads}", file=sys.stderr)
+    if args.plot is None and not (args.shared_core or args.scaling):
+        args.plot = DEFAULT_PLOT
+    if args.plot is not None and not os.path.splitext(args.plot)[1]:
+        args.plot += ".png"  # as matplotlib would write it
+    problem = _usage_error(args)
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
     torch = None if args.no_torch else _bench.torch_module()
     available = fastbn.get_num_threads()  # what OpenMP allows; --threads can only lower it
@@ -296,10 +343,14 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
     kernels = fastbn._backends.kernels()
     openmp = ("no compiled kernels" if kernels is None else "yes" if kernels.openmp_enabled() else
               "NO: serial build, every call runs on one thread")
+    capped = (f" (--threads {args.threads}: more than the {available} OpenMP allows)"
+              if args.threads and args.threads > available else "")
+    peer = (torch.__version__ if torch is not None else
+            "left out (--no-torch)" if args.no_torch else "not installed (skipped)")
     print(f"fastbn {fastbn.__version__} | CPU: {_bench.cpu_model()}\n"
-          f"OpenMP: {openmp} | threads: {threads} | "
+          f"OpenMP: {openmp} | threads: {threads}{capped} | "
           f"backends: {', '.join(fastbn.available_backends())} | numpy {np.__version__} | "
-          f"PyTorch: {torch.__version__ if torch is not None else 'not installed (skipped)'}")
+          f"PyTorch: {peer}")
 
     print("Checking fastbn against the NumPy reference:", flush=True)
     failures = _bench.check()
@@ -331,7 +382,8 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
     if cases is None:
         cases = _bench.QUICK_CASES if args.quick else _bench.LARGE_CASES + _bench.SMALL_CASES
     repeat = args.repeat or (5 if args.quick else 7)
-    print(f"Timing {len(cases)} cases (median of {repeat} interleaved rounds each):", flush=True)
+    print(f"Timing {len(cases)} cases (median of {repeat} interleaved rounds each; 3 for calls "
+          "that take over a second in all):", flush=True)
     start = time.perf_counter()
     records = _bench.run(cases, repeat=repeat, threads=threads, torch=torch,
                          progress=lambda message: print(f"  {message}", flush=True))
@@ -350,7 +402,7 @@ def main(argv: Sequence[str] | None = None, cases: Sequence[_bench.Case] | None 
 
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(_to_json(records, threads), f, indent=1)
+            json.dump(_to_json(records, threads, repeat, torch, openmp), f, indent=1)
         print(f"wrote {args.json}")
     if not args.no_plot:
         try:

@@ -13,7 +13,9 @@ public call alone.
 one record per case and direction with the times of all implementations, measured in the same run,
 so the ratios between them are meaningful even on a noisy machine.
 """
+import argparse
 import math
+import os
 import subprocess
 import sys
 import time
@@ -162,6 +164,38 @@ SMOKE_SHAPES = {"NC": (64, 48), "NCHW": (4, 8, 6, 6), "NHWC": (4, 6, 6, 8), "ND"
 
 
 DIRECTION_LABELS = {"forward": "fwd", "test": "test", "backward": "bwd"}  # as the tables print them
+
+
+def positive_int(text):
+    """An argparse type: an integer >= 1 (counts of threads, rounds, calls).
+
+    Examples
+    --------
+    >>> positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def output_problem(option, path):
+    """Why the command-line output `path` given by `option` cannot be written (a missing or
+    read-only folder), checked before a run rather than after it; None if it can.
+
+    Examples
+    --------
+    >>> output_problem("--json", "/no/such/folder/r.json")
+    "--json: cannot write '/no/such/folder/r.json': '/no/such/folder' is not a writable folder"
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(folder) and os.access(folder, os.W_OK):
+        return None
+    return f"{option}: cannot write {path!r}: {folder!r} is not a writable folder"
 
 
 def cpu_model():

@@ -99,6 +99,77 @@ def test_thread_modes_time_one_and_two_threads(mode, capsys):
         assert line.endswith(" <") == (scaling and gains[0] < gains[1])
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--repeat", "0"], "argument --repeat: must be an integer >= 1, got '0'"),
+    (["--repeat", "-1"], "argument --repeat: must be an integer >= 1, got '-1'"),
+    (["--threads", "-2"], "argument --threads: must be an integer >= 1, got '-2'"),
+    (["--threads", "two"], "argument --threads: must be an integer >= 1, got 'two'"),
+])
+def test_counts_below_one_are_usage_errors(argv, message, monkeypatch, capsys):
+    monkeypatch.setattr(_bench, "check", lambda: pytest.fail("the check ran"))
+    with pytest.raises(SystemExit) as raised:
+        cli.main(argv, cases=TINY_CASES)
+    assert raised.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scaling", "--json", "x.json"], "--scaling times every case on 1 and on 2 threads"),
+    (["--shared-core", "--fused", "--threads", "1"], "--threads, --fused do not apply"),
+    (["--scaling", "--plot", "p.png"], "--plot does not apply"),
+    (["--no-plot", "--json", "/no/such/folder/r.json"], "--json: cannot write '/no/such/folder/r.json'"),
+    (["--plot", "/no/such/folder/p.png"], "--plot: cannot write '/no/such/folder/p.png'"),
+])
+def test_bad_arguments_are_usage_errors_before_anything_runs(argv, message, monkeypatch, capsys):
+    """An option the thread modes do not take, or an output that cannot be written, stops the
+    command at once (status 2, the option named), not after the timing."""
+    monkeypatch.setattr(_bench, "check", lambda: pytest.fail("the check ran"))
+    assert cli.main(argv, cases=TINY_CASES) == 2
+    err = capsys.readouterr().err
+    assert message in err
+
+
+def test_a_plot_format_matplotlib_cannot_write_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(_bench, "check", lambda: pytest.fail("the check ran"))
+    assert cli.main(["--plot", str(tmp_path / "plot.txt")], cases=TINY_CASES) == 2
+    assert "--plot: matplotlib cannot write" in capsys.readouterr().err
+
+
+@needs_compiled
+def test_header_json_and_plot_name_say_what_ran(tmp_path, capsys):
+    """--no-torch is named as such, a --threads above what OpenMP allows is said to be lowered,
+    the JSON records the run's context, and a plot name without an extension gets .png."""
+    json_path, plot_base = tmp_path / "r.json", tmp_path / "plot"
+    status = cli.main(["--no-torch", "--threads", "64", "--repeat", "1", "--json", str(json_path),
+                       "--plot", str(plot_base)], cases=TINY_CASES[:1])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "PyTorch: left out (--no-torch)" in out
+    assert f"(--threads 64: more than the {fastbn.get_num_threads()} OpenMP allows)" in out
+    record = json.loads(json_path.read_text())
+    assert record["repeat"] == 1 and record["torch"] is None and record["cpu"] == _bench.cpu_model()
+    assert record["openmp"].startswith(("yes", "NO", "no"))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    assert f"wrote {plot_base}.png" in out and (tmp_path / "plot.png").exists()
+
+
+def test_fused_table_fits_the_width_in_aligned_columns():
+    """The fused cases' table: fused/bn per direction and bn+np.relu over fused (forward +
+    backward), every line as long as its header, within the table's width."""
+    times = {d: {"fastbn out=": 2.0, "batchnorm": 1.6, "batchnorm + np.relu": 4.0}
+             for d in ("forward", "test", "backward")}
+    records = [{"case": case, "direction": d, "times": times[d]}
+               for case in _bench.FUSED_CASES for d in case.directions]
+    lines = cli.fused_table(records).splitlines()
+    assert len(lines) == 1 + len(_bench.FUSED_CASES)
+    assert len({len(line) for line in lines}) == 1 and len(lines[0]) <= cli.TABLE_WIDTH
+    for line in lines[1:]:
+        assert line.split()[-4:] == ["1.25", "1.25", "1.25", "2.00"]
+
+
 def test_the_thread_modes_exclude_each_other(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--shared-core", "--scaling"])
