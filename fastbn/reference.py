@@ -192,7 +192,10 @@ def _batch_backward_staged(dout, cache, out=None):
         # float32 as soon as var + eps < 1e-26 (eps = 0 and a nearly constant channel), and so
         # can dxhat * xc for a huge gamma and x (the kernels too sum these products in double).
         dinvstd = _sum64(dxhat.astype(np.float64) * xc, axes)
-        dvar = -0.5 * invstd.astype(np.float64) ** 3 * dinvstd
+        # invstd ** 3 alone under/overflows float64 beyond a std of about 1e+-103 (a constant
+        # channel with eps 1e-300 gave NaN): one factor at a time, as the kernels do.
+        invstd64 = invstd.astype(np.float64)
+        dvar = -0.5 * invstd64 * (invstd64 * (invstd64 * dinvstd))
         dxc = (dxhat * invstd + xc * (2.0 * dvar / count)).astype(x.dtype)
         dmean = -_sum(dxc, axes)
         dx = dxc + dmean / count

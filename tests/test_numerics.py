@@ -292,6 +292,42 @@ def test_constant_unit_outputs_beta_with_finite_gradients(op, backend, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("op", TRAIN_OPS, ids=TRAIN_IDS)
+def test_constant_unit_with_eps_1e_300_has_finite_gradients(op, backend):
+    """eps > 0 keeps a constant unit's gradients finite even when invstd is 1e150, whose cube
+    overflows float64: the backward multiplies invstd in one factor at a time."""
+    x, gamma, beta, param, dout = _inputs(op, np.float64, 3.0, 2.0)
+    index = _unit_index(op, x.shape)
+    x[index] = 2.5
+    param["eps"] = 1e-300
+    got = _run(op, x, gamma, beta, param, dout, backend)
+    want = oracle(op, x, gamma, beta, dout, eps=1e-300)
+    assert want["invstd"][K] == 1e150
+    for key in ("out", "dx", "dgamma", "dbeta"):
+        assert np.isfinite(got[key]).all(), key
+    _close(got["dx"][index], want["dx"][index], 1e-12, "dx of the constant unit")
+    mask = _unit_mask(op, x.shape)
+    _close(got["dx"][~mask], want["dx"][~mask], 1e-12, "dx")
+
+
+@pytest.mark.parametrize("scale, eps", [(1e110, 1e-5), (1e-110, 0.0)], ids=["1e110", "1e-110"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", TRAIN_OPS, ids=TRAIN_IDS)
+def test_float64_units_of_std_1e110_and_1e_110_match_exact_arithmetic(op, backend, scale, eps):
+    """invstd ** 3 underflows float64 for a std above about 1e103 and overflows below about
+    1e-103; the backward's results stay those of exact arithmetic to 1e-12 there."""
+    x, gamma, beta, param, dout = _inputs(op, np.float64, 0.0, scale)
+    param["eps"] = eps
+    if op.uses_running_stats:
+        C = op.channels(x.shape)
+        param.update(running_mean=np.zeros(C), running_var=np.zeros(C))
+    got = _run(op, x, gamma, beta, param, dout, backend)
+    want = oracle(op, x, gamma, beta, dout, eps=eps)
+    for key in ("out", "dx", "dgamma", "dbeta"):
+        _close(got[key], want[key], 1e-12, key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", TRAIN_OPS, ids=TRAIN_IDS)
 def test_eps_zero_constant_unit_is_nan_and_others_are_exact(op, backend):
     """eps = 0: a constant feature/row/group has invstd = inf and NaN output and dx (as in
     PyTorch); every other unit is normalised as usual. 7.1 is not a dyadic fraction: its mean
@@ -436,11 +472,13 @@ def rms_oracle(x, gamma, dout, eps=1e-5):
                          ids=["short", "long", "four-rows", "registers"])
 @pytest.mark.parametrize("offset, scale, dtype", [
     (1e6, 1.0, np.float32), (0.0, 1e30, np.float32), (0.0, 1e-30, np.float32), (3.0, 2.0, np.float64),
-], ids=["offset-1e6-float32", "1e30-float32", "1e-30-float32", "float64"])
+    (0.0, 1e110, np.float64), (0.0, 1e-110, np.float64),
+], ids=["offset-1e6-float32", "1e30-float32", "1e-30-float32", "float64", "1e110-float64",
+        "1e-110-float64"])
 def test_rmsnorm_statistics_are_those_of_exact_arithmetic(backend, shape, offset, scale, dtype):
     """Mean squares are accumulated in double: float32 values of 1e30 (whose squares overflow
     float32) or 1e-30 (whose squares underflow it), or at a 1e6 offset, give the exactly rounded
-    statistics; float64 within 1e-12."""
+    statistics; float64 within 1e-12, also at 1e+-110, where invstd ** 3 would under/overflow."""
     rng = np.random.default_rng(7)
     x = (offset + scale * rng.standard_normal(shape)).astype(dtype)
     gamma = rng.uniform(0.5, 1.5, shape[-1]).astype(dtype)

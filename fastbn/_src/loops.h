@@ -55,12 +55,15 @@ static inline double fastbn_row_invstd(double m2, ptrdiff_t n, double eps) {
 }
 /* dx = invstd * gamma * dy - s3 * (x - mean) + b for a row whose sums are sum_g = sum(gamma * dy)
  * and sum_gxc = sum(gamma * dy * (x - mean)): s3 = invstd^3 * sum_gxc / n and b =
- * -invstd * sum_g / n, the mean's gradient (0 when not centred). */
+ * -invstd * sum_g / n, the mean's gradient (0 when not centred). s3 multiplies invstd into
+ * sum_gxc / n one factor at a time, which keeps it at the scale of gamma * dy times invstd^2:
+ * invstd^3 alone underflows for a row's std above about 1e103 and overflows for one below
+ * about 1e-103 (a constant row with eps 1e-300, whose sum_gxc is 0, then gave NaN). */
 typedef struct { double s3, b; } fastbn_dx_coefs;
 static inline fastbn_dx_coefs fastbn_row_dx_coefs(double invstd, double sum_g, double sum_gxc,
                                                   ptrdiff_t n, int center) {
     fastbn_dx_coefs k;
-    k.s3 = invstd * invstd * invstd * sum_gxc / n;
+    k.s3 = invstd * (invstd * (invstd * sum_gxc / n));
     k.b = center ? -invstd * sum_g / n : 0.0;
     return k;
 }
