@@ -203,8 +203,9 @@ def main(argv=None):
     parser.add_argument("--per-cpu", action="store_true",
                         help="every tuned setting's values on its families (directions apart, as --split)")
     args = parser.parse_args(argv)
-    if args.json and _bench.output_problem("--json", args.json):
-        parser.error(_bench.output_problem("--json", args.json))  # before tens of minutes of timing
+    problem = args.json and _bench.output_problem("--json", args.json)
+    if problem:
+        parser.error(problem)  # now, not after tens of minutes of timing
     plans = None
     if args.setting:
         name, _, values = args.setting.partition("=")
