@@ -102,7 +102,7 @@ def functions(mod, op, extra):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python benchmarks/ab.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("other", help="a checkout of the other build, its kernels built in place")
-    parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--repeat", type=_bench.positive_int, default=9)
     parser.add_argument("--only", action="append", help="cases whose name contains this")
     args = parser.parse_args(argv)
     old = import_other(args.other)

@@ -17,6 +17,7 @@ from mpi4py import MPI
 
 import fastbn
 import fastbn.distributed
+from fastbn import _bench
 
 
 def main(rows, features, dtype, repeats):
@@ -55,9 +56,9 @@ def main(rows, features, dtype, repeats):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=65536)
-    parser.add_argument("--features", type=int, default=256)
+    parser.add_argument("--rows", type=_bench.positive_int, default=65536)
+    parser.add_argument("--features", type=_bench.positive_int, default=256)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=_bench.positive_int, default=30)
     args = parser.parse_args()
     main(args.rows, args.features, args.dtype, args.repeats)

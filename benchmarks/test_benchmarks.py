@@ -187,6 +187,7 @@ def test_grid_script_compares_the_values_of_a_setting():
     ("overhead", ["--number", "0"], "argument --number: must be an integer >= 1, got '0'"),
     ("overhead", ["--rounds", "-1"], "argument --rounds: must be an integer >= 1, got '-1'"),
     ("ab", ["/no/such/checkout"], "other must be a checkout of fastbn"),
+    ("ab", [".", "--repeat", "0"], "argument --repeat: must be an integer >= 1, got '0'"),
 ])
 def test_scripts_reject_bad_arguments_before_timing(script, argv, message, monkeypatch, capsys):
     """Counts below 1, an output that cannot be written and a checkout that is not one stop a
